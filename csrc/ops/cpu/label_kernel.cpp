@@ -1,0 +1,189 @@
+// CPU kernels of unetseg::label, label.out and label_stats: thin torch glue around the torch-free
+// run-based core in ccl.h. Parallel with torch's intra-op pool (at::parallel_for), so
+// torch.set_num_threads governs it: strips of rows of every image are scanned and written in
+// parallel, images are numbered in parallel.
+#include "../label.h"
+#include "ccl.h"
+#include "unetseg/ops.h"
+
+#include <ATen/Dispatch_v2.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+namespace unetseg::ops {
+namespace {
+
+static_assert(static_cast<int64_t>(ccl::kNumStatsColumns) == stats::kNumColumns);
+static_assert(static_cast<int64_t>(ccl::kMeanScore) == stats::kMeanScore);
+
+// Rows per strip never drop below this, so small images are not cut into slivers.
+constexpr int64_t kMinStripRows = 4;
+
+// Foreground test of one row, as torch's `scores > threshold`: floating scores compare in their own
+// dtype (the threshold rounded to it), masks compare as float32.
+template <typename scalar_t>
+struct RowReader {
+  const scalar_t* image;
+  int64_t stride_h, stride_w;
+  float threshold;
+
+  void threshold_row(int32_t row, uint8_t* mask, int32_t width) const {
+    const scalar_t* p = image + row * stride_h;
+    if (stride_w == 1) {
+      for (int32_t x = 0; x < width; ++x) mask[x] = static_cast<float>(p[x]) > threshold;
+    } else {
+      for (int32_t x = 0; x < width; ++x) mask[x] = static_cast<float>(p[x * stride_w]) > threshold;
+    }
+  }
+
+  double score_sum(int32_t row, int32_t start, int32_t end) const {
+    const scalar_t* p = image + row * stride_h;
+    double sum = 0;
+    for (int32_t x = start; x < end; ++x) sum += static_cast<float>(p[x * stride_w]);
+    return sum;
+  }
+};
+
+template <typename scalar_t>
+float threshold_in_dtype(double threshold) {
+  if constexpr (std::is_floating_point_v<scalar_t> || std::is_same_v<scalar_t, c10::Half> ||
+                std::is_same_v<scalar_t, c10::BFloat16>) {
+    return static_cast<float>(static_cast<scalar_t>(threshold));
+  } else {
+    return static_cast<float>(threshold);
+  }
+}
+
+// Labels `scores` into the contiguous int32 tensor `labels` and int64 `counts`; fills `stats` when
+// asked. Every argument has been checked.
+void label_kernel_impl(const at::Tensor& scores, const ImageBatch& b, double threshold,
+                       bool eight_connected, int64_t min_area, at::Tensor& labels,
+                       at::Tensor& counts, std::optional<at::Tensor>* stats) {
+  const bool with_stats = stats != nullptr;
+  if (b.n == 0 || b.h == 0 || b.w == 0) {
+    counts.zero_();
+    if (with_stats) *stats = at::zeros({0, stats::kNumColumns}, scores.options().dtype(at::kDouble));
+    return;
+  }
+  const auto width = static_cast<int32_t>(b.w);
+
+  // Work split: about two strips per thread over the whole batch.
+  const int64_t threads = at::get_num_threads();
+  const int64_t strips_per_image =
+      std::clamp<int64_t>((2 * threads + b.n - 1) / b.n, 1, std::max<int64_t>(1, b.h / kMinStripRows));
+  std::vector<ccl::Strip> strips(static_cast<size_t>(b.n * strips_per_image));
+  for (int64_t i = 0; i < b.n; ++i) {
+    for (int64_t s = 0; s < strips_per_image; ++s) {
+      ccl::Strip& strip = strips[i * strips_per_image + s];
+      strip.image = i;
+      strip.row_begin = static_cast<int32_t>(b.h * s / strips_per_image);
+      strip.row_end = static_cast<int32_t>(b.h * (s + 1) / strips_per_image);
+    }
+  }
+
+  AT_DISPATCH_V2(
+      scores.scalar_type(), "unetseg_label_cpu", AT_WRAP([&] {
+        const auto* base = scores.const_data_ptr<scalar_t>();
+        const float t = threshold_in_dtype<scalar_t>(threshold);
+        at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
+          std::vector<uint8_t> mask;
+          for (int64_t k = begin; k < end; ++k) {
+            ccl::Strip& strip = strips[k];
+            const RowReader<scalar_t> reader{base + strip.image * b.stride_n, b.stride_h, b.stride_w, t};
+            ccl::scan_strip(
+                strip, width, eight_connected, with_stats,
+                [&](int32_t row, uint8_t* m) { reader.threshold_row(row, m, width); },
+                [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); }, mask);
+          }
+        });
+      }),
+      at::kFloat, at::kHalf, at::kBFloat16, at::kByte, at::kBool);
+
+  std::vector<ccl::ImageRuns> images(static_cast<size_t>(b.n));
+  std::vector<std::vector<double>> image_stats(with_stats ? b.n : 0);
+  at::parallel_for(0, b.n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<ccl::Strip*> own(static_cast<size_t>(strips_per_image));
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &strips[i * strips_per_image + s];
+      ccl::merge_and_number(images[i], own.data(), strips_per_image, eight_connected, min_area,
+                            with_stats ? &image_stats[i] : nullptr);
+    }
+  });
+
+  int32_t* out = labels.data_ptr<int32_t>();
+  at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const ccl::Strip& strip = strips[k];
+      ccl::write_rows(images[strip.image], strip.row_begin, strip.row_end, width,
+                      out + strip.image * b.h * b.w + int64_t{strip.row_begin} * b.w, b.w);
+    }
+  });
+
+  int64_t* count = counts.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t i = 0; i < b.n; ++i) total += count[i] = images[i].count;
+  if (with_stats) {
+    at::Tensor table = at::empty({total, stats::kNumColumns}, scores.options().dtype(at::kDouble));
+    double* dst = table.data_ptr<double>();
+    for (const auto& rows : image_stats) dst = std::copy(rows.begin(), rows.end(), dst);
+    *stats = table;
+  }
+}
+
+at::Tensor new_labels(const at::Tensor& scores) {
+  return at::empty(scores.sizes(), scores.options().dtype(at::kInt).memory_format(at::MemoryFormat::Contiguous));
+}
+
+std::tuple<at::Tensor, at::Tensor> label_cpu(const at::Tensor& scores, double threshold,
+                                             int64_t connectivity, int64_t min_area) {
+  const ImageBatch b = check_label_args(scores, threshold, connectivity, min_area);
+  at::Tensor labels = new_labels(scores);
+  at::Tensor counts = at::empty({b.n}, scores.options().dtype(at::kLong));
+  label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, labels, counts, nullptr);
+  return {labels, counts};
+}
+
+std::tuple<at::Tensor&, at::Tensor&> label_out_cpu(const at::Tensor& scores, double threshold,
+                                                   int64_t connectivity, int64_t min_area,
+                                                   at::Tensor& labels, at::Tensor& counts) {
+  const ImageBatch b = check_label_args(scores, threshold, connectivity, min_area);
+  prepare_label_outputs(scores, b, labels, counts);
+  if (labels.is_contiguous() && counts.is_contiguous()) {
+    label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, labels, counts, nullptr);
+  } else {
+    at::Tensor l = new_labels(scores);
+    at::Tensor c = at::empty({b.n}, counts.options());
+    label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, l, c, nullptr);
+    labels.copy_(l);
+    counts.copy_(c);
+  }
+  return {labels, counts};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats_cpu(const at::Tensor& scores,
+                                                               double threshold,
+                                                               int64_t connectivity,
+                                                               int64_t min_area) {
+  const ImageBatch b = check_label_args(scores, threshold, connectivity, min_area);
+  at::Tensor labels = new_labels(scores);
+  at::Tensor counts = at::empty({b.n}, scores.options().dtype(at::kLong));
+  std::optional<at::Tensor> stats;
+  label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, labels, counts, &stats);
+  return {labels, counts, *stats};
+}
+
+} // namespace
+} // namespace unetseg::ops
+
+TORCH_LIBRARY_IMPL(unetseg, CPU, m) {
+  m.impl("label", &unetseg::ops::label_cpu);
+  m.impl("label.out", &unetseg::ops::label_out_cpu);
+  m.impl("label_stats", &unetseg::ops::label_stats_cpu);
+}

@@ -1,0 +1,113 @@
+// Every schema of the unetseg op library, the public C++ entry points (through the dispatcher) and
+// the argument checks every backend shares. Kernels live in cpu/ and cuda/, one file each.
+#include "unetseg/ops.h"
+
+#include "label.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+namespace unetseg {
+
+namespace ops {
+
+ImageBatch check_label_args(const at::Tensor& scores, double threshold, int64_t connectivity,
+                            int64_t min_area) {
+  TORCH_CHECK(scores.defined(), "unetseg.label: scores is an undefined tensor");
+  const auto dtype = scores.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||
+                  dtype == at::kBool || dtype == at::kByte,
+              "unetseg.label: scores must be float32, float16 or bfloat16 (probabilities) or "
+              "bool or uint8 (masks), got ",
+              dtype, "; convert with .float() or .to(torch.uint8)");
+  const int64_t dim = scores.dim();
+  TORCH_CHECK(dim == 2 || dim == 3 || dim == 4,
+              "unetseg.label: scores must be (H, W), (N, H, W) or (N, 1, H, W), got a ", dim,
+              "-D tensor of shape ", scores.sizes());
+  TORCH_CHECK(dim != 4 || scores.size(1) == 1,
+              "unetseg.label: a 4-D scores tensor must be (N, 1, H, W), got ", scores.sizes(),
+              " with ", scores.size(1), " channels; pass one channel, e.g. scores[:, 0]");
+  TORCH_CHECK(connectivity == 4 || connectivity == 8,
+              "unetseg.label: connectivity must be 4 (edge neighbours) or 8 (edge and corner "
+              "neighbours), got ",
+              connectivity);
+  TORCH_CHECK(min_area >= 0, "unetseg.label: min_area must be >= 0 pixels, got ", min_area);
+  TORCH_CHECK(!std::isnan(threshold), "unetseg.label: threshold must be a number, got nan");
+
+  ImageBatch b{};
+  b.n = dim == 2 ? 1 : scores.size(0);
+  b.h = scores.size(dim - 2);
+  b.w = scores.size(dim - 1);
+  b.stride_n = dim == 2 ? 0 : scores.stride(0);
+  b.stride_h = scores.stride(dim - 2);
+  b.stride_w = scores.stride(dim - 1);
+  TORCH_CHECK(b.h * b.w <= std::numeric_limits<int32_t>::max(),
+              "unetseg.label: an image may have at most 2^31 - 1 pixels (int32 labels), got ", b.h,
+              " x ", b.w, " = ", b.h * b.w, "; split it into tiles");
+  return b;
+}
+
+void prepare_label_outputs(const at::Tensor& scores, const ImageBatch& batch, at::Tensor& labels,
+                           at::Tensor& counts) {
+  TORCH_CHECK(labels.scalar_type() == at::kInt, "unetseg.label.out: labels must be int32, got ",
+              labels.scalar_type());
+  TORCH_CHECK(counts.scalar_type() == at::kLong, "unetseg.label.out: counts must be int64, got ",
+              counts.scalar_type());
+  TORCH_CHECK(labels.device() == scores.device() && counts.device() == scores.device(),
+              "unetseg.label.out: outputs must be on the scores' device ", scores.device(),
+              ", got labels on ", labels.device(), " and counts on ", counts.device());
+  if (labels.sizes() != scores.sizes()) labels.resize_(scores.sizes());
+  if (counts.dim() != 1 || counts.size(0) != batch.n) counts.resize_({batch.n});
+}
+
+} // namespace ops
+
+namespace {
+
+template <class Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name, const char* overload) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload).typed<Signature>();
+}
+
+} // namespace
+
+std::tuple<at::Tensor, at::Tensor> label(const at::Tensor& scores, double threshold,
+                                         int64_t connectivity, int64_t min_area) {
+  static const auto op =
+      find_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, int64_t, int64_t)>(
+          "unetseg::label", "");
+  return op.call(scores, threshold, connectivity, min_area);
+}
+
+std::tuple<at::Tensor&, at::Tensor&> label_out(const at::Tensor& scores, double threshold,
+                                               int64_t connectivity, int64_t min_area,
+                                               at::Tensor& labels, at::Tensor& counts) {
+  static const auto op = find_op<std::tuple<at::Tensor&, at::Tensor&>(
+      const at::Tensor&, double, int64_t, int64_t, at::Tensor&, at::Tensor&)>("unetseg::label",
+                                                                             "out");
+  return op.call(scores, threshold, connectivity, min_area, labels, counts);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats(const at::Tensor& scores,
+                                                           double threshold,
+                                                           int64_t connectivity,
+                                                           int64_t min_area) {
+  static const auto op = find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, double, int64_t, int64_t)>("unetseg::label_stats", "");
+  return op.call(scores, threshold, connectivity, min_area);
+}
+
+} // namespace unetseg
+
+TORCH_LIBRARY(unetseg, m) {
+  m.def("label(Tensor scores, float threshold=0.5, int connectivity=8, int min_area=0) "
+        "-> (Tensor labels, Tensor counts)");
+  m.def("label.out(Tensor scores, float threshold=0.5, int connectivity=8, int min_area=0, *, "
+        "Tensor(a!) labels, Tensor(b!) counts) -> (Tensor(a!) labels, Tensor(b!) counts)");
+  m.def("label_stats(Tensor scores, float threshold=0.5, int connectivity=8, int min_area=0) "
+        "-> (Tensor labels, Tensor counts, Tensor stats)");
+}

@@ -1,0 +1,15 @@
+"""unetseg: cell-nuclei segmentation with U-Nets.
+
+Train in Python, export to TorchScript, and run in a libtorch runner whose last step is a fused
+threshold + connected-components kernel (``torch.ops.unetseg.*``, wrapped by :mod:`unetseg.ops`).
+"""
+
+import torch  # noqa: F401  (loads libtorch before the extension that links it)
+
+from . import _C  # noqa: F401  (registers torch.ops.unetseg.*)
+from . import ops
+from .ops import label, label_stats
+
+__version__: str = _C.__version__
+
+__all__ = ["__version__", "label", "label_stats", "ops"]

@@ -1,0 +1,110 @@
+"""The fused threshold + connected-components ops, typed.
+
+Thin wrappers over ``torch.ops.unetseg.*`` (registered by the C++ op library); the same ops run in
+TorchScript and in a pure C++ process. Label convention everywhere: 0 is background, objects are
+numbered 1..K in raster (row-major) order of their first pixel, bit-identical to
+``scipy.ndimage.label`` on ``scores > threshold`` (8-connectivity: a 3x3 structure of ones;
+4-connectivity: the cross).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+#: Columns of :func:`label_stats`' table. The bbox is ``[min, max)`` like skimage's regionprops.
+STATS_COLUMNS: tuple[str, ...] = (
+    "area",
+    "min_row",
+    "min_col",
+    "max_row",
+    "max_col",
+    "centroid_row",
+    "centroid_col",
+    "mean_score",
+)
+
+
+class Labels(NamedTuple):
+    labels: torch.Tensor
+    """int32, the shape of ``scores``"""
+    counts: torch.Tensor
+    """int64 (N,): objects per image"""
+
+
+class LabelStats(NamedTuple):
+    labels: torch.Tensor
+    """int32, the shape of ``scores``"""
+    counts: torch.Tensor
+    """int64 (N,): objects per image"""
+    stats: torch.Tensor
+    """float64 (counts.sum(), len(STATS_COLUMNS)): image 0's objects first, each in label order"""
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """int64 (N + 1,): image ``i``'s objects are rows ``offsets[i]:offsets[i + 1]`` of stats."""
+        return torch.nn.functional.pad(self.counts.cumsum(0), (1, 0))
+
+
+def label(
+    scores: torch.Tensor,
+    threshold: float = 0.5,
+    connectivity: int = 8,
+    min_area: int = 0,
+    *,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Labels:
+    """Threshold and label connected components in one pass.
+
+    Args:
+        scores (Tensor[H, W], Tensor[N, H, W] or Tensor[N, 1, H, W]): float32/float16/bfloat16
+            probabilities or bool/uint8 masks, any strides. Foreground is ``scores > threshold``,
+            compared as torch compares a tensor with a Python float (floating scores in their own
+            dtype, so NaN is background); ``threshold=0`` on a mask means nonzero.
+        threshold: the foreground threshold.
+        connectivity: 8 (edge and corner neighbours) or 4 (edge neighbours).
+        min_area: objects with fewer pixels are removed and the others renumbered.
+        out: optional ``(labels, counts)`` tensors (int32 shaped like scores, int64 (N,)) to write
+            into, so that repeated calls allocate no output.
+
+    Returns:
+        ``Labels(labels, counts)``: int32 labels shaped like ``scores`` and int64 counts, one per
+        image (``(1,)`` for a 2-D input).
+    """
+    if out is None:
+        return Labels(*torch.ops.unetseg.label(scores, threshold, connectivity, min_area))
+    labels, counts = out
+    return Labels(*torch.ops.unetseg.label.out(scores, threshold, connectivity, min_area, labels=labels, counts=counts))
+
+
+def label_stats(
+    scores: torch.Tensor, threshold: float = 0.5, connectivity: int = 8, min_area: int = 0
+) -> LabelStats:
+    """:func:`label` plus per-object statistics for the whole batch, without a Python loop.
+
+    Returns:
+        ``LabelStats(labels, counts, stats)`` where ``stats`` is float64
+        ``(counts.sum(), len(STATS_COLUMNS))``: area, bbox (min_row, min_col, max_row, max_col;
+        max exclusive), centroid (row, col) and mean score (of ``scores`` over the object), equal
+        to ``skimage.measure.regionprops`` on the same labels. Image ``i``'s objects are the rows
+        ``offsets[i]:offsets[i + 1]``.
+    """
+    return LabelStats(*torch.ops.unetseg.label_stats(scores, threshold, connectivity, min_area))
+
+
+def _batch_size(scores: torch.Tensor) -> int:
+    return 1 if scores.dim() == 2 else scores.shape[0]
+
+
+@torch.library.register_fake("unetseg::label")
+def _label_fake(scores, threshold, connectivity, min_area):
+    labels = scores.new_empty(scores.shape, dtype=torch.int32)
+    return labels, scores.new_empty((_batch_size(scores),), dtype=torch.int64)
+
+
+@torch.library.register_fake("unetseg::label_stats")
+def _label_stats_fake(scores, threshold, connectivity, min_area):
+    labels, counts = _label_fake(scores, threshold, connectivity, min_area)
+    objects = torch.library.get_ctx().new_dynamic_size()
+    return labels, counts, scores.new_empty((objects, len(STATS_COLUMNS)), dtype=torch.float64)
