@@ -18,8 +18,8 @@ struct ImageBatch {
 ImageBatch check_label_args(const at::Tensor& scores, double threshold, int64_t connectivity,
                             int64_t min_area);
 
-// Checks caller-supplied outputs of label.out and resizes them when their shape differs.
-void prepare_label_outputs(const at::Tensor& scores, const ImageBatch& batch, at::Tensor& labels,
-                           at::Tensor& counts);
+// Checks the caller-supplied outputs of label_out: dtype, device and exact shape.
+void check_label_outputs(const at::Tensor& scores, const ImageBatch& batch,
+                         const at::Tensor& labels, const at::Tensor& counts);
 
 } // namespace unetseg::ops

@@ -51,17 +51,19 @@ ImageBatch check_label_args(const at::Tensor& scores, double threshold, int64_t 
   return b;
 }
 
-void prepare_label_outputs(const at::Tensor& scores, const ImageBatch& batch, at::Tensor& labels,
-                           at::Tensor& counts) {
-  TORCH_CHECK(labels.scalar_type() == at::kInt, "unetseg.label.out: labels must be int32, got ",
+void check_label_outputs(const at::Tensor& scores, const ImageBatch& batch,
+                         const at::Tensor& labels, const at::Tensor& counts) {
+  TORCH_CHECK(labels.scalar_type() == at::kInt, "unetseg.label_out: labels must be int32, got ",
               labels.scalar_type());
-  TORCH_CHECK(counts.scalar_type() == at::kLong, "unetseg.label.out: counts must be int64, got ",
+  TORCH_CHECK(counts.scalar_type() == at::kLong, "unetseg.label_out: counts must be int64, got ",
               counts.scalar_type());
   TORCH_CHECK(labels.device() == scores.device() && counts.device() == scores.device(),
-              "unetseg.label.out: outputs must be on the scores' device ", scores.device(),
+              "unetseg.label_out: outputs must be on the scores' device ", scores.device(),
               ", got labels on ", labels.device(), " and counts on ", counts.device());
-  if (labels.sizes() != scores.sizes()) labels.resize_(scores.sizes());
-  if (counts.dim() != 1 || counts.size(0) != batch.n) counts.resize_({batch.n});
+  TORCH_CHECK(labels.sizes() == scores.sizes(), "unetseg.label_out: labels must have the shape of ",
+              "scores ", scores.sizes(), ", got ", labels.sizes());
+  TORCH_CHECK(counts.dim() == 1 && counts.size(0) == batch.n,
+              "unetseg.label_out: counts must have shape [", batch.n, "], got ", counts.sizes());
 }
 
 } // namespace ops
@@ -83,13 +85,12 @@ std::tuple<at::Tensor, at::Tensor> label(const at::Tensor& scores, double thresh
   return op.call(scores, threshold, connectivity, min_area);
 }
 
-std::tuple<at::Tensor&, at::Tensor&> label_out(const at::Tensor& scores, double threshold,
-                                               int64_t connectivity, int64_t min_area,
-                                               at::Tensor& labels, at::Tensor& counts) {
-  static const auto op = find_op<std::tuple<at::Tensor&, at::Tensor&>(
-      const at::Tensor&, double, int64_t, int64_t, at::Tensor&, at::Tensor&)>("unetseg::label",
-                                                                             "out");
-  return op.call(scores, threshold, connectivity, min_area, labels, counts);
+void label_out(const at::Tensor& scores, double threshold, int64_t connectivity, int64_t min_area,
+               at::Tensor& labels, at::Tensor& counts) {
+  static const auto op =
+      find_op<void(const at::Tensor&, double, int64_t, int64_t, at::Tensor&, at::Tensor&)>(
+          "unetseg::label_out", "");
+  op.call(scores, threshold, connectivity, min_area, labels, counts);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats(const at::Tensor& scores,
@@ -106,8 +107,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats(const at::Tensor& sco
 TORCH_LIBRARY(unetseg, m) {
   m.def("label(Tensor scores, float threshold=0.5, int connectivity=8, int min_area=0) "
         "-> (Tensor labels, Tensor counts)");
-  m.def("label.out(Tensor scores, float threshold=0.5, int connectivity=8, int min_area=0, *, "
-        "Tensor(a!) labels, Tensor(b!) counts) -> (Tensor(a!) labels, Tensor(b!) counts)");
+  m.def("label_out(Tensor scores, float threshold, int connectivity, int min_area, "
+        "Tensor(a!) labels, Tensor(b!) counts) -> ()");
   m.def("label_stats(Tensor scores, float threshold=0.5, int connectivity=8, int min_area=0) "
         "-> (Tensor labels, Tensor counts, Tensor stats)");
 }

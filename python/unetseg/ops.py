@@ -65,8 +65,8 @@ def label(
         threshold: the foreground threshold.
         connectivity: 8 (edge and corner neighbours) or 4 (edge neighbours).
         min_area: objects with fewer pixels are removed and the others renumbered.
-        out: optional ``(labels, counts)`` tensors (int32 shaped like scores, int64 (N,)) to write
-            into, so that repeated calls allocate no output.
+        out: optional ``(labels, counts)`` tensors to write into (int32 of the shape of scores and
+            int64 (N,), any strides), so that repeated calls allocate no output.
 
     Returns:
         ``Labels(labels, counts)``: int32 labels shaped like ``scores`` and int64 counts, one per
@@ -75,7 +75,8 @@ def label(
     if out is None:
         return Labels(*torch.ops.unetseg.label(scores, threshold, connectivity, min_area))
     labels, counts = out
-    return Labels(*torch.ops.unetseg.label.out(scores, threshold, connectivity, min_area, labels=labels, counts=counts))
+    torch.ops.unetseg.label_out(scores, threshold, connectivity, min_area, labels, counts)
+    return Labels(labels, counts)
 
 
 def label_stats(
@@ -98,13 +99,18 @@ def _batch_size(scores: torch.Tensor) -> int:
 
 
 @torch.library.register_fake("unetseg::label")
-def _label_fake(scores, threshold, connectivity, min_area):
+def _label_fake(scores, threshold=0.5, connectivity=8, min_area=0):
     labels = scores.new_empty(scores.shape, dtype=torch.int32)
     return labels, scores.new_empty((_batch_size(scores),), dtype=torch.int64)
 
 
 @torch.library.register_fake("unetseg::label_stats")
-def _label_stats_fake(scores, threshold, connectivity, min_area):
+def _label_stats_fake(scores, threshold=0.5, connectivity=8, min_area=0):
     labels, counts = _label_fake(scores, threshold, connectivity, min_area)
     objects = torch.library.get_ctx().new_dynamic_size()
     return labels, counts, scores.new_empty((objects, len(STATS_COLUMNS)), dtype=torch.float64)
+
+
+@torch.library.register_fake("unetseg::label_out")
+def _label_out_fake(scores, threshold, connectivity, min_area, labels, counts):
+    return None

@@ -22,11 +22,10 @@ namespace unetseg {
 std::tuple<at::Tensor, at::Tensor> label(const at::Tensor& scores, double threshold = 0.5,
                                          int64_t connectivity = 8, int64_t min_area = 0);
 
-// As label(), into caller-owned tensors (int32 labels shaped like scores, int64 counts (N,)), so
-// repeated calls allocate no output.
-std::tuple<at::Tensor&, at::Tensor&> label_out(const at::Tensor& scores, double threshold,
-                                               int64_t connectivity, int64_t min_area,
-                                               at::Tensor& labels, at::Tensor& counts);
+// As label(), into caller-owned tensors (int32 labels shaped like scores, int64 counts (N,), any
+// strides), so repeated calls allocate no output.
+void label_out(const at::Tensor& scores, double threshold, int64_t connectivity, int64_t min_area,
+               at::Tensor& labels, at::Tensor& counts);
 
 // As label(), plus per-object statistics: float64 (sum(counts), stats::kNumColumns), the objects of
 // image 0 first, each image's in label order (image i's rows start at counts[:i].sum()).

@@ -150,11 +150,10 @@ std::tuple<at::Tensor, at::Tensor> label_cpu(const at::Tensor& scores, double th
   return {labels, counts};
 }
 
-std::tuple<at::Tensor&, at::Tensor&> label_out_cpu(const at::Tensor& scores, double threshold,
-                                                   int64_t connectivity, int64_t min_area,
-                                                   at::Tensor& labels, at::Tensor& counts) {
+void label_out_cpu(const at::Tensor& scores, double threshold, int64_t connectivity,
+                   int64_t min_area, at::Tensor& labels, at::Tensor& counts) {
   const ImageBatch b = check_label_args(scores, threshold, connectivity, min_area);
-  prepare_label_outputs(scores, b, labels, counts);
+  check_label_outputs(scores, b, labels, counts);
   if (labels.is_contiguous() && counts.is_contiguous()) {
     label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, labels, counts, nullptr);
   } else {
@@ -164,7 +163,6 @@ std::tuple<at::Tensor&, at::Tensor&> label_out_cpu(const at::Tensor& scores, dou
     labels.copy_(l);
     counts.copy_(c);
   }
-  return {labels, counts};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats_cpu(const at::Tensor& scores,
@@ -184,6 +182,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats_cpu(const at::Tensor&
 
 TORCH_LIBRARY_IMPL(unetseg, CPU, m) {
   m.impl("label", &unetseg::ops::label_cpu);
-  m.impl("label.out", &unetseg::ops::label_out_cpu);
+  m.impl("label_out", &unetseg::ops::label_out_cpu);
   m.impl("label_stats", &unetseg::ops::label_stats_cpu);
 }

@@ -1,0 +1,289 @@
+"""unetseg.ops.label / label_stats against scipy.ndimage.label and skimage.measure.regionprops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.measure
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import unetseg
+from unetseg.ops import STATS_COLUMNS
+
+from reference import label_batch, label_one
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool]
+
+
+def cast(scores01: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Scores in [0, 1) to dtype: masks as 0..255 (uint8) or > 0.5 (bool)."""
+    if dtype == torch.bool:
+        return scores01 > 0.5
+    if dtype == torch.uint8:
+        return (scores01 * 255).to(torch.uint8)
+    return scores01.to(dtype)
+
+
+def blobby(rng: np.random.Generator, shape, density: float, smooth: float) -> torch.Tensor:
+    """Random maps whose foreground fraction is about `density`: white noise (smooth=0, the
+    percolation regime) or smoothed noise (blob-shaped objects)."""
+    import scipy.ndimage as ndi
+
+    noise = rng.random(shape, dtype=np.float32)
+    if smooth > 0 and noise.size:
+        noise = ndi.gaussian_filter(noise, sigma=(0,) * (len(shape) - 2) + (smooth, smooth))
+        lo, hi = noise.min(), noise.max()
+        noise = (noise - lo) / (hi - lo + 1e-12)
+    # move the quantile so that about `density` of the pixels lie above 0.5
+    q = np.quantile(noise, 1 - density) if noise.size else 0.5
+    return torch.from_numpy(np.clip(noise - q + 0.5, 0, 0.999).astype(np.float32))
+
+
+def assert_same(scores, threshold, connectivity=8, min_area=0):
+    labels, counts = unetseg.label(scores, threshold, connectivity, min_area)
+    ref_labels, ref_counts = label_batch(scores, threshold, connectivity, min_area)
+    assert labels.dtype == torch.int32 and counts.dtype == torch.int64
+    assert labels.shape == scores.shape
+    np.testing.assert_array_equal(counts.numpy(), ref_counts)
+    np.testing.assert_array_equal(labels.numpy(), ref_labels)
+
+
+@given(
+    h=st.integers(1, 300),
+    w=st.integers(1, 300),
+    density=st.floats(0.3, 0.75),
+    smooth=st.sampled_from([0.0, 0.0, 1.5, 4.0]),
+    connectivity=st.sampled_from([4, 8]),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_matches_scipy(threads, h, w, density, smooth, connectivity, dtype, seed):
+    scores = cast(blobby(np.random.default_rng(seed), (h, w), density, smooth), dtype)
+    threshold = 0 if dtype == torch.bool else (127.5 if dtype == torch.uint8 else 0.5)
+    assert_same(scores, threshold, connectivity)
+
+
+@given(
+    n=st.integers(0, 5),
+    h=st.integers(1, 80),
+    w=st.integers(1, 80),
+    layout=st.sampled_from(["nhw", "n1hw", "transposed", "strided", "channel_view"]),
+    connectivity=st.sampled_from([4, 8]),
+    min_area=st.integers(0, 12),
+    threshold=st.floats(0.2, 0.8),
+    dtype=st.sampled_from(DTYPES[:3]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_batches_and_layouts(threads, n, h, w, layout, connectivity, min_area, threshold, dtype, seed):
+    rng = np.random.default_rng(seed)
+    base = blobby(rng, (n, 2 * h + 1, 2 * w + 1), 0.5, 1.0).to(dtype)
+    scores = {
+        "nhw": base[:, :h, :w].contiguous(),
+        "n1hw": base[:, None, :h, :w].contiguous(),
+        "transposed": base[:, :w, :h].transpose(1, 2),  # column-major images
+        "strided": base[:, ::2, ::2],  # every other row and column
+        "channel_view": torch.stack([base, base.flip(-1)], 1)[:, 1:2, :h, :w],  # (N, 1, H, W) view of channel 1
+    }[layout]
+    assert_same(scores, threshold, connectivity, min_area)
+
+
+def spiral(size: int) -> np.ndarray:
+    """A one-pixel-wide square spiral: one object whose runs join only far from where they start."""
+    a = np.zeros((size, size), bool)
+    top, left, bottom, right = 0, 0, size - 1, size - 1
+    while top <= bottom and left <= right:
+        a[top, left : right + 1] = True
+        a[top : bottom + 1, right] = True
+        if top + 2 <= bottom:
+            a[bottom, left : right + 1] = True
+        if left + 2 <= right and top + 2 <= bottom:
+            a[top + 2 : bottom + 1, left] = True
+        top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
+        if top <= bottom:
+            a[top - 1, left - 2 + 1 if left - 1 >= 0 else 0] = True
+    return a
+
+
+EDGE_CASES = {
+    "1x1 on": np.ones((1, 1), bool),
+    "1x1 off": np.zeros((1, 1), bool),
+    "all background": np.zeros((64, 97), bool),
+    "all foreground": np.ones((64, 97), bool),
+    "single row": np.random.default_rng(1).random((1, 1000)) > 0.5,
+    "single column": np.random.default_rng(2).random((1000, 1)) > 0.5,
+    "checkerboard": (np.add.outer(np.arange(131), np.arange(77)) % 2).astype(bool),
+    "diagonal stripes": (np.add.outer(np.arange(90), np.arange(90)) % 3 == 0),
+    "anti-diagonals": (np.subtract.outer(np.arange(90), np.arange(90)) % 4 == 0),
+    "spiral": spiral(101),
+    "frame touching all borders": np.pad(np.zeros((50, 70), bool), 1, constant_values=True),
+    "max labels, 8-connected": np.kron(np.ones((64, 64), bool), np.array([[1, 0], [0, 0]], bool)),
+    "U shapes merging late": np.tile(np.array([[1, 0, 1, 0]] * 9 + [[1, 1, 1, 0]], bool), (6, 20)),
+    "row of width 8 words": np.tile(np.array([1] * 8 + [0] * 8 + [1] * 7 + [0], bool), (5, 11)),
+}
+
+
+@pytest.mark.parametrize("name", EDGE_CASES)
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_edge_cases(threads, name, connectivity):
+    mask = torch.from_numpy(EDGE_CASES[name])
+    assert_same(mask, 0, connectivity)
+    assert_same(mask.to(torch.float32), 0.5, connectivity)
+    assert_same(mask.T, 0, connectivity)  # Fortran order
+
+
+def test_maximum_label_count():
+    checker = torch.from_numpy((np.add.outer(np.arange(512), np.arange(512)) % 2 == 0))
+    labels, counts = unetseg.label(checker, 0, connectivity=4)
+    assert counts.item() == 512 * 512 // 2 and labels.max().item() == 512 * 512 // 2
+    assert unetseg.label(checker, 0, connectivity=8).counts.item() == 1
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 5), (3, 0, 5), (3, 5, 0), (0, 0), (2, 1, 0, 4)])
+def test_zero_sized(shape):
+    labels, counts = unetseg.label(torch.zeros(shape))
+    assert labels.shape == shape and labels.dtype == torch.int32
+    n = 1 if len(shape) == 2 else shape[0]
+    assert counts.tolist() == [0] * n
+    _, _, stats = unetseg.label_stats(torch.zeros(shape))
+    assert stats.shape == (0, len(STATS_COLUMNS))
+
+
+def test_nan_is_background():
+    scores = torch.full((5, 5), float("nan"))
+    scores[2, 2] = 0.9
+    labels, counts = unetseg.label(scores, 0.5)
+    assert counts.item() == 1 and labels.sum().item() == 1
+    assert unetseg.label(scores, -1.0).counts.item() == 1  # nan > -1 is still False
+
+
+def test_threshold_is_compared_in_the_scores_dtype():
+    # 0.1 rounds to the same half as the score, so `score > 0.1` is False in float16, as in torch.
+    scores = torch.full((1, 4, 4), 0.1, dtype=torch.float16)
+    assert unetseg.label(scores, 0.1).counts.item() == 0
+    assert unetseg.label(scores, 0.09).counts.item() == 1
+
+
+def test_masks_with_threshold_zero_mean_nonzero():
+    mask = torch.tensor([[0, 3, 0, 255], [0, 0, 0, 1]], dtype=torch.uint8)
+    labels, counts = unetseg.label(mask, 0)
+    assert counts.item() == 2
+    assert labels.tolist() == [[0, 1, 0, 2], [0, 0, 0, 2]]
+
+
+@given(
+    n=st.integers(1, 4),
+    h=st.integers(1, 120),
+    w=st.integers(1, 120),
+    connectivity=st.sampled_from([4, 8]),
+    min_area=st.integers(0, 20),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.uint8]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_stats_match_regionprops(threads, n, h, w, connectivity, min_area, dtype, seed):
+    scores = cast(blobby(np.random.default_rng(seed), (n, h, w), 0.45, 1.5), dtype)
+    threshold = 127 if dtype == torch.uint8 else 0.5
+    labels, counts, stats = unetseg.label_stats(scores, threshold, connectivity, min_area)
+    ref_labels, ref_counts = label_batch(scores, threshold, connectivity, min_area)
+    np.testing.assert_array_equal(labels.numpy(), ref_labels)
+    np.testing.assert_array_equal(counts.numpy(), ref_counts)
+    assert stats.dtype == torch.float64 and stats.shape == (int(ref_counts.sum()), len(STATS_COLUMNS))
+    offsets = unetseg.ops.LabelStats(labels, counts, stats).offsets
+    for i in range(n):
+        props = skimage.measure.regionprops(ref_labels[i], intensity_image=scores[i].float().numpy())
+        table = stats[offsets[i] : offsets[i + 1]].numpy()
+        assert len(props) == len(table)
+        for p, row in zip(props, table):
+            assert row[0] == p.area
+            np.testing.assert_array_equal(row[1:5], p.bbox)
+            np.testing.assert_allclose(row[5:7], p.centroid, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(row[7], p.intensity_mean, rtol=1e-6)
+
+
+def test_out_variant_writes_in_place_and_allocates_nothing(threads):
+    scores = blobby(np.random.default_rng(0), (3, 200, 150), 0.5, 2.0)
+    labels = torch.full(scores.shape, -7, dtype=torch.int32)
+    counts = torch.empty(3, dtype=torch.int64)
+    ptrs = labels.data_ptr(), counts.data_ptr()
+    for threshold in (0.4, 0.6):
+        result = unetseg.label(scores, threshold, out=(labels, counts))
+        assert result.labels is labels and result.counts is counts
+        assert (labels.data_ptr(), counts.data_ptr()) == ptrs
+        ref_labels, ref_counts = label_batch(scores, threshold)
+        np.testing.assert_array_equal(labels.numpy(), ref_labels)
+        np.testing.assert_array_equal(counts.numpy(), ref_counts)
+
+
+def test_out_variant_non_contiguous():
+    scores = blobby(np.random.default_rng(1), (2, 40, 30), 0.5, 1.0)
+    labels = torch.zeros(2, 30, 40, dtype=torch.int32).transpose(1, 2)
+    counts = torch.zeros(4, dtype=torch.int64)[::2]
+    unetseg.label(scores, out=(labels, counts))
+    ref_labels, ref_counts = label_batch(scores, 0.5)
+    np.testing.assert_array_equal(labels.numpy(), ref_labels)
+    np.testing.assert_array_equal(counts.numpy(), ref_counts)
+
+
+@pytest.mark.parametrize(
+    "scores, kwargs, message",
+    [
+        (torch.zeros(5), {}, r"must be \(H, W\), \(N, H, W\) or \(N, 1, H, W\), got a 1-D tensor"),
+        (torch.zeros(1, 1, 1, 5, 5), {}, "got a 5-D tensor of shape \\[1, 1, 1, 5, 5\\]"),
+        (torch.zeros(2, 3, 5, 5), {}, "with 3 channels; pass one channel"),
+        (torch.zeros(5, 5, dtype=torch.int64), {}, "got Long"),
+        (torch.zeros(5, 5, dtype=torch.float64), {}, "got Double"),
+        (torch.zeros(5, 5, dtype=torch.complex64), {}, "got ComplexFloat"),
+        (torch.zeros(5, 5), {"connectivity": 6}, "connectivity must be 4 .* or 8 .*, got 6"),
+        (torch.zeros(5, 5), {"min_area": -1}, "min_area must be >= 0 pixels, got -1"),
+        (torch.zeros(5, 5), {"threshold": float("nan")}, "threshold must be a number, got nan"),
+        (torch.zeros(1, 1, dtype=torch.uint8).expand(46341, 46341), {}, "at most 2\\^31 - 1 pixels .* got 46341 x 46341"),
+    ],
+)
+def test_bad_input_is_a_clear_error(scores, kwargs, message):
+    with pytest.raises(RuntimeError, match=message):
+        unetseg.label(scores, **kwargs)
+    with pytest.raises(RuntimeError, match=message):
+        unetseg.label_stats(scores, **kwargs)
+
+
+def test_bad_out_tensors():
+    scores = torch.zeros(2, 5, 5)
+    with pytest.raises(RuntimeError, match="labels must be int32, got Long"):
+        unetseg.label(scores, out=(torch.empty(2, 5, 5, dtype=torch.int64), torch.empty(2, dtype=torch.int64)))
+    with pytest.raises(RuntimeError, match="counts must be int64, got Int"):
+        unetseg.label(scores, out=(torch.empty(2, 5, 5, dtype=torch.int32), torch.empty(2, dtype=torch.int32)))
+    with pytest.raises(RuntimeError, match=r"labels must have the shape of scores \[2, 5, 5\], got \[2, 5, 4\]"):
+        unetseg.label(scores, out=(torch.empty(2, 5, 4, dtype=torch.int32), torch.empty(2, dtype=torch.int64)))
+    with pytest.raises(RuntimeError, match=r"counts must have shape \[2\], got \[3\]"):
+        unetseg.label(scores, out=(torch.empty(2, 5, 5, dtype=torch.int32), torch.empty(3, dtype=torch.int64)))
+
+
+def test_opcheck():
+    scores = blobby(np.random.default_rng(3), (2, 1, 33, 47), 0.5, 1.0)
+    torch.library.opcheck(torch.ops.unetseg.label.default, (scores, 0.5, 8, 3))
+    torch.library.opcheck(torch.ops.unetseg.label.default, (scores.half()[:, 0], 0.5, 4, 0))
+    labels, counts = torch.empty(scores.shape, dtype=torch.int32), torch.empty(2, dtype=torch.int64)
+    torch.library.opcheck(torch.ops.unetseg.label_out.default, (scores, 0.5, 8, 0, labels, counts))
+    torch.library.opcheck(
+        torch.ops.unetseg.label_stats.default, (scores, 0.5, 8, 0), test_utils=("test_schema", "test_faketensor")
+    )
+
+
+def test_torchscript_roundtrip(tmp_path):
+    import warnings
+
+    class Segmenter(torch.nn.Module):
+        def forward(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.ops.unetseg.label(torch.sigmoid(scores), 0.5, 8, 2)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(Segmenter())
+        scripted.save(str(tmp_path / "segmenter.pt"))
+        loaded = torch.jit.load(str(tmp_path / "segmenter.pt"))
+    logits = torch.randn(3, 1, 64, 64) * 3
+    labels, counts = loaded(logits)
+    ref_labels, ref_counts = label_batch(torch.sigmoid(logits), 0.5, 8, 2)
+    np.testing.assert_array_equal(labels.numpy(), ref_labels)
+    np.testing.assert_array_equal(counts.numpy(), ref_counts)
