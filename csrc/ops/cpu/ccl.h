@@ -6,10 +6,11 @@
 // (He, Chao & Suzuki, "A run-based two-scan labeling algorithm", IEEE TIP 2008) and touches each
 // pixel exactly twice: one read of the scores, one write of the labels (the memory floor).
 //
-//  1. scan   (parallel over strips of rows) Each row is thresholded into a row-sized byte scratch
-//            that stays in L1; its foreground runs [start, end) are appended to the strip's run
-//            table and joined (union-find) with the runs they touch in the previous row of the
-//            same strip. 8-connectivity: runs touch when their column ranges, widened by one
+//  1. scan   (parallel over strips of rows) Each row is thresholded into a bit row (64 pixels a
+//            word, SIMD compare + movemask) that stays in L1; its foreground runs [start, end) are
+//            the set bits of (bits ^ bits << 1), found with count-trailing-zeros, appended to the
+//            strip's run table and joined (union-find) with the runs they touch in the previous row
+//            of the same strip. 8-connectivity: runs touch when their column ranges, widened by one
 //            pixel, overlap; 4-connectivity: when the ranges themselves overlap.
 //  2. merge  (per image) The first row of every strip is joined with the last row of the strip
 //            above. Union always links the larger root under the smaller, so every root is the
@@ -20,7 +21,8 @@
 //            min_area drops objects by renumbering here, at the run level, and per-object
 //            statistics are summed from runs (area, bbox, centroid, score sum), never from pixels.
 //  4. write  (parallel over strips) Each row of labels is written once: zeros between runs and
-//            the run's label on it.
+//            the run's label on it, in fixed-width blocks that may overshoot into the next segment
+//            of the row (which is written right after), so no store loop has a data-dependent tail.
 //
 // The run table is small for blob-like maps; its worst case (a checkerboard) is one run per two
 // pixels. Threading is left to the caller through `parallel_for(n, fn(begin, end))` so the same
@@ -31,6 +33,10 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace unetseg::ccl {
 
@@ -73,18 +79,10 @@ inline int32_t find_root(Run* runs, int32_t x) {
   return x;
 }
 
-inline void unite(Run* runs, int32_t a, int32_t b) {
-  a = find_root(runs, a);
-  b = find_root(runs, b);
-  if (a < b) {
-    runs[b].parent = a;
-  } else if (b < a) {
-    runs[a].parent = b;
-  }
-}
-
 // Joins the runs [cur_begin, cur_end) of one row with the touching runs [prev_begin, prev_end) of
-// the row above. Both ranges are sorted by column and do not overlap within themselves.
+// the row above. Both ranges are sorted by column and do not overlap within themselves. A current
+// run may already belong to a set (at strip seams); in a fresh scan it is its own root and simply
+// adopts the smallest root among its neighbours.
 inline void join_rows(Run* runs, int32_t prev_begin, int32_t prev_end, int32_t cur_begin,
                       int32_t cur_end, int32_t widen) {
   int32_t j = prev_begin;
@@ -92,53 +90,135 @@ inline void join_rows(Run* runs, int32_t prev_begin, int32_t prev_end, int32_t c
     const int32_t lo = runs[i].start - widen;
     const int32_t hi = runs[i].end + widen;
     while (j < prev_end && runs[j].end <= lo) ++j;
-    for (int32_t k = j; k < prev_end && runs[k].start < hi; ++k) unite(runs, i, k);
+    int32_t k = j;
+    if (k >= prev_end || runs[k].start >= hi) continue;
+    int32_t root = find_root(runs, i);
+    for (; k < prev_end && runs[k].start < hi; ++k) {
+      const int32_t other = find_root(runs, k);
+      if (other < root) {
+        runs[root].parent = other;
+        root = other;
+      } else if (other > root) {
+        runs[other].parent = root;
+      }
+    }
+    runs[i].parent = root;
   }
 }
 
-inline uint64_t load8(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// Index of the first byte in [x, width) of a 0/1 mask that differs from `value`, or width.
-// Eight bytes at a time; assumes a little-endian machine (x86-64, AArch64).
-inline int32_t skip_while(const uint8_t* mask, int32_t x, int32_t width, uint8_t value) {
-  const uint64_t pattern = value ? 0x0101010101010101ULL : 0;
-  while (x + 8 <= width) {
-    const uint64_t diff = load8(mask + x) ^ pattern;
-    if (diff) return x + (__builtin_ctzll(diff) >> 3);
-    x += 8;
+// Fills [first, last) of a row of `width` with `value`. When the row has room, it stores blocks of
+// 16 (one cache line) and so writes up to 15 elements past last: segments of a row are written
+// left to right and tile it, so a later segment writes those elements again.
+inline void fill_segment(int32_t* row, int32_t first, int32_t last, int32_t width, int32_t value) {
+  if (last + 15 > width) {
+    std::fill(row + first, row + last, value);
+    return;
   }
-  while (x < width && mask[x] == value) ++x;
-  return x;
+#if defined(__SSE2__)
+  const __m128i v = _mm_set1_epi32(value);
+  for (int32_t x = first; x < last; x += 16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(row + x), v);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(row + x + 4), v);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(row + x + 8), v);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(row + x + 12), v);
+  }
+#else
+  for (int32_t x = first; x < last; x += 16) std::fill(row + x, row + x + 16, value);
+#endif
 }
 
 } // namespace detail
 
-// Step 1. `threshold_row(row, mask)` writes width bytes of 0/1 into mask; `score_sum(row, start,
-// end)` returns the sum of the scores of a run (called only when with_scores).
+inline int64_t words_per_row(int64_t width) { return (width + 63) / 64; }
+
+// Packs a row of 0/1 bytes into bits (pixel x is bit x % 64 of word x / 64); bits past width are 0.
+inline void pack_bits(const uint8_t* mask, int32_t width, uint64_t* bits) {
+  int32_t x = 0;
+  for (; x + 64 <= width; x += 64) {
+#if defined(__SSE2__)
+    uint64_t word = 0;
+    const __m128i zero = _mm_setzero_si128();
+    for (int k = 0; k < 4; ++k) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(mask + x + 16 * k));
+      const auto off = static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, zero)));
+      word |= static_cast<uint64_t>(~off & 0xFFFFu) << (16 * k);
+    }
+    bits[x / 64] = word;
+#else
+    uint64_t word = 0;
+    for (int k = 0; k < 64; ++k) word |= static_cast<uint64_t>(mask[x + k] != 0) << k;
+    bits[x / 64] = word;
+#endif
+  }
+  if (x < width) {
+    uint64_t word = 0;
+    for (int k = 0; x + k < width; ++k) word |= static_cast<uint64_t>(mask[x + k] != 0) << k;
+    bits[x / 64] = word;
+  }
+}
+
+// The bit row of `score > threshold` for a contiguous float32 row, without a byte stage.
+inline void threshold_bits(const float* row, int32_t width, float threshold, uint64_t* bits) {
+  int32_t x = 0;
+#if defined(__SSE2__)
+  const __m128 t = _mm_set1_ps(threshold);
+  for (; x + 64 <= width; x += 64) {
+    uint64_t word = 0;
+    for (int k = 0; k < 16; ++k) {
+      const __m128 v = _mm_loadu_ps(row + x + 4 * k);
+      word |= static_cast<uint64_t>(_mm_movemask_ps(_mm_cmpgt_ps(v, t))) << (4 * k);
+    }
+    bits[x / 64] = word;
+  }
+#endif
+  for (; x < width; x += 64) {
+    uint64_t word = 0;
+    for (int k = 0; k < 64 && x + k < width; ++k) word |= static_cast<uint64_t>(row[x + k] > threshold) << k;
+    bits[x / 64] = word;
+  }
+}
+
+// Step 1. `threshold_row(row, bits)` writes the row's words_per_row(width) words of foreground bits
+// (bits past width 0); `score_sum(row, start, end)` returns the sum of the scores of a run (called
+// only when with_scores).
 template <class ThresholdRow, class ScoreSum>
 void scan_strip(Strip& strip, int32_t width, bool eight_connected, bool with_scores,
-                ThresholdRow&& threshold_row, ScoreSum&& score_sum, std::vector<uint8_t>& mask) {
-  mask.resize(static_cast<size_t>(width));
+                ThresholdRow&& threshold_row, ScoreSum&& score_sum, std::vector<uint64_t>& bits) {
+  const int64_t words = words_per_row(width);
+  bits.resize(static_cast<size_t>(words));
   strip.runs.clear();
   strip.score_sums.clear();
   strip.row_offsets.assign(1, 0);
   const int32_t widen = eight_connected ? 1 : 0;
   int32_t prev_begin = 0;
   for (int32_t row = strip.row_begin; row < strip.row_end; ++row) {
-    threshold_row(row, mask.data());
+    threshold_row(row, bits.data());
     const auto cur_begin = static_cast<int32_t>(strip.runs.size());
-    for (int32_t x = 0;;) {
-      x = detail::skip_while(mask.data(), x, width, 0);
-      if (x >= width) break;
-      const int32_t end = detail::skip_while(mask.data(), x, width, 1);
+    // Every set bit of edges is a run boundary: a start when outside a run, an end when inside.
+    uint64_t carry = 0;
+    int32_t start = 0;
+    bool inside = false;
+    for (int64_t k = 0; k < words; ++k) {
+      const uint64_t word = bits[k];
+      uint64_t edges = word ^ ((word << 1) | carry);
+      carry = word >> 63;
+      while (edges) {
+        const auto x = static_cast<int32_t>(k * 64 + __builtin_ctzll(edges));
+        edges &= edges - 1;
+        if (!inside) {
+          start = x;
+        } else {
+          const auto index = static_cast<int32_t>(strip.runs.size());
+          strip.runs.push_back(Run{row, start, x, index});
+          if (with_scores) strip.score_sums.push_back(score_sum(row, start, x));
+        }
+        inside = !inside;
+      }
+    }
+    if (inside) {
       const auto index = static_cast<int32_t>(strip.runs.size());
-      strip.runs.push_back(Run{row, x, end, index});
-      if (with_scores) strip.score_sums.push_back(score_sum(row, x, end));
-      x = end;
+      strip.runs.push_back(Run{row, start, width, index});
+      if (with_scores) strip.score_sums.push_back(score_sum(row, start, width));
     }
     const auto cur_end = static_cast<int32_t>(strip.runs.size());
     detail::join_rows(strip.runs.data(), prev_begin, cur_begin, cur_begin, cur_end, widen);
@@ -156,8 +236,7 @@ struct ImageRuns {
   int64_t count = 0;
 };
 
-// Steps 2 and 3 for one image, given its strips in top-to-bottom order (their run tables are moved
-// into `image`). When `stats` is non-null
+// Steps 2 and 3 for one image, given its strips in top-to-bottom order. When `stats` is non-null
 // it receives count * kNumStatsColumns values (row-major), after min_area.
 inline void merge_and_number(ImageRuns& image, Strip* const* strips, int64_t num_strips,
                              bool eight_connected, int64_t min_area, std::vector<double>* stats) {
@@ -184,10 +263,6 @@ inline void merge_and_number(ImageRuns& image, Strip* const* strips, int64_t num
                         image.row_offsets[row], image.row_offsets[row + 1], eight_connected ? 1 : 0);
     }
     offset += static_cast<int32_t>(strip.runs.size());
-    // The strip's own tables are copied; free them while other images are still being numbered.
-    std::vector<Run>().swap(strip.runs);
-    std::vector<double>().swap(strip.score_sums);
-    std::vector<int32_t>().swap(strip.row_offsets);
   }
 
   // Step 3: parent < index for every non-root, so one forward pass resolves every label.
@@ -256,11 +331,11 @@ inline void write_rows(const ImageRuns& image, int32_t row_begin, int32_t row_en
     int32_t x = 0;
     for (int32_t i = image.row_offsets[row]; i < image.row_offsets[row + 1]; ++i) {
       const Run& r = image.runs[i];
-      std::fill(out + x, out + r.start, 0);
-      std::fill(out + r.start, out + r.end, image.run_labels[i]);
+      detail::fill_segment(out, x, r.start, width, 0);
+      detail::fill_segment(out, r.start, r.end, width, image.run_labels[i]);
       x = r.end;
     }
-    std::fill(out + x, out + width, 0);
+    detail::fill_segment(out, x, width, width, 0);
   }
 }
 

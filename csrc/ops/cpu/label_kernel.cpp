@@ -13,7 +13,13 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -33,22 +39,77 @@ struct RowReader {
   const scalar_t* image;
   int64_t stride_h, stride_w;
   float threshold;
+  int32_t width;
+  uint8_t* bytes; // width bytes of scratch
 
-  void threshold_row(int32_t row, uint8_t* mask, int32_t width) const {
+  void threshold_row(int32_t row, uint64_t* bits) const {
     const scalar_t* p = image + row * stride_h;
-    if (stride_w == 1) {
-      for (int32_t x = 0; x < width; ++x) mask[x] = static_cast<float>(p[x]) > threshold;
-    } else {
-      for (int32_t x = 0; x < width; ++x) mask[x] = static_cast<float>(p[x * stride_w]) > threshold;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (stride_w == 1) return ccl::threshold_bits(p, width, threshold, bits);
     }
+    if (stride_w == 1) {
+      for (int32_t x = 0; x < width; ++x) bytes[x] = static_cast<float>(p[x]) > threshold;
+    } else {
+      for (int32_t x = 0; x < width; ++x) bytes[x] = static_cast<float>(p[x * stride_w]) > threshold;
+    }
+    ccl::pack_bits(bytes, width, bits);
   }
 
   double score_sum(int32_t row, int32_t start, int32_t end) const {
     const scalar_t* p = image + row * stride_h;
-    double sum = 0;
-    for (int32_t x = start; x < end; ++x) sum += static_cast<float>(p[x * stride_w]);
-    return sum;
+    double sum[4] = {0, 0, 0, 0}; // independent chains: one add per cycle, not one per latency
+    int32_t x = start;
+    for (; x + 4 <= end; x += 4)
+      for (int k = 0; k < 4; ++k) sum[k] += static_cast<float>(p[(x + k) * stride_w]);
+    for (; x < end; ++x) sum[0] += static_cast<float>(p[x * stride_w]);
+    return (sum[0] + sum[1]) + (sum[2] + sum[3]);
   }
+};
+
+// The run tables of one call. Fresh multi-megabyte tables would be page-faulted in (and zeroed by
+// the kernel) on every call, which costs as much as the labelling itself, so calls borrow a
+// workspace from a pool and give it back with its capacity: a steady stream of same-sized calls
+// allocates nothing. Concurrent callers each borrow their own.
+struct Workspace {
+  std::vector<ccl::Strip> strips;
+  std::vector<ccl::ImageRuns> images;
+  std::vector<std::vector<double>> stats;
+};
+
+class WorkspacePool {
+ public:
+  struct Lease {
+    std::unique_ptr<Workspace> workspace;
+    ~Lease() { WorkspacePool::instance().give_back(std::move(workspace)); }
+    Workspace* operator->() const { return workspace.get(); }
+  };
+
+  static WorkspacePool& instance() {
+    static WorkspacePool pool;
+    return pool;
+  }
+
+  Lease borrow() {
+    std::unique_ptr<Workspace> workspace;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_.empty()) {
+        workspace = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    return Lease{workspace ? std::move(workspace) : std::make_unique<Workspace>()};
+  }
+
+ private:
+  void give_back(std::unique_ptr<Workspace> workspace) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.size() < kMaxIdle) free_.push_back(std::move(workspace));
+  }
+
+  static constexpr size_t kMaxIdle = 4;
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<Workspace>> free_;
 };
 
 template <typename scalar_t>
@@ -78,7 +139,9 @@ void label_kernel_impl(const at::Tensor& scores, const ImageBatch& b, double thr
   const int64_t threads = at::get_num_threads();
   const int64_t strips_per_image =
       std::clamp<int64_t>((2 * threads + b.n - 1) / b.n, 1, std::max<int64_t>(1, b.h / kMinStripRows));
-  std::vector<ccl::Strip> strips(static_cast<size_t>(b.n * strips_per_image));
+  const WorkspacePool::Lease workspace = WorkspacePool::instance().borrow();
+  std::vector<ccl::Strip>& strips = workspace->strips;
+  strips.resize(static_cast<size_t>(b.n * strips_per_image));
   for (int64_t i = 0; i < b.n; ++i) {
     for (int64_t s = 0; s < strips_per_image; ++s) {
       ccl::Strip& strip = strips[i * strips_per_image + s];
@@ -93,21 +156,25 @@ void label_kernel_impl(const at::Tensor& scores, const ImageBatch& b, double thr
         const auto* base = scores.const_data_ptr<scalar_t>();
         const float t = threshold_in_dtype<scalar_t>(threshold);
         at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
-          std::vector<uint8_t> mask;
+          std::vector<uint8_t> bytes(static_cast<size_t>(width));
+          std::vector<uint64_t> bits;
           for (int64_t k = begin; k < end; ++k) {
             ccl::Strip& strip = strips[k];
-            const RowReader<scalar_t> reader{base + strip.image * b.stride_n, b.stride_h, b.stride_w, t};
+            const RowReader<scalar_t> reader{base + strip.image * b.stride_n, b.stride_h, b.stride_w,
+                                             t, width, bytes.data()};
             ccl::scan_strip(
                 strip, width, eight_connected, with_stats,
-                [&](int32_t row, uint8_t* m) { reader.threshold_row(row, m, width); },
-                [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); }, mask);
+                [&](int32_t row, uint64_t* words) { reader.threshold_row(row, words); },
+                [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); }, bits);
           }
         });
       }),
       at::kFloat, at::kHalf, at::kBFloat16, at::kByte, at::kBool);
 
-  std::vector<ccl::ImageRuns> images(static_cast<size_t>(b.n));
-  std::vector<std::vector<double>> image_stats(with_stats ? b.n : 0);
+  std::vector<ccl::ImageRuns>& images = workspace->images;
+  images.resize(static_cast<size_t>(b.n));
+  std::vector<std::vector<double>>& image_stats = workspace->stats;
+  image_stats.resize(with_stats ? b.n : 0);
   at::parallel_for(0, b.n, 1, [&](int64_t begin, int64_t end) {
     std::vector<ccl::Strip*> own(static_cast<size_t>(strips_per_image));
     for (int64_t i = begin; i < end; ++i) {
@@ -137,8 +204,18 @@ void label_kernel_impl(const at::Tensor& scores, const ImageBatch& b, double thr
   }
 }
 
+// A new int32 label tensor. Large ones are advised to use transparent huge pages before their
+// first touch: faulting in a 64 MiB output 4 KiB at a time costs more than labelling it.
 at::Tensor new_labels(const at::Tensor& scores) {
-  return at::empty(scores.sizes(), scores.options().dtype(at::kInt).memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor labels = at::empty(scores.sizes(), scores.options().dtype(at::kInt));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const auto begin = reinterpret_cast<uintptr_t>(labels.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + labels.nbytes()) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE); // a hint
+#endif
+  return labels;
 }
 
 std::tuple<at::Tensor, at::Tensor> label_cpu(const at::Tensor& scores, double threshold,

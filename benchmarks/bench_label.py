@@ -1,0 +1,124 @@
+"""Threshold + connected components on nuclei-like probability maps: unetseg's fused op against
+OpenCV, cc3d, scipy, skimage and the memory floor, in one process with the same thread count.
+
+    python benchmarks/bench_label.py [--threads N] [--repeats R] [--markdown]
+
+Maps come from unetseg's synthetic generator (float32 soft nucleus masks, many touching), at
+2048^2, 4096^2 and a batch of 32 x 256^2. Every competitor gets the same map and threshold; ratios
+are competitor time / unetseg time (above 1: unetseg is faster). The memory floor reads the float
+map and writes int32 labels once (torch's parallel copy, preallocated output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import cv2
+import numpy as np
+import scipy.ndimage as ndi
+import skimage.measure
+import torch
+
+import unetseg
+from unetseg.data import synthetic_nuclei
+
+THRESHOLD = 0.5
+
+
+def timeit(fn, repeats: int) -> float:
+    """Median wall time in ms over `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def make_maps(sizes: list[int], batch: int, small: int) -> dict[str, np.ndarray]:
+    maps = {f"{s}x{s}": synthetic_nuclei((s, s), seed=s).probability for s in sizes}
+    maps[f"{batch}x{small}x{small}"] = np.stack(
+        [synthetic_nuclei((small, small), seed=1000 + i).probability for i in range(batch)]
+    )
+    return maps
+
+
+def competitors(m: np.ndarray):
+    """(name, fn) pairs for one map: (H, W) or a batch (N, H, W), looped in Python per image."""
+    scores = torch.from_numpy(m)
+    images = m if m.ndim == 3 else m[None]
+    labels = torch.empty(scores.shape, dtype=torch.int32)
+    counts = torch.empty(images.shape[0], dtype=torch.int64)
+    mask = np.empty(images.shape[1:], np.uint8)
+    cv_labels = np.empty(images.shape[1:], np.int32)
+    eight = np.ones((3, 3), bool)
+    import cc3d
+
+    def opencv():
+        for image in images:
+            cv2.compare(image, THRESHOLD, cv2.CMP_GT, dst=mask)
+            cv2.connectedComponents(mask, labels=cv_labels, connectivity=8, ltype=cv2.CV_32S)
+
+    def opencv_stats():
+        for image in images:
+            cv2.compare(image, THRESHOLD, cv2.CMP_GT, dst=mask)
+            cv2.connectedComponentsWithStats(mask, labels=cv_labels, connectivity=8, ltype=cv2.CV_32S)
+
+    return [
+        ("unetseg label (out=)", lambda: unetseg.label(scores, THRESHOLD, out=(labels, counts))),
+        ("unetseg label", lambda: unetseg.label(scores, THRESHOLD)),
+        ("unetseg label_stats", lambda: unetseg.label_stats(scores, THRESHOLD)),
+        ("memory floor (read f32, write i32)", lambda: labels.copy_(scores.view(torch.int32))),
+        ("OpenCV compare + connectedComponents", opencv),
+        ("OpenCV ... connectedComponentsWithStats", opencv_stats),
+        ("cc3d (numpy threshold)", lambda: [cc3d.connected_components(i > THRESHOLD, connectivity=8) for i in images]),
+        ("scipy.ndimage.label", lambda: [ndi.label(i > THRESHOLD, eight) for i in images]),
+        ("skimage.measure.label", lambda: [skimage.measure.label(i > THRESHOLD, connectivity=2) for i in images]),
+    ]
+
+
+def check_agreement(m: np.ndarray) -> None:
+    """The benchmark only means something if everyone finds the same objects."""
+    images = m if m.ndim == 3 else m[None]
+    ours = unetseg.label(torch.from_numpy(m), THRESHOLD).counts.reshape(-1).tolist()
+    theirs = [ndi.label(i > THRESHOLD, np.ones((3, 3)))[1] for i in images]
+    assert ours == theirs, (ours[:5], theirs[:5])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for torch and OpenCV")
+    parser.add_argument("--repeats", type=int, default=15, help="timed calls per method (median reported)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096], help="square map sizes")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
+          f"OpenCV {cv2.__version__}, unetseg {unetseg.__version__}")
+    rows = []
+    for name, m in make_maps(args.sizes, 32, 256).items():
+        check_agreement(m)
+        n_objects = unetseg.label(torch.from_numpy(m), THRESHOLD).counts.sum().item()
+        results = [(method, timeit(fn, args.repeats)) for method, fn in competitors(m)]
+        ours = results[0][1]
+        ours_stats = results[2][1]
+        for method, ms in results:
+            reference = ours_stats if "Stats" in method else ours
+            rows.append((name, n_objects, method, ms, m.size / ms / 1e3, ms / reference))
+    if args.markdown:
+        print("| map | objects | method | ms | Mpx/s | vs unetseg |\n|---|---:|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.0f} | {r[5]:.2f}x |")
+    else:
+        for r in rows:
+            print(f"{r[0]:>12} {r[1]:>6} {r[2]:<42} {r[3]:9.2f} ms {r[4]:8.0f} Mpx/s {r[5]:7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
