@@ -1,5 +1,23 @@
 """Datasets, readers, normalisation, augmentation and the synthetic nuclei generator."""
 
+from .dataset import NucleiDataset
+from .readers import Sample, read_dataset, read_dsb2018, read_image, read_label_folders, read_npz, read_pairs
 from .synthetic import SyntheticNuclei, synthetic_nuclei
+from .transforms import Augment, Normalisation, targets, to_channels
 
-__all__ = ["SyntheticNuclei", "synthetic_nuclei"]
+__all__ = [
+    "Augment",
+    "Normalisation",
+    "NucleiDataset",
+    "Sample",
+    "SyntheticNuclei",
+    "read_dataset",
+    "read_dsb2018",
+    "read_image",
+    "read_label_folders",
+    "read_npz",
+    "read_pairs",
+    "synthetic_nuclei",
+    "targets",
+    "to_channels",
+]

@@ -1,0 +1,84 @@
+"""A torch Dataset over in-memory samples: normalise, crop or resize, augment, make targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .readers import Sample
+from .transforms import Augment, Normalisation, random_crop, resize, targets, to_channels
+
+
+class NucleiDataset(Dataset):
+    """Yields ``(image float32 (C, S, S), target float32 (K, S, S))``.
+
+    Args:
+        samples: images with instance labels.
+        channels: image channels the model takes (1 or 3).
+        out_channels: 1 (nucleus) or 2 (nucleus + boundary).
+        size: crop (or resize) side length.
+        mode: "crop" (random crops, the default for training), "center" (deterministic centre crops,
+            for validation) or "resize" (to size x size).
+        augment: an :class:`Augment`, or None.
+        samples_per_epoch: items per epoch (crops are drawn anew each time); default len(samples).
+        seed: base seed; each item's randomness depends on (seed, epoch, index) only, so any number of
+            worker processes gives the same batches.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        channels: int,
+        out_channels: int,
+        size: int = 256,
+        mode: str = "crop",
+        augment: Augment | None = None,
+        normalisation: Normalisation = Normalisation(),
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+    ):
+        if mode not in ("crop", "center", "resize"):
+            raise ValueError(f"mode must be 'crop', 'center' or 'resize', got {mode!r}")
+        if not samples:
+            raise ValueError("no samples: the dataset is empty")
+        self.samples, self.channels, self.out_channels = samples, channels, out_channels
+        self.size, self.mode, self.augment, self.normalisation = size, mode, augment, normalisation
+        self.samples_per_epoch = samples_per_epoch or len(samples)
+        self.seed, self.epoch = seed, 0
+        # normalise once: percentiles over the whole image, not over a crop
+        self.images = [normalisation(to_channels(s.image, channels)) for s in samples]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int):
+        i = index % len(self.samples)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image, labels = self.images[i], self.samples[i].labels
+        if self.mode == "resize":
+            image, labels = resize(image, labels, self.size)
+        else:
+            if self.augment is not None and self.augment.scale != (1.0, 1.0):
+                # crop a larger window first so the scaled crop still covers `size`
+                window = int(np.ceil(self.size / self.augment.scale[0])) + 2
+                image, labels = random_crop(image, labels, window, rng)
+            if self.augment is not None:
+                image, labels = self.augment(image, labels, rng)
+            if self.mode == "crop":
+                image, labels = random_crop(image, labels, self.size, rng)
+            else:
+                from .transforms import pad_to
+
+                image, labels = pad_to(image, labels, self.size)
+                y, x = (image.shape[0] - self.size) // 2, (image.shape[1] - self.size) // 2
+                image, labels = image[y : y + self.size, x : x + self.size], labels[y : y + self.size, x : x + self.size]
+        if self.mode == "resize" and self.augment is not None:
+            image, labels = self.augment(image, labels, rng)
+            image, labels = random_crop(image, labels, self.size, rng)
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        target = torch.from_numpy(targets(np.ascontiguousarray(labels), self.out_channels))
+        return image, target

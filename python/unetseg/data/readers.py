@@ -1,0 +1,174 @@
+"""Dataset readers. Every reader returns a list of :class:`Sample` (image + instance labels).
+
+Layouts:
+- DSB 2018 (``<root>/<id>/images/<id>.png`` + ``<root>/<id>/masks/*.png``, one binary mask a nucleus)
+- instance-label folders (``<root>/images/<name>.png`` + ``<root>/labels/<name>.png``, uint16 labels;
+  an optional ``manifest.csv`` with ``id`` and ``kind`` columns gives each image's kind)
+- ``.npz`` files holding ``images`` (N, H, W[, C]) and ``masks`` (N, H, W; binary or instance labels)
+- image/mask folder pairs matched by file name (binary or instance masks)
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass
+class Sample:
+    name: str
+    image: np.ndarray
+    """(H, W) or (H, W, C), uint8 or uint16 (or float)"""
+    labels: np.ndarray
+    """(H, W) int32 instance labels, 0 background"""
+    kind: str = "unknown"
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Reads a PNG/TIFF/JPEG/BMP as (H, W) or (H, W, C) in RGB(A) order, keeping 8 or 16 bits."""
+    import cv2
+
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            return tifffile.imread(path)
+        except Exception as e:
+            raise ValueError(f"cannot read {path} as a TIFF image: {e}") from None
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot read {path} as an image (expected PNG, TIFF, JPEG or BMP)")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return image
+
+
+def _instances(mask: np.ndarray, path: Path) -> np.ndarray:
+    """Instance labels from a mask file: binary masks are labelled (8-connectivity), label images kept."""
+    from ..ops import label
+
+    if mask.ndim == 3:
+        if not all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(1, min(mask.shape[2], 3))):
+            raise ValueError(f"{path}: a mask must be single-channel, got {mask.shape[2]} different channels")
+        mask = mask[..., 0]
+    values = np.unique(mask)
+    if len(values) <= 2:  # binary
+        import torch
+
+        return label(torch.from_numpy(np.ascontiguousarray(mask > 0))).labels.numpy()
+    return mask.astype(np.int32)
+
+
+def _check_same_size(image: np.ndarray, labels: np.ndarray, name: str) -> None:
+    if image.shape[:2] != labels.shape[:2]:
+        raise ValueError(f"{name}: the image is {image.shape[1]}x{image.shape[0]} but its mask is {labels.shape[1]}x{labels.shape[0]}")
+
+
+def read_dsb2018(root: str | os.PathLike) -> list[Sample]:
+    """The Data Science Bowl 2018 layout: one folder per image id with images/ and masks/."""
+    root = Path(root)
+    samples = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        images = sorted((folder / "images").glob("*.png"))
+        if not images:
+            raise ValueError(f"{folder}: no images/<id>.png (DSB 2018 layout expected)")
+        image = read_image(images[0])
+        masks = sorted((folder / "masks").glob("*.png"))
+        if not masks:
+            raise ValueError(f"{folder}: the image has no masks in {folder / 'masks'}")
+        labels = np.zeros(image.shape[:2], np.int32)
+        for k, m in enumerate(masks, 1):
+            mask = read_image(m)
+            _check_same_size(image, mask, str(m))
+            mask = mask[..., 0] if mask.ndim == 3 else mask
+            labels[(mask > 0) & (labels == 0)] = k  # where masks overlap, the first wins
+        samples.append(Sample(folder.name, image, _raster(labels)))
+    if not samples:
+        raise ValueError(f"{root}: empty, expected one folder per image (DSB 2018 layout)")
+    return samples
+
+
+def read_label_folders(root: str | os.PathLike) -> list[Sample]:
+    """``images/`` + ``labels/`` folders of the same file names; kinds from ``manifest.csv`` if any."""
+    root = Path(root)
+    kinds = {}
+    if (root / "manifest.csv").exists():
+        with open(root / "manifest.csv", newline="") as f:
+            kinds = {row["id"]: row.get("kind", "unknown") for row in csv.DictReader(f)}
+    samples = read_pairs(root / "images", root / "labels")
+    for s in samples:
+        s.kind = kinds.get(s.name, s.kind)
+    return samples
+
+
+def read_pairs(images_dir: str | os.PathLike, masks_dir: str | os.PathLike) -> list[Sample]:
+    """Images and masks in two folders, matched by file name (stem); masks binary or instance labels."""
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    for d in (images_dir, masks_dir):
+        if not d.is_dir():
+            raise ValueError(f"{d}: no such folder")
+    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not images:
+        raise ValueError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    missing = sorted(set(images) - set(masks))
+    if missing:
+        raise ValueError(f"{len(missing)} images have no mask in {masks_dir}, e.g. {missing[:3]}")
+    samples = []
+    for name, path in images.items():
+        image = read_image(path)
+        labels = _instances(read_image(masks[name]), masks[name])
+        _check_same_size(image, labels, name)
+        samples.append(Sample(name, image, labels))
+    return samples
+
+
+def read_npz(path: str | os.PathLike) -> list[Sample]:
+    """A ``.npz`` holding ``images`` (N, H, W[, C]) and ``masks`` (N, H, W), binary or instance."""
+    path = Path(path)
+    with np.load(path) as data:
+        for key in ("images", "masks"):
+            if key not in data:
+                raise ValueError(f"{path}: no array named {key!r}; found {sorted(data.files)}")
+        images, masks = data["images"], data["masks"]
+        kinds = data["kinds"] if "kinds" in data else None
+    if len(images) != len(masks):
+        raise ValueError(f"{path}: {len(images)} images but {len(masks)} masks")
+    samples = []
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        labels = _instances(mask, path)
+        _check_same_size(image, labels, f"{path}[{i}]")
+        samples.append(Sample(f"{path.stem}_{i:05d}", image, labels, str(kinds[i]) if kinds is not None else "unknown"))
+    return samples
+
+
+def read_dataset(path: str | os.PathLike) -> list[Sample]:
+    """Any supported layout, recognised from what is there."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    if path.suffix == ".npz":
+        return read_npz(path)
+    if (path / "images").is_dir() and (path / "labels").is_dir():
+        return read_label_folders(path)
+    if (path / "images").is_dir() and (path / "masks").is_dir():
+        return read_pairs(path / "images", path / "masks")
+    if path.is_dir() and any((p / "images").is_dir() for p in path.iterdir() if p.is_dir()):
+        return read_dsb2018(path)
+    raise ValueError(
+        f"{path}: not a dataset unetseg knows. Expected a .npz (images, masks), images/ + labels/ or "
+        "images/ + masks/ folders, or the DSB 2018 layout (<id>/images/<id>.png + <id>/masks/*.png)"
+    )
+
+
+def _raster(labels: np.ndarray) -> np.ndarray:
+    from .synthetic import _raster_order
+
+    return _raster_order(labels)

@@ -1,0 +1,120 @@
+"""Normalisation, channel conversion, augmentation, crops and training targets (numpy, per sample)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+from skimage.segmentation import find_boundaries
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Per-image, per-channel percentile scaling: (x - p_low) / (p_high - p_low). Stored with the model."""
+
+    method: str = "percentile"
+    low: float = 1.0
+    high: float = 99.8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, C) any dtype -> float32 (H, W, C)."""
+        x = image.astype(np.float32)
+        lo = np.percentile(x, self.low, axis=(0, 1), keepdims=True)
+        hi = np.percentile(x, self.high, axis=(0, 1), keepdims=True)
+        return (x - lo) / np.maximum(hi - lo, 1e-6)
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W) / (H, W, 1|3|4) -> (H, W, channels): alpha dropped, gray repeated or RGB averaged."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"expected an (H, W) or (H, W, C) image with C in 1..4, got shape {image.shape}")
+    if image.shape[2] == 4:
+        image = image[..., :3]
+    elif image.shape[2] == 2:  # gray + alpha
+        image = image[..., :1]
+    if image.shape[2] == channels:
+        return image
+    if channels == 1:
+        return image.mean(axis=2, keepdims=True).astype(image.dtype)
+    if channels == 3 and image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    raise ValueError(f"cannot make {channels} channels from an image with {image.shape[2]}")
+
+
+def targets(labels: np.ndarray, channels: int) -> np.ndarray:
+    """(C, H, W) float32 targets: nucleus mask, and for 2 channels also the nucleus boundaries
+    (the inner boundary pixels of each instance, so touching nuclei are separated)."""
+    mask = (labels > 0).astype(np.float32)
+    if channels == 1:
+        return mask[None]
+    boundary = find_boundaries(labels, mode="inner").astype(np.float32) * mask
+    return np.stack([mask, boundary])
+
+
+def pad_to(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reflect-pads the image (zero-pads labels) so that both sides are at least `size`."""
+    ph, pw = max(0, size - image.shape[0]), max(0, size - image.shape[1])
+    if ph or pw:
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+        labels = np.pad(labels, ((0, ph), (0, pw)))
+    return image, labels
+
+
+def random_crop(image, labels, size: int, rng: np.random.Generator):
+    image, labels = pad_to(image, labels, size)
+    y = rng.integers(0, image.shape[0] - size + 1)
+    x = rng.integers(0, image.shape[1] - size + 1)
+    return image[y : y + size, x : x + size], labels[y : y + size, x : x + size]
+
+
+def resize(image, labels, size: int):
+    """Resize to size x size (image bilinear, labels nearest), as the DSB starter projects did."""
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    if image.ndim == 2:
+        image = image[..., None]
+    return image, cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random augmentation of a normalised image (H, W, C) float32 and its labels (H, W)."""
+
+    flips: bool = True
+    rotations: bool = True
+    scale: tuple[float, float] = (0.7, 1.4)
+    brightness: float = 0.1
+    contrast: float = 0.2
+    gamma: tuple[float, float] = (0.7, 1.5)
+    noise: float = 0.03
+    invert: float = 0.2  # bright-field images have dark nuclei
+
+    def __call__(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+        if self.scale != (1.0, 1.0):
+            s = float(np.exp(rng.uniform(np.log(self.scale[0]), np.log(self.scale[1]))))
+            h, w = max(1, round(image.shape[0] * s)), max(1, round(image.shape[1] * s))
+            channels = image.shape[2]
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, channels)
+            labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        if self.flips and rng.random() < 0.5:
+            image, labels = image[:, ::-1], labels[:, ::-1]
+        if self.flips and rng.random() < 0.5:
+            image, labels = image[::-1], labels[::-1]
+        if self.rotations:
+            k = int(rng.integers(4))
+            image, labels = np.rot90(image, k), np.rot90(labels, k)
+        image = np.clip(image, 0, None) if self.gamma else image
+        if self.gamma:
+            image = np.power(image, rng.uniform(*self.gamma), dtype=np.float32)
+        image = (image - 0.5) * (1 + rng.uniform(-self.contrast, self.contrast)) + 0.5
+        image = image + rng.uniform(-self.brightness, self.brightness)
+        if self.invert and rng.random() < self.invert:
+            image = 1 - image
+        if self.noise:
+            image = image + rng.normal(0, rng.uniform(0, self.noise), image.shape).astype(np.float32)
+        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels)

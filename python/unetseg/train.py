@@ -1,0 +1,327 @@
+"""Training: BCE + Dice, Adam, ReduceLROnPlateau, early stopping, checkpoints with resume, metrics
+CSV, training curves and prediction overlays. CPU or CUDA (mixed precision); several GPUs with
+``torchrun`` (DistributedDataParallel)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .data import Augment, Normalisation, NucleiDataset, read_dataset
+from .data.readers import Sample
+from .io import atomic_path
+from .models import build_model
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    """a dataset path (see unetseg.data.read_dataset)"""
+    output: str = "runs/unet"
+    architecture: str = "unet"
+    model_options: dict[str, Any] = field(default_factory=lambda: {"base_width": 16, "depth": 4, "batch_norm": True})
+    in_channels: int = 3
+    out_channels: int = 1
+    crop: int = 256
+    batch_size: int = 8
+    epochs: int = 50
+    samples_per_epoch: int | None = None
+    lr: float = 1e-3
+    lr_patience: int = 3
+    patience: int = 8
+    boundary_weight: float = 2.0
+    val_fraction: float = 0.15
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    imagenet_weights: str | None = None
+    max_images: int | None = None
+    resume: bool = False
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
+    return torch.device(device)
+
+
+def split_by_kind(samples: list[Sample], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A validation split by image, stratified by kind, fixed by the seed: names (train, val)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for kind in sorted({s.kind for s in samples}):
+        names = sorted(s.name for s in samples if s.kind == kind)
+        rng.shuffle(names)
+        k = int(round(fraction * len(names))) if len(names) > 1 else 0
+        k = max(k, 1) if len(names) > 1 else k
+        val += names[:k]
+        train += names[k:]
+    if not train or not val:
+        raise ValueError(f"{len(samples)} images cannot be split into training and validation")
+    return sorted(train), sorted(val)
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, boundary_weight: float) -> torch.Tensor:
+    """BCE + soft Dice per output channel; channel 1 (boundaries) weighted by boundary_weight."""
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(0, 2, 3))
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum(dim=(0, 2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + 1)
+    weights = torch.ones_like(bce)
+    weights[1:] = boundary_weight
+    return ((bce + dice) * weights).sum() / weights.sum()
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Loads a unetseg checkpoint with weights_only=True (no code runs from the file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable unetseg checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a unetseg checkpoint of format {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+    model = build_model(ckpt["model"]["architecture"], **ckpt["model"]["options"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
+    """Trains a model as `config` says; returns the final checkpoint dict (best weights in best.pt)."""
+    from tqdm.auto import tqdm
+
+    rank, world = _distributed()
+    device = resolve_device(config.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+
+    samples = samples if samples is not None else read_dataset(config.data)
+    if config.max_images:
+        samples = samples[: config.max_images]
+    train_names, val_names = split_by_kind(samples, config.val_fraction, config.seed)
+    by_name = {s.name: s for s in samples}
+    normalisation = Normalisation()
+    options = {"in_channels": config.in_channels, "out_channels": config.out_channels, **config.model_options}
+    model = build_model(config.architecture, **options)
+    if config.imagenet_weights:
+        model.load_imagenet_weights(config.imagenet_weights)
+    model.to(device)
+    optimizer = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_patience)
+    history: list[dict] = []
+    start_epoch, best, stale = 0, math.inf, 0
+    if config.resume and (out / "last.pt").exists():
+        ckpt = load_checkpoint(out / "last.pt")
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
+        best, stale = ckpt["best_val_loss"], ckpt["epochs_without_improvement"]
+        train_names, val_names = ckpt["split"]["train"], ckpt["split"]["val"]
+        if rank == 0:
+            print(f"resuming {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}")
+
+    augment = Augment()
+    train_set = NucleiDataset([by_name[n] for n in train_names], config.in_channels, config.out_channels, config.crop,
+                              "crop", augment, normalisation, config.samples_per_epoch, config.seed)
+    val_set = NucleiDataset([by_name[n] for n in val_names], config.in_channels, config.out_channels, config.crop,
+                            "center", None, normalisation, None, config.seed)
+    sampler = torch.utils.data.DistributedSampler(train_set, world, rank, seed=config.seed) if world > 1 else None
+    loader_args = dict(batch_size=config.batch_size, num_workers=config.workers, persistent_workers=config.workers > 0,
+                       pin_memory=device.type == "cuda")
+    train_loader = DataLoader(train_set, shuffle=sampler is None, sampler=sampler, drop_last=True,
+                              generator=torch.Generator().manual_seed(config.seed), **loader_args)
+    val_loader = DataLoader(val_set, shuffle=False, **loader_args)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "model": {"architecture": config.architecture, "options": options},
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "output_meaning": ["nucleus", "nucleus boundary"][: config.out_channels],
+        "threshold": 0.5,
+        "normalisation": normalisation.to_dict(),
+        "config": asdict(config),
+        "split": {"train": train_names, "val": val_names, "seed": config.seed},
+        "training_data": str(config.data),
+    }
+
+    for epoch in range(start_epoch, config.epochs):
+        train_set.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        t0, total, n = time.perf_counter(), 0.0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=rank != 0)
+        for images, target in bar:
+            images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            with torch.autocast(device.type, enabled=amp):
+                loss = loss_fn(net(images), target, config.boundary_weight)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total, n = total + loss.item() * len(images), n + len(images)
+            bar.set_postfix(loss=f"{total / n:.4f}")
+        train_time = time.perf_counter() - t0
+        val = validate(model, val_loader, device, config.boundary_weight)
+        scheduler.step(val["val_loss"])
+        row = {"epoch": epoch + 1, "train_loss": total / max(n, 1), **val, "lr": optimizer.param_groups[0]["lr"],
+               "epoch_seconds": train_time}
+        history.append(row)
+        improved = val["val_loss"] < best
+        best, stale = (val["val_loss"], 0) if improved else (best, stale + 1)
+        if rank == 0:
+            ckpt = {**meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best_val_loss": best,
+                    "epochs_without_improvement": stale, "validation": val}
+            if improved:
+                _save_atomic(ckpt, out / "best.pt")
+            _save_atomic(ckpt, out / "last.pt")
+            write_history(history, out)
+            print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {val['val_loss']:.4f}, "
+                  f"val dice {val['val_dice']:.3f}, val DSB {val['val_dsb_score']:.3f}, {train_time:.0f} s"
+                  f"{' (best)' if improved else ''}", flush=True)
+        if stale >= config.patience:
+            if rank == 0:
+                print(f"early stop: no better validation loss for {stale} epochs")
+            break
+    if rank == 0 and (out / "best.pt").exists():
+        best_ckpt = load_checkpoint(out / "best.pt")
+        save_overlays(model_from_checkpoint(best_ckpt), [by_name[n] for n in val_names[:6]], best_ckpt, out / "overlays")
+    return load_checkpoint(out / "last.pt") if rank == 0 else {}
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, loader: DataLoader, device: torch.device, boundary_weight: float) -> dict:
+    from . import metrics
+    from .ops import label
+
+    model.eval()
+    losses, dices, scores = [], [], []
+    for images, target in loader:
+        logits = model(images.to(device)).float()
+        losses.append(loss_fn(logits, target.to(device), boundary_weight).item() * len(images))
+        prob = torch.sigmoid(logits[:, 0]).cpu()
+        pred = label(prob, 0.5).labels.numpy()
+        for p, t in zip(pred, target[:, 0].numpy()):
+            true = label(torch.from_numpy(t > 0.5)).labels.numpy()  # crops' true instances (approximate)
+            dices.append(metrics.dice(p > 0, t > 0.5))
+            scores.append(metrics.dsb_score(true, p))
+    n = len(loader.dataset)
+    return {"val_loss": sum(losses) / n, "val_dice": float(np.mean(dices)), "val_dsb_score": float(np.mean(scores))}
+
+
+def write_history(history: list[dict], out: Path) -> None:
+    """metrics.csv and training_curves.png, both written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
+    axes[0].plot(epochs, [h["val_loss"] for h in history], label="validation")
+    axes[0].set(title="loss (BCE + Dice)", xlabel="epoch")
+    axes[0].legend()
+    axes[1].plot(epochs, [h["val_dice"] for h in history], label="Dice")
+    axes[1].plot(epochs, [h["val_dsb_score"] for h in history], label="DSB score (crops)")
+    axes[1].set(title="validation", xlabel="epoch", ylim=(0, 1))
+    axes[1].legend()
+    axes[2].semilogy(epochs, [h["lr"] for h in history])
+    axes[2].set(title="learning rate", xlabel="epoch")
+    fig.tight_layout()
+    with atomic_path(out / "training_curves.png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, image: np.ndarray, ckpt: dict, device: str | torch.device = "cpu") -> np.ndarray:
+    """Probabilities (out_channels, H, W) float32 of one whole image (H, W[, C]) of any size."""
+    from .data import to_channels
+
+    norm = Normalisation(**ckpt["normalisation"])
+    x = norm(to_channels(image, ckpt["in_channels"]))
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(device)
+    return torch.sigmoid(model.to(device)(x).float())[0].cpu().numpy()
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray | None = None) -> np.ndarray:
+    """An RGB uint8 picture: the image in gray, predicted outlines in magenta, true ones in green."""
+    from skimage.segmentation import find_boundaries
+
+    from .data import Normalisation, to_channels
+
+    gray = np.clip(Normalisation()(to_channels(image, 1))[..., 0], 0, 1)
+    rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=2)
+    if true is not None:
+        rgb[find_boundaries(true, mode="inner")] = (0, 220, 0)
+    rgb[find_boundaries(pred, mode="inner")] = (255, 0, 255)
+    return rgb
+
+
+def save_overlays(model, samples: list[Sample], ckpt: dict, folder: Path) -> None:
+    import cv2
+
+    from .ops import label
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in samples:
+        prob = predict(model, s.image, ckpt)
+        pred = label(torch.from_numpy(prob[0]), ckpt["threshold"]).labels.numpy()
+        with atomic_path(folder / f"{s.name[:24]}.png") as tmp:
+            cv2.imwrite(str(tmp), overlay(s.image, pred, s.labels)[..., ::-1])
+
+
+def config_from_json(path: str) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,144 @@
+"""Readers (DSB 2018 layout, label folders, npz, image/mask pairs), transforms and the dataset."""
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from unetseg.data import (
+    Augment,
+    NucleiDataset,
+    read_dataset,
+    read_dsb2018,
+    read_label_folders,
+    read_npz,
+    read_pairs,
+    synthetic_nuclei,
+    targets,
+    to_channels,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018_stage1_train"
+
+
+def make_samples(n=3, size=(48, 64)):
+    return [synthetic_nuclei(size, seed=i, kind="fluorescence" if i % 2 else "brightfield") for i in range(n)]
+
+
+def write_dsb_layout(root: Path, samples):
+    for i, s in enumerate(samples):
+        d = root / f"id{i}"
+        (d / "images").mkdir(parents=True)
+        (d / "masks").mkdir()
+        cv2.imwrite(str(d / "images" / f"id{i}.png"), s.image)
+        for k in range(1, s.labels.max() + 1):
+            cv2.imwrite(str(d / "masks" / f"m{k:03d}.png"), ((s.labels == k) * 255).astype(np.uint8))
+
+
+def test_dsb_layout_roundtrip(tmp_path):
+    samples = make_samples()
+    write_dsb_layout(tmp_path, samples)
+    read = read_dsb2018(tmp_path)
+    assert [r.name for r in read] == ["id0", "id1", "id2"]
+    for r, s in zip(read, samples):
+        np.testing.assert_array_equal(r.labels, s.labels)  # same objects, same raster numbering
+        assert r.image.shape[:2] == s.labels.shape
+    assert [r.name for r in read_dataset(tmp_path)] == ["id0", "id1", "id2"]
+
+
+def test_label_folders_npz_and_pairs(tmp_path):
+    samples = make_samples()
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    (tmp_path / "set" / "labels").mkdir()
+    for i, s in enumerate(samples):
+        cv2.imwrite(str(tmp_path / "set" / "images" / f"im{i}.png"), s.image)
+        cv2.imwrite(str(tmp_path / "set" / "labels" / f"im{i}.png"), s.labels.astype(np.uint16))
+    (tmp_path / "set" / "manifest.csv").write_text("id,kind\nim0,color_brightfield_HE\nim1,gray_fluorescence\n")
+    read = read_label_folders(tmp_path / "set")
+    assert [r.kind for r in read] == ["color_brightfield_HE", "gray_fluorescence", "unknown"]
+    np.testing.assert_array_equal(read[1].labels, samples[1].labels)
+    gray = np.stack([s.image for s in samples[1::2]])
+    np.savez_compressed(tmp_path / "d.npz", images=gray, masks=np.stack([s.labels > 0 for s in samples[1::2]]))
+    npz = read_npz(tmp_path / "d.npz")
+    assert len(npz) == 1 and npz[0].labels.max() > 0  # binary masks become instances
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs" / "a.tif"), (samples[1].image.astype(np.uint16) * 257))
+    cv2.imwrite(str(tmp_path / "masks" / "a.png"), (samples[1].labels > 0).astype(np.uint8) * 255)
+    pairs = read_pairs(tmp_path / "imgs", tmp_path / "masks")
+    assert pairs[0].image.dtype == np.uint16
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(ValueError, match="no such file or folder"):
+        read_dataset(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a dataset unetseg knows"):
+        read_dataset(tmp_path / "empty")
+    s = make_samples(1)[0]
+    (tmp_path / "p" / "images").mkdir(parents=True)
+    (tmp_path / "p" / "masks").mkdir()
+    cv2.imwrite(str(tmp_path / "p" / "images" / "a.png"), s.image)
+    cv2.imwrite(str(tmp_path / "p" / "images" / "b.png"), s.image)
+    cv2.imwrite(str(tmp_path / "p" / "masks" / "a.png"), np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match=r"1 images have no mask .* \['b'\]"):
+        read_dataset(tmp_path / "p")
+    cv2.imwrite(str(tmp_path / "p" / "masks" / "b.png"), np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="a: the image is 64x48 but its mask is 10x10"):
+        read_dataset(tmp_path / "p")
+    (tmp_path / "p" / "images" / "a.png").write_bytes(b"broken")
+    with pytest.raises(ValueError, match="cannot read .*a.png as an image"):
+        read_dataset(tmp_path / "p")
+    np.savez(tmp_path / "x.npz", pictures=np.zeros(3))
+    with pytest.raises(ValueError, match="no array named 'images'"):
+        read_npz(tmp_path / "x.npz")
+    d = tmp_path / "dsb" / "id0"
+    (d / "images").mkdir(parents=True)
+    cv2.imwrite(str(d / "images" / "id0.png"), s.image)
+    with pytest.raises(ValueError, match="has no masks"):
+        read_dsb2018(tmp_path / "dsb")
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/dsb2018_stage1_train is absent (not on users' machines)")
+def test_real_dsb_images_through_the_dsb_layout(tmp_path):
+    """A small copy of the real data in the original DSB layout reads back to the same labels."""
+    import csv
+
+    rows = list(csv.DictReader(open(SHARED / "manifest.csv")))
+    picked = {r["kind"]: r["id"] for r in rows}  # one image of each kind
+    for name in picked.values():
+        d = tmp_path / name
+        (d / "images").mkdir(parents=True)
+        (d / "masks").mkdir()
+        shutil.copy(SHARED / "images" / f"{name}.png", d / "images" / f"{name}.png")
+        labels = cv2.imread(str(SHARED / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        for k in range(1, labels.max() + 1):
+            cv2.imwrite(str(d / "masks" / f"{k}.png"), ((labels == k) * 255).astype(np.uint8))
+    for sample in read_dsb2018(tmp_path):
+        labels = cv2.imread(str(SHARED / "labels" / f"{sample.name}.png"), cv2.IMREAD_UNCHANGED)
+        assert sample.image.ndim == 3 and sample.image.shape[2] in (3, 4)
+        assert sample.labels.max() == len(np.unique(labels)) - 1
+        np.testing.assert_array_equal(sample.labels > 0, labels > 0)
+
+
+def test_transforms_and_dataset():
+    samples = make_samples(2, (40, 30))
+    from unetseg.data.readers import Sample
+
+    data = [Sample(f"s{i}", s.image, s.labels) for i, s in enumerate(samples)]
+    assert to_channels(np.zeros((5, 5, 4), np.uint8), 3).shape == (5, 5, 3)
+    assert to_channels(np.zeros((5, 5), np.uint16), 3).shape == (5, 5, 3)
+    t = targets(samples[1].labels, 2)
+    assert t.shape == (2, 40, 30) and (t[1] <= t[0]).all() and t[1].sum() > 0
+    for mode in ("crop", "center", "resize"):
+        ds = NucleiDataset(data, 1, 2, size=32, mode=mode, augment=Augment() if mode != "center" else None, samples_per_epoch=5)
+        image, target = ds[3]
+        assert image.shape == (1, 32, 32) and target.shape == (2, 32, 32) and image.dtype == torch.float32
+        torch.testing.assert_close(ds[3][0], image)  # deterministic per (seed, epoch, index)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[3][0], image)
+    with pytest.raises(ValueError, match="the dataset is empty"):
+        NucleiDataset([], 1, 1)
