@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, settings
 
 # The `threads` fixture sets the thread count for every generated input on purpose.
 _shared = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-settings.register_profile("ci", max_examples=150, **_shared)
+settings.register_profile("ci", max_examples=400, **_shared)
 settings.register_profile("dev", max_examples=40, **_shared)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

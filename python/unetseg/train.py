@@ -300,7 +300,7 @@ def overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray | None = None)
     """An RGB uint8 picture: the image in gray, predicted outlines in magenta, true ones in green."""
     from skimage.segmentation import find_boundaries
 
-    from .data import Normalisation, to_channels
+    from .data import to_channels
 
     gray = np.clip(Normalisation()(to_channels(image, 1))[..., 0], 0, 1)
     rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=2)

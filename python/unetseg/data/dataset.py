@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .readers import Sample
-from .transforms import Augment, Normalisation, random_crop, resize, targets, to_channels
+from .transforms import Augment, Normalisation, pad_to, random_crop, resize, targets, to_channels
 
 
 class NucleiDataset(Dataset):
@@ -71,8 +71,6 @@ class NucleiDataset(Dataset):
             if self.mode == "crop":
                 image, labels = random_crop(image, labels, self.size, rng)
             else:
-                from .transforms import pad_to
-
                 image, labels = pad_to(image, labels, self.size)
                 y, x = (image.shape[0] - self.size) // 2, (image.shape[1] - self.size) // 2
                 image, labels = image[y : y + self.size, x : x + self.size], labels[y : y + self.size, x : x + self.size]
