@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import unetseg
 from unetseg.ops import STATS_COLUMNS
 
-from reference import label_batch, label_one
+from reference import label_batch
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool]
 

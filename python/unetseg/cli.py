@@ -14,18 +14,19 @@ BUNDLED_MAP = "nuclei_probability.png"
 def _read_probability_map(path: Path | None):
     """A probability map as float32 (H, W) in [0, 1]: 8/16-bit images are scaled by their maximum
     value, float images (TIFF, .npy) are taken as they are."""
-    import cv2
     import numpy as np
 
+    from .data import read_image
+
     if path is None:
-        data = resources.files("unetseg").joinpath("assets", BUNDLED_MAP).read_bytes()
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    elif path.suffix == ".npy":
+        path = resources.files("unetseg").joinpath("assets", BUNDLED_MAP)
+    if path.suffix == ".npy":
         image = np.load(path)
     else:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise SystemExit(f"unetseg label: cannot read {path} as an image (PNG, TIFF, JPEG) or .npy array")
+        try:
+            image = read_image(path)
+        except ValueError as e:
+            raise SystemExit(f"unetseg label: {e}, or a .npy array") from None
     if image.ndim != 2:
         raise SystemExit(f"unetseg label: expected a single-channel probability map, got shape {image.shape} from {path}")
     if image.dtype == np.uint8:

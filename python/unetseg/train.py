@@ -5,7 +5,6 @@ CSV, training curves and prediction overlays. CPU or CUDA (mixed precision); sev
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
@@ -322,6 +321,3 @@ def save_overlays(model, samples: list[Sample], ckpt: dict, folder: Path) -> Non
         with atomic_path(folder / f"{s.name[:24]}.png") as tmp:
             cv2.imwrite(str(tmp), overlay(s.image, pred, s.labels)[..., ::-1])
 
-
-def config_from_json(path: str) -> dict:
-    return json.loads(Path(path).read_text())

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .synthetic import raster_order
+
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
@@ -89,7 +91,7 @@ def read_dsb2018(root: str | os.PathLike) -> list[Sample]:
             _check_same_size(image, mask, str(m))
             mask = mask[..., 0] if mask.ndim == 3 else mask
             labels[(mask > 0) & (labels == 0)] = k  # where masks overlap, the first wins
-        samples.append(Sample(folder.name, image, _raster(labels)))
+        samples.append(Sample(folder.name, image, raster_order(labels)))
     if not samples:
         raise ValueError(f"{root}: empty, expected one folder per image (DSB 2018 layout)")
     return samples
@@ -167,8 +169,3 @@ def read_dataset(path: str | os.PathLike) -> list[Sample]:
         "images/ + masks/ folders, or the DSB 2018 layout (<id>/images/<id>.png + <id>/masks/*.png)"
     )
 
-
-def _raster(labels: np.ndarray) -> np.ndarray:
-    from .synthetic import _raster_order
-
-    return _raster_order(labels)

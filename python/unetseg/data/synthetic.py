@@ -90,7 +90,7 @@ def synthetic_nuclei(
         brightness[y0:y1, x0:x1] = np.where(inside, level[i] * soft, brightness[y0:y1, x0:x1])
 
     # drop nuclei hidden by others, number in raster order as every label here is
-    labels = _raster_order(labels)
+    labels = raster_order(labels)
 
     texture = ndi.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 1.5)
     texture /= texture.std() + 1e-6
@@ -110,7 +110,7 @@ def synthetic_nuclei(
     return SyntheticNuclei(image=image, labels=labels, probability=probability)
 
 
-def _raster_order(labels: np.ndarray) -> np.ndarray:
+def raster_order(labels: np.ndarray) -> np.ndarray:
     """Renumbers instance labels 1..K in raster order of each object's first pixel."""
     flat = labels.ravel()
     ids, first = np.unique(flat, return_index=True)
