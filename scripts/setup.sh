@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
-"${pip[@]}" install torch==2.13.0 "scikit-build-core>=0.10"
+"${pip[@]}" install torch==2.13.0 "scikit-build-core>=0.10" "nlohmann-json>=3.11"
 "${pip[@]}" install --no-build-isolation ".[test]"

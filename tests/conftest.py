@@ -18,3 +18,46 @@ def threads(request):
     torch.set_num_threads(request.param)
     yield request.param
     torch.set_num_threads(before)
+
+
+def make_checkpoint(architecture="unet", in_channels=1, out_channels=1, seed=0, **options) -> dict:
+    """A training checkpoint (the format unetseg.train writes) of a freshly initialised model; BN
+    statistics are randomised so that folding them into the convolutions is exercised."""
+    from unetseg.data import Normalisation
+    from unetseg.models import build_model
+    from unetseg.train import CHECKPOINT_FORMAT
+
+    if architecture == "unet":
+        options = {"base_width": 4, "depth": 2, "batch_norm": True, **options}
+    options = {"in_channels": in_channels, "out_channels": out_channels, **options}
+    torch.manual_seed(seed)
+    model = build_model(architecture, **options)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": {"architecture": architecture, "options": options},
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "output_meaning": ["nucleus", "nucleus boundary"][:out_channels],
+        "threshold": 0.5,
+        "normalisation": Normalisation().to_dict(),
+        "split": {"train": ["a"], "val": ["b"], "seed": 0},
+        "training_data": "/data/synthetic",
+        "state_dict": model.state_dict(),
+        "epoch": 1,
+        "validation": {"dsb_score": 0.5},
+    }
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory):
+    """Exports a small 1-channel U-Net; returns (path, checkpoint)."""
+    from unetseg.export import export
+
+    ckpt = make_checkpoint()
+    path = tmp_path_factory.mktemp("models") / "unet1.pt"
+    export(ckpt, path)
+    return path, ckpt

@@ -1,12 +1,58 @@
-// unetseg._C: the pybind11 module. Importing it loads the op library (linked with --no-as-needed),
+// unetseg._C: the pybind11 module. Importing it loads libunetseg (linked with --no-as-needed),
 // whose static initialisers register torch.ops.unetseg.*; ops reach Python through torch.ops.
-#include <pybind11/pybind11.h>
+// It binds the C++ Runner only: unetseg.segment_batch / unetseg.Runner wrap it in Python.
+#include <torch/csrc/utils/pybind.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "unetseg/runner.h"
 
 #ifndef UNETSEG_VERSION
 #define UNETSEG_VERSION "unknown"
 #endif
 
+namespace py = pybind11;
+
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "unetseg native core";
+  m.doc() = "unetseg native core: the C++ Runner (ops are in torch.ops.unetseg)";
   m.attr("__version__") = UNETSEG_VERSION;
+
+  py::class_<unetseg::Runner>(m, "Runner")
+      .def(py::init([](const std::string& model, const std::string& device,
+                       const std::string& precision, int64_t batch_size) {
+             py::gil_scoped_release nogil;
+             return unetseg::Runner(model, unetseg::RunnerOptions{device, precision, batch_size});
+           }),
+           py::arg("model"), py::arg("device") = "auto", py::arg("precision") = "float32",
+           py::arg("batch_size") = 8)
+      .def_property_readonly("metadata_json", [](const unetseg::Runner& r) { return r.info().json; })
+      .def_property_readonly("device", [](const unetseg::Runner& r) { return r.device().str(); })
+      .def_property_readonly("batch_size", [](const unetseg::Runner& r) { return r.options().batch_size; })
+      .def_property_readonly("precision", [](const unetseg::Runner& r) { return r.options().precision; })
+      .def(
+          "segment",
+          [](const unetseg::Runner& r, const std::vector<at::Tensor>& images,
+             std::optional<double> threshold, int64_t min_area, int64_t connectivity) {
+            std::vector<unetseg::Segmentation> results;
+            {
+              py::gil_scoped_release nogil;
+              results = r.segment(images, unetseg::SegmentOptions{threshold, min_area, connectivity});
+            }
+            py::list out;
+            for (auto& s : results) {
+              out.append(py::make_tuple(s.labels, s.count, s.objects));
+            }
+            return out;
+          },
+          py::arg("images"), py::arg("threshold") = py::none(), py::arg("min_area") = 0,
+          py::arg("connectivity") = 8)
+      .def(
+          "predict",
+          [](const unetseg::Runner& r, const std::vector<at::Tensor>& images) {
+            py::gil_scoped_release nogil;
+            return r.predict(images);
+          },
+          py::arg("images"));
 }

@@ -9,7 +9,8 @@ import torch  # noqa: F401  (loads libtorch before the extension that links it)
 from . import _C  # noqa: F401  (registers torch.ops.unetseg.*)
 from . import ops
 from .ops import label, label_stats
+from .segment import ObjectTable, Runner, Segmentation, segment_batch
 
 __version__: str = _C.__version__
 
-__all__ = ["__version__", "label", "label_stats", "ops"]
+__all__ = ["ObjectTable", "Runner", "Segmentation", "__version__", "label", "label_stats", "ops", "segment_batch"]

@@ -106,11 +106,102 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    try:
+        metadata = export(args.checkpoint, args.output)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"unetseg export: {e}") from None
+    print(f"wrote {args.output}: {metadata['architecture']}, {metadata['in_channels']} input channel(s), "
+          f"outputs {', '.join(metadata['outputs'])}, threshold {metadata['threshold']}")
+    return 0
+
+
+def _sample_images() -> list[Path]:
+    folder = Path(str(resources.files("unetseg").joinpath("assets", "samples")))
+    return sorted(p for p in folder.iterdir() if p.is_file())
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .data import read_image
+    from .io import collect_images, write_csv, write_image, write_labels
+    from .segment import Runner, default_model_path
+    from .train import overlay
+
+    if args.samples == bool(args.inputs):
+        raise SystemExit("unetseg segment: give INPUTS (files, folders or globs), or --samples for the bundled samples")
+    try:
+        paths = _sample_images() if args.samples else collect_images(args.inputs)
+        runner = Runner(args.model, device=args.device, batch_size=args.batch_size)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"unetseg segment: {e}") from None
+    model = args.model or f"the bundled default model ({default_model_path().name})"
+    print(f"segmenting {len(paths)} image(s) with {model} on {runner.device}; writing to {args.output}/")
+    args.output.mkdir(parents=True, exist_ok=True)
+    rows, summary, failed = [], [], []
+    names: set[str] = set()
+    options = dict(threshold=args.threshold, min_area=args.min_area)
+    bar = tqdm(total=len(paths), unit="img", desc="segment")
+    for start in range(0, len(paths), runner.batch_size):
+        pairs = []
+        for path in paths[start : start + runner.batch_size]:
+            try:
+                pairs.append((path, read_image(path)))
+            except ValueError as e:
+                failed.append((path, str(e)))
+        done = []
+        try:
+            done = list(zip(pairs, runner.segment([im for _, im in pairs], **options)))
+        except (ValueError, TypeError, RuntimeError):  # some image is bad: find which, keep the rest
+            for path, image in pairs:
+                try:
+                    done.append(((path, image), runner.segment([image], **options)[0]))
+                except (ValueError, TypeError, RuntimeError) as e:
+                    failed.append((path, str(e).splitlines()[0]))
+        for (path, image), seg in done:
+            name = path.stem
+            while name in names:
+                name += "_"
+            names.add(name)
+            suffix = ".png" if seg.count <= 65535 else ".tif"
+            write_labels(args.output / f"{name}_labels{suffix}", seg.labels)
+            if not args.no_overlays:
+                write_image(args.output / f"{name}_overlay.png", overlay(image, seg.labels))
+            for label, row in zip(seg.objects.label, seg.objects.table):
+                rows.append([name, int(label), int(row[0]), *(int(v) for v in row[1:5]),
+                             f"{row[5]:.2f}", f"{row[6]:.2f}", f"{row[7]:.4f}"])
+            area = seg.objects.area
+            summary.append((name, image.shape, seg.count, float(np.median(area)) if len(area) else 0.0))
+        bar.update(len(paths[start : start + runner.batch_size]))
+    bar.close()
+    write_csv(args.output / "objects.csv",
+              ["image", "label", "area", "min_row", "min_col", "max_row", "max_col", "centroid_row", "centroid_col",
+               "mean_score"], rows)
+    write_csv(args.output / "summary.csv", ["image", "height", "width", "count", "median_area"],
+              [[n, sh[0], sh[1], c, f"{a:.1f}"] for n, sh, c, a in summary])
+    print(f"\n{'image':<32} {'size':>11} {'nuclei':>7} {'median area':>12}")
+    for name, shape, count, area in summary[:20]:
+        print(f"{name[:32]:<32} {f'{shape[0]}x{shape[1]}':>11} {count:>7} {area:>10.0f} px")
+    if len(summary) > 20:
+        print(f"... and {len(summary) - 20} more (all in summary.csv)")
+    total = sum(c for _, _, c, _ in summary)
+    print(f"{total} nuclei in {len(summary)} image(s). Labels (*_labels.png, 16-bit; .tif above 65535 objects)"
+          f"{', overlays (*_overlay.png)' if not args.no_overlays else ''}, objects.csv and summary.csv are in "
+          f"{args.output}/")
+    for path, why in failed:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unetseg",
-        description="Cell-nuclei segmentation with U-Nets: fused threshold + connected-components labelling, "
-        "training, evaluation.",
+        description="Cell-nuclei segmentation with U-Nets: segment images, train and evaluate models, export "
+        "them to TorchScript, and label probability maps with the fused threshold + connected-components op.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser(
@@ -125,6 +216,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=0, help="remove objects with fewer pixels (default 0)")
     p.add_argument("-o", "--output", type=Path, help="write the labels here (16-bit PNG, or TIFF for >65535 objects)")
     p.set_defaults(run=_cmd_label)
+
+    p = sub.add_parser("segment", help="segment nuclei in images (files, folders, globs) with a model",
+                       description="Segment nuclei with a U-Net model file and the fused threshold + labelling op. Writes, "
+                       "per image, NAME_labels.png (16-bit label image; TIFF above 65535 objects) and NAME_overlay.png "
+                       "(outlines in magenta), plus objects.csv (one row per nucleus: area, bbox, centroid, mean "
+                       "probability) and summary.csv (count per image). Images: PNG/TIFF/JPEG, 8 or 16 bit, "
+                       "gray/RGB/RGBA.")
+    p.add_argument("inputs", nargs="*", help="image files, folders (their images) or glob patterns")
+    p.add_argument("--samples", action="store_true", help="segment the bundled sample images instead")
+    p.add_argument("-o", "--output", type=Path, default=Path("unetseg-out"), help="output folder (default unetseg-out)")
+    p.add_argument("-m", "--model", type=Path, help="model file from `unetseg export` (default: the bundled model)")
+    p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
+    p.add_argument("--min-area", type=int, default=0, help="remove objects with fewer pixels (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per network call (default 8)")
+    p.add_argument("--no-overlays", action="store_true", help="do not write overlay pictures")
+    p.set_defaults(run=_cmd_segment)
+
+    p = sub.add_parser("export", help="export a training checkpoint to a TorchScript model file",
+                       description="Write a frozen TorchScript model file that carries its metadata (unetseg.json: "
+                       "architecture, channels, normalisation, outputs, threshold, training data, validation metrics); "
+                       "the C++ runner, `unetseg segment` and unetseg.segment_batch load it.")
+    p.add_argument("checkpoint", type=Path, help="best.pt or last.pt from `unetseg train`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write (e.g. model.pt)")
+    p.set_defaults(run=_cmd_export)
 
     p = sub.add_parser("train", help="train a U-Net on a nuclei dataset",
                        description="Train a U-Net (BCE + Dice, Adam, plateau LR schedule, early stopping). Writes best.pt, "

@@ -20,6 +20,9 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -45,3 +48,59 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
             tifffile.imwrite(tmp, labels.astype(np.int32), compression="zlib")
     else:
         raise ValueError(f"label images are written as .png or .tif, got {path}")
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Writes an (H, W) or (H, W, 3|4) RGB(A) image, 8 or 16 bits: PNG/JPEG through OpenCV, TIFF
+    through tifffile."""
+    import cv2
+    import tifffile
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            tifffile.imwrite(tmp, image, compression="zlib")
+        else:
+            bgr = image
+            if image.ndim == 3:
+                bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+            if not cv2.imwrite(str(tmp), bgr):
+                raise OSError(f"cannot write {path}")
+
+
+def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Image files from files, folders (their images, not recursive) and glob patterns, in order,
+    each once. A name that matches nothing is an error naming it."""
+    import glob
+
+    from .data.readers import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        if any(ch in text for ch in "*?["):
+            matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
+            matches = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            if not matches:
+                raise FileNotFoundError(f"no images match {text!r}")
+            found += matches
+        elif Path(text).is_dir():
+            matches = sorted(p for p in Path(text).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not matches:
+                raise FileNotFoundError(f"folder {text!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            found += matches
+        elif Path(text).is_file():
+            found.append(Path(text))
+        else:
+            raise FileNotFoundError(f"{text!r} is not a file, a folder or a glob pattern that matches images")
+    return list(dict.fromkeys(found))
+
+
+def write_csv(path: str | os.PathLike, header: list[str], rows) -> None:
+    """Writes a CSV file atomically."""
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -96,6 +96,7 @@ class MobileNetV2UNet(nn.Module):
         self.final_up = nn.ConvTranspose2d(widths[0], widths[0], kernel_size=2, stride=2)
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
         self.freeze_encoder = freeze_encoder
+        self.multiple = 32  # input sides are padded to this inside forward
         if freeze_encoder:
             self.features.requires_grad_(False)
 
@@ -107,7 +108,7 @@ class MobileNetV2UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2], x.shape[-1]
-        pad_h, pad_w = (32 - height % 32) % 32, (32 - width % 32) % 32
+        pad_h, pad_w = (self.multiple - height % self.multiple) % self.multiple, (self.multiple - width % self.multiple) % self.multiple
         if pad_h or pad_w:
             x = F.pad(x, [0, pad_w, 0, pad_h])
         skips: list[torch.Tensor] = []

@@ -1,0 +1,85 @@
+// unetseg::Runner: the whole segmentation pipeline in C++, for embedding in imaging software.
+//
+//   unetseg::Runner runner("model.pt");                  // a file made by `unetseg export`
+//   auto results = runner.segment({image});              // at::Tensor (H, W) or (H, W, C)
+//   results[0].labels, results[0].count, results[0].objects
+//
+// A Runner loads a TorchScript model file and its metadata (the extra file unetseg.json), then for
+// each image: converts channels and normalises as the metadata says, pads to the network's size
+// multiple, batches images of equal size, runs the network, turns logits into probabilities, and
+// labels the nucleus probability map with the fused threshold + connected-components op
+// (unetseg::label_stats) on the device that holds it. No Python is involved at run time.
+//
+// Thread safety: all methods are const and may be called from several host threads at once on one
+// Runner (each call uses its own buffers; the network is shared read-only).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace unetseg {
+
+// What a model file's metadata says, as the runner uses it. `json` is the whole metadata text.
+struct ModelInfo {
+  int64_t format_version = 0;
+  std::string architecture;
+  int64_t in_channels = 0;
+  int64_t out_channels = 0;
+  std::vector<std::string> outputs;  // meaning of each output channel: "nucleus", "boundary"
+  std::string normalisation;         // "percentile": per image and channel, (x - p_low) / (p_high - p_low)
+  double percentile_low = 1.0;
+  double percentile_high = 99.8;
+  int64_t size_multiple = 1;         // the network pads its input sides to a multiple of this
+  double threshold = 0.5;            // default probability threshold
+  std::string json;
+};
+
+struct RunnerOptions {
+  std::string device = "auto";        // "cpu", "cuda", "cuda:N", or "auto" (CUDA when available)
+  std::string precision = "float32";  // network precision: "float32", "bfloat16" or "float16" (CUDA)
+  int64_t batch_size = 8;             // images per network call (images of equal size are batched)
+};
+
+struct SegmentOptions {
+  std::optional<double> threshold;  // probability threshold; default: the model's
+  int64_t min_area = 0;             // remove objects with fewer pixels
+  int64_t connectivity = 8;         // 8 or 4
+};
+
+struct Segmentation {
+  at::Tensor labels;   // int32 (H, W) on the CPU: 0 background, objects 1..count in raster order
+  int64_t count = 0;
+  at::Tensor objects;  // float64 (count, stats::kNumColumns) on the CPU (see ops.h); row k: label k+1
+};
+
+class Runner {
+ public:
+  // Loads `model_path`. Throws c10::Error naming the problem for a missing or corrupt file, a
+  // TorchScript file without unetseg metadata, an unknown metadata version, or a bad option.
+  explicit Runner(const std::string& model_path, const RunnerOptions& options = {});
+
+  const ModelInfo& info() const;
+  c10::Device device() const;
+  const RunnerOptions& options() const;
+
+  // Images: CPU tensors (H, W) or (H, W, C), uint8, uint16 or float32, any sizes; C in 1..4 (an
+  // alpha channel is dropped; gray is repeated for RGB models and RGB averaged for gray ones).
+  std::vector<Segmentation> segment(const std::vector<at::Tensor>& images,
+                                    const SegmentOptions& options = {}) const;
+  Segmentation segment(const at::Tensor& image, const SegmentOptions& options = {}) const;
+
+  // The network's probabilities: float32 (out_channels, H, W) per image, on the CPU.
+  std::vector<at::Tensor> predict(const std::vector<at::Tensor>& images) const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<const Impl> impl_;
+};
+
+} // namespace unetseg

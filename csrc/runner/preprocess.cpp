@@ -1,0 +1,109 @@
+#include "preprocess.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace unetseg::runner {
+
+at::Tensor check_image(const at::Tensor& image, size_t index) {
+  TORCH_CHECK_VALUE(image.defined(), "unetseg.Runner: image ", index, " is an undefined tensor");
+  TORCH_CHECK_VALUE(image.device().is_cpu(), "unetseg.Runner: image ", index,
+                    " is on ", image.device(), "; images are passed as CPU tensors");
+  TORCH_CHECK_VALUE(image.dim() == 2 || image.dim() == 3, "unetseg.Runner: image ", index,
+                    " has shape ", image.sizes(), "; expected (H, W) or (H, W, C)");
+  const auto dtype = image.scalar_type();
+  TORCH_CHECK_VALUE(dtype == at::kByte || dtype == at::kUInt16 || dtype == at::kFloat,
+                    "unetseg.Runner: image ", index, " has dtype ", dtype,
+                    "; expected uint8, uint16 or float32");
+  at::Tensor hwc = image.dim() == 2 ? image.unsqueeze(2) : image;
+  TORCH_CHECK_VALUE(hwc.size(2) >= 1 && hwc.size(2) <= 4, "unetseg.Runner: image ", index,
+                    " has shape ", image.sizes(),
+                    "; expected 1 to 4 channels last (gray, gray + alpha, RGB, RGBA)");
+  TORCH_CHECK_VALUE(hwc.size(0) > 0 && hwc.size(1) > 0, "unetseg.Runner: image ", index,
+                    " is empty (shape ", image.sizes(), ")");
+  if (dtype == at::kFloat) {
+    TORCH_CHECK_VALUE(at::isfinite(hwc).all().item<bool>(), "unetseg.Runner: image ", index,
+                      " contains NaN or infinite values");
+  }
+  return hwc;
+}
+
+namespace {
+
+// (H, W, C) -> float32 (channels, H, W) as unetseg.data.transforms.to_channels, then astype(float32).
+at::Tensor to_planes(const at::Tensor& hwc, int64_t channels) {
+  at::Tensor x = hwc;
+  if (x.size(2) == 4) {
+    x = x.narrow(2, 0, 3);  // RGBA: alpha dropped
+  } else if (x.size(2) == 2) {
+    x = x.narrow(2, 0, 1);  // gray + alpha
+  }
+  const int64_t c = x.size(2);
+  at::Tensor f;
+  if (c == channels) {
+    f = x.to(at::kFloat);
+  } else if (channels == 1 && c == 3) {
+    // numpy: the mean of integers is float64 and astype(the image dtype) truncates; the mean of
+    // float32 is float32.
+    f = x.scalar_type() == at::kFloat ? x.sum(2, true).div_(3)
+                                      : x.to(at::kDouble).mean(2, true).floor_().to(at::kFloat);
+  } else if (channels == 3 && c == 1) {
+    f = x.to(at::kFloat).expand({x.size(0), x.size(1), 3});
+  } else {
+    TORCH_CHECK_VALUE(false, "unetseg.Runner: cannot make ", channels, " channels from an image with ", c);
+  }
+  return f.permute({2, 0, 1}).contiguous();
+}
+
+} // namespace
+
+std::pair<float, float> percentiles(const at::Tensor& values, double low, double high, bool integral) {
+  const at::Tensor v = values.contiguous();
+  const float* p = v.const_data_ptr<float>();
+  const int64_t n = v.numel();
+  // numpy's linear method: virtual index q/100 * (n - 1) between order statistics k and k + 1.
+  const double vlo = low / 100.0 * double(n - 1), vhi = high / 100.0 * double(n - 1);
+  const int64_t klo = int64_t(std::floor(vlo)), khi = int64_t(std::floor(vhi));
+  const int64_t ranks[4] = {klo, std::min(klo + 1, n - 1), khi, std::min(khi + 1, n - 1)};
+  float at_rank[4];
+  if (integral) {  // counting selection: exact and linear for 8/16-bit images
+    std::vector<int64_t> hist(65536, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      ++hist[size_t(p[i])];
+    }
+    for (int r = 0; r < 4; ++r) {
+      int64_t seen = 0;
+      size_t value = 0;
+      while (seen + hist[value] <= ranks[r]) {
+        seen += hist[value++];
+      }
+      at_rank[r] = float(value);
+    }
+  } else {
+    std::vector<float> buf(p, p + n);
+    for (int r = 0; r < 4; ++r) {
+      std::nth_element(buf.begin(), buf.begin() + ranks[r], buf.end());
+      at_rank[r] = buf[size_t(ranks[r])];
+    }
+  }
+  auto lerp = [](float a, float b, double t_) {  // numpy's _lerp, in float32 like numpy's result
+    const float t = float(t_), diff = b - a;
+    return t >= 0.5f ? b - diff * (1.0f - t) : a + diff * t;
+  };
+  return {lerp(at_rank[0], at_rank[1], vlo - double(klo)), lerp(at_rank[2], at_rank[3], vhi - double(khi))};
+}
+
+void normalise_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tensor& out) {
+  const at::Tensor planes = to_planes(hwc, info.in_channels);
+  const bool integral = hwc.scalar_type() != at::kFloat;
+  for (int64_t c = 0; c < info.in_channels; ++c) {
+    const auto [lo, hi] = percentiles(planes[c], info.percentile_low, info.percentile_high, integral);
+    out[c].copy_(planes[c]).sub_(lo).div_(std::max(hi - lo, 1e-6f));
+  }
+}
+
+} // namespace unetseg::runner

@@ -1,0 +1,26 @@
+// Input checking, channel conversion and normalisation of the runner: the C++ twin of
+// unetseg.data.transforms.to_channels + Normalisation (numpy), so a C++ host feeds the network
+// exactly what training fed it.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "unetseg/runner.h"
+
+namespace unetseg::runner {
+
+// Checks image `index` of a call (CPU; (H, W) or (H, W, C) with C in 1..4; uint8, uint16 or
+// float32; finite) and returns it as (H, W, C). Errors name what was received and what is expected.
+at::Tensor check_image(const at::Tensor& image, size_t index);
+
+// Writes the image (H, W, C) converted to info.in_channels and normalised into `out`, a float32
+// (in_channels, H, W) view of a batch buffer.
+void normalise_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tensor& out);
+
+// numpy.percentile (linear method) of the values of a float32 tensor; `integral` says they are all
+// integers in [0, 65535] (from uint8/uint16 images), which allows an exact counting selection.
+std::pair<float, float> percentiles(const at::Tensor& values, double low, double high, bool integral);
+
+} // namespace unetseg::runner

@@ -1,0 +1,254 @@
+#include "unetseg/runner.h"
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/Exception.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <map>
+#include <utility>
+
+#include "preprocess.h"
+#include "unetseg/ops.h"
+
+namespace unetseg {
+
+namespace {
+
+constexpr const char* kMetadataFile = "unetseg.json";
+constexpr int64_t kFormatVersion = 1;
+
+ModelInfo parse_metadata(const std::string& text, const std::string& path) {
+  ModelInfo info;
+  info.json = text;
+  try {
+    const auto j = nlohmann::json::parse(text);
+    TORCH_CHECK_VALUE(j.value("format", "") == "unetseg-model", "unetseg.Runner: '", path,
+                      "' has an extra file ", kMetadataFile, " that is not unetseg model metadata");
+    info.format_version = j.at("format_version").get<int64_t>();
+    TORCH_CHECK_VALUE(info.format_version == kFormatVersion, "unetseg.Runner: '", path,
+                      "' has metadata format version ", info.format_version,
+                      "; this unetseg reads version ", kFormatVersion,
+                      ". Use the unetseg version that exported it, or export the checkpoint again.");
+    info.architecture = j.at("architecture").get<std::string>();
+    info.in_channels = j.at("in_channels").get<int64_t>();
+    info.out_channels = j.at("out_channels").get<int64_t>();
+    info.outputs = j.at("outputs").get<std::vector<std::string>>();
+    const auto& norm = j.at("normalisation");
+    info.normalisation = norm.at("method").get<std::string>();
+    info.percentile_low = norm.at("low").get<double>();
+    info.percentile_high = norm.at("high").get<double>();
+    info.size_multiple = j.at("size_multiple").get<int64_t>();
+    info.threshold = j.at("threshold").get<double>();
+  } catch (const nlohmann::json::exception& e) {
+    TORCH_CHECK_VALUE(false, "unetseg.Runner: '", path, "' has unreadable metadata (", kMetadataFile,
+                      "): ", e.what());
+  }
+  TORCH_CHECK_VALUE(info.normalisation == "percentile", "unetseg.Runner: '", path,
+                    "' asks for normalisation '", info.normalisation, "'; this unetseg knows 'percentile'");
+  TORCH_CHECK_VALUE(info.in_channels == 1 || info.in_channels == 3, "unetseg.Runner: '", path,
+                    "' takes ", info.in_channels, " input channels; expected 1 or 3");
+  TORCH_CHECK_VALUE(info.out_channels >= 1 && int64_t(info.outputs.size()) == info.out_channels &&
+                        info.outputs[0] == "nucleus",
+                    "unetseg.Runner: '", path, "' has outputs that do not start with 'nucleus'");
+  TORCH_CHECK_VALUE(info.size_multiple >= 1, "unetseg.Runner: '", path, "' has size_multiple ",
+                    info.size_multiple);
+  return info;
+}
+
+c10::Device resolve_device(const std::string& name) {
+  if (name == "auto") {
+    return torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  }
+  c10::Device device(c10::kCPU);
+  try {
+    device = c10::Device(name);
+  } catch (const c10::Error&) {
+    TORCH_CHECK_VALUE(false, "unetseg.Runner: unknown device '", name, "'; expected cpu, cuda, cuda:N or auto");
+  }
+  TORCH_CHECK_VALUE(device.is_cpu() || device.is_cuda(), "unetseg.Runner: device '", name,
+                    "' is not supported; expected cpu, cuda, cuda:N or auto");
+  TORCH_CHECK_VALUE(!device.is_cuda() || torch::cuda::is_available(), "unetseg.Runner: device '", name,
+                    "' asked for, but this torch has no usable CUDA device; use device='cpu'");
+  return device;
+}
+
+c10::ScalarType resolve_precision(const std::string& name, const c10::Device& device) {
+  if (name == "float32") {
+    return at::kFloat;
+  }
+  if (name == "bfloat16") {
+    return at::kBFloat16;
+  }
+  TORCH_CHECK_VALUE(name == "float16", "unetseg.Runner: unknown precision '", name,
+                    "'; expected float32, bfloat16 or float16");
+  TORCH_CHECK_VALUE(device.is_cuda(), "unetseg.Runner: precision float16 needs a CUDA device; use "
+                                      "float32 or bfloat16 on the CPU");
+  return at::kHalf;
+}
+
+// Mixed precision for one forward on this thread (autocast state is thread-local).
+struct AutocastScope {
+  c10::DeviceType type;
+  bool on;
+  AutocastScope(const c10::Device& device, c10::ScalarType dtype)
+      : type(device.type()), on(dtype != at::kFloat) {
+    if (on) {
+      at::autocast::set_autocast_enabled(type, true);
+      at::autocast::set_autocast_dtype(type, dtype);
+    }
+  }
+  ~AutocastScope() {
+    if (on) {
+      at::autocast::set_autocast_enabled(type, false);
+      at::autocast::clear_cache();
+    }
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+};
+
+int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+} // namespace
+
+struct Runner::Impl {
+  torch::jit::Module module;  // frozen; forward() is safe to call from several threads
+  ModelInfo info;
+  RunnerOptions options;
+  c10::Device device{c10::kCPU};
+  c10::ScalarType precision = at::kFloat;
+
+  // Probabilities (B, out_channels, H, W) on the device for images of one size, in one forward.
+  at::Tensor forward(const std::vector<at::Tensor>& hwc, const std::vector<size_t>& which) const {
+    const int64_t h = hwc[which[0]].size(0), w = hwc[which[0]].size(1);
+    const int64_t hp = round_up(h, info.size_multiple), wp = round_up(w, info.size_multiple);
+    // Zero padding right and bottom, as the network itself pads (so results equal the eager model's).
+    at::Tensor batch = at::zeros({int64_t(which.size()), info.in_channels, hp, wp}, at::kFloat);
+    for (size_t i = 0; i < which.size(); ++i) {
+      runner::normalise_into(hwc[which[i]], info,
+                             batch[int64_t(i)].narrow(1, 0, h).narrow(2, 0, w));
+    }
+    batch = batch.to(device, /*non_blocking=*/false);
+    at::Tensor logits;
+    {
+      AutocastScope autocast(device, precision);
+      auto m = module;  // a handle; copies share the frozen network
+      logits = m.forward({batch}).toTensor();
+    }
+    TORCH_CHECK(logits.dim() == 4 && logits.size(0) == batch.size(0) &&
+                    logits.size(1) == info.out_channels && logits.size(2) >= h && logits.size(3) >= w,
+                "unetseg.Runner: the network returned shape ", logits.sizes(), " for input ",
+                batch.sizes(), "; expected (N, ", info.out_channels, ", H, W)");
+    return logits.narrow(2, 0, h).narrow(3, 0, w).to(at::kFloat).sigmoid_();
+  }
+
+  // Groups image indices by size (in first-seen order), each group cut into batches.
+  std::vector<std::vector<size_t>> batches(const std::vector<at::Tensor>& hwc) const {
+    std::map<std::pair<int64_t, int64_t>, size_t> group_of;
+    std::vector<std::vector<size_t>> groups;
+    for (size_t i = 0; i < hwc.size(); ++i) {
+      const auto key = std::make_pair(hwc[i].size(0), hwc[i].size(1));
+      auto [it, added] = group_of.emplace(key, groups.size());
+      if (added) {
+        groups.emplace_back();
+      }
+      groups[it->second].push_back(i);
+    }
+    std::vector<std::vector<size_t>> out;
+    for (const auto& g : groups) {
+      for (size_t s = 0; s < g.size(); s += size_t(options.batch_size)) {
+        out.emplace_back(g.begin() + s, g.begin() + std::min(g.size(), s + size_t(options.batch_size)));
+      }
+    }
+    return out;
+  }
+
+  std::vector<at::Tensor> checked(const std::vector<at::Tensor>& images) const {
+    std::vector<at::Tensor> hwc;
+    hwc.reserve(images.size());
+    for (size_t i = 0; i < images.size(); ++i) {
+      hwc.push_back(runner::check_image(images[i], i));
+    }
+    return hwc;
+  }
+};
+
+Runner::Runner(const std::string& model_path, const RunnerOptions& options) {
+  TORCH_CHECK_VALUE(std::filesystem::is_regular_file(model_path), "unetseg.Runner: model file '",
+                    model_path, "' does not exist");
+  TORCH_CHECK_VALUE(options.batch_size >= 1, "unetseg.Runner: batch_size must be >= 1, got ",
+                    options.batch_size);
+  auto impl = std::make_shared<Impl>();
+  impl->options = options;
+  impl->device = resolve_device(options.device);
+  impl->precision = resolve_precision(options.precision, impl->device);
+  torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+  try {
+    impl->module = torch::jit::load(model_path, impl->device, extra);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK_VALUE(false, "unetseg.Runner: cannot load '", model_path,
+                      "' as a TorchScript model file: ", e.what_without_backtrace());
+  }
+  TORCH_CHECK_VALUE(!extra[kMetadataFile].empty(), "unetseg.Runner: '", model_path,
+                    "' is a TorchScript file without unetseg metadata (", kMetadataFile,
+                    "); make model files with `unetseg export CHECKPOINT -o model.pt`");
+  impl->info = parse_metadata(extra[kMetadataFile], model_path);
+  impl->module.eval();
+  impl_ = std::move(impl);
+}
+
+const ModelInfo& Runner::info() const { return impl_->info; }
+c10::Device Runner::device() const { return impl_->device; }
+const RunnerOptions& Runner::options() const { return impl_->options; }
+
+std::vector<at::Tensor> Runner::predict(const std::vector<at::Tensor>& images) const {
+  c10::InferenceMode guard;
+  const auto hwc = impl_->checked(images);
+  std::vector<at::Tensor> out(images.size());
+  for (const auto& which : impl_->batches(hwc)) {
+    const at::Tensor probs = impl_->forward(hwc, which).cpu();
+    for (size_t i = 0; i < which.size(); ++i) {
+      out[which[i]] = probs[int64_t(i)].contiguous();
+    }
+  }
+  return out;
+}
+
+std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
+                                          const SegmentOptions& options) const {
+  const double threshold = options.threshold.value_or(impl_->info.threshold);
+  TORCH_CHECK_VALUE(threshold >= 0.0 && threshold <= 1.0, "unetseg.Runner: threshold ", threshold,
+                    " is not a probability; expected a value in [0, 1]");
+  c10::InferenceMode guard;
+  const auto hwc = impl_->checked(images);
+  std::vector<Segmentation> out(images.size());
+  for (const auto& which : impl_->batches(hwc)) {
+    const at::Tensor nucleus = impl_->forward(hwc, which).select(1, 0);  // (B, H, W) probabilities
+    auto [labels, counts, stats] =
+        label_stats(nucleus, threshold, options.connectivity, options.min_area);
+    labels = labels.cpu();
+    counts = counts.cpu();
+    stats = stats.cpu();
+    int64_t offset = 0;
+    for (size_t i = 0; i < which.size(); ++i) {
+      Segmentation& s = out[which[i]];
+      s.labels = labels[int64_t(i)];
+      s.count = counts[int64_t(i)].item<int64_t>();
+      s.objects = stats.narrow(0, offset, s.count);
+      offset += s.count;
+    }
+  }
+  return out;
+}
+
+Segmentation Runner::segment(const at::Tensor& image, const SegmentOptions& options) const {
+  return std::move(segment(std::vector<at::Tensor>{image}, options)[0]);
+}
+
+} // namespace unetseg

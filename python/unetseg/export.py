@@ -1,0 +1,129 @@
+"""TorchScript export: one frozen, scripted model file that carries its metadata.
+
+The file is what the C++ runner (and so :func:`unetseg.segment_batch`) loads: a TorchScript module
+whose ``forward`` maps a normalised (N, C, H, W) float batch to logits (N, out_channels, H, W), plus
+an extra file ``unetseg.json`` saying how to feed it and read it (format version, architecture and
+options, input channels, normalisation, size multiple, outputs and their meaning, default
+threshold, training data, validation metrics, unetseg version). The runner needs no side files.
+
+torch 2.13 marks ``torch.jit`` deprecated; TorchScript is still the deployment format here (it is
+what a pure C++ process can load), so its DeprecationWarnings are kept out of users' faces. Export
+is kept to this module so that a ``torch.export`` / AOTInductor path can sit beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .io import atomic_path
+
+METADATA_FILE = "unetseg.json"
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def quiet_jit():
+    """Silences torch's "`torch.jit.*` is deprecated" warnings (and only those)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit\.")
+        yield
+
+
+def metadata_from_checkpoint(ckpt: dict, model: torch.nn.Module) -> dict:
+    """The model file's metadata, from a training checkpoint (see :mod:`unetseg.train`)."""
+    from . import __version__
+
+    out_channels = int(ckpt["out_channels"])
+    return {
+        "format": "unetseg-model",
+        "format_version": FORMAT_VERSION,
+        "architecture": ckpt["model"]["architecture"],
+        "options": ckpt["model"]["options"],
+        "in_channels": int(ckpt["in_channels"]),
+        "input": "float32 (N, in_channels, H, W), each image normalised as `normalisation` says",
+        "normalisation": ckpt["normalisation"],
+        "size_multiple": int(getattr(model, "multiple", 1)),
+        "out_channels": out_channels,
+        "outputs": list(ckpt.get("output_meaning") or (["nucleus", "boundary"][:out_channels])),
+        "output_activation": "sigmoid",
+        "threshold": float(ckpt.get("threshold", 0.5)),
+        "training_data": _training_data(ckpt),
+        "epoch": ckpt.get("epoch"),
+        "validation": ckpt.get("validation"),
+        "unetseg_version": __version__,
+    }
+
+
+def _training_data(ckpt: dict) -> dict | None:
+    """Where the weights came from: the dataset's folder name, split sizes and the validation images."""
+    if not ckpt.get("training_data"):
+        return None
+    split = ckpt.get("split") or {}
+    return {
+        "dataset": Path(str(ckpt["training_data"])).name,
+        "train_images": len(split.get("train", [])),
+        "val_images": len(split.get("val", [])),
+        "split_seed": split.get("seed"),
+        "val_names": list(split.get("val", [])),
+    }
+
+
+def script_model(model: torch.nn.Module) -> torch.jit.ScriptModule:
+    """Scripts and freezes an eval-mode model (batch norm folded into the convolutions)."""
+    with quiet_jit():
+        scripted = torch.jit.script(model.eval())
+        return torch.jit.freeze(scripted)
+
+
+def export(checkpoint: str | os.PathLike | dict, output: str | os.PathLike) -> dict:
+    """Writes the TorchScript model file for a training checkpoint; returns its metadata.
+
+    The file is written atomically: an existing ``output`` is only replaced by a complete file.
+    """
+    from .train import load_checkpoint, model_from_checkpoint
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt)
+    if getattr(model, "same", True) is False:
+        raise ValueError(
+            "export needs a model with padding='same' (output the size of its input); this checkpoint's "
+            "U-Net uses padding='valid', whose output is smaller than its input. Retrain with padding 'same'."
+        )
+    metadata = metadata_from_checkpoint(ckpt, model)
+    frozen = script_model(model)
+    output = Path(output)
+    with atomic_path(output) as tmp, quiet_jit():
+        torch.jit.save(frozen, str(tmp), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
+    return metadata
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of a model file, read without loading the network."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
+            if not names:
+                raise ValueError(
+                    f"{str(path)!r} is a TorchScript file without unetseg metadata ({METADATA_FILE}); "
+                    "make model files with `unetseg export CHECKPOINT -o model.pt`"
+                )
+            return json.loads(archive.read(names[0]))
+    except zipfile.BadZipFile:
+        raise ValueError(f"{str(path)!r} is not a TorchScript model file (not a zip archive)") from None
+
+
+def load(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict]:
+    """Loads a model file in Python: (TorchScript module, metadata)."""
+    metadata = read_metadata(path)
+    with quiet_jit():
+        return torch.jit.load(str(path), map_location="cpu"), metadata

@@ -1,0 +1,208 @@
+"""``segment_batch`` and ``Runner``: segmentation through the C++ runner (``unetseg._C.Runner``).
+
+Everything from normalisation to the object table happens in C++ (csrc/runner), so Python gets
+exactly what an embedding C++ host gets; this module only converts inputs and wraps results.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import _C
+from .ops import STATS_COLUMNS
+
+DEFAULT_MODEL = "default_model.pt"
+
+
+def default_model_path() -> Path:
+    """The bundled default model: a U-Net trained on the DSB 2018 images (docs/model_card.md)."""
+    return Path(str(resources.files("unetseg").joinpath("assets", DEFAULT_MODEL)))
+
+
+@dataclass(frozen=True)
+class ObjectTable:
+    """Per-object measurements of one image; row k is label k + 1.
+
+    ``table`` is float64 (count, 8) with columns :data:`STATS_COLUMNS`; the bbox is [min, max) like
+    skimage's regionprops, the centroid is in (row, col) pixels, mean_score is the mean nucleus
+    probability over the object.
+    """
+
+    table: np.ndarray
+
+    def __len__(self) -> int:
+        return self.table.shape[0]
+
+    @property
+    def label(self) -> np.ndarray:
+        return np.arange(1, len(self) + 1, dtype=np.int32)
+
+    @property
+    def area(self) -> np.ndarray:
+        return self.table[:, 0].astype(np.int64)
+
+    @property
+    def bbox(self) -> np.ndarray:
+        """(count, 4) int64: min_row, min_col, max_row, max_col (exclusive)."""
+        return self.table[:, 1:5].astype(np.int64)
+
+    @property
+    def centroid(self) -> np.ndarray:
+        """(count, 2) float64: row, col."""
+        return self.table[:, 5:7]
+
+    @property
+    def mean_score(self) -> np.ndarray:
+        return self.table[:, 7]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        cols = {"label": self.label, "area": self.area}
+        bbox = self.bbox
+        for i, name in enumerate(STATS_COLUMNS[1:5]):
+            cols[name] = bbox[:, i]
+        cols["centroid_row"], cols["centroid_col"] = self.centroid[:, 0], self.centroid[:, 1]
+        cols["mean_score"] = self.mean_score
+        return cols
+
+    def to_pandas(self):
+        """The table as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("ObjectTable.to_pandas needs pandas: pip install pandas") from None
+        return pd.DataFrame(self.columns())
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """One image's result: ``labels`` int32 (H, W) (0 background, objects 1..count in raster order),
+    ``count`` and the per-object table ``objects``."""
+
+    labels: np.ndarray
+    count: int
+    objects: ObjectTable
+
+
+def _as_tensor(image, index: int) -> torch.Tensor:
+    if isinstance(image, (str, os.PathLike)):
+        from .data import read_image
+
+        image = read_image(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.float64:
+            image = image.astype(np.float32)
+        elif image.dtype not in (np.uint8, np.uint16, np.float32):
+            raise TypeError(f"image {index} has dtype {image.dtype}; expected uint8, uint16 or float32 (or float64)")
+        return torch.from_numpy(image)
+    if isinstance(image, torch.Tensor):
+        if image.dtype == torch.float64:
+            image = image.float()
+        return image.detach().cpu()
+    raise TypeError(f"image {index} is a {type(image).__name__}; expected a numpy array, a torch tensor or a file path")
+
+
+def _as_list(images) -> list:
+    """A list of images from a list/tuple, a (N, H, W) or (N, H, W, C) array or tensor, or a path."""
+    if isinstance(images, (str, os.PathLike)):
+        return [images]
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        if images.ndim not in (3, 4):
+            raise ValueError(
+                f"an array of images must be (N, H, W) or (N, H, W, C), got shape {tuple(images.shape)}; "
+                "pass a single image as [image]"
+            )
+        return list(images)
+    if isinstance(images, Iterable):
+        return list(images)
+    raise TypeError(f"images must be a list of arrays, tensors or paths, or an (N, H, W[, C]) array; got {type(images).__name__}")
+
+
+class Runner:
+    """A loaded model, for repeated calls: ``Runner(model=None, device="auto", precision="float32",
+    batch_size=8)``. ``model=None`` is the bundled default model. Safe to share between threads."""
+
+    def __init__(self, model: str | os.PathLike | None = None, *, device: str = "auto", precision: str = "float32",
+                 batch_size: int = 8):
+        path = Path(model) if model is not None else default_model_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        self.path = path
+        self._runner = _C.Runner(str(path), device=device, precision=precision, batch_size=batch_size)
+        self.metadata: dict = json.loads(self._runner.metadata_json)
+
+    @property
+    def device(self) -> str:
+        return self._runner.device
+
+    @property
+    def batch_size(self) -> int:
+        return self._runner.batch_size
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"Runner({str(self.path)!r}, device={self.device!r}, {m['architecture']}, "
+                f"{m['in_channels']} -> {m['out_channels']} channels)")
+
+    def segment(self, images, *, threshold: float | None = None, min_area: int | None = None,
+                connectivity: int = 8, progress: bool = False) -> list[Segmentation]:
+        """Segments images (see :func:`segment_batch`)."""
+        items = _as_list(images)
+        results: list[Segmentation] = []
+        step = self.batch_size
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(items), unit="img", desc="segment")
+        try:
+            for start in range(0, len(items), step):
+                chunk = [_as_tensor(im, start + i) for i, im in enumerate(items[start : start + step])]
+                for labels, count, objects in self._runner.segment(chunk, threshold, min_area or 0, connectivity):
+                    results.append(Segmentation(labels.numpy(), int(count), ObjectTable(objects.numpy())))
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
+    def predict(self, images) -> list[np.ndarray]:
+        """The network's probabilities, float32 (out_channels, H, W) per image."""
+        items = _as_list(images)
+        return [p.numpy() for p in self._runner.predict([_as_tensor(im, i) for i, im in enumerate(items)])]
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_runner(path: str, device: str, batch_size: int) -> Runner:
+    return Runner(path, device=device, batch_size=batch_size)
+
+
+def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.PathLike | Runner | None = None, *,
+                  device: str = "auto", threshold: float | None = None, batch_size: int | None = None,
+                  min_area: int | None = None, progress: bool = False) -> list[Segmentation]:
+    """Segments nuclei in a batch of images with a U-Net and the fused threshold + labelling op.
+
+    images: a list of numpy arrays, torch tensors or file paths (each (H, W) or (H, W, C), uint8,
+        uint16 or float32, any sizes), or one (N, H, W) / (N, H, W, C) array.
+    model: a model file made by ``unetseg export``, a :class:`Runner`, or None for the bundled
+        default model. Loaded runners are cached, so repeated calls do not reload the file.
+    threshold: nucleus probability threshold (default: the model's); min_area: drop smaller objects.
+    Returns one :class:`Segmentation` per image, in order.
+    """
+    if isinstance(model, Runner):
+        runner = model
+    else:
+        path = Path(model) if model is not None else default_model_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        runner = _cached_runner(str(path.resolve()), device, batch_size or 8)
+    return runner.segment(images, threshold=threshold, min_area=min_area, progress=progress)

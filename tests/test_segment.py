@@ -1,0 +1,229 @@
+"""The C++ runner through unetseg.Runner / segment_batch: parity with the Python pipeline, batching,
+input forms, thread safety, errors, the bundled model, and `unetseg segment`."""
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_checkpoint
+
+import unetseg
+from unetseg.cli import main
+from unetseg.data import read_image, synthetic_nuclei
+from unetseg.export import export, read_metadata
+from unetseg.segment import default_model_path
+from unetseg.train import model_from_checkpoint, predict
+
+
+@pytest.fixture(scope="module")
+def rgb_model(tmp_path_factory):
+    ckpt = make_checkpoint(in_channels=3, out_channels=2, seed=1)
+    path = tmp_path_factory.mktemp("models") / "unet3.pt"
+    export(ckpt, path)
+    return path, ckpt
+
+
+def _images():
+    fl = synthetic_nuclei((61, 83), seed=1).image  # uint8 gray, sizes that are multiples of nothing
+    bf = synthetic_nuclei((40, 40), kind="brightfield", seed=2).image  # uint8 RGB
+    return [
+        fl,
+        fl.astype(np.uint16) * 250 + 7,
+        (fl.astype(np.float32) / 255) ** 2,
+        bf,
+        np.dstack([bf, np.full(bf.shape[:2], 255, np.uint8)]),  # RGBA
+        np.dstack([fl, np.zeros_like(fl)]),  # gray + alpha
+        fl[:, :1],  # one column
+    ]
+
+
+@pytest.mark.parametrize("which", ["model_file", "rgb_model"])
+def test_runner_probabilities_equal_the_python_pipeline(which, request):
+    path, ckpt = request.getfixturevalue(which)
+    runner = unetseg.Runner(path, device="cpu")
+    eager = model_from_checkpoint(ckpt)
+    images = _images()
+    with torch.no_grad():
+        expected = [predict(eager, im, ckpt) for im in images]
+    for got, want in zip(runner.predict(images), expected):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_segment_is_the_fused_op_on_the_runners_probabilities(model_file):
+    runner = unetseg.Runner(model_file[0], device="cpu")
+    images = _images()
+    for threshold, min_area in [(None, None), (0.3, 0), (0.6, 5)]:
+        results = runner.segment(images, threshold=threshold, min_area=min_area)
+        for seg, prob in zip(results, runner.predict(images)):
+            labels, counts, stats = unetseg.label_stats(torch.from_numpy(prob[0]), threshold or 0.5, 8, min_area or 0)
+            np.testing.assert_array_equal(seg.labels, labels.numpy())
+            assert seg.labels.dtype == np.int32 and seg.count == int(counts[0]) == len(seg.objects)
+            np.testing.assert_array_equal(seg.objects.table, stats.numpy())
+
+
+def test_results_do_not_depend_on_batching_or_order(rgb_model):
+    images = _images()
+    alone = [unetseg.Runner(rgb_model[0], batch_size=1).segment([im])[0] for im in images]
+    mixed = unetseg.Runner(rgb_model[0], batch_size=3).segment(images[::-1] + images)
+    for a, b, c in zip(alone, mixed[: len(images)][::-1], mixed[len(images) :]):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.labels, c.labels)
+        np.testing.assert_array_equal(a.objects.table, c.objects.table)
+
+
+def test_input_forms(model_file, tmp_path):
+    stack = np.stack([synthetic_nuclei((48, 48), seed=i).image for i in range(3)])
+    want = [s.labels for s in unetseg.segment_batch(list(stack), model_file[0])]
+    for form in (stack, torch.from_numpy(stack), [torch.from_numpy(im) for im in stack], tuple(stack)):
+        got = unetseg.segment_batch(form, model_file[0])
+        assert all(np.array_equal(g.labels, w) for g, w in zip(got, want))
+    import cv2
+
+    paths = []
+    for i, im in enumerate(stack):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), im)
+    got = unetseg.segment_batch(paths, model_file[0], progress=True)
+    assert all(np.array_equal(g.labels, w) for g, w in zip(got, want))
+    assert np.array_equal(unetseg.segment_batch(str(paths[0]), model_file[0])[0].labels, want[0])
+
+
+def test_threads_share_one_runner(model_file):
+    runner = unetseg.Runner(model_file[0])
+    images = [synthetic_nuclei((64 + 8 * i, 64), seed=i).image for i in range(6)]
+    want = runner.segment(images)
+    got: dict[int, list] = {}
+
+    def work(k):
+        got[k] = runner.segment(images[k:] + images[:k])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, results in got.items():
+        rolled = want[k:] + want[:k]
+        assert all(np.array_equal(a.labels, b.labels) for a, b in zip(results, rolled))
+
+
+def test_object_table(model_file):
+    seg = unetseg.segment_batch([synthetic_nuclei((96, 96), seed=5).image], model_file[0], threshold=0.2)[0]
+    objects = seg.objects
+    assert seg.count == len(objects) > 0
+    assert objects.label.tolist() == list(range(1, seg.count + 1))
+    areas = np.bincount(seg.labels.ravel(), minlength=seg.count + 1)[1:]
+    np.testing.assert_array_equal(objects.area, areas)
+    rows, cols = np.nonzero(seg.labels == 1)
+    assert objects.bbox[0].tolist() == [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1]
+    np.testing.assert_allclose(objects.centroid[0], [rows.mean(), cols.mean()])
+    assert np.all((objects.mean_score > 0.2) & (objects.mean_score <= 1))
+    pd = pytest.importorskip("pandas")
+    frame = objects.to_pandas()
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns)[:2] == ["label", "area"] and len(frame) == seg.count
+
+
+def test_bad_inputs_get_clear_errors(model_file, tmp_path):
+    runner = unetseg.Runner(model_file[0])
+    good = np.zeros((8, 8), np.uint8)
+    cases = [
+        (np.zeros((8, 8), np.int32), TypeError, "dtype int32"),
+        (np.zeros((8, 8, 5), np.uint8), ValueError, r"1 to 4 channels"),
+        (np.zeros((0, 8), np.uint8), ValueError, "empty"),
+        (np.full((8, 8), np.nan, np.float32), ValueError, "NaN"),
+        (np.zeros((2, 8, 8, 1, 1), np.uint8), ValueError, r"\(H, W\) or \(H, W, C\)"),
+        ("not-there.png", ValueError, "cannot read"),
+        (object(), TypeError, "numpy array, a torch tensor or a file path"),
+    ]
+    for bad, error, message in cases:
+        with pytest.raises(error, match=message):
+            runner.segment([good, bad])
+    with pytest.raises(ValueError, match="probability"):
+        runner.segment([good], threshold=1.5)
+    with pytest.raises(ValueError, match=r"\(N, H, W\) or \(N, H, W, C\)"):
+        unetseg.segment_batch(good, model_file[0])
+    with pytest.raises(ValueError, match="unknown device"):
+        unetseg.Runner(model_file[0], device="tpu")
+    with pytest.raises(ValueError, match="no usable CUDA" if not torch.cuda.is_available() else "xx"):
+        unetseg.Runner(model_file[0], device="cuda")
+    with pytest.raises(ValueError, match="batch_size"):
+        unetseg.Runner(model_file[0], batch_size=0)
+
+
+def test_bad_model_files(tmp_path, model_file):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        unetseg.Runner(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="cannot load"):
+        unetseg.Runner(tmp_path / "junk.pt")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), str(tmp_path / "plain.pt"))
+    with pytest.raises(ValueError, match="without unetseg metadata"):
+        unetseg.Runner(tmp_path / "plain.pt")
+    # a newer metadata version: rewrite the extra file of a real export
+    import json
+    import zipfile
+
+    src = zipfile.ZipFile(model_file[0])
+    with zipfile.ZipFile(tmp_path / "future.pt", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("extra/unetseg.json"):
+                meta = json.loads(data)
+                meta["format_version"] = 99
+                data = json.dumps(meta).encode()
+            dst.writestr(info, data)
+    with pytest.raises(ValueError, match="format version 99"):
+        unetseg.Runner(tmp_path / "future.pt")
+
+
+def test_bfloat16_precision_is_close(model_file):
+    images = [synthetic_nuclei((64, 64), seed=3).image]
+    p32 = unetseg.Runner(model_file[0]).predict(images)[0]
+    p16 = unetseg.Runner(model_file[0], precision="bfloat16").predict(images)[0]
+    assert np.abs(p32 - p16).max() < 0.05
+    with pytest.raises(ValueError, match="float16 needs a CUDA device"):
+        unetseg.Runner(model_file[0], device="cpu", precision="float16")
+
+
+def test_bundled_default_model_is_a_real_trained_model():
+    meta = read_metadata(default_model_path())
+    assert meta["training_data"]["dataset"] == "dsb2018_stage1_train"
+    assert meta["training_data"]["train_images"] > 400 and meta["validation"]
+    sample = Path(unetseg.__file__).parent / "assets" / "samples" / "fluorescence.png"
+    truth = read_image(sample.parent / "labels" / sample.name)
+    seg = unetseg.segment_batch([sample])[0]
+    from unetseg.metrics import image_metrics
+
+    assert image_metrics(seg.labels, truth)["dice"] > 0.8  # random weights would not come close
+
+
+def test_cli_segment(tmp_path, model_file, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    import cv2
+
+    for i in range(3):
+        cv2.imwrite(str(folder / f"im{i}.png"), synthetic_nuclei((40 + i, 50), seed=i).image)
+    (folder / "broken.png").write_bytes(b"junk")
+    out = tmp_path / "out"
+    rc = main(["segment", str(folder), "-o", str(out), "-m", str(model_file[0]), "-t", "0.3"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "skipped" in captured.err and "broken.png" in captured.err
+    for i in range(3):
+        labels = read_image(out / f"im{i}_labels.png")
+        assert labels.dtype == np.uint16 and labels.shape == (40 + i, 50)
+        assert (out / f"im{i}_overlay.png").exists()
+    rows = (out / "objects.csv").read_text().splitlines()
+    assert rows[0].startswith("image,label,area") and len(rows) > 1
+    assert len((out / "summary.csv").read_text().splitlines()) == 4
+    with pytest.raises(SystemExit, match="give INPUTS"):
+        main(["segment", "-o", str(out)])
+    with pytest.raises(SystemExit, match="is not a file"):
+        main(["segment", str(tmp_path / "nothing"), "-o", str(out)])
