@@ -13,4 +13,7 @@ from .segment import ObjectTable, Runner, Segmentation, segment_batch
 
 __version__: str = _C.__version__
 
-__all__ = ["ObjectTable", "Runner", "Segmentation", "__version__", "label", "label_stats", "ops", "segment_batch"]
+cmake_prefix_path: str = str(__import__("pathlib").Path(__file__).parent / "share" / "cmake")
+"""For C++ hosts: ``-DCMAKE_PREFIX_PATH`` that lets ``find_package(unetseg)`` find this install."""
+
+__all__ = ["ObjectTable", "Runner", "Segmentation", "__version__", "cmake_prefix_path", "label", "label_stats", "ops", "segment_batch"]

@@ -17,6 +17,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include "unetseg/ops.h"
+
 #include <cstdint>
 #include <memory>
 #include <optional>
