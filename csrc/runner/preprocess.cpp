@@ -32,35 +32,6 @@ at::Tensor check_image(const at::Tensor& image, size_t index) {
   return hwc;
 }
 
-namespace {
-
-// (H, W, C) -> float32 (channels, H, W) as unetseg.data.transforms.to_channels, then astype(float32).
-at::Tensor to_planes(const at::Tensor& hwc, int64_t channels) {
-  at::Tensor x = hwc;
-  if (x.size(2) == 4) {
-    x = x.narrow(2, 0, 3);  // RGBA: alpha dropped
-  } else if (x.size(2) == 2) {
-    x = x.narrow(2, 0, 1);  // gray + alpha
-  }
-  const int64_t c = x.size(2);
-  at::Tensor f;
-  if (c == channels) {
-    f = x.to(at::kFloat);
-  } else if (channels == 1 && c == 3) {
-    // numpy: the mean of integers is float64 and astype(the image dtype) truncates; the mean of
-    // float32 is float32.
-    f = x.scalar_type() == at::kFloat ? x.sum(2, true).div_(3)
-                                      : x.to(at::kDouble).mean(2, true).floor_().to(at::kFloat);
-  } else if (channels == 3 && c == 1) {
-    f = x.to(at::kFloat).expand({x.size(0), x.size(1), 3});
-  } else {
-    TORCH_CHECK_VALUE(false, "unetseg.Runner: cannot make ", channels, " channels from an image with ", c);
-  }
-  return f.permute({2, 0, 1}).contiguous();
-}
-
-} // namespace
-
 std::pair<float, float> percentiles(const at::Tensor& values, double low, double high, bool integral) {
   const at::Tensor v = values.contiguous();
   const float* p = v.const_data_ptr<float>();
@@ -98,12 +69,41 @@ std::pair<float, float> percentiles(const at::Tensor& values, double low, double
 }
 
 void normalise_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tensor& out) {
-  const at::Tensor planes = to_planes(hwc, info.in_channels);
-  const bool integral = hwc.scalar_type() != at::kFloat;
-  for (int64_t c = 0; c < info.in_channels; ++c) {
-    const auto [lo, hi] = percentiles(planes[c], info.percentile_low, info.percentile_high, integral);
-    out[c].copy_(planes[c]).sub_(lo).div_(std::max(hi - lo, 1e-6f));
+  // Channels as unetseg.data.transforms.to_channels, converted to float32 straight into `out`.
+  at::Tensor x = hwc;
+  if (x.size(2) == 4) {
+    x = x.narrow(2, 0, 3);  // RGBA: alpha dropped
+  } else if (x.size(2) == 2) {
+    x = x.narrow(2, 0, 1);  // gray + alpha
   }
+  const int64_t c = x.size(2), channels = info.in_channels;
+  if (c == channels) {
+    out.copy_(x);
+  } else if (channels == 1 && c == 3) {
+    // numpy: the mean of integers is float64 and astype(the image dtype) truncates; the mean of
+    // float32 is float32.
+    out.copy_(x.scalar_type() == at::kFloat ? x.sum(2, true).div_(3)
+                                            : x.to(at::kDouble).mean(2, true).floor_());
+  } else if (channels == 3 && c == 1) {
+    out.copy_(x.expand({x.size(0), x.size(1), 3}));
+  } else {
+    TORCH_CHECK_VALUE(false, "unetseg.Runner: cannot make ", channels, " channels from an image with ", c);
+  }
+  // Per-channel percentile scaling, (x - p_low) / max(p_high - p_low, 1e-6), in float32 as numpy.
+  const bool integral = hwc.scalar_type() != at::kFloat;
+  const auto n = static_cast<size_t>(channels);
+  std::vector<float> low(n), scale(n);
+  for (int64_t k = 0; k < channels; ++k) {
+    if (k > 0 && c == 1) {  // gray repeated: the same percentiles
+      low[size_t(k)] = low[0];
+      scale[size_t(k)] = scale[0];
+      continue;
+    }
+    const auto [lo, hi] = percentiles(out.select(2, k), info.percentile_low, info.percentile_high, integral);
+    low[size_t(k)] = lo;
+    scale[size_t(k)] = std::max(hi - lo, 1e-6f);
+  }
+  out.sub_(at::from_blob(low.data(), {channels}, at::kFloat)).div_(at::from_blob(scale.data(), {channels}, at::kFloat));
 }
 
 } // namespace unetseg::runner

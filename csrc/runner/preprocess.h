@@ -16,7 +16,7 @@ namespace unetseg::runner {
 at::Tensor check_image(const at::Tensor& image, size_t index);
 
 // Writes the image (H, W, C) converted to info.in_channels and normalised into `out`, a float32
-// (in_channels, H, W) view of a batch buffer.
+// (H, W, in_channels) view of a channels-last batch buffer.
 void normalise_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tensor& out);
 
 // numpy.percentile (linear method) of the values of a float32 tensor; `integral` says they are all

@@ -128,11 +128,15 @@ struct Runner::Impl {
   at::Tensor forward(const std::vector<at::Tensor>& hwc, const std::vector<size_t>& which) const {
     const int64_t h = hwc[which[0]].size(0), w = hwc[which[0]].size(1);
     const int64_t hp = round_up(h, info.size_multiple), wp = round_up(w, info.size_multiple);
-    // Zero padding right and bottom, as the network itself pads (so results equal the eager model's).
-    at::Tensor batch = at::zeros({int64_t(which.size()), info.in_channels, hp, wp}, at::kFloat);
+    // Zero padding right and bottom, as the network itself pads (so results equal the eager
+    // model's). Channels-last: the layout images come in, and the faster one for oneDNN's
+    // convolutions on the CPU (about 1.6x on this U-Net).
+    at::Tensor batch = at::empty({int64_t(which.size()), info.in_channels, hp, wp},
+                                 at::TensorOptions(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+    batch.zero_();
     for (size_t i = 0; i < which.size(); ++i) {
       runner::normalise_into(hwc[which[i]], info,
-                             batch[int64_t(i)].narrow(1, 0, h).narrow(2, 0, w));
+                             batch[int64_t(i)].permute({1, 2, 0}).narrow(0, 0, h).narrow(1, 0, w));
     }
     batch = batch.to(device, /*non_blocking=*/false);
     at::Tensor logits;

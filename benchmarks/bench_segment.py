@@ -1,0 +1,165 @@
+"""Whole-image segmentation throughput: unetseg.segment_batch (C++ runner: normalise, TorchScript
+network, fused threshold + labelling + object table) against
+
+  - the DSB 2018 starter-project pipeline: numpy normalisation, eager PyTorch forward, sigmoid,
+    numpy threshold, cv2.connectedComponents per image;
+  - ONNX Runtime running the same network (exported with torch.onnx) followed by OpenCV labelling.
+
+    python benchmarks/bench_segment.py [--threads N] [--repeats R] [--markdown]
+
+All three run the same U-Net (the bundled default model's architecture and options, fresh
+weights: the time does not depend on them) on the same synthetic nuclei images with the same
+thread count. Ratios are competitor time / unetseg time (above 1: unetseg is faster). "outside
+network" is the share of segment_batch's time not spent in the network's forward (timed alone on
+the same normalised batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+import unetseg
+from unetseg.data import Normalisation, synthetic_nuclei, to_channels
+from unetseg.export import export, quiet_jit, read_metadata
+from unetseg.models import build_model
+from unetseg.segment import default_model_path
+
+
+def timeit(fn, repeats: int) -> float:
+    """Median wall time in seconds over `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def checkpoint_like_default() -> dict:
+    meta = read_metadata(default_model_path())
+    torch.manual_seed(0)
+    model = build_model(meta["architecture"], **meta["options"]).eval()
+    return {
+        "format": 1, "model": {"architecture": meta["architecture"], "options": meta["options"]},
+        "in_channels": meta["in_channels"], "out_channels": meta["out_channels"], "output_meaning": meta["outputs"],
+        "threshold": 0.5, "normalisation": meta["normalisation"], "state_dict": model.state_dict(),
+    }, model
+
+
+def normalised_batch(images: list[np.ndarray], channels: int) -> np.ndarray:
+    norm = Normalisation()
+    return np.stack([norm(to_channels(im, channels)).transpose(2, 0, 1) for im in images]).astype(np.float32)
+
+
+def starter_pipeline(model, images, channels, batch):
+    def run():
+        out = []
+        for s in range(0, len(images), batch):
+            x = torch.from_numpy(normalised_batch(images[s : s + batch], channels))
+            with torch.no_grad():
+                prob = torch.sigmoid(model(x))[:, 0].numpy()
+            for p in prob:
+                out.append(cv2.connectedComponents((p > 0.5).astype(np.uint8), connectivity=8)[0] - 1)
+        return out
+
+    return run
+
+
+def onnx_pipeline(model, channels, size, threads):
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, channels, size, size),), buf, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def make(images, batch):
+        def run():
+            out = []
+            for s in range(0, len(images), batch):
+                logits = session.run(None, {"x": normalised_batch(images[s : s + batch], channels)})[0][:, 0]
+                for lg in logits:  # sigmoid(x) > 0.5  <=>  x > 0
+                    out.append(cv2.connectedComponents((lg > 0).astype(np.uint8), connectivity=8)[0] - 1)
+            return out
+
+        return run
+
+    return make
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+
+    ckpt, model = checkpoint_like_default()
+    channels = ckpt["in_channels"]
+    tmp = Path(tempfile.mkdtemp())
+    export(ckpt, tmp / "model.pt")
+    runner = unetseg.Runner(tmp / "model.pt", device="cpu", batch_size=8)
+    with quiet_jit():
+        scripted = torch.jit.load(str(tmp / "model.pt"))
+
+    cases = {
+        "16 x 256x256": ([synthetic_nuclei((256, 256), seed=i).image for i in range(16)], 8),
+        "2 x 1024x1024": ([synthetic_nuclei((1024, 1024), seed=100 + i).image for i in range(2)], 1),
+    }
+    rows = []
+    for name, (images, batch) in cases.items():
+        runner = unetseg.Runner(tmp / "model.pt", device="cpu", batch_size=batch)
+        size = images[0].shape[0]
+        ours = timeit(lambda: runner.segment(images), args.repeats)
+        batches = [torch.from_numpy(normalised_batch(images[s : s + batch], channels)) for s in range(0, len(images), batch)]
+
+        def network_only():
+            with torch.inference_mode():
+                for x in batches:
+                    scripted(x)
+
+        net = timeit(network_only, args.repeats)
+        starter = timeit(starter_pipeline(model, images, channels, batch), args.repeats)
+        ort_time = timeit(onnx_pipeline(model, channels, size, args.threads)(images, batch), args.repeats)
+        mpx = sum(im.shape[0] * im.shape[1] for im in images) / 1e6
+        counts = [s.count for s in runner.segment(images)]
+        rows.append((name, len(images) / ours, mpx / ours, ours, starter, ort_time, net, sum(counts)))
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        model_name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = model_name
+    except (OSError, StopIteration):
+        pass
+    print(f"# segment_batch, {ckpt['model']['architecture']} {ckpt['model']['options']}; {cpu}; "
+          f"{args.threads} threads; torch {torch.__version__}; median of {args.repeats}\n")
+    header = ("| images | unetseg img/s | unetseg Mpx/s | unetseg ms | starter ms (ratio) | ONNX Runtime + OpenCV ms (ratio) "
+              "| network alone ms | outside network |")
+    print(header)
+    print("|---|---|---|---|---|---|---|---|")
+    for name, ips, mpxs, ours, starter, ort_time, net, _ in rows:
+        print(f"| {name} | {ips:.2f} | {mpxs:.2f} | {ours * 1e3:.0f} | {starter * 1e3:.0f} ({starter / ours:.2f}x) | "
+              f"{ort_time * 1e3:.0f} ({ort_time / ours:.2f}x) | {net * 1e3:.0f} | {(ours - net) / ours:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
