@@ -12,9 +12,6 @@ map and writes int32 labels once (torch's parallel copy, preallocated output).
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 
 import cv2
 import numpy as np
@@ -23,6 +20,7 @@ import skimage.measure
 import torch
 
 import unetseg
+from common import cpu_name, median_seconds
 from unetseg.data import synthetic_nuclei
 
 THRESHOLD = 0.5
@@ -30,13 +28,7 @@ THRESHOLD = 0.5
 
 def timeit(fn, repeats: int) -> float:
     """Median wall time in ms over `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats)
 
 
 def make_maps(sizes: list[int], batch: int, small: int) -> dict[str, np.ndarray]:
@@ -99,7 +91,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
+    print(f"# {cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
           f"OpenCV {cv2.__version__}, unetseg {unetseg.__version__}")
     rows = []
     for name, m in make_maps(args.sizes, 32, 256).items():

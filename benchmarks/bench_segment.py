@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -30,21 +27,14 @@ import numpy as np
 import torch
 
 import unetseg
+from common import cpu_name, median_seconds
 from unetseg.data import Normalisation, synthetic_nuclei, to_channels
 from unetseg.export import export, quiet_jit, read_metadata
 from unetseg.models import build_model
 from unetseg.segment import default_model_path
 
 
-def timeit(fn, repeats: int) -> float:
-    """Median wall time in seconds over `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+timeit = median_seconds
 
 
 def checkpoint_like_default() -> dict:
@@ -144,12 +134,7 @@ def main() -> None:
         counts = [s.count for s in runner.segment(images)]
         rows.append((name, len(images) / ours, mpx / ours, ours, starter, ort_time, net, sum(counts)))
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        model_name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-        cpu = model_name
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     print(f"# segment_batch, {ckpt['model']['architecture']} {ckpt['model']['options']}; {cpu}; "
           f"{args.threads} threads; torch {torch.__version__}; median of {args.repeats}\n")
     header = ("| images | unetseg img/s | unetseg Mpx/s | unetseg ms | starter ms (ratio) | ONNX Runtime + OpenCV ms (ratio) "
