@@ -5,7 +5,7 @@ network, fused threshold + labelling + object table) against
     numpy threshold, cv2.connectedComponents per image;
   - ONNX Runtime running the same network (exported with torch.onnx) followed by OpenCV labelling.
 
-    python benchmarks/bench_segment.py [--threads N] [--repeats R] [--markdown]
+    python benchmarks/bench_segment.py [--threads N] [--repeats R]
 
 All three run the same U-Net (the bundled default model's architecture and options, fresh
 weights: the time does not depend on them) on the same synthetic nuclei images with the same
@@ -98,7 +98,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
