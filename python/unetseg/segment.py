@@ -202,7 +202,5 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
         runner = model
     else:
         path = Path(model) if model is not None else default_model_path()
-        if not path.is_file():
-            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-        runner = _cached_runner(str(path.resolve()), device, batch_size or 8)
+        runner = _cached_runner(str(path.resolve()), device, batch_size or 8)  # Runner checks the file
     return runner.segment(images, threshold=threshold, min_area=min_area, progress=progress)
