@@ -129,6 +129,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     from .data import read_image
     from .io import collect_images, write_csv, write_image, write_labels
+    from .ops import STATS_COLUMNS
     from .segment import Runner, default_model_path
     from .train import overlay
 
@@ -178,9 +179,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             summary.append((name, image.shape, seg.count, float(np.median(area)) if len(area) else 0.0))
         bar.update(len(paths[start : start + runner.batch_size]))
     bar.close()
-    write_csv(args.output / "objects.csv",
-              ["image", "label", "area", "min_row", "min_col", "max_row", "max_col", "centroid_row", "centroid_col",
-               "mean_score"], rows)
+    write_csv(args.output / "objects.csv", ["image", "label", *STATS_COLUMNS], rows)
     write_csv(args.output / "summary.csv", ["image", "height", "width", "count", "median_area"],
               [[n, sh[0], sh[1], c, f"{a:.1f}"] for n, sh, c, a in summary])
     print(f"\n{'image':<32} {'size':>11} {'nuclei':>7} {'median area':>12}")
