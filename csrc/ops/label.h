@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace unetseg::ops {
 
@@ -17,6 +18,19 @@ struct ImageBatch {
 // and returns the batch geometry of scores.
 ImageBatch check_label_args(const at::Tensor& scores, double threshold, int64_t connectivity,
                             int64_t min_area);
+
+// A (N, 2, H, W) or (2, H, W) nucleus + boundary batch: `batch` describes the nucleus channel,
+// the boundary channel is `channel_stride` elements further; labels have the shape without the
+// channel dimension.
+struct SeededBatch {
+  ImageBatch batch;
+  int64_t channel_stride;
+  std::vector<int64_t> labels_shape;
+};
+
+// As check_label_args, for the seeded ops.
+SeededBatch check_seeded_args(const at::Tensor& scores, double threshold, double boundary_threshold,
+                              int64_t connectivity, int64_t min_area);
 
 // Checks the caller-supplied outputs of label_out: dtype, device and exact shape.
 void check_label_outputs(const at::Tensor& scores, const ImageBatch& batch,

@@ -15,40 +15,68 @@ namespace unetseg {
 
 namespace ops {
 
-ImageBatch check_label_args(const at::Tensor& scores, double threshold, int64_t connectivity,
-                            int64_t min_area) {
-  TORCH_CHECK(scores.defined(), "unetseg.label: scores is an undefined tensor");
+namespace {
+
+// The checks every label op shares: scores' dtype, connectivity, min_area and threshold.
+void check_common(const char* op, const at::Tensor& scores, double threshold, int64_t connectivity,
+                  int64_t min_area) {
+  TORCH_CHECK(scores.defined(), op, ": scores is an undefined tensor");
   const auto dtype = scores.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||
                   dtype == at::kBool || dtype == at::kByte,
-              "unetseg.label: scores must be float32, float16 or bfloat16 (probabilities) or "
-              "bool or uint8 (masks), got ",
-              dtype, "; convert with .float() or .to(torch.uint8)");
+              op, ": scores must be float32, float16 or bfloat16 (probabilities) or bool or uint8 "
+              "(masks), got ", dtype, "; convert with .float() or .to(torch.uint8)");
+  TORCH_CHECK(connectivity == 4 || connectivity == 8,
+              op, ": connectivity must be 4 (edge neighbours) or 8 (edge and corner neighbours), got ",
+              connectivity);
+  TORCH_CHECK(min_area >= 0, op, ": min_area must be >= 0 pixels, got ", min_area);
+  TORCH_CHECK(!std::isnan(threshold), op, ": threshold must be a number, got nan");
+}
+
+// The geometry of a (H, W) or (N, H, W) view.
+ImageBatch geometry(const char* op, const at::Tensor& images) {
+  const int64_t dim = images.dim();
+  ImageBatch b{};
+  b.n = dim == 2 ? 1 : images.size(0);
+  b.h = images.size(dim - 2);
+  b.w = images.size(dim - 1);
+  b.stride_n = dim == 2 ? 0 : images.stride(0);
+  b.stride_h = images.stride(dim - 2);
+  b.stride_w = images.stride(dim - 1);
+  TORCH_CHECK(b.h * b.w <= std::numeric_limits<int32_t>::max(),
+              op, ": an image may have at most 2^31 - 1 pixels (int32 labels), got ", b.h, " x ", b.w,
+              " = ", b.h * b.w, "; split it into tiles");
+  return b;
+}
+
+} // namespace
+
+ImageBatch check_label_args(const at::Tensor& scores, double threshold, int64_t connectivity,
+                            int64_t min_area) {
+  constexpr const char* op = "unetseg.label";
+  check_common(op, scores, threshold, connectivity, min_area);
   const int64_t dim = scores.dim();
   TORCH_CHECK(dim == 2 || dim == 3 || dim == 4,
-              "unetseg.label: scores must be (H, W), (N, H, W) or (N, 1, H, W), got a ", dim,
+              op, ": scores must be (H, W), (N, H, W) or (N, 1, H, W), got a ", dim,
               "-D tensor of shape ", scores.sizes());
   TORCH_CHECK(dim != 4 || scores.size(1) == 1,
-              "unetseg.label: a 4-D scores tensor must be (N, 1, H, W), got ", scores.sizes(),
-              " with ", scores.size(1), " channels; pass one channel, e.g. scores[:, 0]");
-  TORCH_CHECK(connectivity == 4 || connectivity == 8,
-              "unetseg.label: connectivity must be 4 (edge neighbours) or 8 (edge and corner "
-              "neighbours), got ",
-              connectivity);
-  TORCH_CHECK(min_area >= 0, "unetseg.label: min_area must be >= 0 pixels, got ", min_area);
-  TORCH_CHECK(!std::isnan(threshold), "unetseg.label: threshold must be a number, got nan");
+              op, ": a 4-D scores tensor must be (N, 1, H, W), got ", scores.sizes(), " with ",
+              scores.size(1), " channels; pass one channel, e.g. scores[:, 0], or use ",
+              "seeded_label for (N, 2, H, W) nucleus + boundary scores");
+  return geometry(op, dim == 4 ? scores.select(1, 0) : scores);
+}
 
-  ImageBatch b{};
-  b.n = dim == 2 ? 1 : scores.size(0);
-  b.h = scores.size(dim - 2);
-  b.w = scores.size(dim - 1);
-  b.stride_n = dim == 2 ? 0 : scores.stride(0);
-  b.stride_h = scores.stride(dim - 2);
-  b.stride_w = scores.stride(dim - 1);
-  TORCH_CHECK(b.h * b.w <= std::numeric_limits<int32_t>::max(),
-              "unetseg.label: an image may have at most 2^31 - 1 pixels (int32 labels), got ", b.h,
-              " x ", b.w, " = ", b.h * b.w, "; split it into tiles");
-  return b;
+SeededBatch check_seeded_args(const at::Tensor& scores, double threshold, double boundary_threshold,
+                              int64_t connectivity, int64_t min_area) {
+  constexpr const char* op = "unetseg.seeded_label";
+  check_common(op, scores, threshold, connectivity, min_area);
+  TORCH_CHECK(!std::isnan(boundary_threshold), op, ": boundary_threshold must be a number, got nan");
+  const int64_t dim = scores.dim();
+  TORCH_CHECK((dim == 3 || dim == 4) && scores.size(dim - 3) == 2,
+              op, ": scores must be (2, H, W) or (N, 2, H, W) (channel 0: nucleus, channel 1: "
+              "nucleus boundary), got shape ", scores.sizes(), "; one-channel scores go to label");
+  const at::Tensor nucleus = scores.select(dim - 3, 0);
+  return SeededBatch{geometry(op, nucleus), scores.stride(dim - 3), nucleus.sizes().vec()};
 }
 
 void check_label_outputs(const at::Tensor& scores, const ImageBatch& batch,
@@ -102,6 +130,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats(const at::Tensor& sco
   return op.call(scores, threshold, connectivity, min_area);
 }
 
+std::tuple<at::Tensor, at::Tensor> seeded_label(const at::Tensor& scores, double threshold,
+                                                double boundary_threshold, int64_t connectivity,
+                                                int64_t min_area) {
+  static const auto op = find_op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, double, double, int64_t, int64_t)>("unetseg::seeded_label", "");
+  return op.call(scores, threshold, boundary_threshold, connectivity, min_area);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> seeded_label_stats(const at::Tensor& scores,
+                                                                  double threshold,
+                                                                  double boundary_threshold,
+                                                                  int64_t connectivity,
+                                                                  int64_t min_area) {
+  static const auto op = find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, double, double, int64_t, int64_t)>("unetseg::seeded_label_stats", "");
+  return op.call(scores, threshold, boundary_threshold, connectivity, min_area);
+}
+
 } // namespace unetseg
 
 TORCH_LIBRARY(unetseg, m) {
@@ -111,4 +157,8 @@ TORCH_LIBRARY(unetseg, m) {
         "Tensor(a!) labels, Tensor(b!) counts) -> ()");
   m.def("label_stats(Tensor scores, float threshold=0.5, int connectivity=8, int min_area=0) "
         "-> (Tensor labels, Tensor counts, Tensor stats)");
+  m.def("seeded_label(Tensor scores, float threshold=0.5, float boundary_threshold=0.5, "
+        "int connectivity=8, int min_area=0) -> (Tensor labels, Tensor counts)");
+  m.def("seeded_label_stats(Tensor scores, float threshold=0.5, float boundary_threshold=0.5, "
+        "int connectivity=8, int min_area=0) -> (Tensor labels, Tensor counts, Tensor stats)");
 }

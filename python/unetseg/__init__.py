@@ -8,7 +8,7 @@ import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
 from . import _C  # noqa: F401  (registers torch.ops.unetseg.*)
 from . import ops
-from .ops import label, label_stats
+from .ops import label, label_stats, seeded_label, seeded_label_stats
 from .segment import ObjectTable, Runner, Segmentation, segment_batch
 
 __version__: str = _C.__version__
@@ -16,4 +16,4 @@ __version__: str = _C.__version__
 cmake_prefix_path: str = str(__import__("pathlib").Path(__file__).parent / "share" / "cmake")
 """For C++ hosts: ``-DCMAKE_PREFIX_PATH`` that lets ``find_package(unetseg)`` find this install."""
 
-__all__ = ["ObjectTable", "Runner", "Segmentation", "__version__", "cmake_prefix_path", "label", "label_stats", "ops", "segment_batch"]
+__all__ = ["ObjectTable", "Runner", "Segmentation", "__version__", "cmake_prefix_path", "label", "label_stats", "ops", "seeded_label", "seeded_label_stats", "segment_batch"]

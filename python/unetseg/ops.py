@@ -94,6 +94,48 @@ def label_stats(
     return LabelStats(*torch.ops.unetseg.label_stats(scores, threshold, connectivity, min_area))
 
 
+def seeded_label(
+    scores: torch.Tensor,
+    threshold: float = 0.5,
+    boundary_threshold: float = 0.5,
+    connectivity: int = 8,
+    min_area: int = 0,
+) -> Labels:
+    """Seeded labelling of nucleus + boundary scores: touching nuclei stay apart.
+
+    Foreground is ``nucleus > threshold``. Seeds are the foreground pixels with ``boundary <
+    boundary_threshold``, labelled as :func:`label` labels them. Every foreground pixel connected to
+    a seed then joins the seed nearest to it along the foreground: rounds of dilation inside the
+    foreground where each pixel takes the label of its labelled neighbour with the highest nucleus
+    score (then the smaller label). Foreground components without a seed are objects of their own.
+    Objects smaller than ``min_area`` pixels are removed and all are numbered 1..K in raster order
+    of their first pixel, as :func:`label` numbers them.
+
+    Args:
+        scores (Tensor[2, H, W] or Tensor[N, 2, H, W]): channel 0 the nucleus score, channel 1 the
+            boundary score; dtypes and strides as :func:`label`.
+
+    Returns:
+        ``Labels(labels, counts)``: int32 labels shaped like ``scores`` without the channel
+        dimension, and int64 counts, one per image.
+    """
+    return Labels(*torch.ops.unetseg.seeded_label(scores, threshold, boundary_threshold, connectivity, min_area))
+
+
+def seeded_label_stats(
+    scores: torch.Tensor,
+    threshold: float = 0.5,
+    boundary_threshold: float = 0.5,
+    connectivity: int = 8,
+    min_area: int = 0,
+) -> LabelStats:
+    """:func:`seeded_label` plus :func:`label_stats`' per-object table (``mean_score`` is the mean
+    nucleus score)."""
+    return LabelStats(
+        *torch.ops.unetseg.seeded_label_stats(scores, threshold, boundary_threshold, connectivity, min_area)
+    )
+
+
 def _batch_size(scores: torch.Tensor) -> int:
     return 1 if scores.dim() == 2 else scores.shape[0]
 
@@ -114,3 +156,13 @@ def _label_stats_fake(scores, threshold=0.5, connectivity=8, min_area=0):
 @torch.library.register_fake("unetseg::label_out")
 def _label_out_fake(scores, threshold, connectivity, min_area, labels, counts):
     return None
+
+
+@torch.library.register_fake("unetseg::seeded_label")
+def _seeded_label_fake(scores, threshold=0.5, boundary_threshold=0.5, connectivity=8, min_area=0):
+    return _label_fake(scores.select(-3, 0), threshold, connectivity, min_area)
+
+
+@torch.library.register_fake("unetseg::seeded_label_stats")
+def _seeded_label_stats_fake(scores, threshold=0.5, boundary_threshold=0.5, connectivity=8, min_area=0):
+    return _label_stats_fake(scores.select(-3, 0), threshold, connectivity, min_area)

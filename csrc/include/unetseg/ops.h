@@ -34,6 +34,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats(const at::Tensor& sco
                                                            int64_t connectivity = 8,
                                                            int64_t min_area = 0);
 
+// Seeded labelling for 2-channel (nucleus + boundary) models, which keeps touching nuclei apart.
+//   scores: (2, H, W) or (N, 2, H, W); channel 0 the nucleus score, channel 1 the boundary score;
+//           dtypes and strides as label().
+// Foreground is `nucleus > threshold`; seeds are the foreground pixels whose `boundary <
+// boundary_threshold` (both compared as label() compares), labelled as label() labels. Each
+// foreground pixel connected to a seed then joins the seed nearest to it along the foreground
+// (rounds of dilation inside the foreground; between equally near seeds, the neighbour with the
+// highest nucleus score, then the smaller label, wins). Foreground components without a seed are
+// objects of their own. Objects with fewer than min_area pixels are removed; the rest are numbered
+// 1..K in raster order of their first pixel. Labels have the shape of scores without the channel
+// dimension; counts as label().
+std::tuple<at::Tensor, at::Tensor> seeded_label(const at::Tensor& scores, double threshold = 0.5,
+                                                double boundary_threshold = 0.5,
+                                                int64_t connectivity = 8, int64_t min_area = 0);
+
+// As seeded_label(), plus label_stats()' per-object statistics (mean_score: of the nucleus score).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> seeded_label_stats(const at::Tensor& scores,
+                                                                  double threshold = 0.5,
+                                                                  double boundary_threshold = 0.5,
+                                                                  int64_t connectivity = 8,
+                                                                  int64_t min_area = 0);
+
 namespace stats {
 // Columns of label_stats' table. The bbox is [min, max) as skimage.measure.regionprops' bbox.
 enum Column : int64_t {

@@ -60,6 +60,49 @@ enum StatsColumn : int {
   kNumStatsColumns
 };
 
+// Per-object sums from which the statistics columns are computed, fed by runs or single pixels.
+struct ObjectStats {
+  int64_t area = 0, sum_row = 0, sum_col2 = 0; // sum_col2: twice the column sum (exact for runs)
+  int32_t min_row = INT32_MAX, min_col = INT32_MAX, max_row = -1, max_col = -1;
+  double score = 0;
+
+  void add_run(const Run& r, double score_sum) {
+    const int64_t len = r.end - r.start;
+    area += len;
+    sum_row += len * r.row;
+    sum_col2 += len * (static_cast<int64_t>(r.start) + r.end - 1);
+    min_row = std::min(min_row, r.row);
+    max_row = std::max(max_row, r.row);
+    min_col = std::min(min_col, r.start);
+    max_col = std::max(max_col, r.end - 1);
+    score += score_sum;
+  }
+
+  void add_pixel(int32_t row, int32_t col, double value) {
+    ++area;
+    sum_row += row;
+    sum_col2 += 2 * int64_t{col};
+    min_row = std::min(min_row, row);
+    max_row = std::max(max_row, row);
+    min_col = std::min(min_col, col);
+    max_col = std::max(max_col, col);
+    score += value;
+  }
+
+  // kNumStatsColumns values.
+  void write(double* out) const {
+    const auto n = static_cast<double>(area);
+    out[kArea] = n;
+    out[kMinRow] = min_row;
+    out[kMinCol] = min_col;
+    out[kMaxRow] = max_row + 1;
+    out[kMaxCol] = max_col + 1;
+    out[kCentroidRow] = static_cast<double>(sum_row) / n;
+    out[kCentroidCol] = static_cast<double>(sum_col2) / (2.0 * n);
+    out[kMeanScore] = score / n;
+  }
+};
+
 // The runs of one horizontal strip of an image, with indices local to the strip.
 struct Strip {
   int64_t image = 0;
@@ -157,8 +200,10 @@ inline void pack_bits(const uint8_t* mask, int32_t width, uint64_t* bits) {
   }
 }
 
-// The bit row of `score > threshold` for a contiguous float32 row, without a byte stage.
-inline void threshold_bits(const float* row, int32_t width, float threshold, uint64_t* bits) {
+// The bit row of `score > threshold` (or `score < threshold` when Below) for a contiguous float32
+// row, without a byte stage. NaN compares false either way.
+template <bool Below = false>
+void threshold_bits(const float* row, int32_t width, float threshold, uint64_t* bits) {
   int32_t x = 0;
 #if defined(__SSE2__)
   const __m128 t = _mm_set1_ps(threshold);
@@ -166,14 +211,18 @@ inline void threshold_bits(const float* row, int32_t width, float threshold, uin
     uint64_t word = 0;
     for (int k = 0; k < 16; ++k) {
       const __m128 v = _mm_loadu_ps(row + x + 4 * k);
-      word |= static_cast<uint64_t>(_mm_movemask_ps(_mm_cmpgt_ps(v, t))) << (4 * k);
+      const __m128 hit = Below ? _mm_cmplt_ps(v, t) : _mm_cmpgt_ps(v, t);
+      word |= static_cast<uint64_t>(_mm_movemask_ps(hit)) << (4 * k);
     }
     bits[x / 64] = word;
   }
 #endif
   for (; x < width; x += 64) {
     uint64_t word = 0;
-    for (int k = 0; k < 64 && x + k < width; ++k) word |= static_cast<uint64_t>(row[x + k] > threshold) << k;
+    for (int k = 0; k < 64 && x + k < width; ++k) {
+      const float v = row[x + k];
+      word |= static_cast<uint64_t>(Below ? v < threshold : v > threshold) << k;
+    }
     bits[x / 64] = word;
   }
 }
@@ -237,14 +286,16 @@ struct ImageRuns {
 };
 
 // Steps 2 and 3 for one image, given its strips in top-to-bottom order. When `stats` is non-null
-// it receives count * kNumStatsColumns values (row-major), after min_area.
+// it receives count * kNumStatsColumns values (row-major), after min_area. The runs' score sums are
+// kept in `image` when `stats` is non-null or `keep_scores` (the strips must have them).
 inline void merge_and_number(ImageRuns& image, Strip* const* strips, int64_t num_strips,
-                             bool eight_connected, int64_t min_area, std::vector<double>* stats) {
+                             bool eight_connected, int64_t min_area, std::vector<double>* stats,
+                             bool keep_scores = false) {
   size_t total = 0;
   for (int64_t s = 0; s < num_strips; ++s) total += strips[s]->runs.size();
   image.runs.resize(total);
   image.row_offsets.assign(1, 0);
-  const bool with_scores = stats != nullptr;
+  const bool with_scores = stats != nullptr || keep_scores;
   if (with_scores) image.score_sums.resize(total);
 
   int32_t offset = 0;
@@ -286,40 +337,13 @@ inline void merge_and_number(ImageRuns& image, Strip* const* strips, int64_t num
   image.count = count;
 
   if (stats) {
-    struct Acc {
-      int64_t area = 0, sum_row = 0, sum_col2 = 0;
-      int32_t min_row = INT32_MAX, min_col = INT32_MAX, max_row = -1, max_col = -1;
-      double score = 0;
-    };
-    std::vector<Acc> acc(static_cast<size_t>(count) + 1);
+    std::vector<ObjectStats> acc(static_cast<size_t>(count) + 1);
     for (size_t i = 0; i < total; ++i) {
-      if (!labels[i]) continue;
-      const Run& r = runs[i];
-      Acc& a = acc[labels[i]];
-      const int64_t len = r.end - r.start;
-      a.area += len;
-      a.sum_row += len * r.row;
-      a.sum_col2 += len * (static_cast<int64_t>(r.start) + r.end - 1); // twice the column sum
-      a.min_row = std::min(a.min_row, r.row);
-      a.max_row = std::max(a.max_row, r.row);
-      a.min_col = std::min(a.min_col, r.start);
-      a.max_col = std::max(a.max_col, r.end - 1);
-      a.score += image.score_sums[i];
+      if (labels[i]) acc[labels[i]].add_run(runs[i], image.score_sums[i]);
     }
     stats->resize(static_cast<size_t>(count) * kNumStatsColumns);
     double* out = stats->data();
-    for (int32_t k = 1; k <= count; ++k, out += kNumStatsColumns) {
-      const Acc& a = acc[k];
-      const auto area = static_cast<double>(a.area);
-      out[kArea] = area;
-      out[kMinRow] = a.min_row;
-      out[kMinCol] = a.min_col;
-      out[kMaxRow] = a.max_row + 1;
-      out[kMaxCol] = a.max_col + 1;
-      out[kCentroidRow] = static_cast<double>(a.sum_row) / area;
-      out[kCentroidCol] = static_cast<double>(a.sum_col2) / (2.0 * area);
-      out[kMeanScore] = a.score / area;
-    }
+    for (int32_t k = 1; k <= count; ++k, out += kNumStatsColumns) acc[k].write(out);
   }
 }
 

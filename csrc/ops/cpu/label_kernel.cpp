@@ -4,6 +4,7 @@
 // parallel, images are numbered in parallel.
 #include "../label.h"
 #include "ccl.h"
+#include "seeded.h"
 #include "unetseg/ops.h"
 
 #include <ATen/Dispatch_v2.h>
@@ -42,17 +43,27 @@ struct RowReader {
   int32_t width;
   uint8_t* bytes; // width bytes of scratch
 
+  // bits of `score > threshold`, or of `score < threshold` when Below.
+  template <bool Below = false>
   void threshold_row(int32_t row, uint64_t* bits) const {
     const scalar_t* p = image + row * stride_h;
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (stride_w == 1) return ccl::threshold_bits(p, width, threshold, bits);
+      if (stride_w == 1) return ccl::threshold_bits<Below>(p, width, threshold, bits);
     }
+    auto test = [t = threshold](scalar_t value) {
+      const auto v = static_cast<float>(value);
+      return static_cast<uint8_t>(Below ? v < t : v > t);
+    };
     if (stride_w == 1) {
-      for (int32_t x = 0; x < width; ++x) bytes[x] = static_cast<float>(p[x]) > threshold;
+      for (int32_t x = 0; x < width; ++x) bytes[x] = test(p[x]);
     } else {
-      for (int32_t x = 0; x < width; ++x) bytes[x] = static_cast<float>(p[x * stride_w]) > threshold;
+      for (int32_t x = 0; x < width; ++x) bytes[x] = test(p[x * stride_w]);
     }
     ccl::pack_bits(bytes, width, bits);
+  }
+
+  float score(int32_t row, int32_t col) const {
+    return static_cast<float>(image[row * stride_h + col * stride_w]);
   }
 
   double score_sum(int32_t row, int32_t start, int32_t end) const {
@@ -74,6 +85,7 @@ struct Workspace {
   std::vector<ccl::Strip> strips;
   std::vector<ccl::ImageRuns> images;
   std::vector<std::vector<double>> stats;
+  std::vector<ccl::SeededScratch> seeded;
 };
 
 class WorkspacePool {
@@ -82,6 +94,7 @@ class WorkspacePool {
     std::unique_ptr<Workspace> workspace;
     ~Lease() { WorkspacePool::instance().give_back(std::move(workspace)); }
     Workspace* operator->() const { return workspace.get(); }
+    Workspace& operator*() const { return *workspace; }
   };
 
   static WorkspacePool& instance() {
@@ -122,34 +135,77 @@ float threshold_in_dtype(double threshold) {
   }
 }
 
+// Cuts every image of the batch into strips of rows: about two strips per thread over the batch.
+// Returns the number of strips per image.
+int64_t plan_strips(std::vector<ccl::Strip>& strips, const ImageBatch& b) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t per_image =
+      std::clamp<int64_t>((2 * threads + b.n - 1) / b.n, 1, std::max<int64_t>(1, b.h / kMinStripRows));
+  strips.resize(static_cast<size_t>(b.n * per_image));
+  for (int64_t i = 0; i < b.n; ++i) {
+    for (int64_t s = 0; s < per_image; ++s) {
+      ccl::Strip& strip = strips[i * per_image + s];
+      strip.image = i;
+      strip.row_begin = static_cast<int32_t>(b.h * s / per_image);
+      strip.row_end = static_cast<int32_t>(b.h * (s + 1) / per_image);
+    }
+  }
+  return per_image;
+}
+
+// Steps 2-4 of ccl.h after the scan: merges and numbers every image's runs (statistics into
+// `image_stats` when non-null) and writes the labels.
+void number_and_write(Workspace& ws, const ImageBatch& b, int64_t strips_per_image, bool eight_connected,
+                      int64_t min_area, std::vector<std::vector<double>>* image_stats, bool keep_scores,
+                      int32_t* out) {
+  ws.images.resize(static_cast<size_t>(b.n));
+  if (image_stats) image_stats->resize(static_cast<size_t>(b.n));
+  at::parallel_for(0, b.n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<ccl::Strip*> own(static_cast<size_t>(strips_per_image));
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &ws.strips[i * strips_per_image + s];
+      ccl::merge_and_number(ws.images[i], own.data(), strips_per_image, eight_connected, min_area,
+                            image_stats ? &(*image_stats)[i] : nullptr, keep_scores);
+    }
+  });
+  const auto width = static_cast<int32_t>(b.w);
+  at::parallel_for(0, static_cast<int64_t>(ws.strips.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const ccl::Strip& strip = ws.strips[k];
+      ccl::write_rows(ws.images[strip.image], strip.row_begin, strip.row_end, width,
+                      out + strip.image * b.h * b.w + int64_t{strip.row_begin} * b.w, b.w);
+    }
+  });
+}
+
+// Concatenates the per-image statistics into one float64 table.
+at::Tensor stats_table(const std::vector<std::vector<double>>& image_stats, int64_t total,
+                       const at::TensorOptions& options) {
+  at::Tensor table = at::empty({total, stats::kNumColumns}, options.dtype(at::kDouble));
+  double* dst = table.data_ptr<double>();
+  for (const auto& rows : image_stats) dst = std::copy(rows.begin(), rows.end(), dst);
+  return table;
+}
+
+bool empty_batch(const ImageBatch& b, const at::Tensor& scores, at::Tensor& counts,
+                 std::optional<at::Tensor>* stats) {
+  if (b.n != 0 && b.h != 0 && b.w != 0) return false;
+  counts.zero_();
+  if (stats) *stats = at::zeros({0, stats::kNumColumns}, scores.options().dtype(at::kDouble));
+  return true;
+}
+
 // Labels `scores` into the contiguous int32 tensor `labels` and int64 `counts`; fills `stats` when
 // asked. Every argument has been checked.
 void label_kernel_impl(const at::Tensor& scores, const ImageBatch& b, double threshold,
                        bool eight_connected, int64_t min_area, at::Tensor& labels,
                        at::Tensor& counts, std::optional<at::Tensor>* stats) {
+  if (empty_batch(b, scores, counts, stats)) return;
   const bool with_stats = stats != nullptr;
-  if (b.n == 0 || b.h == 0 || b.w == 0) {
-    counts.zero_();
-    if (with_stats) *stats = at::zeros({0, stats::kNumColumns}, scores.options().dtype(at::kDouble));
-    return;
-  }
   const auto width = static_cast<int32_t>(b.w);
-
-  // Work split: about two strips per thread over the whole batch.
-  const int64_t threads = at::get_num_threads();
-  const int64_t strips_per_image =
-      std::clamp<int64_t>((2 * threads + b.n - 1) / b.n, 1, std::max<int64_t>(1, b.h / kMinStripRows));
   const WorkspacePool::Lease workspace = WorkspacePool::instance().borrow();
   std::vector<ccl::Strip>& strips = workspace->strips;
-  strips.resize(static_cast<size_t>(b.n * strips_per_image));
-  for (int64_t i = 0; i < b.n; ++i) {
-    for (int64_t s = 0; s < strips_per_image; ++s) {
-      ccl::Strip& strip = strips[i * strips_per_image + s];
-      strip.image = i;
-      strip.row_begin = static_cast<int32_t>(b.h * s / strips_per_image);
-      strip.row_end = static_cast<int32_t>(b.h * (s + 1) / strips_per_image);
-    }
-  }
+  const int64_t strips_per_image = plan_strips(strips, b);
 
   AT_DISPATCH_V2(
       scores.scalar_type(), "unetseg_label_cpu", AT_WRAP([&] {
@@ -171,43 +227,89 @@ void label_kernel_impl(const at::Tensor& scores, const ImageBatch& b, double thr
       }),
       at::kFloat, at::kHalf, at::kBFloat16, at::kByte, at::kBool);
 
-  std::vector<ccl::ImageRuns>& images = workspace->images;
-  images.resize(static_cast<size_t>(b.n));
   std::vector<std::vector<double>>& image_stats = workspace->stats;
-  image_stats.resize(with_stats ? b.n : 0);
-  at::parallel_for(0, b.n, 1, [&](int64_t begin, int64_t end) {
-    std::vector<ccl::Strip*> own(static_cast<size_t>(strips_per_image));
-    for (int64_t i = begin; i < end; ++i) {
-      for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &strips[i * strips_per_image + s];
-      ccl::merge_and_number(images[i], own.data(), strips_per_image, eight_connected, min_area,
-                            with_stats ? &image_stats[i] : nullptr);
-    }
-  });
-
-  int32_t* out = labels.data_ptr<int32_t>();
-  at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const ccl::Strip& strip = strips[k];
-      ccl::write_rows(images[strip.image], strip.row_begin, strip.row_end, width,
-                      out + strip.image * b.h * b.w + int64_t{strip.row_begin} * b.w, b.w);
-    }
-  });
+  number_and_write(*workspace, b, strips_per_image, eight_connected, min_area,
+                   with_stats ? &image_stats : nullptr, false, labels.data_ptr<int32_t>());
 
   int64_t* count = counts.data_ptr<int64_t>();
   int64_t total = 0;
-  for (int64_t i = 0; i < b.n; ++i) total += count[i] = images[i].count;
+  for (int64_t i = 0; i < b.n; ++i) total += count[i] = workspace->images[i].count;
+  if (with_stats) *stats = stats_table(image_stats, total, scores.options());
+}
+
+// Seeded labelling (seeded.h) of the 2-channel `scores` (channel 0 nucleus at the batch's strides,
+// channel 1 boundary `channel_stride` elements further) into contiguous `labels` and `counts`.
+void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t channel_stride,
+                        double threshold, double boundary_threshold, bool eight_connected,
+                        int64_t min_area, at::Tensor& labels, at::Tensor& counts,
+                        std::optional<at::Tensor>* stats) {
+  if (empty_batch(b, scores, counts, stats)) return;
+  const bool with_stats = stats != nullptr;
+  const auto width = static_cast<int32_t>(b.w);
+  const auto height = static_cast<int32_t>(b.h);
+  const int64_t words = ccl::words_per_row(width);
+  const WorkspacePool::Lease workspace = WorkspacePool::instance().borrow();
+  std::vector<ccl::Strip>& strips = workspace->strips;
+  const int64_t strips_per_image = plan_strips(strips, b);
+  std::vector<ccl::SeededScratch>& scratch = workspace->seeded;
+  scratch.resize(static_cast<size_t>(b.n));
+  for (auto& s : scratch) s.ring.resize(static_cast<size_t>(b.h * words));
+  int32_t* out = labels.data_ptr<int32_t>();
+  int64_t* count = counts.data_ptr<int64_t>();
+  std::vector<std::vector<double>>& image_stats = workspace->stats;
+  image_stats.resize(with_stats ? b.n : 0);
+
+  AT_DISPATCH_V2(
+      scores.scalar_type(), "unetseg_seeded_label_cpu", AT_WRAP([&] {
+        const auto* base = scores.const_data_ptr<scalar_t>();
+        const float t = threshold_in_dtype<scalar_t>(threshold);
+        const float tb = threshold_in_dtype<scalar_t>(boundary_threshold);
+        auto nucleus = [&](int64_t image, uint8_t* bytes) {
+          return RowReader<scalar_t>{base + image * b.stride_n, b.stride_h, b.stride_w, t, width, bytes};
+        };
+        at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
+          std::vector<uint8_t> bytes(static_cast<size_t>(width));
+          std::vector<uint64_t> bits, below(static_cast<size_t>(words));
+          for (int64_t k = begin; k < end; ++k) {
+            ccl::Strip& strip = strips[k];
+            const RowReader<scalar_t> reader = nucleus(strip.image, bytes.data());
+            const RowReader<scalar_t> boundary{reader.image + channel_stride, b.stride_h, b.stride_w,
+                                               tb, width, bytes.data()};
+            uint64_t* ring = scratch[strip.image].ring.data();
+            ccl::scan_strip(
+                strip, width, eight_connected, with_stats,
+                [&](int32_t row, uint64_t* seeds) {
+                  reader.threshold_row(row, seeds);
+                  boundary.threshold_row<true>(row, below.data());
+                  ccl::split_seeds(seeds, below.data(), words, ring + row * words);
+                },
+                [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); }, bits);
+          }
+        });
+        number_and_write(*workspace, b, strips_per_image, eight_connected, 0, nullptr, with_stats, out);
+        at::parallel_for(0, b.n, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            const RowReader<scalar_t> reader = nucleus(i, nullptr);
+            count[i] = ccl::grow_and_number(
+                workspace->images[i], scratch[i], height, width, eight_connected, min_area,
+                [&](int32_t row, int32_t col) { return reader.score(row, col); }, out + i * b.h * b.w,
+                with_stats ? &image_stats[i] : nullptr);
+          }
+        });
+      }),
+      at::kFloat, at::kHalf, at::kBFloat16, at::kByte, at::kBool);
+
   if (with_stats) {
-    at::Tensor table = at::empty({total, stats::kNumColumns}, scores.options().dtype(at::kDouble));
-    double* dst = table.data_ptr<double>();
-    for (const auto& rows : image_stats) dst = std::copy(rows.begin(), rows.end(), dst);
-    *stats = table;
+    int64_t total = 0;
+    for (int64_t i = 0; i < b.n; ++i) total += count[i];
+    *stats = stats_table(image_stats, total, scores.options());
   }
 }
 
 // A new int32 label tensor. Large ones are advised to use transparent huge pages before their
 // first touch: faulting in a 64 MiB output 4 KiB at a time costs more than labelling it.
-at::Tensor new_labels(const at::Tensor& scores) {
-  at::Tensor labels = at::empty(scores.sizes(), scores.options().dtype(at::kInt));
+at::Tensor new_labels(const at::Tensor& scores, at::IntArrayRef shape) {
+  at::Tensor labels = at::empty(shape, scores.options().dtype(at::kInt));
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   const auto begin = reinterpret_cast<uintptr_t>(labels.data_ptr());
@@ -221,7 +323,7 @@ at::Tensor new_labels(const at::Tensor& scores) {
 std::tuple<at::Tensor, at::Tensor> label_cpu(const at::Tensor& scores, double threshold,
                                              int64_t connectivity, int64_t min_area) {
   const ImageBatch b = check_label_args(scores, threshold, connectivity, min_area);
-  at::Tensor labels = new_labels(scores);
+  at::Tensor labels = new_labels(scores, scores.sizes());
   at::Tensor counts = at::empty({b.n}, scores.options().dtype(at::kLong));
   label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, labels, counts, nullptr);
   return {labels, counts};
@@ -234,7 +336,7 @@ void label_out_cpu(const at::Tensor& scores, double threshold, int64_t connectiv
   if (labels.is_contiguous() && counts.is_contiguous()) {
     label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, labels, counts, nullptr);
   } else {
-    at::Tensor l = new_labels(scores);
+    at::Tensor l = new_labels(scores, scores.sizes());
     at::Tensor c = at::empty({b.n}, counts.options());
     label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, l, c, nullptr);
     labels.copy_(l);
@@ -247,10 +349,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats_cpu(const at::Tensor&
                                                                int64_t connectivity,
                                                                int64_t min_area) {
   const ImageBatch b = check_label_args(scores, threshold, connectivity, min_area);
-  at::Tensor labels = new_labels(scores);
+  at::Tensor labels = new_labels(scores, scores.sizes());
   at::Tensor counts = at::empty({b.n}, scores.options().dtype(at::kLong));
   std::optional<at::Tensor> stats;
   label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, labels, counts, &stats);
+  return {labels, counts, *stats};
+}
+
+std::tuple<at::Tensor, at::Tensor> seeded_label_cpu(const at::Tensor& scores, double threshold,
+                                                    double boundary_threshold, int64_t connectivity,
+                                                    int64_t min_area) {
+  const SeededBatch sb = check_seeded_args(scores, threshold, boundary_threshold, connectivity, min_area);
+  at::Tensor labels = new_labels(scores, sb.labels_shape);
+  at::Tensor counts = at::empty({sb.batch.n}, scores.options().dtype(at::kLong));
+  seeded_kernel_impl(scores, sb.batch, sb.channel_stride, threshold, boundary_threshold,
+                     connectivity == 8, min_area, labels, counts, nullptr);
+  return {labels, counts};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> seeded_label_stats_cpu(
+    const at::Tensor& scores, double threshold, double boundary_threshold, int64_t connectivity,
+    int64_t min_area) {
+  const SeededBatch sb = check_seeded_args(scores, threshold, boundary_threshold, connectivity, min_area);
+  at::Tensor labels = new_labels(scores, sb.labels_shape);
+  at::Tensor counts = at::empty({sb.batch.n}, scores.options().dtype(at::kLong));
+  std::optional<at::Tensor> stats;
+  seeded_kernel_impl(scores, sb.batch, sb.channel_stride, threshold, boundary_threshold,
+                     connectivity == 8, min_area, labels, counts, &stats);
   return {labels, counts, *stats};
 }
 
@@ -261,4 +386,6 @@ TORCH_LIBRARY_IMPL(unetseg, CPU, m) {
   m.impl("label", &unetseg::ops::label_cpu);
   m.impl("label_out", &unetseg::ops::label_out_cpu);
   m.impl("label_stats", &unetseg::ops::label_stats_cpu);
+  m.impl("seeded_label", &unetseg::ops::seeded_label_cpu);
+  m.impl("seeded_label_stats", &unetseg::ops::seeded_label_stats_cpu);
 }
