@@ -253,7 +253,10 @@ void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t c
   const int64_t strips_per_image = plan_strips(strips, b);
   std::vector<ccl::SeededScratch>& scratch = workspace->seeded;
   scratch.resize(static_cast<size_t>(b.n));
-  for (auto& s : scratch) s.ring.resize(static_cast<size_t>(b.h * words));
+  for (auto& s : scratch) {
+    s.ring.resize(static_cast<size_t>(b.h * words));
+    s.labelled.resize(static_cast<size_t>(b.h * words));
+  }
   int32_t* out = labels.data_ptr<int32_t>();
   int64_t* count = counts.data_ptr<int64_t>();
   std::vector<std::vector<double>>& image_stats = workspace->stats;
@@ -275,13 +278,14 @@ void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t c
             const RowReader<scalar_t> reader = nucleus(strip.image, bytes.data());
             const RowReader<scalar_t> boundary{reader.image + channel_stride, b.stride_h, b.stride_w,
                                                tb, width, bytes.data()};
-            uint64_t* ring = scratch[strip.image].ring.data();
+            ccl::SeededScratch& image = scratch[strip.image];
             ccl::scan_strip(
                 strip, width, eight_connected, with_stats,
                 [&](int32_t row, uint64_t* seeds) {
                   reader.threshold_row(row, seeds);
                   boundary.threshold_row<true>(row, below.data());
-                  ccl::split_seeds(seeds, below.data(), words, ring + row * words);
+                  ccl::split_seeds(seeds, below.data(), words, image.ring.data() + row * words,
+                                    image.labelled.data() + row * words);
                 },
                 [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); }, bits);
           }

@@ -36,7 +36,9 @@ namespace unetseg::ccl {
 
 // Scratch space of one image, reused across calls.
 struct SeededScratch {
-  std::vector<uint64_t> ring; // height * words_per_row(width) bits: unlabelled non-seed foreground
+  // Bit images, words_per_row(width) words a row: the non-seed foreground not yet labelled nor
+  // queued, and the labelled pixels (seeds, then grown pixels).
+  std::vector<uint64_t> ring, labelled;
   struct Pixel {
     int32_t row, col;
   };
@@ -47,60 +49,79 @@ struct SeededScratch {
   std::vector<int32_t> order, renumber;
 };
 
-// The bit row of the seeds (`foreground & below`) from the foreground bits and the bits of
-// `boundary < t_b`; stores the rest of the foreground in `ring_row`.
-inline void split_seeds(uint64_t* foreground, const uint64_t* below, int64_t words, uint64_t* ring_row) {
+// Splits one row of foreground bits, given the bits of `boundary < t_b`: the seeds (`foreground &
+// below`) stay in `foreground` and go to `seed_row`, the rest of the foreground to `ring_row`.
+inline void split_seeds(uint64_t* foreground, const uint64_t* below, int64_t words, uint64_t* ring_row,
+                        uint64_t* seed_row) {
   for (int64_t k = 0; k < words; ++k) {
     ring_row[k] = foreground[k] & ~below[k];
-    foreground[k] &= below[k];
+    seed_row[k] = foreground[k] &= below[k];
   }
 }
 
 namespace detail {
 
-// Calls fn(row, col) for each in-image neighbour of (row, col).
-template <class Fn>
-inline void for_each_neighbour(int32_t row, int32_t col, int32_t height, int32_t width,
-                               bool eight_connected, Fn&& fn) {
-  const bool up = row > 0, down = row + 1 < height, left = col > 0, right = col + 1 < width;
-  if (up) {
-    if (eight_connected && left) fn(row - 1, col - 1);
-    fn(row - 1, col);
-    if (eight_connected && right) fn(row - 1, col + 1);
+// Bits col - 1, col, col + 1 of a bit row as bits 0, 1, 2 (0 outside the row; bits past the width
+// are 0 in every bit row).
+inline uint32_t window3(const uint64_t* row, int64_t words, int32_t col) {
+  const int32_t k = col >> 6, b = col & 63;
+  const uint64_t w = row[k];
+  if (b >= 1 && b <= 62) return static_cast<uint32_t>(w >> (b - 1)) & 7u;
+  uint32_t m = static_cast<uint32_t>(w >> b & 1u) << 1;
+  if (b == 0) {
+    if (k > 0) m |= static_cast<uint32_t>(row[k - 1] >> 63);
+    m |= static_cast<uint32_t>(w >> 1 & 1u) << 2;
+  } else {
+    m |= static_cast<uint32_t>(w >> 62 & 1u);
+    if (k + 1 < words) m |= static_cast<uint32_t>(row[k + 1] & 1u) << 2;
   }
-  if (left) fn(row, col - 1);
-  if (right) fn(row, col + 1);
-  if (down) {
-    if (eight_connected && left) fn(row + 1, col - 1);
-    fn(row + 1, col);
-    if (eight_connected && right) fn(row + 1, col + 1);
-  }
+  return m;
 }
 
-inline bool test_bit(const uint64_t* bits, int64_t words, int32_t row, int32_t col) {
-  return (bits[row * words + col / 64] >> (col % 64)) & 1u;
+// Neighbourhood masks: bit 3 * (dr + 1) + (dc + 1) stands for the pixel at (row + dr, col + dc).
+constexpr uint32_t kEightNeighbours = 0x1EF; // all but the centre
+constexpr uint32_t kFourNeighbours = 0x0AA;  // the cross
+constexpr int8_t kDr[9] = {-1, -1, -1, 0, 0, 0, 1, 1, 1};
+constexpr int8_t kDc[9] = {-1, 0, 1, -1, 0, 1, -1, 0, 1};
+
+// The neighbours of (row, col) whose bit is set in `bits`, masked by `keep`.
+inline uint32_t neighbour_bits(const uint64_t* bits, int64_t words, int32_t height, int32_t row,
+                               int32_t col, uint32_t keep) {
+  const uint64_t* r = bits + row * words;
+  uint32_t m = window3(r, words, col) << 3;
+  if (row > 0) m |= window3(r - words, words, col);
+  if (row + 1 < height) m |= window3(r + words, words, col) << 6;
+  return m & keep;
 }
 
-inline void clear_bit(uint64_t* bits, int64_t words, int32_t row, int32_t col) {
-  bits[row * words + col / 64] &= ~(uint64_t{1} << (col % 64));
+// Word k of a bit row dilated by one pixel left and right (with the centre when `centre`).
+inline uint64_t spread(const uint64_t* row, int64_t words, int64_t k, bool centre) {
+  uint64_t w = (row[k] << 1) | (row[k] >> 1);
+  if (k > 0) w |= row[k - 1] >> 63;
+  if (k + 1 < words) w |= row[k + 1] << 63;
+  return centre ? w | row[k] : w;
 }
 
 } // namespace detail
 
 // Growth, orphans and numbering of one image. On entry `seeds` holds the labelled seed runs
 // (merge_and_number with min_area 0; score_sums filled when `stats`), `labels` (row-major, `width`
-// elements a row) holds their labels and zeros elsewhere, and `scratch.ring` the ring bits.
-// `score(row, col)` is the nucleus score of a pixel. Returns the object count; fills `stats` with
-// count * kNumStatsColumns values when non-null.
+// elements a row) holds their labels and zeros elsewhere, and `scratch.ring` / `scratch.labelled`
+// the ring and seed bits. `score(row, col)` is the nucleus score of a pixel. Returns the object
+// count; fills `stats` with count * kNumStatsColumns values when non-null.
 template <class Score>
 int64_t grow_and_number(const ImageRuns& seeds, SeededScratch& scratch, int32_t height, int32_t width,
                         bool eight_connected, int64_t min_area, Score&& score, int32_t* labels,
                         std::vector<double>* stats) {
   using Pixel = SeededScratch::Pixel;
   const int64_t words = words_per_row(width);
+  const uint32_t keep = eight_connected ? detail::kEightNeighbours : detail::kFourNeighbours;
   uint64_t* ring = scratch.ring.data();
+  uint64_t* labelled = scratch.labelled.data();
   auto at = [&](int32_t row, int32_t col) -> int32_t& { return labels[int64_t{row} * width + col]; };
-  constexpr int32_t kQueued = -1; // a ring pixel already in the next frontier
+  auto clear = [&](uint64_t* bits, int32_t row, int32_t col) {
+    bits[row * words + (col >> 6)] &= ~(uint64_t{1} << (col & 63));
+  };
 
   // Objects 1..S: the seeds, their statistics summed from runs.
   const auto num_seeds = static_cast<int32_t>(seeds.count);
@@ -115,13 +136,21 @@ int64_t grow_and_number(const ImageRuns& seeds, SeededScratch& scratch, int32_t 
     objects[k].add_run(r, with_scores ? seeds.score_sums[i] : 0.0);
     if (first[k] < 0) first[k] = int64_t{r.row} * width + r.start; // runs are in raster order
   }
-
   auto add_pixel = [&](int32_t k, int32_t row, int32_t col) {
     objects[k].add_pixel(row, col, with_scores ? static_cast<double>(score(row, col)) : 0.0);
     first[k] = std::min(first[k], int64_t{row} * width + col);
   };
+  // Pushes the neighbours of (row, col) still in the ring onto `queue` and takes them out of it.
+  auto queue_ring_neighbours = [&](int32_t row, int32_t col, std::vector<Pixel>& queue) {
+    for (uint32_t m = detail::neighbour_bits(ring, words, height, row, col, keep); m; m &= m - 1) {
+      const int i = __builtin_ctz(m);
+      const int32_t r = row + detail::kDr[i], c = col + detail::kDc[i];
+      clear(ring, r, c);
+      queue.push_back({r, c});
+    }
+  };
 
-  // Growth: the first frontier is every ring pixel touching a seed.
+  // Growth. The first frontier: ring pixels next to a seed, found a word at a time.
   std::vector<Pixel>& frontier = scratch.frontier;
   std::vector<Pixel>& next = scratch.next;
   std::vector<Pixel>& grown = scratch.grown;
@@ -129,48 +158,55 @@ int64_t grow_and_number(const ImageRuns& seeds, SeededScratch& scratch, int32_t 
   frontier.clear();
   grown.clear();
   for (int32_t row = 0; row < height; ++row) {
+    const uint64_t* mid = labelled + row * words;
     for (int64_t k = 0; k < words; ++k) {
-      for (uint64_t word = ring[row * words + k]; word; word &= word - 1) {
-        const auto col = static_cast<int32_t>(k * 64 + __builtin_ctzll(word));
-        bool touches = false;
-        detail::for_each_neighbour(row, col, height, width, eight_connected,
-                                   [&](int32_t r, int32_t c) { touches |= at(r, c) > 0; });
-        if (touches) frontier.push_back({row, col});
-      }
+      uint64_t& word = ring[row * words + k];
+      if (!word) continue;
+      uint64_t near = detail::spread(mid, words, k, false);
+      if (row > 0) near |= eight_connected ? detail::spread(mid - words, words, k, true) : mid[k - words];
+      if (row + 1 < height) near |= eight_connected ? detail::spread(mid + words, words, k, true) : mid[k + words];
+      const uint64_t hits = word & near;
+      word &= ~hits;
+      for (uint64_t h = hits; h; h &= h - 1) frontier.push_back({row, static_cast<int32_t>(k * 64 + __builtin_ctzll(h))});
     }
   }
-  for (const Pixel& p : frontier) at(p.row, p.col) = kQueued;
   while (!frontier.empty()) {
+    // Choose every label from the labels of earlier rounds...
     chosen.resize(frontier.size());
     for (size_t i = 0; i < frontier.size(); ++i) {
-      int32_t best = 0;
-      float best_score = 0.0f;
-      detail::for_each_neighbour(frontier[i].row, frontier[i].col, height, width, eight_connected,
-                                 [&](int32_t r, int32_t c) {
-                                   const int32_t l = at(r, c);
-                                   if (l <= 0) return;
-                                   const float s = score(r, c);
-                                   if (best == 0 || s > best_score || (s == best_score && l < best)) {
-                                     best = l;
-                                     best_score = s;
-                                   }
-                                 });
+      const Pixel p = frontier[i];
+      const uint32_t m = detail::neighbour_bits(labelled, words, height, p.row, p.col, keep);
+      int n = __builtin_ctz(m);
+      int32_t best = at(p.row + detail::kDr[n], p.col + detail::kDc[n]);
+      bool one_label = true;
+      for (uint32_t rest = m & (m - 1); rest; rest &= rest - 1) {
+        n = __builtin_ctz(rest);
+        one_label &= at(p.row + detail::kDr[n], p.col + detail::kDc[n]) == best;
+      }
+      if (!one_label) { // between different labels the highest nucleus score wins, then the smaller label
+        float best_score = 0.0f;
+        best = 0;
+        for (uint32_t rest = m; rest; rest &= rest - 1) {
+          n = __builtin_ctz(rest);
+          const int32_t r = p.row + detail::kDr[n], c = p.col + detail::kDc[n];
+          const int32_t l = at(r, c);
+          const float s = score(r, c);
+          if (best == 0 || s > best_score || (s == best_score && l < best)) {
+            best = l;
+            best_score = s;
+          }
+        }
+      }
       chosen[i] = best;
     }
+    // ...then commit them all and queue the ring pixels they touch.
     next.clear();
     for (size_t i = 0; i < frontier.size(); ++i) {
       const Pixel p = frontier[i];
       at(p.row, p.col) = chosen[i];
-      detail::clear_bit(ring, words, p.row, p.col);
+      labelled[p.row * words + (p.col >> 6)] |= uint64_t{1} << (p.col & 63);
       add_pixel(chosen[i], p.row, p.col);
-    }
-    for (const Pixel& p : frontier) {
-      detail::for_each_neighbour(p.row, p.col, height, width, eight_connected, [&](int32_t r, int32_t c) {
-        if (detail::test_bit(ring, words, r, c) && at(r, c) == 0) {
-          at(r, c) = kQueued;
-          next.push_back({r, c});
-        }
-      });
+      queue_ring_neighbours(p.row, p.col, next);
     }
     grown.insert(grown.end(), frontier.begin(), frontier.end());
     frontier.swap(next);
@@ -181,24 +217,19 @@ int64_t grow_and_number(const ImageRuns& seeds, SeededScratch& scratch, int32_t 
   int32_t count = num_seeds;
   for (int32_t row = 0; row < height; ++row) {
     for (int64_t k = 0; k < words; ++k) {
-      while (uint64_t word = ring[row * words + k]) {
+      while (const uint64_t word = ring[row * words + k]) {
         const auto col = static_cast<int32_t>(k * 64 + __builtin_ctzll(word));
         const int32_t label = ++count;
         objects.emplace_back();
         first.push_back(int64_t{row} * width + col);
-        const size_t begin = grown.size();
-        detail::clear_bit(ring, words, row, col);
+        size_t i = grown.size();
+        clear(ring, row, col);
         grown.push_back({row, col});
-        for (size_t i = begin; i < grown.size(); ++i) {
+        for (; i < grown.size(); ++i) {
           const Pixel p = grown[i];
           at(p.row, p.col) = label;
           add_pixel(label, p.row, p.col);
-          detail::for_each_neighbour(p.row, p.col, height, width, eight_connected, [&](int32_t r, int32_t c) {
-            if (detail::test_bit(ring, words, r, c)) {
-              detail::clear_bit(ring, words, r, c);
-              grown.push_back({r, c});
-            }
-          });
+          queue_ring_neighbours(p.row, p.col, grown);
         }
       }
     }
