@@ -64,10 +64,37 @@ def test_segment_is_the_fused_op_on_the_runners_probabilities(model_file):
             np.testing.assert_array_equal(seg.objects.table, stats.numpy())
 
 
-def threshold_away_from(probabilities) -> float:
-    """A threshold no probability lies within 1e-6 of. Batch size and thread count change the
-    network's float rounding (~1e-7); at such a threshold the labels must not change at all."""
-    values = np.concatenate([p[0].ravel() for p in probabilities])
+def test_nucleus_boundary_models_label_with_seeds(rgb_model):
+    runner = unetseg.Runner(rgb_model[0], device="cpu")
+    assert runner.labelling == runner.metadata["labelling"] == "seeded"
+    assert runner.metadata["outputs"] == ["nucleus", "nucleus boundary"]
+    images = _images()
+    probabilities = runner.predict(images)
+    for t, tb, min_area in [(None, None, None), (0.4, 0.6, 0), (0.55, 0.45, 4)]:
+        results = runner.segment(images, threshold=t, boundary_threshold=tb, min_area=min_area)
+        for seg, prob in zip(results, probabilities):
+            want = unetseg.seeded_label_stats(torch.from_numpy(prob), t or 0.5, tb or 0.5, 8, min_area or 0)
+            np.testing.assert_array_equal(seg.labels, want.labels.numpy())
+            np.testing.assert_array_equal(seg.objects.table, want.stats.numpy())
+    for seg, prob in zip(runner.segment(images, labelling="plain"), probabilities):
+        np.testing.assert_array_equal(seg.labels, unetseg.label(torch.from_numpy(prob[0])).labels.numpy())
+
+
+def test_labelling_errors(model_file, rgb_model):
+    image = [synthetic_nuclei((32, 32), seed=0).image]
+    assert unetseg.Runner(model_file[0]).labelling == "plain"
+    with pytest.raises(ValueError, match=r"seeded labelling needs a model with a boundary output; .* \[nucleus\]"):
+        unetseg.segment_batch(image, model_file[0], labelling="seeded")
+    with pytest.raises(ValueError, match="labelling 'watershed' is not one of 'auto', 'plain', 'seeded'"):
+        unetseg.segment_batch(image, rgb_model[0], labelling="watershed")
+    with pytest.raises(ValueError, match="boundary_threshold 1.5 is not a probability"):
+        unetseg.segment_batch(image, rgb_model[0], boundary_threshold=1.5)
+
+
+def threshold_away_from(probabilities, channel: int = 0) -> float:
+    """A threshold no probability of `channel` lies within 1e-6 of. Batch size and thread count
+    change the network's float rounding (~1e-7); at such a threshold the labels must not change."""
+    values = np.concatenate([p[channel].ravel() for p in probabilities])
     candidates = np.linspace(0.3, 0.7, 81)
     margins = [np.abs(values - t).min() for t in candidates]
     assert max(margins) > 1e-6
@@ -77,9 +104,10 @@ def threshold_away_from(probabilities) -> float:
 def test_results_do_not_depend_on_batching_or_order(rgb_model):
     images = _images()
     single = unetseg.Runner(rgb_model[0], batch_size=1)
-    t = threshold_away_from(single.predict(images))
-    alone = [single.segment([im], threshold=t)[0] for im in images]
-    mixed = unetseg.Runner(rgb_model[0], batch_size=3).segment(images[::-1] + images, threshold=t)
+    probabilities = single.predict(images)
+    options = dict(threshold=threshold_away_from(probabilities), boundary_threshold=threshold_away_from(probabilities, 1))
+    alone = [single.segment([im], **options)[0] for im in images]
+    mixed = unetseg.Runner(rgb_model[0], batch_size=3).segment(images[::-1] + images, **options)
     for a, b, c in zip(alone, mixed[: len(images)][::-1], mixed[len(images) :]):
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.labels, c.labels)

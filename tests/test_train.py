@@ -43,14 +43,17 @@ def test_train_resume_and_evaluate(npz, tmp_path):
     result = evaluate(out / "best.pt", npz, tmp_path / "eval", progress=False)
     assert set(result) == {"all", "a", "b"} and 0 <= result["all"]["dsb_score"] <= 1
     assert (tmp_path / "eval" / "per_image.csv").exists()
+    with pytest.raises(ValueError, match="seeded labelling needs a checkpoint with a boundary output"):
+        evaluate(out / "best.pt", npz, labelling="seeded", progress=False)
 
 
 def test_cli_train_and_evaluate(npz, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["train", str(npz), "-o", str(out), "--epochs", "1", "--crop", "32", "--batch-size", "4", "--in-channels", "1",
                  "--out-channels", "2", "--workers", "0", "--model-options", '{"base_width": 4, "depth": 2}']) == 0
-    assert main(["evaluate", str(out / "best.pt"), str(npz), "--split", "all"]) == 0
-    assert "| all | 12 |" in capsys.readouterr().out
+    for labelling in ("auto", "plain", "seeded"):
+        assert main(["evaluate", str(out / "best.pt"), str(npz), "--split", "all", "--labelling", labelling]) == 0
+        assert "| all | 12 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no such checkpoint"):
         main(["evaluate", str(out / "nope.pt"), str(npz)])
 

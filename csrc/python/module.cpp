@@ -30,15 +30,18 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("metadata_json", [](const unetseg::Runner& r) { return r.info().json; })
       .def_property_readonly("device", [](const unetseg::Runner& r) { return r.device().str(); })
       .def_property_readonly("batch_size", [](const unetseg::Runner& r) { return r.options().batch_size; })
+      .def_property_readonly("labelling", [](const unetseg::Runner& r) { return r.info().labelling; })
       .def_property_readonly("precision", [](const unetseg::Runner& r) { return r.options().precision; })
       .def(
           "segment",
           [](const unetseg::Runner& r, const std::vector<at::Tensor>& images,
-             std::optional<double> threshold, int64_t min_area, int64_t connectivity) {
+             std::optional<double> threshold, int64_t min_area, int64_t connectivity,
+             const std::string& labelling, std::optional<double> boundary_threshold) {
             std::vector<unetseg::Segmentation> results;
             {
               py::gil_scoped_release nogil;
-              results = r.segment(images, unetseg::SegmentOptions{threshold, min_area, connectivity});
+              results = r.segment(images, unetseg::SegmentOptions{threshold, min_area, connectivity,
+                                                                  labelling, boundary_threshold});
             }
             py::list out;
             for (auto& s : results) {
@@ -47,7 +50,8 @@ PYBIND11_MODULE(_C, m) {
             return out;
           },
           py::arg("images"), py::arg("threshold") = py::none(), py::arg("min_area") = 0,
-          py::arg("connectivity") = 8)
+          py::arg("connectivity") = 8, py::arg("labelling") = "auto",
+          py::arg("boundary_threshold") = py::none())
       .def(
           "predict",
           [](const unetseg::Runner& r, const std::vector<at::Tensor>& images) {

@@ -4,6 +4,7 @@
 #include <ATen/autocast_mode.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
+#include <c10/util/StringUtil.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
@@ -45,6 +46,11 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
     info.percentile_high = norm.at("high").get<double>();
     info.size_multiple = j.at("size_multiple").get<int64_t>();
     info.threshold = j.at("threshold").get<double>();
+    // Optional (files exported before seeded labelling lack them): nucleus + boundary models label
+    // with seeds by default.
+    const bool has_boundary = info.outputs.size() >= 2 && info.outputs[1].find("boundary") != std::string::npos;
+    info.labelling = j.value("labelling", has_boundary ? "seeded" : "plain");
+    info.boundary_threshold = j.value("boundary_threshold", 0.5);
   } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK_VALUE(false, "unetseg.Runner: '", path, "' has unreadable metadata (", kMetadataFile,
                       "): ", e.what());
@@ -58,6 +64,10 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
                     "unetseg.Runner: '", path, "' has outputs that do not start with 'nucleus'");
   TORCH_CHECK_VALUE(info.size_multiple >= 1, "unetseg.Runner: '", path, "' has size_multiple ",
                     info.size_multiple);
+  TORCH_CHECK_VALUE(info.labelling == "plain" || info.labelling == "seeded", "unetseg.Runner: '", path,
+                    "' asks for labelling '", info.labelling, "'; this unetseg knows 'plain' and 'seeded'");
+  TORCH_CHECK_VALUE(info.labelling == "plain" || info.out_channels >= 2, "unetseg.Runner: '", path,
+                    "' asks for seeded labelling but has no boundary output");
   return info;
 }
 
@@ -226,16 +236,30 @@ std::vector<at::Tensor> Runner::predict(const std::vector<at::Tensor>& images) c
 
 std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
                                           const SegmentOptions& options) const {
-  const double threshold = options.threshold.value_or(impl_->info.threshold);
+  const ModelInfo& info = impl_->info;
+  const double threshold = options.threshold.value_or(info.threshold);
+  const double boundary_threshold = options.boundary_threshold.value_or(info.boundary_threshold);
   TORCH_CHECK_VALUE(threshold >= 0.0 && threshold <= 1.0, "unetseg.Runner: threshold ", threshold,
                     " is not a probability; expected a value in [0, 1]");
+  TORCH_CHECK_VALUE(boundary_threshold >= 0.0 && boundary_threshold <= 1.0,
+                    "unetseg.Runner: boundary_threshold ", boundary_threshold,
+                    " is not a probability; expected a value in [0, 1]");
+  const std::string& labelling = options.labelling == "auto" ? info.labelling : options.labelling;
+  TORCH_CHECK_VALUE(labelling == "plain" || labelling == "seeded", "unetseg.Runner: labelling '",
+                    options.labelling, "' is not one of 'auto', 'plain', 'seeded'");
+  TORCH_CHECK_VALUE(labelling == "plain" || info.out_channels >= 2,
+                    "unetseg.Runner: seeded labelling needs a model with a boundary output; this one "
+                    "has outputs [", c10::Join(", ", info.outputs), "]. Use labelling 'plain'.");
   c10::InferenceMode guard;
   const auto hwc = impl_->checked(images);
   std::vector<Segmentation> out(images.size());
   for (const auto& which : impl_->batches(hwc)) {
-    const at::Tensor nucleus = impl_->forward(hwc, which).select(1, 0);  // (B, H, W) probabilities
+    const at::Tensor probs = impl_->forward(hwc, which);  // (B, C, H, W) probabilities
     auto [labels, counts, stats] =
-        label_stats(nucleus, threshold, options.connectivity, options.min_area);
+        labelling == "seeded"
+            ? seeded_label_stats(probs.narrow(1, 0, 2), threshold, boundary_threshold,
+                                 options.connectivity, options.min_area)
+            : label_stats(probs.select(1, 0), threshold, options.connectivity, options.min_area);
     labels = labels.cpu();
     counts = counts.cpu();
     stats = stats.cpu();

@@ -97,7 +97,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate(args.checkpoint, args.data, args.output, split=args.split, threshold=args.threshold,
-                          min_area=args.min_area, device=args.device)
+                          min_area=args.min_area, labelling=args.labelling,
+                          boundary_threshold=args.boundary_threshold, device=args.device)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg evaluate: {e}") from None
     print(format_summary(result))
@@ -114,7 +115,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg export: {e}") from None
     print(f"wrote {args.output}: {metadata['architecture']}, {metadata['in_channels']} input channel(s), "
-          f"outputs {', '.join(metadata['outputs'])}, threshold {metadata['threshold']}")
+          f"outputs {', '.join(metadata['outputs'])}, threshold {metadata['threshold']}, "
+          f"{metadata['labelling']} labelling")
     return 0
 
 
@@ -145,7 +147,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     rows, summary, failed = [], [], []
     names: set[str] = set()
-    options = dict(threshold=args.threshold, min_area=args.min_area)
+    options = dict(threshold=args.threshold, min_area=args.min_area, labelling=args.labelling,
+                   boundary_threshold=args.boundary_threshold)
     bar = tqdm(total=len(paths), unit="img", desc="segment")
     for start in range(0, len(paths), runner.batch_size):
         pairs = []
@@ -228,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", type=Path, help="model file from `unetseg export` (default: the bundled model)")
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
     p.add_argument("--min-area", type=int, default=0, help="remove objects with fewer pixels (default 0)")
+    p.add_argument("--labelling", choices=("auto", "plain", "seeded"), default="auto",
+                   help="plain: threshold + connected components; seeded: split touching nuclei with the boundary "
+                   "output (needs a nucleus + boundary model); auto (default): seeded for such models, else plain")
+    p.add_argument("--boundary-threshold", type=float,
+                   help="seeded labelling: seeds are nucleus pixels whose boundary probability is below this "
+                   "(default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--batch-size", type=int, default=8, help="images per network call (default 8)")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay pictures")
@@ -274,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("val", "all"), default="val", help="the checkpoint's validation images, or all")
     p.add_argument("-t", "--threshold", type=float, help="foreground threshold (default: the checkpoint's)")
     p.add_argument("--min-area", type=int, default=0)
+    p.add_argument("--labelling", choices=("auto", "plain", "seeded"), default="auto",
+                   help="plain: threshold + connected components; seeded: split touching nuclei with the boundary "
+                   "output (needs a nucleus + boundary model); auto (default): seeded for such models, else plain")
+    p.add_argument("--boundary-threshold", type=float,
+                   help="seeded labelling: seeds are nucleus pixels whose boundary probability is below this "
+                   "(default: the model's)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(run=_cmd_evaluate)
     return parser

@@ -11,7 +11,7 @@ import torch
 from . import metrics
 from .data import read_dataset
 from .io import atomic_path
-from .ops import label
+from .ops import label, seeded_label
 from .train import load_checkpoint, model_from_checkpoint, predict
 
 
@@ -23,11 +23,15 @@ def evaluate(
     split: str = "val",
     threshold: float | None = None,
     min_area: int = 0,
+    labelling: str = "auto",
+    boundary_threshold: float | None = None,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Segments every image of `data` (only the checkpoint's validation images with split="val")
-    and scores it. Instances come from unetseg.ops.label on the nucleus probability.
+    and scores it. Instances come from the fused ops on the probabilities: unetseg.ops.label on the
+    nucleus map ("plain"), or unetseg.ops.seeded_label on nucleus + boundary ("seeded"); "auto" is
+    seeded for 2-channel checkpoints, as the runner does for their exported models.
 
     Returns {"all": summary, "<kind>": summary, ...}; with `output`, also writes per_image.csv and
     summary.json there.
@@ -45,10 +49,22 @@ def evaluate(
     elif split != "all":
         raise ValueError(f"split must be 'val' or 'all', got {split!r}")
     threshold = ckpt["threshold"] if threshold is None else threshold
+    if boundary_threshold is None:
+        boundary_threshold = ckpt.get("boundary_threshold", 0.5)
+    if labelling == "auto":
+        labelling = "seeded" if ckpt["out_channels"] >= 2 else "plain"
+    if labelling not in ("plain", "seeded"):
+        raise ValueError(f"labelling must be 'auto', 'plain' or 'seeded', got {labelling!r}")
+    if labelling == "seeded" and ckpt["out_channels"] < 2:
+        raise ValueError("seeded labelling needs a checkpoint with a boundary output (--out-channels 2)")
     rows = []
     for s in tqdm(samples, desc="evaluate", disable=not progress):
         prob = predict(model, s.image, ckpt, device)
-        pred = label(torch.from_numpy(prob[0]), threshold, 8, min_area).labels.numpy()
+        prob = torch.from_numpy(prob)
+        if labelling == "seeded":
+            pred = seeded_label(prob[:2], threshold, boundary_threshold, 8, min_area).labels.numpy()
+        else:
+            pred = label(prob[0], threshold, 8, min_area).labels.numpy()
         rows.append({"image": s.name, "kind": s.kind, **metrics.image_metrics(s.labels, pred)})
     result = {"all": metrics.summarise(rows)}
     for kind in sorted({r["kind"] for r in rows}):

@@ -152,8 +152,14 @@ class Runner:
         return (f"Runner({str(self.path)!r}, device={self.device!r}, {m['architecture']}, "
                 f"{m['in_channels']} -> {m['out_channels']} channels)")
 
+    @property
+    def labelling(self) -> str:
+        """The model's default labelling: "plain", or "seeded" for nucleus + boundary models."""
+        return self._runner.labelling
+
     def segment(self, images, *, threshold: float | None = None, min_area: int | None = None,
-                connectivity: int = 8, progress: bool = False) -> list[Segmentation]:
+                connectivity: int = 8, labelling: str = "auto", boundary_threshold: float | None = None,
+                progress: bool = False) -> list[Segmentation]:
         """Segments images (see :func:`segment_batch`)."""
         items = _as_list(images)
         results: list[Segmentation] = []
@@ -166,7 +172,8 @@ class Runner:
         try:
             for start in range(0, len(items), step):
                 chunk = [_as_tensor(im, start + i) for i, im in enumerate(items[start : start + step])]
-                for labels, count, objects in self._runner.segment(chunk, threshold, min_area or 0, connectivity):
+                for labels, count, objects in self._runner.segment(chunk, threshold, min_area or 0, connectivity, labelling,
+                                                                      boundary_threshold):
                     results.append(Segmentation(labels.numpy(), int(count), ObjectTable(objects.numpy())))
                 if bar is not None:
                     bar.update(len(chunk))
@@ -188,7 +195,8 @@ def _cached_runner(path: str, device: str, batch_size: int) -> Runner:
 
 def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.PathLike | Runner | None = None, *,
                   device: str = "auto", threshold: float | None = None, batch_size: int | None = None,
-                  min_area: int | None = None, progress: bool = False) -> list[Segmentation]:
+                  min_area: int | None = None, labelling: str = "auto", boundary_threshold: float | None = None,
+                  progress: bool = False) -> list[Segmentation]:
     """Segments nuclei in a batch of images with a U-Net and the fused threshold + labelling op.
 
     images: a list of numpy arrays, torch tensors or file paths (each (H, W) or (H, W, C), uint8,
@@ -196,6 +204,10 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
     model: a model file made by ``unetseg export``, a :class:`Runner`, or None for the bundled
         default model. Loaded runners are cached, so repeated calls do not reload the file.
     threshold: nucleus probability threshold (default: the model's); min_area: drop smaller objects.
+    labelling: "auto" (the model's: "seeded" for nucleus + boundary models, else "plain"), "plain"
+        (threshold + connected components of the nucleus map) or "seeded" (seeds inside nuclei grown
+        through the foreground, so touching nuclei stay apart; see :func:`unetseg.seeded_label`).
+    boundary_threshold: seeded labelling's boundary threshold (default: the model's).
     Returns one :class:`Segmentation` per image, in order.
     """
     if isinstance(model, Runner):
@@ -203,4 +215,5 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
     else:
         path = Path(model) if model is not None else default_model_path()
         runner = _cached_runner(str(path.resolve()), device, batch_size or 8)  # Runner checks the file
-    return runner.segment(images, threshold=threshold, min_area=min_area, progress=progress)
+    return runner.segment(images, threshold=threshold, min_area=min_area, labelling=labelling,
+                          boundary_threshold=boundary_threshold, progress=progress)

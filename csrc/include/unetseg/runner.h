@@ -7,8 +7,10 @@
 // A Runner loads a TorchScript model file and its metadata (the extra file unetseg.json), then for
 // each image: converts channels and normalises as the metadata says, pads to the network's size
 // multiple, batches images of equal size, runs the network, turns logits into probabilities, and
-// labels the nucleus probability map with the fused threshold + connected-components op
-// (unetseg::label_stats) on the device that holds it. No Python is involved at run time.
+// labels the probabilities with the fused ops on the device that holds them: threshold + connected
+// components of the nucleus map (unetseg::label_stats) for 1-channel models, seeded labelling
+// (unetseg::seeded_label_stats, which keeps touching nuclei apart) for nucleus + boundary models.
+// No Python is involved at run time.
 //
 // Thread safety: all methods are const and may be called from several host threads at once on one
 // Runner (each call uses its own buffers; the network is shared read-only).
@@ -33,12 +35,14 @@ struct ModelInfo {
   std::string architecture;
   int64_t in_channels = 0;
   int64_t out_channels = 0;
-  std::vector<std::string> outputs;  // meaning of each output channel: "nucleus", "boundary"
+  std::vector<std::string> outputs;  // meaning of each output channel: "nucleus", "nucleus boundary"
   std::string normalisation;         // "percentile": per image and channel, (x - p_low) / (p_high - p_low)
   double percentile_low = 1.0;
   double percentile_high = 99.8;
   int64_t size_multiple = 1;         // the network pads its input sides to a multiple of this
   double threshold = 0.5;            // default probability threshold
+  std::string labelling = "plain";   // default labelling: "plain", or "seeded" (nucleus + boundary)
+  double boundary_threshold = 0.5;   // default boundary threshold of the seeded labelling
   std::string json;
 };
 
@@ -49,9 +53,11 @@ struct RunnerOptions {
 };
 
 struct SegmentOptions {
-  std::optional<double> threshold;  // probability threshold; default: the model's
-  int64_t min_area = 0;             // remove objects with fewer pixels
-  int64_t connectivity = 8;         // 8 or 4
+  std::optional<double> threshold;           // probability threshold; default: the model's
+  int64_t min_area = 0;                      // remove objects with fewer pixels
+  int64_t connectivity = 8;                  // 8 or 4
+  std::string labelling = "auto";            // "auto" (the model's), "plain" or "seeded"
+  std::optional<double> boundary_threshold;  // seeded labelling; default: the model's
 };
 
 struct Segmentation {
