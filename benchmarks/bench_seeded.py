@@ -3,12 +3,14 @@ the usual Python way to split touching nuclei (seeds, then skimage's watershed),
 with the same thread count.
 
     python benchmarks/bench_seeded.py [--threads N] [--repeats R] [--sizes 1024 2048 4096]
+    python benchmarks/bench_seeded.py --model MODEL.pt --images DIR_OR_FILES...   # real predictions
 
 Maps come from unetseg's synthetic generator (many touching nuclei): channel 0 is its soft nucleus
 probability, channel 1 a soft boundary probability (the objects' inner boundaries, blurred), as a
 2-channel model predicts them. "vs plain" is time / the time of unetseg's plain label_stats on the
 nucleus channel (the goal of issue 7: seeded at most 2x plain); "vs seeded" is time / unetseg's
-seeded_label_stats time (above 1: unetseg is faster).
+seeded_label_stats time (above 1: unetseg is faster). With --model and --images, the maps are a
+2-channel model's probabilities on those images instead (each image timed on its own, times summed).
 """
 
 from __future__ import annotations
@@ -41,6 +43,29 @@ def make_maps(sizes: list[int], batch: int, small: int) -> dict[str, np.ndarray]
     return maps
 
 
+def predicted_maps(model: str, images: list[str]) -> list[np.ndarray]:
+    """A 2-channel model's (2, H, W) probabilities on real images."""
+    from unetseg.io import collect_images
+
+    runner = unetseg.Runner(model, device="cpu")
+    if runner.metadata["out_channels"] < 2:
+        raise SystemExit(f"{model} has no boundary output; give a nucleus + boundary model")
+    return [p[:2] for p in runner.predict(collect_images(images))]
+
+
+def bench_predicted(maps: list[np.ndarray], repeats: int) -> None:
+    scores = [torch.from_numpy(np.ascontiguousarray(m)) for m in maps]
+    plain = sum(1e3 * median_seconds(lambda: unetseg.label_stats(s[0], THRESHOLD), repeats) for s in scores)
+    seeded = sum(1e3 * median_seconds(lambda: unetseg.seeded_label_stats(s, THRESHOLD, THRESHOLD), repeats) for s in scores)
+    plain_objects = sum(unetseg.label(s[0], THRESHOLD).counts.item() for s in scores)
+    seeded_objects = sum(unetseg.seeded_label(s, THRESHOLD, THRESHOLD).counts.item() for s in scores)
+    pixels = sum(s[0].numel() for s in scores)
+    print(f"{len(scores)} predicted maps, {pixels / 1e6:.1f} Mpx")
+    print("| method | objects | ms (sum) | Mpx/s | vs plain |\n|---|---:|---:|---:|---:|")
+    print(f"| unetseg label_stats (plain) | {plain_objects} | {plain:.2f} | {pixels / plain / 1e3:.0f} | 1.00x |")
+    print(f"| unetseg seeded_label_stats | {seeded_objects} | {seeded:.2f} | {pixels / seeded / 1e3:.0f} | {seeded / plain:.2f}x |")
+
+
 def skimage_watershed(image: np.ndarray) -> np.ndarray:
     """The Python pipeline people write: threshold, seeds labelled by scipy, skimage's watershed
     flooding the inverted nucleus score inside the foreground."""
@@ -54,11 +79,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for torch")
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per method (median reported)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096], help="square map sizes")
+    parser.add_argument("--model", help="a 2-channel model file: time the ops on its predictions on --images")
+    parser.add_argument("--images", nargs="+", help="images (files, folders, globs) for --model")
     parser.add_argument("--skimage-up-to", type=int, default=2048, help="largest size skimage's watershed runs at")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     print(f"# {cpu_name()}, {args.threads} threads, torch {torch.__version__}, unetseg {unetseg.__version__}")
+    if args.model:
+        return bench_predicted(predicted_maps(args.model, args.images or []), args.repeats)
     print("| map | plain objects | seeded objects | method | ms | Mpx/s | vs plain | vs seeded |")
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     for name, m in make_maps(args.sizes, 16, 256).items():
