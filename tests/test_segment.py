@@ -269,3 +269,21 @@ def test_cli_segment(tmp_path, model_file, capsys):
         main(["segment", "-o", str(out)])
     with pytest.raises(SystemExit, match="is not a file"):
         main(["segment", str(tmp_path / "nothing"), "-o", str(out)])
+
+
+def test_postprocessing_defaults_travel_in_the_model_file(rgb_model, tmp_path):
+    path = tmp_path / "tuned.pt"
+    meta = export(rgb_model[1], path, threshold=0.45, boundary_threshold=0.55, min_area=12)
+    assert (meta["threshold"], meta["boundary_threshold"], meta["min_area"]) == (0.45, 0.55, 12)
+    assert read_metadata(path) == meta
+    runner = unetseg.Runner(path)
+    images = _images()[:3]
+    for seg, prob in zip(runner.segment(images), runner.predict(images)):
+        want = unetseg.seeded_label(torch.from_numpy(prob), 0.45, 0.55, 8, 12)
+        np.testing.assert_array_equal(seg.labels, want.labels.numpy())
+    for seg, prob in zip(runner.segment(images, min_area=0), runner.predict(images)):
+        np.testing.assert_array_equal(seg.labels, unetseg.seeded_label(torch.from_numpy(prob), 0.45, 0.55).labels.numpy())
+    with pytest.raises(ValueError, match="min_area must be >= 0 pixels, got -1"):
+        export(rgb_model[1], tmp_path / "bad.pt", min_area=-1)
+    with pytest.raises(ValueError, match=r"boundary_threshold must be a probability in \[0, 1\], got 2"):
+        export(rgb_model[1], tmp_path / "bad.pt", boundary_threshold=2)

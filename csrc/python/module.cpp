@@ -35,7 +35,7 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "segment",
           [](const unetseg::Runner& r, const std::vector<at::Tensor>& images,
-             std::optional<double> threshold, int64_t min_area, int64_t connectivity,
+             std::optional<double> threshold, std::optional<int64_t> min_area, int64_t connectivity,
              const std::string& labelling, std::optional<double> boundary_threshold) {
             std::vector<unetseg::Segmentation> results;
             {
@@ -49,7 +49,7 @@ PYBIND11_MODULE(_C, m) {
             }
             return out;
           },
-          py::arg("images"), py::arg("threshold") = py::none(), py::arg("min_area") = 0,
+          py::arg("images"), py::arg("threshold") = py::none(), py::arg("min_area") = py::none(),
           py::arg("connectivity") = 8, py::arg("labelling") = "auto",
           py::arg("boundary_threshold") = py::none())
       .def(

@@ -51,6 +51,7 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
     const bool has_boundary = info.outputs.size() >= 2 && info.outputs[1].find("boundary") != std::string::npos;
     info.labelling = j.value("labelling", has_boundary ? "seeded" : "plain");
     info.boundary_threshold = j.value("boundary_threshold", 0.5);
+    info.min_area = j.value("min_area", int64_t{0});
   } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK_VALUE(false, "unetseg.Runner: '", path, "' has unreadable metadata (", kMetadataFile,
                       "): ", e.what());
@@ -244,6 +245,8 @@ std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
   TORCH_CHECK_VALUE(boundary_threshold >= 0.0 && boundary_threshold <= 1.0,
                     "unetseg.Runner: boundary_threshold ", boundary_threshold,
                     " is not a probability; expected a value in [0, 1]");
+  const int64_t min_area = options.min_area.value_or(info.min_area);
+  TORCH_CHECK_VALUE(min_area >= 0, "unetseg.Runner: min_area must be >= 0 pixels, got ", min_area);
   const std::string& labelling = options.labelling == "auto" ? info.labelling : options.labelling;
   TORCH_CHECK_VALUE(labelling == "plain" || labelling == "seeded", "unetseg.Runner: labelling '",
                     options.labelling, "' is not one of 'auto', 'plain', 'seeded'");
@@ -258,8 +261,8 @@ std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
     auto [labels, counts, stats] =
         labelling == "seeded"
             ? seeded_label_stats(probs.narrow(1, 0, 2), threshold, boundary_threshold,
-                                 options.connectivity, options.min_area)
-            : label_stats(probs.select(1, 0), threshold, options.connectivity, options.min_area);
+                                 options.connectivity, min_area)
+            : label_stats(probs.select(1, 0), threshold, options.connectivity, min_area);
     labels = labels.cpu();
     counts = counts.cpu();
     stats = stats.cpu();

@@ -111,12 +111,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
     try:
-        metadata = export(args.checkpoint, args.output)
+        metadata = export(args.checkpoint, args.output, threshold=args.threshold,
+                          boundary_threshold=args.boundary_threshold, min_area=args.min_area)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg export: {e}") from None
     print(f"wrote {args.output}: {metadata['architecture']}, {metadata['in_channels']} input channel(s), "
           f"outputs {', '.join(metadata['outputs'])}, threshold {metadata['threshold']}, "
-          f"{metadata['labelling']} labelling")
+          f"{metadata['labelling']} labelling, min_area {metadata['min_area']}")
     return 0
 
 
@@ -230,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=Path("unetseg-out"), help="output folder (default unetseg-out)")
     p.add_argument("-m", "--model", type=Path, help="model file from `unetseg export` (default: the bundled model)")
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
-    p.add_argument("--min-area", type=int, default=0, help="remove objects with fewer pixels (default 0)")
+    p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model's)")
     p.add_argument("--labelling", choices=("auto", "plain", "seeded"), default="auto",
                    help="plain: threshold + connected components; seeded: split touching nuclei with the boundary "
                    "output (needs a nucleus + boundary model); auto (default): seeded for such models, else plain")
@@ -248,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "the C++ runner, `unetseg segment` and unetseg.segment_batch load it.")
     p.add_argument("checkpoint", type=Path, help="best.pt or last.pt from `unetseg train`")
     p.add_argument("-o", "--output", type=Path, required=True, help="model file to write (e.g. model.pt)")
+    p.add_argument("-t", "--threshold", type=float, help="default nucleus threshold stored in the file (default: the checkpoint's)")
+    p.add_argument("--boundary-threshold", type=float, help="default boundary threshold of seeded labelling (default 0.5)")
+    p.add_argument("--min-area", type=int, help="default: remove objects with fewer pixels (default 0)")
     p.set_defaults(run=_cmd_export)
 
     p = sub.add_parser("train", help="train a U-Net on a nuclei dataset",

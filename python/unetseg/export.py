@@ -36,11 +36,21 @@ def quiet_jit():
         yield
 
 
-def metadata_from_checkpoint(ckpt: dict, model: torch.nn.Module) -> dict:
-    """The model file's metadata, from a training checkpoint (see :mod:`unetseg.train`)."""
+def metadata_from_checkpoint(ckpt: dict, model: torch.nn.Module, postprocessing: dict | None = None) -> dict:
+    """The model file's metadata, from a training checkpoint (see :mod:`unetseg.train`).
+    `postprocessing` may set the defaults the runner uses: threshold, boundary_threshold, min_area."""
     from . import __version__
 
     out_channels = int(ckpt["out_channels"])
+    post = {"threshold": ckpt.get("threshold", 0.5), "boundary_threshold": 0.5, "min_area": 0}
+    post.update({k: v for k, v in (postprocessing or {}).items() if v is not None})
+    if set(post) != {"threshold", "boundary_threshold", "min_area"}:
+        raise ValueError(f"postprocessing takes threshold, boundary_threshold and min_area; got {sorted(postprocessing)}")
+    for key in ("threshold", "boundary_threshold"):
+        if not 0 <= post[key] <= 1:
+            raise ValueError(f"{key} must be a probability in [0, 1], got {post[key]}")
+    if int(post["min_area"]) < 0:
+        raise ValueError(f"min_area must be >= 0 pixels, got {post['min_area']}")
     return {
         "format": "unetseg-model",
         "format_version": FORMAT_VERSION,
@@ -53,9 +63,10 @@ def metadata_from_checkpoint(ckpt: dict, model: torch.nn.Module) -> dict:
         "out_channels": out_channels,
         "outputs": list(ckpt.get("output_meaning") or (["nucleus", "nucleus boundary"][:out_channels])),
         "output_activation": "sigmoid",
-        "threshold": float(ckpt.get("threshold", 0.5)),
+        "threshold": float(post["threshold"]),
         "labelling": "seeded" if out_channels >= 2 else "plain",
-        "boundary_threshold": float(ckpt.get("boundary_threshold", 0.5)),
+        "boundary_threshold": float(post["boundary_threshold"]),
+        "min_area": int(post["min_area"]),
         "training_data": _training_data(ckpt),
         "epoch": ckpt.get("epoch"),
         "validation": ckpt.get("validation"),
@@ -84,8 +95,12 @@ def script_model(model: torch.nn.Module) -> torch.jit.ScriptModule:
         return torch.jit.freeze(scripted)
 
 
-def export(checkpoint: str | os.PathLike | dict, output: str | os.PathLike) -> dict:
+def export(checkpoint: str | os.PathLike | dict, output: str | os.PathLike, *, threshold: float | None = None,
+           boundary_threshold: float | None = None, min_area: int | None = None) -> dict:
     """Writes the TorchScript model file for a training checkpoint; returns its metadata.
+
+    threshold, boundary_threshold and min_area set the post-processing defaults stored in the file
+    (default: the checkpoint's threshold, 0.5 and 0); users can still override them per call.
 
     The file is written atomically: an existing ``output`` is only replaced by a complete file.
     """
@@ -98,7 +113,9 @@ def export(checkpoint: str | os.PathLike | dict, output: str | os.PathLike) -> d
             "export needs a model with padding='same' (output the size of its input); this checkpoint's "
             "U-Net uses padding='valid', whose output is smaller than its input. Retrain with padding 'same'."
         )
-    metadata = metadata_from_checkpoint(ckpt, model)
+    metadata = metadata_from_checkpoint(
+        ckpt, model, {"threshold": threshold, "boundary_threshold": boundary_threshold, "min_area": min_area}
+    )
     frozen = script_model(model)
     output = Path(output)
     with atomic_path(output) as tmp, quiet_jit():

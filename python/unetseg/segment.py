@@ -172,7 +172,7 @@ class Runner:
         try:
             for start in range(0, len(items), step):
                 chunk = [_as_tensor(im, start + i) for i, im in enumerate(items[start : start + step])]
-                for labels, count, objects in self._runner.segment(chunk, threshold, min_area or 0, connectivity, labelling,
+                for labels, count, objects in self._runner.segment(chunk, threshold, min_area, connectivity, labelling,
                                                                       boundary_threshold):
                     results.append(Segmentation(labels.numpy(), int(count), ObjectTable(objects.numpy())))
                 if bar is not None:
@@ -203,7 +203,8 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
         uint16 or float32, any sizes), or one (N, H, W) / (N, H, W, C) array.
     model: a model file made by ``unetseg export``, a :class:`Runner`, or None for the bundled
         default model. Loaded runners are cached, so repeated calls do not reload the file.
-    threshold: nucleus probability threshold (default: the model's); min_area: drop smaller objects.
+    threshold: nucleus probability threshold (default: the model's); min_area: drop objects with fewer
+        pixels (default: the model's).
     labelling: "auto" (the model's: "seeded" for nucleus + boundary models, else "plain"), "plain"
         (threshold + connected components of the nucleus map) or "seeded" (seeds inside nuclei grown
         through the foreground, so touching nuclei stay apart; see :func:`unetseg.seeded_label`).

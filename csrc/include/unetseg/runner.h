@@ -43,6 +43,7 @@ struct ModelInfo {
   double threshold = 0.5;            // default probability threshold
   std::string labelling = "plain";   // default labelling: "plain", or "seeded" (nucleus + boundary)
   double boundary_threshold = 0.5;   // default boundary threshold of the seeded labelling
+  int64_t min_area = 0;              // default: objects with fewer pixels are removed
   std::string json;
 };
 
@@ -54,7 +55,7 @@ struct RunnerOptions {
 
 struct SegmentOptions {
   std::optional<double> threshold;           // probability threshold; default: the model's
-  int64_t min_area = 0;                      // remove objects with fewer pixels
+  std::optional<int64_t> min_area;           // remove objects with fewer pixels; default: the model's
   int64_t connectivity = 8;                  // 8 or 4
   std::string labelling = "auto";            // "auto" (the model's), "plain" or "seeded"
   std::optional<double> boundary_threshold;  // seeded labelling; default: the model's
