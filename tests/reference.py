@@ -6,6 +6,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
+
 STRUCTURE = {8: np.ones((3, 3), bool), 4: ndi.generate_binary_structure(2, 1)}
 
 
@@ -95,3 +96,20 @@ def seeded_batch(scores: torch.Tensor, threshold: float, boundary_threshold: flo
     out = [seeded_one(f, s, v, connectivity, min_area) for f, s, v in zip(*flat)]
     labels = np.stack([l for l, _ in out]).reshape(shape) if out else np.zeros(shape, np.int32)
     return labels, np.array([c for _, c in out], np.int64)
+
+
+def assert_stats_match_regionprops(ref_labels: np.ndarray, counts: torch.Tensor, stats: torch.Tensor, intensity: np.ndarray) -> None:
+    """Each image's rows of an op's stats table equal skimage's regionprops of the reference labels
+    (area, bbox, centroid; mean of `intensity`, the scores the op was given, as float32)."""
+    import skimage.measure
+
+    offsets = np.concatenate([[0], np.cumsum(counts.numpy())])
+    for i in range(len(ref_labels)):
+        props = skimage.measure.regionprops(ref_labels[i], intensity_image=intensity[i])
+        table = stats[offsets[i] : offsets[i + 1]].numpy()
+        assert len(props) == len(table)
+        for p, row in zip(props, table):
+            assert row[0] == p.area
+            np.testing.assert_array_equal(row[1:5], p.bbox)
+            np.testing.assert_allclose(row[5:7], p.centroid, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(row[7], p.intensity_mean, rtol=1e-6)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import skimage.measure
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 import unetseg
 from unetseg.ops import STATS_COLUMNS
 
-from reference import label_batch
+from reference import assert_stats_match_regionprops, label_batch
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool]
 
@@ -189,16 +188,7 @@ def test_stats_match_regionprops(threads, n, h, w, connectivity, min_area, dtype
     np.testing.assert_array_equal(labels.numpy(), ref_labels)
     np.testing.assert_array_equal(counts.numpy(), ref_counts)
     assert stats.dtype == torch.float64 and stats.shape == (int(ref_counts.sum()), len(STATS_COLUMNS))
-    offsets = unetseg.ops.LabelStats(labels, counts, stats).offsets
-    for i in range(n):
-        props = skimage.measure.regionprops(ref_labels[i], intensity_image=scores[i].float().numpy())
-        table = stats[offsets[i] : offsets[i + 1]].numpy()
-        assert len(props) == len(table)
-        for p, row in zip(props, table):
-            assert row[0] == p.area
-            np.testing.assert_array_equal(row[1:5], p.bbox)
-            np.testing.assert_allclose(row[5:7], p.centroid, rtol=0, atol=1e-9)
-            np.testing.assert_allclose(row[7], p.intensity_mean, rtol=1e-6)
+    assert_stats_match_regionprops(ref_labels, counts, stats, scores.float().numpy())
 
 
 def test_out_variant_writes_in_place_and_allocates_nothing(threads):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import unetseg
 from unetseg.ops import STATS_COLUMNS
 
-from reference import label_batch, seeded_batch
+from reference import assert_stats_match_regionprops, label_batch, seeded_batch
 from test_label import DTYPES, EDGE_CASES, blobby, cast
 
 
@@ -148,16 +148,7 @@ def test_stats_match_regionprops(threads, n, h, w, connectivity, min_area, dtype
     np.testing.assert_array_equal(labels.numpy(), ref_labels)
     np.testing.assert_array_equal(counts.numpy(), ref_counts)
     assert stats.shape == (int(ref_counts.sum()), len(STATS_COLUMNS))
-    offsets = unetseg.ops.LabelStats(labels, counts, stats).offsets
-    for i in range(n):
-        props = skimage.measure.regionprops(ref_labels[i], intensity_image=scores[i, 0].float().numpy())
-        table = stats[offsets[i] : offsets[i + 1]].numpy()
-        assert len(props) == len(table)
-        for p, row in zip(props, table):
-            assert row[0] == p.area
-            np.testing.assert_array_equal(row[1:5], p.bbox)
-            np.testing.assert_allclose(row[5:7], p.centroid, rtol=0, atol=1e-9)
-            np.testing.assert_allclose(row[7], p.intensity_mean, rtol=1e-6)
+    assert_stats_match_regionprops(ref_labels, counts, stats, scores[:, 0].float().numpy())
 
 
 @pytest.mark.parametrize("shape", [(0, 2, 5, 5), (3, 2, 0, 5), (2, 5, 0), (2, 0, 0)])

@@ -200,6 +200,15 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_labelling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labelling", choices=("auto", "plain", "seeded"), default="auto",
+                   help="plain: threshold + connected components; seeded: split touching nuclei with the boundary "
+                   "output (needs a nucleus + boundary model); auto (default): seeded for such models, else plain")
+    p.add_argument("--boundary-threshold", type=float,
+                   help="seeded labelling: seeds are nucleus pixels whose boundary probability is below this "
+                   "(default: the model's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unetseg",
@@ -232,12 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", type=Path, help="model file from `unetseg export` (default: the bundled model)")
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
     p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model's)")
-    p.add_argument("--labelling", choices=("auto", "plain", "seeded"), default="auto",
-                   help="plain: threshold + connected components; seeded: split touching nuclei with the boundary "
-                   "output (needs a nucleus + boundary model); auto (default): seeded for such models, else plain")
-    p.add_argument("--boundary-threshold", type=float,
-                   help="seeded labelling: seeds are nucleus pixels whose boundary probability is below this "
-                   "(default: the model's)")
+    _add_labelling_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--batch-size", type=int, default=8, help="images per network call (default 8)")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay pictures")
@@ -287,12 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("val", "all"), default="val", help="the checkpoint's validation images, or all")
     p.add_argument("-t", "--threshold", type=float, help="foreground threshold (default: the checkpoint's)")
     p.add_argument("--min-area", type=int, default=0)
-    p.add_argument("--labelling", choices=("auto", "plain", "seeded"), default="auto",
-                   help="plain: threshold + connected components; seeded: split touching nuclei with the boundary "
-                   "output (needs a nucleus + boundary model); auto (default): seeded for such models, else plain")
-    p.add_argument("--boundary-threshold", type=float,
-                   help="seeded labelling: seeds are nucleus pixels whose boundary probability is below this "
-                   "(default: the model's)")
+    _add_labelling_options(p)
     p.add_argument("--device", default="cpu")
     p.set_defaults(run=_cmd_evaluate)
     return parser
