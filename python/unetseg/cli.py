@@ -254,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="best.pt or last.pt from `unetseg train`")
     p.add_argument("-o", "--output", type=Path, required=True, help="model file to write (e.g. model.pt)")
     p.add_argument("-t", "--threshold", type=float, help="default nucleus threshold stored in the file (default: the checkpoint's)")
-    p.add_argument("--boundary-threshold", type=float, help="default boundary threshold of seeded labelling (default 0.5)")
-    p.add_argument("--min-area", type=int, help="default: remove objects with fewer pixels (default 0)")
+    p.add_argument("--boundary-threshold", type=float, default=0.5,
+                   help="default boundary threshold of seeded labelling (default 0.5)")
+    p.add_argument("--min-area", type=int, default=0, help="default: remove objects with fewer pixels (default 0)")
     p.set_defaults(run=_cmd_export)
 
     p = sub.add_parser("train", help="train a U-Net on a nuclei dataset",

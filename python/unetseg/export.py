@@ -36,21 +36,19 @@ def quiet_jit():
         yield
 
 
-def metadata_from_checkpoint(ckpt: dict, model: torch.nn.Module, postprocessing: dict | None = None) -> dict:
-    """The model file's metadata, from a training checkpoint (see :mod:`unetseg.train`).
-    `postprocessing` may set the defaults the runner uses: threshold, boundary_threshold, min_area."""
+def metadata_from_checkpoint(ckpt: dict, model: torch.nn.Module, *, threshold: float | None = None,
+                             boundary_threshold: float = 0.5, min_area: int = 0) -> dict:
+    """The model file's metadata, from a training checkpoint (see :mod:`unetseg.train`), with the
+    post-processing defaults the runner uses (threshold: the checkpoint's when None)."""
     from . import __version__
 
     out_channels = int(ckpt["out_channels"])
-    post = {"threshold": ckpt.get("threshold", 0.5), "boundary_threshold": 0.5, "min_area": 0}
-    post.update({k: v for k, v in (postprocessing or {}).items() if v is not None})
-    if set(post) != {"threshold", "boundary_threshold", "min_area"}:
-        raise ValueError(f"postprocessing takes threshold, boundary_threshold and min_area; got {sorted(postprocessing)}")
-    for key in ("threshold", "boundary_threshold"):
-        if not 0 <= post[key] <= 1:
-            raise ValueError(f"{key} must be a probability in [0, 1], got {post[key]}")
-    if int(post["min_area"]) < 0:
-        raise ValueError(f"min_area must be >= 0 pixels, got {post['min_area']}")
+    threshold = ckpt.get("threshold", 0.5) if threshold is None else threshold
+    for key, value in (("threshold", threshold), ("boundary_threshold", boundary_threshold)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{key} must be a probability in [0, 1], got {value}")
+    if int(min_area) < 0:
+        raise ValueError(f"min_area must be >= 0 pixels, got {min_area}")
     return {
         "format": "unetseg-model",
         "format_version": FORMAT_VERSION,
@@ -63,10 +61,10 @@ def metadata_from_checkpoint(ckpt: dict, model: torch.nn.Module, postprocessing:
         "out_channels": out_channels,
         "outputs": list(ckpt.get("output_meaning") or (["nucleus", "nucleus boundary"][:out_channels])),
         "output_activation": "sigmoid",
-        "threshold": float(post["threshold"]),
+        "threshold": float(threshold),
         "labelling": "seeded" if out_channels >= 2 else "plain",
-        "boundary_threshold": float(post["boundary_threshold"]),
-        "min_area": int(post["min_area"]),
+        "boundary_threshold": float(boundary_threshold),
+        "min_area": int(min_area),
         "training_data": _training_data(ckpt),
         "epoch": ckpt.get("epoch"),
         "validation": ckpt.get("validation"),
@@ -96,11 +94,11 @@ def script_model(model: torch.nn.Module) -> torch.jit.ScriptModule:
 
 
 def export(checkpoint: str | os.PathLike | dict, output: str | os.PathLike, *, threshold: float | None = None,
-           boundary_threshold: float | None = None, min_area: int | None = None) -> dict:
+           boundary_threshold: float = 0.5, min_area: int = 0) -> dict:
     """Writes the TorchScript model file for a training checkpoint; returns its metadata.
 
     threshold, boundary_threshold and min_area set the post-processing defaults stored in the file
-    (default: the checkpoint's threshold, 0.5 and 0); users can still override them per call.
+    (threshold None: the checkpoint's); users can still override them per call.
 
     The file is written atomically: an existing ``output`` is only replaced by a complete file.
     """
@@ -114,7 +112,7 @@ def export(checkpoint: str | os.PathLike | dict, output: str | os.PathLike, *, t
             "U-Net uses padding='valid', whose output is smaller than its input. Retrain with padding 'same'."
         )
     metadata = metadata_from_checkpoint(
-        ckpt, model, {"threshold": threshold, "boundary_threshold": boundary_threshold, "min_area": min_area}
+        ckpt, model, threshold=threshold, boundary_threshold=boundary_threshold, min_area=min_area
     )
     frozen = script_model(model)
     output = Path(output)
