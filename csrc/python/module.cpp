@@ -15,6 +15,23 @@
 
 namespace py = pybind11;
 
+namespace {
+
+using Ranges = std::optional<std::pair<std::vector<double>, std::vector<double>>>;
+
+// The tiling and normalisation fields shared by segment and predict.
+unetseg::SegmentOptions with_tiles(unetseg::SegmentOptions o, std::optional<int64_t> tile_size,
+                                   std::optional<int64_t> halo, const Ranges& normalisation) {
+  o.tile_size = tile_size;
+  o.halo = halo;
+  if (normalisation) {
+    o.normalisation = unetseg::Normalisation{normalisation->first, normalisation->second};
+  }
+  return o;
+}
+
+} // namespace
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "unetseg native core: the C++ Runner (ops are in torch.ops.unetseg)";
   m.attr("__version__") = UNETSEG_VERSION;
@@ -32,16 +49,30 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("batch_size", [](const unetseg::Runner& r) { return r.options().batch_size; })
       .def_property_readonly("labelling", [](const unetseg::Runner& r) { return r.info().labelling; })
       .def_property_readonly("precision", [](const unetseg::Runner& r) { return r.options().precision; })
+      .def_property_readonly("halo", [](const unetseg::Runner& r) { return r.info().halo; })
+      .def(
+          "normalisation",
+          [](const unetseg::Runner& r, const at::Tensor& image) {
+            unetseg::Normalisation n;
+            {
+              py::gil_scoped_release nogil;
+              n = r.normalisation(image);
+            }
+            return py::make_tuple(n.low, n.high);
+          },
+          py::arg("image"))
       .def(
           "segment",
           [](const unetseg::Runner& r, const std::vector<at::Tensor>& images,
              std::optional<double> threshold, std::optional<int64_t> min_area, int64_t connectivity,
-             const std::string& labelling, std::optional<double> boundary_threshold) {
+             const std::string& labelling, std::optional<double> boundary_threshold,
+             std::optional<int64_t> tile_size, std::optional<int64_t> halo, const Ranges& normalisation) {
+            const auto options = with_tiles({threshold, min_area, connectivity, labelling, boundary_threshold},
+                                            tile_size, halo, normalisation);
             std::vector<unetseg::Segmentation> results;
             {
               py::gil_scoped_release nogil;
-              results = r.segment(images, unetseg::SegmentOptions{threshold, min_area, connectivity,
-                                                                  labelling, boundary_threshold});
+              results = r.segment(images, options);
             }
             py::list out;
             for (auto& s : results) {
@@ -51,12 +82,16 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("images"), py::arg("threshold") = py::none(), py::arg("min_area") = py::none(),
           py::arg("connectivity") = 8, py::arg("labelling") = "auto",
-          py::arg("boundary_threshold") = py::none())
+          py::arg("boundary_threshold") = py::none(), py::arg("tile_size") = py::none(),
+          py::arg("halo") = py::none(), py::arg("normalisation") = py::none())
       .def(
           "predict",
-          [](const unetseg::Runner& r, const std::vector<at::Tensor>& images) {
+          [](const unetseg::Runner& r, const std::vector<at::Tensor>& images, std::optional<int64_t> tile_size,
+             std::optional<int64_t> halo, const Ranges& normalisation) {
+            const auto options = with_tiles({}, tile_size, halo, normalisation);
             py::gil_scoped_release nogil;
-            return r.predict(images);
+            return r.predict(images, options);
           },
-          py::arg("images"));
+          py::arg("images"), py::arg("tile_size") = py::none(), py::arg("halo") = py::none(),
+          py::arg("normalisation") = py::none());
 }

@@ -68,8 +68,10 @@ std::pair<float, float> percentiles(const at::Tensor& values, double low, double
   return {lerp(at_rank[0], at_rank[1], vlo - double(klo)), lerp(at_rank[2], at_rank[3], vhi - double(khi))};
 }
 
-void normalise_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tensor& out) {
-  // Channels as unetseg.data.transforms.to_channels, converted to float32 straight into `out`.
+namespace {
+
+// Channels as unetseg.data.transforms.to_channels, converted to float32 straight into `out`.
+void convert_channels_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tensor& out) {
   at::Tensor x = hwc;
   if (x.size(2) == 4) {
     x = x.narrow(2, 0, 3);  // RGBA: alpha dropped
@@ -89,21 +91,57 @@ void normalise_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tens
   } else {
     TORCH_CHECK_VALUE(false, "unetseg.Runner: cannot make ", channels, " channels from an image with ", c);
   }
-  // Per-channel percentile scaling, (x - p_low) / max(p_high - p_low, 1e-6), in float32 as numpy.
+}
+
+// Per-channel percentiles of the converted image `out`; a gray image repeated into RGB has one range.
+Normalisation ranges_of(const at::Tensor& converted, const at::Tensor& hwc, const ModelInfo& info) {
   const bool integral = hwc.scalar_type() != at::kFloat;
-  const auto n = static_cast<size_t>(channels);
-  std::vector<float> low(n), scale(n);
-  for (int64_t k = 0; k < channels; ++k) {
-    if (k > 0 && c == 1) {  // gray repeated: the same percentiles
-      low[size_t(k)] = low[0];
-      scale[size_t(k)] = scale[0];
+  const bool repeated = info.in_channels == 3 && (hwc.size(2) == 1 || hwc.size(2) == 2);
+  Normalisation r;
+  for (int64_t k = 0; k < info.in_channels; ++k) {
+    if (k > 0 && repeated) {
+      r.low.push_back(r.low[0]);
+      r.high.push_back(r.high[0]);
       continue;
     }
-    const auto [lo, hi] = percentiles(out.select(2, k), info.percentile_low, info.percentile_high, integral);
-    low[size_t(k)] = lo;
-    scale[size_t(k)] = std::max(hi - lo, 1e-6f);
+    const auto [lo, hi] = percentiles(converted.select(2, k), info.percentile_low, info.percentile_high, integral);
+    r.low.push_back(lo);
+    r.high.push_back(hi);
   }
-  out.sub_(at::from_blob(low.data(), {channels}, at::kFloat)).div_(at::from_blob(scale.data(), {channels}, at::kFloat));
+  return r;
+}
+
+} // namespace
+
+void check_ranges(const Normalisation& ranges, const ModelInfo& info) {
+  TORCH_CHECK_VALUE(int64_t(ranges.low.size()) == info.in_channels && int64_t(ranges.high.size()) == info.in_channels,
+                    "unetseg.Runner: normalisation has ", ranges.low.size(), " low and ", ranges.high.size(),
+                    " high values; this model takes ", info.in_channels, " input channels (one of each per channel)");
+  for (size_t k = 0; k < ranges.low.size(); ++k) {
+    TORCH_CHECK_VALUE(std::isfinite(ranges.low[k]) && std::isfinite(ranges.high[k]),
+                      "unetseg.Runner: normalisation range of channel ", k, " is (", ranges.low[k], ", ",
+                      ranges.high[k], "); expected finite values");
+  }
+}
+
+Normalisation image_ranges(const at::Tensor& hwc, const ModelInfo& info) {
+  at::Tensor converted = at::empty({hwc.size(0), hwc.size(1), info.in_channels}, at::kFloat);
+  convert_channels_into(hwc, info, converted);
+  return ranges_of(converted, hwc, info);
+}
+
+void normalise_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tensor& out, const Normalisation* fixed) {
+  convert_channels_into(hwc, info, out);
+  const Normalisation r = fixed != nullptr ? *fixed : ranges_of(out, hwc, info);
+  // (x - low) / max(high - low, 1e-6), in float32 as numpy.
+  const auto n = static_cast<size_t>(info.in_channels);
+  std::vector<float> low(n), scale(n);
+  for (size_t k = 0; k < n; ++k) {
+    low[k] = float(r.low[k]);
+    scale[k] = std::max(float(r.high[k]) - float(r.low[k]), 1e-6f);
+  }
+  out.sub_(at::from_blob(low.data(), {info.in_channels}, at::kFloat))
+      .div_(at::from_blob(scale.data(), {info.in_channels}, at::kFloat));
 }
 
 } // namespace unetseg::runner

@@ -16,8 +16,16 @@ namespace unetseg::runner {
 at::Tensor check_image(const at::Tensor& image, size_t index);
 
 // Writes the image (H, W, C) converted to info.in_channels and normalised into `out`, a float32
-// (H, W, in_channels) view of a channels-last batch buffer.
-void normalise_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tensor& out);
+// (H, W, in_channels) view of a channels-last batch buffer: with `fixed` ranges when given, else with
+// the image's own percentiles.
+void normalise_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tensor& out,
+                    const Normalisation* fixed = nullptr);
+
+// The percentile ranges normalise_into computes for the image (H, W, C).
+Normalisation image_ranges(const at::Tensor& hwc, const ModelInfo& info);
+
+// Checks user-given ranges: one finite (low, high) per model input channel.
+void check_ranges(const Normalisation& ranges, const ModelInfo& info);
 
 // numpy.percentile (linear method) of the values of a float32 tensor; `integral` says they are all
 // integers in [0, 65535] (from uint8/uint16 images), which allows an exact counting selection.

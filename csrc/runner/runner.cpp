@@ -1,6 +1,7 @@
 #include "unetseg/runner.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
@@ -52,6 +53,7 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
     info.labelling = j.value("labelling", has_boundary ? "seeded" : "plain");
     info.boundary_threshold = j.value("boundary_threshold", 0.5);
     info.min_area = j.value("min_area", int64_t{0});
+    info.halo = j.value("halo", int64_t{-1});  // -1: not in the file; measured at load
   } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK_VALUE(false, "unetseg.Runner: '", path, "' has unreadable metadata (", kMetadataFile,
                       "): ", e.what());
@@ -126,6 +128,27 @@ struct AutocastScope {
 
 int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 
+// One tile: the rows/cols [y0, y1) x [x0, x1) fed to the network, and the core [cy0, cy1) x
+// [cx0, cx1) kept from its output.
+struct Tile {
+  int64_t y0, y1, x0, x1, cy0, cy1, cx0, cx1;
+};
+
+// Cores of side `tile` from the origin, each grown by `halo` on every side and clipped to the image.
+// tile and halo are multiples of the network's size multiple, so every tile starts on its pooling
+// grid, and a tile at the right or bottom edge is padded as the whole image is.
+std::vector<Tile> plan_tiles(int64_t h, int64_t w, int64_t tile, int64_t halo) {
+  std::vector<Tile> tiles;
+  for (int64_t cy = 0; cy < h; cy += tile) {
+    for (int64_t cx = 0; cx < w; cx += tile) {
+      const int64_t cy1 = std::min(h, cy + tile), cx1 = std::min(w, cx + tile);
+      tiles.push_back({std::max<int64_t>(0, cy - halo), std::min(h, cy1 + halo), std::max<int64_t>(0, cx - halo),
+                       std::min(w, cx1 + halo), cy, cy1, cx, cx1});
+    }
+  }
+  return tiles;
+}
+
 } // namespace
 
 struct Runner::Impl {
@@ -135,19 +158,19 @@ struct Runner::Impl {
   c10::Device device{c10::kCPU};
   c10::ScalarType precision = at::kFloat;
 
-  // Probabilities (B, out_channels, H, W) on the device for images of one size, in one forward.
-  at::Tensor forward(const std::vector<at::Tensor>& hwc, const std::vector<size_t>& which) const {
-    const int64_t h = hwc[which[0]].size(0), w = hwc[which[0]].size(1);
+  // Probabilities (B, out_channels, h, w) on the device for B inputs of size (h, w), in one forward;
+  // fill(i, view) writes input i, normalised, into view, a float32 (h, w, in_channels) tensor.
+  template <class Fill>
+  at::Tensor forward(int64_t b, int64_t h, int64_t w, const Fill& fill) const {
     const int64_t hp = round_up(h, info.size_multiple), wp = round_up(w, info.size_multiple);
     // Zero padding right and bottom, as the network itself pads (so results equal the eager
     // model's). Channels-last: the layout images come in, and the faster one for oneDNN's
     // convolutions on the CPU (about 1.6x on this U-Net).
-    at::Tensor batch = at::empty({int64_t(which.size()), info.in_channels, hp, wp},
+    at::Tensor batch = at::empty({b, info.in_channels, hp, wp},
                                  at::TensorOptions(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
     batch.zero_();
-    for (size_t i = 0; i < which.size(); ++i) {
-      runner::normalise_into(hwc[which[i]], info,
-                             batch[int64_t(i)].permute({1, 2, 0}).narrow(0, 0, h).narrow(1, 0, w));
+    for (int64_t i = 0; i < b; ++i) {
+      fill(i, batch[i].permute({1, 2, 0}).narrow(0, 0, h).narrow(1, 0, w));
     }
     batch = batch.to(device, /*non_blocking=*/false);
     at::Tensor logits;
@@ -161,6 +184,97 @@ struct Runner::Impl {
                 "unetseg.Runner: the network returned shape ", logits.sizes(), " for input ",
                 batch.sizes(), "; expected (N, ", info.out_channels, ", H, W)");
     return logits.narrow(2, 0, h).narrow(3, 0, w).to(at::kFloat).sigmoid_();
+  }
+
+  // The tile core side for an (h, w) image, or 0 for no tiling.
+  int64_t tile_for(int64_t h, int64_t w, const SegmentOptions& opt) const {
+    if (!opt.tile_size.has_value()) {
+      return h * w > kAutoTileArea ? round_up(kAutoTile, info.size_multiple) : 0;
+    }
+    const int64_t tile = *opt.tile_size;
+    TORCH_CHECK_VALUE(tile >= 0, "unetseg.Runner: tile_size must be >= 0 pixels (0: no tiling), got ", tile);
+    return tile > 0 && (h > tile || w > tile) ? round_up(tile, info.size_multiple) : 0;
+  }
+
+  // Calls done(which, probs) with the probabilities (B, out_channels, H, W) on the device of the
+  // images `which`: images of equal size batched, each large image on its own, tiled.
+  template <class Done>
+  void probabilities(const std::vector<at::Tensor>& hwc, const SegmentOptions& opt, const Done& done) const {
+    const Normalisation* fixed = opt.normalisation ? &*opt.normalisation : nullptr;
+    if (fixed != nullptr) {
+      runner::check_ranges(*fixed, info);
+    }
+    TORCH_CHECK_VALUE(opt.halo.value_or(0) >= 0, "unetseg.Runner: halo must be >= 0 pixels, got ", *opt.halo);
+    const int64_t halo = round_up(opt.halo.value_or(info.halo), info.size_multiple);
+    std::vector<at::Tensor> whole;  // images labelled untiled
+    std::vector<size_t> whole_index;
+    for (size_t i = 0; i < hwc.size(); ++i) {
+      const int64_t h = hwc[i].size(0), w = hwc[i].size(1), tile = tile_for(h, w, opt);
+      if (tile == 0) {
+        whole.push_back(hwc[i]);
+        whole_index.push_back(i);
+        continue;
+      }
+      // The whole image normalised once (never per tile), then tiles of equal shape batched.
+      at::Tensor normalised = at::empty({h, w, info.in_channels}, at::kFloat);
+      runner::normalise_into(hwc[i], info, normalised, fixed);
+      at::Tensor probs = at::empty({1, info.out_channels, h, w}, at::TensorOptions(at::kFloat).device(device));
+      const auto tiles = plan_tiles(h, w, tile, halo);
+      std::map<std::pair<int64_t, int64_t>, std::vector<const Tile*>> by_shape;
+      for (const auto& t : tiles) {
+        by_shape[{t.y1 - t.y0, t.x1 - t.x0}].push_back(&t);
+      }
+      for (const auto& [shape, group] : by_shape) {
+        for (size_t s = 0; s < group.size(); s += size_t(options.batch_size)) {
+          const std::vector<const Tile*> part(group.begin() + s,
+                                              group.begin() + std::min(group.size(), s + size_t(options.batch_size)));
+          const at::Tensor out = forward(int64_t(part.size()), shape.first, shape.second, [&](int64_t k, const at::Tensor& view) {
+            const Tile& t = *part[size_t(k)];
+            view.copy_(normalised.narrow(0, t.y0, t.y1 - t.y0).narrow(1, t.x0, t.x1 - t.x0));
+          });
+          for (size_t k = 0; k < part.size(); ++k) {
+            const Tile& t = *part[k];
+            probs[0].narrow(1, t.cy0, t.cy1 - t.cy0).narrow(2, t.cx0, t.cx1 - t.cx0)
+                .copy_(out[int64_t(k)].narrow(1, t.cy0 - t.y0, t.cy1 - t.cy0).narrow(2, t.cx0 - t.x0, t.cx1 - t.cx0));
+          }
+        }
+      }
+      done(std::vector<size_t>{i}, probs);
+    }
+    for (const auto& group : batches(whole)) {
+      std::vector<size_t> which;
+      for (size_t k : group) {
+        which.push_back(whole_index[k]);
+      }
+      done(which, forward(int64_t(group.size()), whole[group[0]].size(0), whole[group[0]].size(1),
+                          [&](int64_t k, const at::Tensor& view) {
+                            runner::normalise_into(whole[group[size_t(k)]], info, view, fixed);
+                          }));
+    }
+  }
+
+  // The halo when the file does not say: the receptive-field radius measured by perturbation (an
+  // impulse at the centre of a random input; the output changes wherever the impulse is seen).
+  int64_t measure_halo() const {
+    c10::InferenceMode guard;
+    for (int64_t side = round_up(256, info.size_multiple); side <= 4096; side *= 2) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
+      at::Tensor x = at::rand({1, info.in_channels, side, side}, gen, at::kFloat);
+      at::Tensor y = x.clone();
+      y.select(2, side / 2).select(2, side / 2).add_(10.0f);
+      auto m = module;
+      const at::Tensor a = m.forward({x.to(device)}).toTensor(), b = m.forward({y.to(device)}).toTensor();
+      const at::Tensor changed = (a != b).any(1)[0].nonzero().cpu();
+      if (changed.size(0) == 0) {
+        return 0;
+      }
+      const int64_t radius = (changed - side / 2).abs().max().item<int64_t>();
+      if (radius < side / 2 - 1) {
+        return round_up(radius, info.size_multiple);
+      }
+    }
+    TORCH_CHECK_VALUE(false, "unetseg.Runner: the network's receptive field is wider than 2048 pixels; "
+                             "pass the tile halo explicitly");
   }
 
   // Groups image indices by size (in first-seen order), each group cut into batches.
@@ -215,6 +329,9 @@ Runner::Runner(const std::string& model_path, const RunnerOptions& options) {
                     "); make model files with `unetseg export CHECKPOINT -o model.pt`");
   impl->info = parse_metadata(extra[kMetadataFile], model_path);
   impl->module.eval();
+  if (impl->info.halo < 0) {
+    impl->info.halo = impl->measure_halo();
+  }
   impl_ = std::move(impl);
 }
 
@@ -222,17 +339,22 @@ const ModelInfo& Runner::info() const { return impl_->info; }
 c10::Device Runner::device() const { return impl_->device; }
 const RunnerOptions& Runner::options() const { return impl_->options; }
 
-std::vector<at::Tensor> Runner::predict(const std::vector<at::Tensor>& images) const {
+std::vector<at::Tensor> Runner::predict(const std::vector<at::Tensor>& images, const SegmentOptions& options) const {
   c10::InferenceMode guard;
   const auto hwc = impl_->checked(images);
   std::vector<at::Tensor> out(images.size());
-  for (const auto& which : impl_->batches(hwc)) {
-    const at::Tensor probs = impl_->forward(hwc, which).cpu();
+  impl_->probabilities(hwc, options, [&](const std::vector<size_t>& which, const at::Tensor& probs) {
+    const at::Tensor cpu = probs.cpu();
     for (size_t i = 0; i < which.size(); ++i) {
-      out[which[i]] = probs[int64_t(i)].contiguous();
+      out[which[i]] = cpu[int64_t(i)].contiguous();
     }
-  }
+  });
   return out;
+}
+
+Normalisation Runner::normalisation(const at::Tensor& image) const {
+  c10::InferenceMode guard;
+  return runner::image_ranges(runner::check_image(image, 0), impl_->info);
 }
 
 std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
@@ -256,8 +378,7 @@ std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
   c10::InferenceMode guard;
   const auto hwc = impl_->checked(images);
   std::vector<Segmentation> out(images.size());
-  for (const auto& which : impl_->batches(hwc)) {
-    const at::Tensor probs = impl_->forward(hwc, which);  // (B, C, H, W) probabilities
+  impl_->probabilities(hwc, options, [&](const std::vector<size_t>& which, const at::Tensor& probs) {
     auto [labels, counts, stats] =
         labelling == "seeded"
             ? seeded_label_stats(probs.narrow(1, 0, 2), threshold, boundary_threshold,
@@ -274,7 +395,7 @@ std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
       s.objects = stats.narrow(0, offset, s.count);
       offset += s.count;
     }
-  }
+  });
   return out;
 }
 

@@ -65,11 +65,35 @@ def metadata_from_checkpoint(ckpt: dict, model: torch.nn.Module, *, threshold: f
         "labelling": "seeded" if out_channels >= 2 else "plain",
         "boundary_threshold": float(boundary_threshold),
         "min_area": int(min_area),
+        "halo": receptive_field_halo(model, int(ckpt["in_channels"]), int(getattr(model, "multiple", 1))),
         "training_data": _training_data(ckpt),
         "epoch": ckpt.get("epoch"),
         "validation": ckpt.get("validation"),
         "unetseg_version": __version__,
     }
+
+
+def receptive_field_halo(model: torch.nn.Module, in_channels: int, multiple: int = 1) -> int:
+    """The tile halo a model needs: the radius of its receptive field (the input pixels that reach
+    one output pixel, found by back-propagating from the centre of a random input), rounded up to
+    ``multiple`` so that tiles start on the network's pooling grid. With this halo, a tile's centre
+    equals the same pixels of the whole image's output."""
+    was_training = model.training
+    model.eval()
+    try:
+        side = -(-256 // multiple) * multiple
+        generator = torch.Generator().manual_seed(0)
+        while side <= 4096:
+            x = torch.rand(1, in_channels, side, side, generator=generator, requires_grad=True)
+            model(x)[0, :, side // 2, side // 2].sum().backward()
+            seen = torch.nonzero(x.grad.abs().sum((0, 1)) > 0) - side // 2
+            radius = int(seen.abs().max()) if len(seen) else 0
+            if radius < side // 2 - 1:
+                return -(-radius // multiple) * multiple
+            side *= 2
+        raise ValueError("the model's receptive field is wider than 2048 pixels; cannot derive a tile halo")
+    finally:
+        model.train(was_training)
 
 
 def _training_data(ckpt: dict) -> dict | None:

@@ -153,12 +153,24 @@ class Runner:
                 f"{m['in_channels']} -> {m['out_channels']} channels)")
 
     @property
+    def halo(self) -> int:
+        """The tile halo in pixels: the network's receptive-field radius (see :func:`segment_batch`)."""
+        return self._runner.halo
+
+    def normalisation(self, image) -> tuple[list[float], list[float]]:
+        """The per-channel (low, high) ranges the runner would normalise ``image`` with: percentiles
+        of the whole image. Pass them as ``normalisation=`` to normalise pieces of a large image the
+        same way (:mod:`unetseg.slide` does, from a subsample of the slide)."""
+        return self._runner.normalisation(_as_tensor(image, 0))
+
+    @property
     def labelling(self) -> str:
         """The model's default labelling: "plain", or "seeded" for nucleus + boundary models."""
         return self._runner.labelling
 
     def segment(self, images, *, threshold: float | None = None, min_area: int | None = None,
                 connectivity: int = 8, labelling: str = "auto", boundary_threshold: float | None = None,
+                tile_size: int | None = None, halo: int | None = None, normalisation=None,
                 progress: bool = False) -> list[Segmentation]:
         """Segments images (see :func:`segment_batch`)."""
         items = _as_list(images)
@@ -173,7 +185,8 @@ class Runner:
             for start in range(0, len(items), step):
                 chunk = [_as_tensor(im, start + i) for i, im in enumerate(items[start : start + step])]
                 for labels, count, objects in self._runner.segment(chunk, threshold, min_area, connectivity, labelling,
-                                                                      boundary_threshold):
+                                                                      boundary_threshold, tile_size, halo,
+                                                                      normalisation):
                     results.append(Segmentation(labels.numpy(), int(count), ObjectTable(objects.numpy())))
                 if bar is not None:
                     bar.update(len(chunk))
@@ -182,10 +195,13 @@ class Runner:
                 bar.close()
         return results
 
-    def predict(self, images) -> list[np.ndarray]:
-        """The network's probabilities, float32 (out_channels, H, W) per image."""
+    def predict(self, images, *, tile_size: int | None = None, halo: int | None = None,
+                normalisation=None) -> list[np.ndarray]:
+        """The network's probabilities, float32 (out_channels, H, W) per image (tiling and
+        normalisation as in :meth:`segment`)."""
         items = _as_list(images)
-        return [p.numpy() for p in self._runner.predict([_as_tensor(im, i) for i, im in enumerate(items)])]
+        tensors = [_as_tensor(im, i) for i, im in enumerate(items)]
+        return [p.numpy() for p in self._runner.predict(tensors, tile_size, halo, normalisation)]
 
 
 @functools.lru_cache(maxsize=4)
@@ -195,7 +211,8 @@ def _cached_runner(path: str, device: str, batch_size: int) -> Runner:
 
 def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.PathLike | Runner | None = None, *,
                   device: str = "auto", threshold: float | None = None, batch_size: int | None = None,
-                  min_area: int | None = None, labelling: str = "auto", boundary_threshold: float | None = None,
+                  tile_size: int | None = None, min_area: int | None = None, labelling: str = "auto",
+                  boundary_threshold: float | None = None, halo: int | None = None,
                   progress: bool = False) -> list[Segmentation]:
     """Segments nuclei in a batch of images with a U-Net and the fused threshold + labelling op.
 
@@ -209,6 +226,11 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
         (threshold + connected components of the nucleus map) or "seeded" (seeds inside nuclei grown
         through the foreground, so touching nuclei stay apart; see :func:`unetseg.seeded_label`).
     boundary_threshold: seeded labelling's boundary threshold (default: the model's).
+    tile_size: images with a side longer than this are cut into tiles of this side (rounded up to the
+        network's size multiple) plus a ``halo`` on each side (default: the model's receptive-field
+        radius), and only each tile's centre is kept; the probability map is labelled whole, so
+        the result equals the untiled one. None: images of more than 2048 x 2048 pixels are tiled
+        by 1024; 0: never tile. Normalisation always uses the whole image.
     Returns one :class:`Segmentation` per image, in order.
     """
     if isinstance(model, Runner):
@@ -217,4 +239,5 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
         path = Path(model) if model is not None else default_model_path()
         runner = _cached_runner(str(path.resolve()), device, batch_size or 8)  # Runner checks the file
     return runner.segment(images, threshold=threshold, min_area=min_area, labelling=labelling,
-                          boundary_threshold=boundary_threshold, progress=progress)
+                          boundary_threshold=boundary_threshold, tile_size=tile_size, halo=halo,
+                          progress=progress)

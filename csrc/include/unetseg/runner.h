@@ -12,6 +12,12 @@
 // (unetseg::seeded_label_stats, which keeps touching nuclei apart) for nucleus + boundary models.
 // No Python is involved at run time.
 //
+// Large images are cut into tiles with a halo (SegmentOptions::tile_size, ::halo): each tile's
+// centre is written into the image's probability map and the whole map is labelled in one go, so
+// objects crossing seams are single objects and the result equals the untiled one (the halo covers
+// the network's receptive field and tiles start on its pooling grid). The normalisation is always
+// computed on the whole image, never per tile.
+//
 // Thread safety: all methods are const and may be called from several host threads at once on one
 // Runner (each call uses its own buffers; the network is shared read-only).
 #pragma once
@@ -44,6 +50,7 @@ struct ModelInfo {
   std::string labelling = "plain";   // default labelling: "plain", or "seeded" (nucleus + boundary)
   double boundary_threshold = 0.5;   // default boundary threshold of the seeded labelling
   int64_t min_area = 0;              // default: objects with fewer pixels are removed
+  int64_t halo = 0;                  // tile halo: receptive-field radius rounded up to size_multiple
   std::string json;
 };
 
@@ -53,12 +60,25 @@ struct RunnerOptions {
   int64_t batch_size = 8;             // images per network call (images of equal size are batched)
 };
 
+// Per-channel normalisation ranges (after channel conversion): x -> (x - low) / max(high - low, 1e-6).
+struct Normalisation {
+  std::vector<double> low, high;  // one value per model input channel
+};
+
+// Tiles: automatic (tile_size unset) tiles images of more than kAutoTileArea pixels with cores of
+// kAutoTile pixels; tile_size N > 0 tiles images with a side longer than N; 0 never tiles.
+constexpr int64_t kAutoTile = 1024;
+constexpr int64_t kAutoTileArea = 2048 * 2048;
+
 struct SegmentOptions {
   std::optional<double> threshold;           // probability threshold; default: the model's
   std::optional<int64_t> min_area;           // remove objects with fewer pixels; default: the model's
   int64_t connectivity = 8;                  // 8 or 4
   std::string labelling = "auto";            // "auto" (the model's), "plain" or "seeded"
   std::optional<double> boundary_threshold;  // seeded labelling; default: the model's
+  std::optional<int64_t> tile_size;          // tile core side (see kAutoTile); rounded up to size_multiple
+  std::optional<int64_t> halo;               // tile halo in pixels; default: the model's (info().halo)
+  std::optional<Normalisation> normalisation;  // fixed ranges for every image; default: per image
 };
 
 struct Segmentation {
@@ -83,8 +103,15 @@ class Runner {
                                     const SegmentOptions& options = {}) const;
   Segmentation segment(const at::Tensor& image, const SegmentOptions& options = {}) const;
 
-  // The network's probabilities: float32 (out_channels, H, W) per image, on the CPU.
-  std::vector<at::Tensor> predict(const std::vector<at::Tensor>& images) const;
+  // The network's probabilities: float32 (out_channels, H, W) per image, on the CPU. Uses the
+  // tiling and normalisation fields of `options` (the labelling fields do not apply).
+  std::vector<at::Tensor> predict(const std::vector<at::Tensor>& images,
+                                  const SegmentOptions& options = {}) const;
+
+  // The normalisation ranges the runner computes for `image` (percentiles of the whole image); a
+  // caller streaming a large slide computes them once (e.g. on a subsample) and passes them to
+  // every band through SegmentOptions::normalisation.
+  Normalisation normalisation(const at::Tensor& image) const;
 
  private:
   struct Impl;
