@@ -61,3 +61,14 @@ def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "unet1.pt"
     export(ckpt, path)
     return path, ckpt
+
+
+@pytest.fixture(scope="session")
+def rgb_model(tmp_path_factory):
+    """Exports a small RGB nucleus + boundary U-Net; returns (path, checkpoint)."""
+    from unetseg.export import export
+
+    ckpt = make_checkpoint(in_channels=3, out_channels=2, seed=1)
+    path = tmp_path_factory.mktemp("models") / "unet3.pt"
+    export(ckpt, path)
+    return path, ckpt

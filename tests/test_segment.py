@@ -17,14 +17,6 @@ from unetseg.segment import default_model_path
 from unetseg.train import model_from_checkpoint, predict
 
 
-@pytest.fixture(scope="module")
-def rgb_model(tmp_path_factory):
-    ckpt = make_checkpoint(in_channels=3, out_channels=2, seed=1)
-    path = tmp_path_factory.mktemp("models") / "unet3.pt"
-    export(ckpt, path)
-    return path, ckpt
-
-
 def _images():
     fl = synthetic_nuclei((61, 83), seed=1).image  # uint8 gray, sizes that are multiples of nothing
     bf = synthetic_nuclei((40, 40), kind="brightfield", seed=2).image  # uint8 RGB
