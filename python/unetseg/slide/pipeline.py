@@ -1,0 +1,325 @@
+"""``segment_slide``: a slide of any size, in row bands, with memory that does not grow with it.
+
+Pass 1, band by band (``band_height`` rows): read the band plus the network's halo above and
+below, run the runner on it (tiled across, normalised with ranges computed once for the whole
+slide), keep the band's rows of the probability map and hand them to the :class:`StreamLabeller`.
+Complete rows go to a provisional label file, finished objects to an object file and their
+outlines to a polygon file, all in ``OUTPUT/.unetseg-partial``; after each band a state file
+records how far the run got, so an interrupted run goes on from its last finished band.
+
+Pass 2 numbers objects in raster order of their first pixel (a lookup table) and writes the
+outputs, each under a temporary name renamed into place when complete:
+
+- ``labels.ome.tif`` (tiled BigTIFF, int32, zlib) or ``labels.zarr``;
+- ``objects.csv`` or ``objects.parquet`` (label, area, bbox, centroid, mean probability);
+- ``objects.geojson``: one polygon per object (a QuPath detection), in pixel coordinates;
+- ``summary.json``: slide, model, options, object count and where the time went.
+
+Peak memory: a band (plus halo) of the slide, its probabilities and the network's activations on
+one batch of tiles, the carry of the labeller, and the object table (a few numbers per object).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_path
+from .readers import SlideReader, open_slide
+from .stream import StreamLabeller, raster_numbering
+
+PARTIAL = ".unetseg-partial"
+OBJECT_FIELDS = 10  # provisional id, first pixel, then the 8 statistics
+TABLE_COLUMNS = ("label", "area", "min_row", "min_col", "max_row", "max_col", "centroid_row", "centroid_col",
+                 "mean_probability")
+
+
+@dataclass
+class SlideResult:
+    """Where the outputs are, the object count and the seconds spent per stage."""
+
+    labels: Path
+    table: Path
+    geojson: Path | None
+    summary: Path
+    count: int
+    shape: tuple[int, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _resolve(runner, labelling, threshold, boundary_threshold, min_area, connectivity) -> dict:
+    """The post-processing options with the model's defaults filled in, checked as the runner does."""
+    m = runner.metadata
+    labelling = runner.labelling if labelling == "auto" else labelling
+    if labelling not in ("plain", "seeded"):
+        raise ValueError(f"labelling {labelling!r} is not one of 'auto', 'plain', 'seeded'")
+    if labelling == "seeded" and m["out_channels"] < 2:
+        raise ValueError(f"seeded labelling needs a model with a boundary output; this one has outputs {m['outputs']}. "
+                         "Use labelling 'plain'.")
+    options = {
+        "labelling": labelling,
+        "threshold": float(m["threshold"] if threshold is None else threshold),
+        "boundary_threshold": float(m.get("boundary_threshold", 0.5) if boundary_threshold is None else boundary_threshold),
+        "min_area": int(m.get("min_area", 0) if min_area is None else min_area),
+        "connectivity": int(connectivity),
+    }
+    for key in ("threshold", "boundary_threshold"):
+        if not 0 <= options[key] <= 1:
+            raise ValueError(f"{key} {options[key]} is not a probability; expected a value in [0, 1]")
+    if options["min_area"] < 0:
+        raise ValueError(f"min_area must be >= 0 pixels, got {options['min_area']}")
+    if options["connectivity"] not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    return options
+
+
+class _Work:
+    """The partial run's files in OUTPUT/.unetseg-partial and its state after the last finished band."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.labels, self.objects, self.outlines = folder / "labels.i32", folder / "objects.f64", folder / "outlines.jsonl"
+        self.state = folder / "state.npz"
+
+    def load(self, fingerprint: dict) -> dict | None:
+        if not self.state.is_file():
+            return None
+        with np.load(self.state, allow_pickle=False) as z:
+            state = {k: z[k] for k in z.files}
+        saved = json.loads(str(state["fingerprint"]))
+        if saved != fingerprint:
+            changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+            raise ValueError(f"cannot resume: the interrupted run in {self.folder} used other settings "
+                             f"({', '.join(changed)}); run without resume to start over")
+        for path, key in ((self.labels, "labels_bytes"), (self.objects, "objects_bytes"), (self.outlines, "outlines_bytes")):
+            with open(path, "r+b") as f:  # drop whatever was written after the state was saved
+                f.truncate(int(state[key]))
+        return state
+
+    def save(self, fingerprint: dict, band: int, ranges, labeller: StreamLabeller, seconds: dict) -> None:
+        state = {f"labeller_{k}": np.asarray(v) for k, v in labeller.state_dict().items()}
+        state.update(fingerprint=json.dumps(fingerprint), band=band, ranges_low=np.asarray(ranges[0]),
+                     ranges_high=np.asarray(ranges[1]), seconds=json.dumps(seconds),
+                     labels_bytes=self.labels.stat().st_size, objects_bytes=self.objects.stat().st_size,
+                     outlines_bytes=self.outlines.stat().st_size)
+        with atomic_path(self.state) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **state)
+
+
+def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 0, channel: int | None = None,
+                  device: str = "auto", batch_size: int = 4, band_height: int = 2048, tile_size: int = 1024,
+                  labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
+                  min_area: int | None = None, connectivity: int = 8, labels_format: str = "ome-tiff",
+                  table_format: str = "csv", geojson: bool = True, resume: bool = False,
+                  progress: bool = True) -> SlideResult:
+    """Segments nuclei in a whole slide, streamed in row bands; writes labels, an object table and
+    polygons into the folder ``output`` (see the module's docstring) and returns a :class:`SlideResult`.
+
+    slide: a path (TIFF/OME-TIFF/BigTIFF, .zarr/OME-Zarr, .npy, OpenSlide formats) or an array;
+        ``level`` picks the pyramid level, ``channel`` the nuclear channel of a multi-channel slide.
+    model: a model file, a :class:`unetseg.Runner` or None for the bundled default model.
+    band_height, tile_size: rows per band and the tile side across it (memory grows with
+        band_height x slide width; a smaller band costs more halo).
+    labelling, threshold, boundary_threshold, min_area, connectivity: as :func:`unetseg.segment_batch`.
+    labels_format: "ome-tiff" or "zarr"; table_format: "csv" or "parquet" (needs pyarrow).
+    resume: go on with an interrupted run in the same output folder (same slide and settings).
+    The labels equal those of segmenting the whole slide at once with the same normalisation.
+    """
+    from ..segment import Runner
+
+    if labels_format not in ("ome-tiff", "zarr"):
+        raise ValueError(f"labels_format must be 'ome-tiff' or 'zarr', got {labels_format!r}")
+    if table_format not in ("csv", "parquet"):
+        raise ValueError(f"table_format must be 'csv' or 'parquet', got {table_format!r}")
+    if table_format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ImportError("table_format 'parquet' needs pyarrow: pip install pyarrow (or use 'csv')") from None
+    runner = model if isinstance(model, Runner) else Runner(model, device=device, batch_size=batch_size)
+    options = _resolve(runner, labelling, threshold, boundary_threshold, min_area, connectivity)
+    multiple = int(runner.metadata["size_multiple"])
+    if band_height < 1 or tile_size < 1:
+        raise ValueError(f"band_height and tile_size must be >= 1 pixel, got {band_height} and {tile_size}")
+    band_height = -(-band_height // multiple) * multiple  # bands start on the network's pooling grid
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output {str(output)!r} is a file; segment_slide writes into a folder")
+    owned = isinstance(slide, (str, os.PathLike))
+    reader: SlideReader = open_slide(slide, level=level, channel=channel)
+    try:
+        return _run(reader, runner, options, output, band_height, tile_size, labels_format, table_format, geojson,
+                    resume, progress, slide, level, channel)
+    finally:
+        if owned:
+            reader.close()
+
+
+def _run(reader, runner, options, output, band_height, tile_size, labels_format, table_format, geojson, resume,
+         progress, slide, level, channel) -> SlideResult:
+    h, w = reader.shape
+    work = _Work(output / PARTIAL)
+    fingerprint = {
+        "slide": str(Path(slide).resolve()) if isinstance(slide, (str, os.PathLike)) else reader.description,
+        "shape": [h, w], "level": level, "channel": channel, "model": str(runner.path.resolve()),
+        "model_bytes": runner.path.stat().st_size, "band_height": band_height, "tile_size": tile_size, **options,
+    }
+    labeller = StreamLabeller(w, labelling=options["labelling"], threshold=options["threshold"],
+                              boundary_threshold=options["boundary_threshold"],
+                              connectivity=options["connectivity"], min_area=options["min_area"], outlines=geojson)
+    seconds = {"normalisation": 0.0, "read": 0.0, "network": 0.0, "labelling": 0.0, "write": 0.0}
+    state = work.load(fingerprint) if resume else None
+    if state is None:
+        shutil.rmtree(work.folder, ignore_errors=True)
+        work.folder.mkdir(parents=True)
+        for path in (work.labels, work.objects, work.outlines):
+            path.touch()
+        start = time.perf_counter()
+        # Normalisation ranges of the whole slide (from a subsample when it is very large), once.
+        ranges = runner.normalisation(reader.thumbnail())
+        seconds["normalisation"] = time.perf_counter() - start
+        first_band = 0
+    else:
+        labeller.load_state_dict({k[len("labeller_"):]: v for k, v in state.items() if k.startswith("labeller_")})
+        ranges = (state["ranges_low"].tolist(), state["ranges_high"].tolist())
+        seconds.update(json.loads(str(state["seconds"])))
+        first_band = int(state["band"])
+    halo = runner.halo
+    bands = [(r, min(h, r + band_height)) for r in range(0, h, band_height)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(bands), initial=first_band, unit="band", desc=f"segment {reader.description}")
+    try:
+        with open(work.labels, "ab") as labels_file, open(work.objects, "ab") as objects_file, \
+                open(work.outlines, "a") as outlines_file:
+            for b in range(first_band, len(bands)):
+                r0, r1 = bands[b]
+                t0 = time.perf_counter()
+                y0, y1 = max(0, r0 - halo), min(h, r1 + halo)
+                image = reader.read(y0, y1)
+                t1 = time.perf_counter()
+                probs = runner.predict([image], tile_size=tile_size, normalisation=ranges)[0][:, r0 - y0 : r1 - y0]
+                t2 = time.perf_counter()
+                done = labeller.feed(probs, last=b == len(bands) - 1)
+                t3 = time.perf_counter()
+                labels_file.write(done.labels.tobytes())
+                rows = np.column_stack([done.ids, done.first_pixel, done.stats]).astype(np.float64)
+                objects_file.write(rows.tobytes())
+                for i, outline in zip(done.ids, done.outlines):
+                    outlines_file.write(f"[{i},{json.dumps(outline.ravel().tolist())}]\n")
+                for f in (labels_file, objects_file, outlines_file):
+                    f.flush()
+                seconds["read"] += t1 - t0
+                seconds["network"] += t2 - t1
+                seconds["labelling"] += t3 - t2
+                seconds["write"] += time.perf_counter() - t3
+                work.save(fingerprint, b + 1, ranges, labeller, seconds)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    start = time.perf_counter()
+    result = _write_outputs(work, output, reader, runner, options, ranges, labels_format, table_format, geojson)
+    seconds["write"] += time.perf_counter() - start
+    result.seconds = seconds
+    _write_summary(result, reader, runner, options, ranges, fingerprint)
+    shutil.rmtree(work.folder, ignore_errors=True)
+    return result
+
+
+def _write_outputs(work, output, reader, runner, options, ranges, labels_format, table_format, geojson) -> SlideResult:
+    h, w = reader.shape
+    objects = np.fromfile(work.objects, np.float64).reshape(-1, OBJECT_FIELDS)
+    ids = objects[:, 0].astype(np.int64)
+    lut = raster_numbering(ids, objects[:, 1].astype(np.int64))
+    count = len(ids)
+    rows_per_block = 512
+    labels_path = output / ("labels.ome.tif" if labels_format == "ome-tiff" else "labels.zarr")
+
+    def blocks():
+        with open(work.labels, "rb") as f:
+            for r in range(0, h, rows_per_block):
+                n = min(rows_per_block, h - r)
+                yield r, lut[np.fromfile(f, np.int32, count=n * w).reshape(n, w)]
+
+    if labels_format == "ome-tiff":
+        import tifffile
+
+        def tiles():
+            for _, block in blocks():
+                for c in range(0, w, rows_per_block):
+                    yield block[:, c : c + rows_per_block]
+
+        with atomic_path(labels_path) as tmp:
+            tifffile.imwrite(tmp, tiles(), shape=(h, w), dtype=np.int32, tile=(rows_per_block, rows_per_block),
+                             bigtiff=True, ome=True, compression="zlib", metadata={"axes": "YX", "Name": "labels"})
+    else:
+        import zarr
+
+        tmp = output / f".{labels_path.name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        array = zarr.open_array(str(tmp), mode="w", shape=(h, w), chunks=(rows_per_block, rows_per_block),
+                                dtype=np.int32, fill_value=0)
+        for r, block in blocks():
+            array[r : r + block.shape[0]] = block
+        array.attrs.update({"unetseg": "labels: 0 background, objects 1..count in raster order", "count": count})
+        old = output / f".{labels_path.name}.old"
+        if labels_path.exists():
+            labels_path.rename(old)
+        tmp.rename(labels_path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    order = np.argsort(lut[ids], kind="stable")
+    table = objects[order]
+    columns = {"label": np.arange(1, count + 1, dtype=np.int32), "area": table[:, 2].astype(np.int64)}
+    for j, name in enumerate(TABLE_COLUMNS[2:6]):
+        columns[name] = table[:, 3 + j].astype(np.int64)
+    columns["centroid_row"], columns["centroid_col"], columns["mean_probability"] = table[:, 7], table[:, 8], table[:, 9]
+    import pandas as pd
+
+    frame = pd.DataFrame(columns)
+    table_path = output / f"objects.{table_format}"
+    with atomic_path(table_path) as tmp:
+        if table_format == "csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+
+    geojson_path = None
+    if geojson:
+        geojson_path = output / "objects.geojson"
+        area = dict(zip(ids.tolist(), objects[:, 2].tolist()))
+        with atomic_path(geojson_path) as tmp, open(tmp, "w") as out, open(work.outlines) as lines:
+            out.write('{"type": "FeatureCollection", "features": [\n')
+            for n, line in enumerate(lines):
+                pid, flat = json.loads(line)
+                ring = (np.asarray(flat, np.float64).reshape(-1, 2) + 0.5).tolist()  # pixel centres
+                ring.append(ring[0])
+                feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                           "properties": {"objectType": "detection", "name": f"nucleus {int(lut[pid])}",
+                                          "label": int(lut[pid]), "measurements": {"area_px": area[pid]}}}
+                out.write(("," if n else "") + json.dumps(feature) + "\n")
+            out.write("]}\n")
+    return SlideResult(labels_path, table_path, geojson_path, output / "summary.json", count, (h, w))
+
+
+def _write_summary(result: SlideResult, reader, runner, options, ranges, fingerprint) -> None:
+    summary = {
+        "slide": fingerprint["slide"], "reader": reader.description, "shape": list(result.shape),
+        "level": fingerprint["level"], "channel": fingerprint["channel"], "model": fingerprint["model"],
+        "options": options, "band_height": fingerprint["band_height"], "tile_size": fingerprint["tile_size"],
+        "normalisation": {"low": list(ranges[0]), "high": list(ranges[1])}, "count": result.count,
+        "outputs": {k: str(getattr(result, k).name) for k in ("labels", "table", "geojson") if getattr(result, k)},
+        "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+    }
+    with atomic_path(result.summary) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")

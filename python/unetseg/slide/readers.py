@@ -1,0 +1,248 @@
+"""Slide readers: row bands of a large image without loading it.
+
+:func:`open_slide` opens TIFF / BigTIFF / OME-TIFF (tiled or striped, pyramidal: pick the level)
+through tifffile's zarr view, zarr and OME-Zarr arrays, numpy ``.npy`` files (memory-mapped), any
+in-memory or dask array, and OpenSlide formats (.svs, .ndpi, .mrxs, ...) through openslide-python
+when it is installed. Every reader yields (h, W) gray or (h, W, 3) RGB bands: RGB(A) slides (H&E)
+stay RGB; a multi-channel fluorescence slide is read at its nuclear ``channel``.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide")
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+
+
+class SlideReader(abc.ABC):
+    """A 2-D slide of ``shape`` (H, W) and ``channels`` (1 or 3) read in row bands."""
+
+    shape: tuple[int, int]
+    channels: int
+    dtype: np.dtype
+    description: str
+
+    @abc.abstractmethod
+    def read(self, row0: int, row1: int) -> np.ndarray:
+        """Rows [row0, row1): (h, W) or (h, W, 3), the slide's dtype."""
+
+    def thumbnail(self, max_pixels: int = 4096 * 4096, band: int = 1024) -> np.ndarray:
+        """Every k-th row and column (k the smallest step that gives at most ``max_pixels``),
+        read band by band."""
+        h, w = self.shape
+        step = 1
+        while (h // step) * (w // step) > max_pixels:
+            step += 1
+        parts = [self.read(r, min(h, r + band))[(-r) % step :: step, ::step] for r in range(0, h, band)]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass
+class _Axes:
+    """Where rows, columns and channels are in an array of named axes (other axes must have size 1)."""
+
+    index: tuple
+    channel_axis: int | None  # in the array after `index` is applied
+
+
+def _axes(shape: tuple[int, ...], axes: str, channel: int | None, name: str, rgb: bool) -> tuple[_Axes, int]:
+    """rgb: a channel axis of 3 or 4 is RGB(A) (TIFF samples, channels-last arrays, 8-bit data)."""
+    axes = axes.upper().replace("S", "C")
+    if len(axes) != len(shape) or "Y" not in axes or "X" not in axes:
+        raise ValueError(f"{name}: cannot find rows and columns in axes {axes!r} of shape {shape}")
+    index: list = []
+    kept = []
+    for ax, size in zip(axes, shape):
+        if ax in "YX":
+            index.append(slice(None))
+            kept.append(ax)
+        elif ax == "C":
+            if channel is not None:
+                if not 0 <= channel < size:
+                    raise ValueError(f"{name}: channel {channel} asked for, but the slide has {size} channel(s) "
+                                     f"(axes {axes}, shape {shape})")
+                index.append(channel)
+            elif size in (3, 4) and rgb:
+                index.append(slice(0, 3))  # RGB; alpha dropped
+                kept.append("C")
+            elif size == 1:
+                index.append(0)
+            else:
+                raise ValueError(f"{name} has {size} channels (axes {axes}, shape {shape}); choose the nuclear "
+                                 f"channel with channel=N (--channel N on the command line)")
+        elif size == 1:
+            index.append(0)
+        else:
+            raise ValueError(f"{name} has {size} planes along axis {ax!r} (axes {axes}, shape {shape}); "
+                             "unetseg segments 2-D slides: pass a 2-D plane (e.g. one z or time point) as an array")
+    if channel is not None and "C" not in axes:
+        if channel != 0:
+            raise ValueError(f"{name} has one channel (axes {axes}); channel {channel} does not exist")
+    channel_axis = kept.index("C") if "C" in kept else None
+    return _Axes(tuple(index), channel_axis), 3 if channel_axis is not None else 1
+
+
+def _guess_axes(shape: tuple[int, ...], name: str) -> str:
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3 and shape[2] <= 4:
+        return "YXC"
+    if len(shape) == 3 and shape[0] <= 64:
+        return "CYX"
+    raise ValueError(f"{name} has shape {shape}; expected (H, W), (H, W, C) or (C, H, W)")
+
+
+class ArrayReader(SlideReader):
+    """Any array with numpy slicing: numpy (memory-mapped .npy), zarr, dask, tifffile's zarr view.
+    ``axes``: letters Y, X, C (or S) and others of size 1; guessed from the shape when None."""
+
+    def __init__(self, array, axes: str | None = None, channel: int | None = None, name: str = "array",
+                 closer=None):
+        self.array = array
+        shape = tuple(int(s) for s in array.shape)
+        self.description = name
+        given = (axes or _guess_axes(shape, name)).upper()
+        rgb = "S" in given or given.endswith("C") or np.dtype(array.dtype) == np.uint8
+        letters = given.replace("S", "C")
+        self._axes, self.channels = _axes(shape, letters, channel, name, rgb)
+        self._row_index = letters.index("Y")
+        self.shape = (shape[letters.index("Y")], shape[letters.index("X")])
+        self.dtype = np.dtype(array.dtype)
+        self._closer = closer
+        if self.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+            raise TypeError(f"{name} has dtype {self.dtype}; expected uint8, uint16 or float32/64")
+
+    def read(self, row0: int, row1: int) -> np.ndarray:
+        index = list(self._axes.index)
+        index[self._row_index] = slice(row0, row1)
+        band = np.asarray(self.array[tuple(index)])
+        if self._axes.channel_axis is not None:
+            band = np.moveaxis(band, self._axes.channel_axis, -1)
+        return np.ascontiguousarray(band)
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+
+
+class OpenSlideReader(SlideReader):
+    """OpenSlide formats through openslide-python: RGB at pyramid ``level``."""
+
+    def __init__(self, path: Path, level: int = 0):
+        try:
+            import openslide
+        except ImportError:
+            raise ImportError(
+                f"{path.name} is an OpenSlide format; reading it needs openslide-python and the OpenSlide "
+                "library: pip install 'unetseg[openslide]' (or pip install openslide-python openslide-bin)"
+            ) from None
+        self._slide = openslide.OpenSlide(str(path))
+        if not 0 <= level < self._slide.level_count:
+            count = self._slide.level_count
+            self._slide.close()
+            raise ValueError(f"{path.name} has {count} pyramid level(s) (0..{count - 1}); level {level} asked for")
+        self.level = level
+        w, h = self._slide.level_dimensions[level]
+        self.shape, self.channels, self.dtype = (h, w), 3, np.dtype(np.uint8)
+        self._downsample = self._slide.level_downsamples[level]
+        self.description = f"{path.name} (OpenSlide {self._slide.properties.get('openslide.vendor', '?')}, level {level})"
+
+    def read(self, row0: int, row1: int) -> np.ndarray:
+        y = int(round(row0 * self._downsample))  # OpenSlide takes the location in level-0 pixels
+        region = self._slide.read_region((0, y), self.level, (self.shape[1], row1 - row0))
+        rgba = np.asarray(region)
+        return np.ascontiguousarray(rgba[..., :3])
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+def _tiff(path: Path, level: int, channel: int | None, series: int) -> SlideReader:
+    import tifffile
+    import zarr
+
+    tif = tifffile.TiffFile(path)
+    try:
+        if not 0 <= series < len(tif.series):
+            raise ValueError(f"{path.name} has {len(tif.series)} image series; series {series} asked for")
+        s = tif.series[series]
+        if not 0 <= level < len(s.levels):
+            raise ValueError(f"{path.name} has {len(s.levels)} pyramid level(s) (0..{len(s.levels) - 1}); "
+                             f"level {level} asked for")
+        page = s.levels[level]
+        store = s.aszarr(level=level)
+        array = zarr.open(store, mode="r")
+    except BaseException:
+        tif.close()
+        raise
+    kind = "OME-TIFF" if tif.is_ome else ("BigTIFF" if tif.is_bigtiff else "TIFF")
+
+    def close():
+        store.close()
+        tif.close()
+
+    return ArrayReader(array, page.axes, channel, f"{path.name} ({kind}, level {level})", closer=close)
+
+
+def _zarr(path: Path, level: int, channel: int | None) -> SlideReader:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return ArrayReader(node, None, channel, f"{path.name} (zarr)")
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        arrays = sorted(name for name, _ in node.arrays())
+        raise ValueError(f"{path.name} is a zarr group without OME-Zarr 'multiscales' metadata; open one of its "
+                         f"arrays instead: {arrays}")
+    datasets = multiscales[0]["datasets"]
+    if not 0 <= level < len(datasets):
+        raise ValueError(f"{path.name} has {len(datasets)} pyramid level(s) (0..{len(datasets) - 1}); "
+                         f"level {level} asked for")
+    axes = multiscales[0].get("axes")
+    letters = "".join((a["name"] if isinstance(a, dict) else a)[0] for a in axes) if axes else None
+    return ArrayReader(node[datasets[level]["path"]], letters, channel, f"{path.name} (OME-Zarr, level {level})")
+
+
+def open_slide(source, *, level: int = 0, channel: int | None = None, series: int = 0) -> SlideReader:
+    """A reader for ``source``: a path (TIFF family, .zarr, .npy, OpenSlide formats) or an array
+    ((H, W), (H, W, C) or (C, H, W); numpy, zarr or dask). ``level``: pyramid level (0 is full
+    resolution); ``channel``: the nuclear channel of a multi-channel slide."""
+    if isinstance(source, SlideReader):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        if not hasattr(source, "shape") or not hasattr(source, "dtype"):
+            raise TypeError(f"a slide is a path or an array, got {type(source).__name__}")
+        return ArrayReader(source, None, channel, "array")
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"slide {str(path)!r} does not exist")
+    name = path.name.lower()
+    if name.endswith(".zarr") or path.is_dir():
+        return _zarr(path, level, channel)
+    if name.endswith(".npy"):
+        return ArrayReader(np.load(path, mmap_mode="r"), None, channel, f"{path.name} (npy, memory-mapped)")
+    if name.endswith(OPENSLIDE_SUFFIXES):
+        if channel is not None:
+            raise ValueError(f"{path.name} is an RGB OpenSlide slide; it has no channel to choose")
+        return OpenSlideReader(path, level)
+    if name.endswith(TIFF_SUFFIXES):
+        return _tiff(path, level, channel, series)
+    raise ValueError(f"{path.name}: unknown slide format; expected TIFF/OME-TIFF ({', '.join(TIFF_SUFFIXES)}), "
+                     f".zarr, .npy or an OpenSlide format ({', '.join(OPENSLIDE_SUFFIXES)})")
