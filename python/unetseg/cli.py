@@ -149,7 +149,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     rows, summary, failed = [], [], []
     names: set[str] = set()
     options = dict(threshold=args.threshold, min_area=args.min_area, labelling=args.labelling,
-                   boundary_threshold=args.boundary_threshold)
+                   boundary_threshold=args.boundary_threshold, tile_size=args.tile_size)
     bar = tqdm(total=len(paths), unit="img", desc="segment")
     for start in range(0, len(paths), runner.batch_size):
         pairs = []
@@ -200,6 +200,31 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_segment_slide(args: argparse.Namespace) -> int:
+    from .segment import default_model_path
+    from .slide import segment_slide
+
+    model = args.model or f"the bundled default model ({default_model_path().name})"
+    print(f"segmenting {args.slide} with {model}; writing to {args.output}/")
+    try:
+        result = segment_slide(
+            args.slide, args.output, args.model, level=args.level, channel=args.channel, device=args.device,
+            batch_size=args.batch_size, band_height=args.band_height, tile_size=args.tile_size,
+            labelling=args.labelling, threshold=args.threshold, boundary_threshold=args.boundary_threshold,
+            min_area=args.min_area, labels_format=args.labels_format, table_format=args.table_format,
+            geojson=not args.no_geojson, resume=args.resume, progress=True)
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
+        raise SystemExit(f"unetseg segment-slide: {e}") from None
+    h, w = result.shape
+    total = sum(result.seconds.values())
+    shares = ", ".join(f"{k} {v / total:.0%}" for k, v in result.seconds.items() if total > 0)
+    print(f"{result.count} nuclei in {h}x{w} pixels ({h * w / 1e6:.0f} Mpx) in {total:.0f} s "
+          f"({h * w / max(total, 1e-9) / 1e6:.2f} Mpx/s; {shares})")
+    outputs = [result.labels, result.table] + ([result.geojson] if result.geojson else []) + [result.summary]
+    print("wrote " + ", ".join(str(p) for p in outputs))
+    return 0
+
+
 def _add_labelling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labelling", choices=("auto", "plain", "seeded"), default="auto",
                    help="plain: threshold + connected components; seeded: split touching nuclei with the boundary "
@@ -244,8 +269,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_labelling_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--batch-size", type=int, default=8, help="images per network call (default 8)")
+    p.add_argument("--tile-size", type=int, help="tile images with a side longer than this (default: images over "
+                   "2048x2048 pixels are tiled by 1024; 0: never)")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay pictures")
     p.set_defaults(run=_cmd_segment)
+
+    p = sub.add_parser(
+        "segment-slide", help="segment a whole slide in row bands (TIFF/OME-TIFF, zarr, .npy, OpenSlide)",
+        description="Segment nuclei in a slide of any size with bounded memory: the slide is read and segmented in "
+        "row bands (tiles with a halo across each band), labelled with a carry across band edges so that nuclei on "
+        "a seam are single objects, and written to OUTPUT/: labels.ome.tif (tiled BigTIFF, int32) or labels.zarr, "
+        "objects.csv or .parquet (one row per nucleus), objects.geojson (polygons QuPath imports as detections) and "
+        "summary.json. An interrupted run goes on from its last finished band with --resume.")
+    p.add_argument("slide", help="TIFF/BigTIFF/OME-TIFF (tiled, pyramidal), .zarr / OME-Zarr, .npy, or an OpenSlide "
+                   "format (.svs, .ndpi, .mrxs; needs `pip install openslide-python openslide-bin`)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("-m", "--model", type=Path, help="model file from `unetseg export` (default: the bundled model)")
+    p.add_argument("--level", type=int, default=0, help="pyramid level to segment (default 0, full resolution)")
+    p.add_argument("--channel", type=int, help="nuclear channel of a multi-channel (fluorescence) slide")
+    p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
+    p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model's)")
+    _add_labelling_options(p)
+    p.add_argument("--band-height", type=int, default=2048, help="rows per band (default 2048; memory grows with "
+                   "band height x slide width)")
+    p.add_argument("--tile-size", type=int, default=1024, help="tile side across a band (default 1024)")
+    p.add_argument("--labels-format", choices=("ome-tiff", "zarr"), default="ome-tiff")
+    p.add_argument("--table-format", choices=("csv", "parquet"), default="csv")
+    p.add_argument("--no-geojson", action="store_true", help="do not write objects.geojson")
+    p.add_argument("--resume", action="store_true", help="go on with an interrupted run in OUTPUT")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
+    p.set_defaults(run=_cmd_segment_slide)
 
     p = sub.add_parser("export", help="export a training checkpoint to a TorchScript model file",
                        description="Write a frozen TorchScript model file that carries its metadata (unetseg.json: "

@@ -186,17 +186,17 @@ def _tiff(path: Path, level: int, channel: int | None, series: int) -> SlideRead
                              f"level {level} asked for")
         page = s.levels[level]
         store = s.aszarr(level=level)
-        array = zarr.open(store, mode="r")
+        kind = "OME-TIFF" if tif.is_ome else ("BigTIFF" if tif.is_bigtiff else "TIFF")
+
+        def close():
+            store.close()
+            tif.close()
+
+        return ArrayReader(zarr.open(store, mode="r"), page.axes, channel, f"{path.name} ({kind}, level {level})",
+                           closer=close)
     except BaseException:
         tif.close()
         raise
-    kind = "OME-TIFF" if tif.is_ome else ("BigTIFF" if tif.is_bigtiff else "TIFF")
-
-    def close():
-        store.close()
-        tif.close()
-
-    return ArrayReader(array, page.axes, channel, f"{path.name} ({kind}, level {level})", closer=close)
 
 
 def _zarr(path: Path, level: int, channel: int | None) -> SlideReader:
