@@ -62,7 +62,7 @@ def _resolve(runner, labelling, threshold, boundary_threshold, min_area, connect
     if labelling == "seeded" and m["out_channels"] < 2:
         raise ValueError(f"seeded labelling needs a model with a boundary output; this one has outputs {m['outputs']}. "
                          "Use labelling 'plain'.")
-    options = {
+    options = {  # the keyword arguments of StreamLabeller
         "labelling": labelling,
         "threshold": float(m["threshold"] if threshold is None else threshold),
         "boundary_threshold": float(m.get("boundary_threshold", 0.5) if boundary_threshold is None else boundary_threshold),

@@ -33,12 +33,9 @@ class SlideReader(abc.ABC):
         """Rows [row0, row1): (h, W) or (h, W, 3), the slide's dtype."""
 
     def thumbnail(self, max_pixels: int = 4096 * 4096, band: int = 1024) -> np.ndarray:
-        """Every k-th row and column (k the smallest step that gives at most ``max_pixels``),
-        read band by band."""
+        """Every k-th row and column (k: :func:`thumbnail_step`), read band by band."""
         h, w = self.shape
-        step = 1
-        while (h // step) * (w // step) > max_pixels:
-            step += 1
+        step = thumbnail_step(h, w, max_pixels)
         parts = [self.read(r, min(h, r + band))[(-r) % step :: step, ::step] for r in range(0, h, band)]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
@@ -50,6 +47,15 @@ class SlideReader(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def thumbnail_step(h: int, w: int, max_pixels: int = 4096 * 4096) -> int:
+    """The smallest k for which every k-th row and column of an (h, w) slide is at most max_pixels:
+    the subsample the normalisation ranges of a slide come from (the whole slide up to 4096^2)."""
+    step = 1
+    while (h // step) * (w // step) > max_pixels:
+        step += 1
+    return step
 
 
 @dataclass

@@ -1,0 +1,131 @@
+"""Segmentation of a dask array on a ``dask.distributed`` cluster (or any dask scheduler).
+
+The network, the expensive part, runs on the workers: chunk by chunk with an overlap of the
+network's halo (``dask.array.map_overlap``, no padding at the array's edges, so every chunk sees
+exactly what the whole image would give it). Chunks are first aligned to the network's pooling
+grid. The probability map is then labelled on the client, one row of chunks at a time, by the
+same :class:`unetseg.slide.StreamLabeller` that ``segment_slide`` uses: chunk seams across a row of
+chunks disappear because the row is labelled whole, and seams between rows of chunks are merged by
+the labeller's carry of open components. So the result is identical to the single-process one,
+for plain and for seeded labelling.
+
+Why not dask-image's ``ndmeasure.label`` (per-chunk labels + a graph of equivalences across
+faces)? It fits plain connected components, but seeded labelling is not decided chunk by chunk
+(a seed grows across a seam), raster-order numbering and min_area need a global pass anyway, and
+labelling costs under 5% of the network's time, so the client keeps up with the workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .segment import ObjectTable, Runner, Segmentation, default_model_path
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_runner(path: str, device: str) -> Runner:
+    """One Runner per worker process (the C++ runner is thread-safe), loaded on first use."""
+    return Runner(path, device=device, batch_size=4)
+
+
+def _predict_block(block, *, model, device, tile_size, ranges, halo, core_rows, core_cols, block_info=None):
+    """The network on one chunk with its overlap; returns the chunk's core, (h, w, out_channels)."""
+    i, j = block_info[None]["chunk-location"][:2]
+    top = halo if i > 0 and len(core_rows) > 1 else 0
+    left = halo if j > 0 and len(core_cols) > 1 else 0
+    probs = _worker_runner(model, device).predict([np.asarray(block)], tile_size=tile_size, normalisation=ranges)[0]
+    core = probs[:, top : top + core_rows[i], left : left + core_cols[j]]
+    return np.ascontiguousarray(np.moveaxis(core, 0, -1))
+
+
+def _grid_chunks(chunks: tuple[int, ...], multiple: int, halo: int) -> tuple[int, ...]:
+    """Chunks near the given size that start on the network's pooling grid (multiples of `multiple`)
+    and are at least `halo` long (a shorter last chunk joins the one before)."""
+    total = sum(chunks)
+    size = max(halo, multiple, -(-max(chunks) // multiple) * multiple)
+    out = [size] * (total // size)
+    rest = total - sum(out)
+    if rest and (rest >= halo or not out):
+        out.append(rest)
+    elif rest:
+        out[-1] += rest
+    return tuple(out)
+
+
+def probabilities(array, model: str | os.PathLike | None = None, *, device: str = "cpu", tile_size: int = 1024,
+                  normalisation=None):
+    """The network's probabilities of a dask array (H, W) or (H, W, C), lazily: a dask array
+    (H, W, out_channels) float32 computed chunk by chunk with overlap on the workers.
+    normalisation: (low, high) ranges; default: from a subsample of the array (as segment_slide)."""
+    import dask.array as da
+
+    from .slide.readers import thumbnail_step
+
+    path = str(Path(model).resolve()) if model is not None else str(default_model_path())
+    runner = Runner(path, device="cpu")
+    array = da.asarray(array)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or not 1 <= array.shape[2] <= 4:
+        raise ValueError(f"expected a dask array (H, W) or (H, W, C) with C in 1..4, got shape {array.shape}")
+    h, w = array.shape[:2]
+    if normalisation is None:
+        step = thumbnail_step(h, w)
+        normalisation = runner.normalisation(np.asarray(array[::step, ::step].compute()).squeeze(2))
+    multiple, halo = int(runner.metadata["size_multiple"]), runner.halo
+    array = array.rechunk({0: _grid_chunks(array.chunks[0], multiple, halo),
+                           1: _grid_chunks(array.chunks[1], multiple, halo), 2: -1})
+    out_channels = int(runner.metadata["out_channels"])
+    depth = {0: halo if len(array.chunks[0]) > 1 else 0, 1: halo if len(array.chunks[1]) > 1 else 0, 2: 0}
+    return da.map_overlap(
+        _predict_block, array, depth=depth, boundary="none", trim=False, dtype=np.float32,
+        chunks=(array.chunks[0], array.chunks[1], (out_channels,)), model=path, device=device, tile_size=tile_size,
+        ranges=(list(normalisation[0]), list(normalisation[1])), halo=halo, core_rows=array.chunks[0],
+        core_cols=array.chunks[1], meta=np.empty((0, 0, 0), np.float32),
+    )
+
+
+def segment(array, model: str | os.PathLike | None = None, *, device: str = "cpu", tile_size: int = 1024,
+            labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
+            min_area: int | None = None, connectivity: int = 8, normalisation=None,
+            progress: bool = False) -> Segmentation:
+    """Segments nuclei in a dask array (H, W) or (H, W, C) with the network on the dask workers (use
+    it inside a ``dask.distributed.Client``); returns one :class:`unetseg.Segmentation` equal to
+    segmenting the whole image in one process with the same normalisation. Options as
+    :func:`unetseg.segment_slide`; ``device`` is the workers' device."""
+    import dask
+
+    from .slide.pipeline import _resolve
+    from .slide.stream import StreamLabeller, raster_numbering
+
+    path = str(Path(model).resolve()) if model is not None else str(default_model_path())
+    options = _resolve(Runner(path, device="cpu"), labelling, threshold, boundary_threshold, min_area, connectivity)
+    probs = probabilities(array, path, device=device, tile_size=tile_size, normalisation=normalisation)
+    h, w = probs.shape[:2]
+    labeller = StreamLabeller(w, **options)
+    labels = np.zeros((h, w), np.int32)
+    ids, first, stats = [], [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(probs.chunks[0]), unit="row of chunks", desc="segment (dask)")
+    for k in range(len(probs.chunks[0])):
+        # One row of chunks, in parallel on the workers. Unoptimised: graph optimisation fuses tasks
+        # differently per row, and distributed then warns that a shared key changed its task.
+        (band,) = dask.compute(probs.blocks[k], optimize_graph=False)
+        done = labeller.feed(np.moveaxis(band, -1, 0), last=k == len(probs.chunks[0]) - 1)
+        labels[done.row : done.row + done.labels.shape[0]] = done.labels
+        ids.append(done.ids), first.append(done.first_pixel), stats.append(done.stats)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    ids, first, stats = np.concatenate(ids), np.concatenate(first), np.concatenate(stats)
+    lut = raster_numbering(ids, first)
+    table = stats[np.argsort(lut[ids], kind="stable")]
+    return Segmentation(lut[labels], len(ids), ObjectTable(table))
