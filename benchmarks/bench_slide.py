@@ -1,0 +1,165 @@
+"""Large slide tiles and streamed slides: throughput, peak memory and where the time goes.
+
+    python benchmarks/bench_slide.py [--tiles 2048 4096 8192] [--slides 8192 16384 32768] [--workdir DIR]
+
+Tiles (in memory, the bundled default model, seeded labelling): unetseg tiled (tiles of 1024 plus
+the model's halo, stitched, labelled whole) against unetseg untiled on the same pixels and against
+the starter-project pipeline (the whole tile through the eager PyTorch model, sigmoid, numpy
+threshold, cv2.connectedComponentsWithStats), where those fit in memory. "labelling + stitching" is
+the share of the tiled run outside the network (segment time minus predict time, which already
+includes writing tile centres into the map).
+
+Slides (streamed from a tiled OME-TIFF on disk by `segment_slide`, default band 2048 rows, tiles
+1024; written once into --workdir from a synthetic 2048^2 fluorescence field): Mpx/s, peak RSS of a
+fresh process, and the shares of reading, network, labelling + stitching and writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import cpu_name
+
+
+def field(size: int) -> np.ndarray:
+    """A synthetic fluorescence field of side `size`: a 2048^2 synthetic image, tiled."""
+    from unetseg.data import synthetic_nuclei
+
+    base = synthetic_nuclei((2048, 2048), seed=7).image
+    reps = -(-size // 2048)
+    return np.tile(base, (reps, reps))[:size, :size]
+
+
+def starter(model, image: np.ndarray) -> int:
+    import cv2
+    import torch
+
+    from bench_segment import normalised_batch
+
+    x = torch.from_numpy(normalised_batch([image], 3))
+    with torch.no_grad():
+        prob = torch.sigmoid(model(x))[0, 0].numpy()
+    return cv2.connectedComponentsWithStats((prob > 0.5).astype(np.uint8), connectivity=8)[0] - 1
+
+
+def bench_tiles(sizes: list[int], untiled_limit: int) -> None:
+    import unetseg
+    from bench_segment import checkpoint_like_default
+
+    runner = unetseg.Runner(device="cpu")
+    _, eager = checkpoint_like_default()
+    runner.segment([field(512)], tile_size=256)  # warm-up
+    print(f"\n## Large tiles (default model, seeded labelling; {cpu_name()}, {torch_threads()} threads)\n")
+    print("| tile | tiled s | tiled Mpx/s | untiled s | tiled / untiled throughput | starter s (ratio) | "
+          "labelling + stitching |")
+    print("|---|---|---|---|---|---|---|")
+    for size in sizes:
+        image = field(size)
+        mpx = size * size / 1e6
+        t0 = time.perf_counter()
+        seg = runner.segment([image], tile_size=1024)[0]
+        tiled = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        runner.predict([image], tile_size=1024)
+        network = time.perf_counter() - t0
+        untiled = starter_s = None
+        if size <= untiled_limit:
+            t0 = time.perf_counter()
+            whole = runner.segment([image], tile_size=0)[0]
+            untiled = time.perf_counter() - t0
+            assert whole.count == seg.count, (whole.count, seg.count)
+            t0 = time.perf_counter()
+            starter(eager, image)
+            starter_s = time.perf_counter() - t0
+        share = max(tiled - network, 0.0) / tiled
+        fmt = lambda v: f"{v:.1f}" if v is not None else "does not fit"  # noqa: E731
+        ratio = f"{untiled / tiled:.2f}x" if untiled else "-"
+        st = f"{starter_s:.1f} ({starter_s / tiled:.2f}x)" if starter_s else "does not fit"
+        print(f"| {size}² | {tiled:.1f} | {mpx / tiled:.2f} | {fmt(untiled)} | {ratio} | {st} | {share:.1%} |",
+              flush=True)
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def write_slide(path: Path, size: int) -> None:
+    import tifffile
+
+    base = field(2048)
+
+    def tiles():
+        for r in range(0, size, 512):
+            for c in range(0, size, 512):
+                yield base[r % 2048 : r % 2048 + 512, c % 2048 : c % 2048 + 512]
+
+    tifffile.imwrite(path, tiles(), shape=(size, size), dtype=np.uint8, tile=(512, 512), bigtiff=True, ome=True,
+                     compression="zlib", metadata={"axes": "YX"})
+
+
+def child(slide: str, output: str) -> None:
+    """Runs in a fresh process: segment_slide, then its peak RSS."""
+    import resource
+
+    import unetseg
+
+    t0 = time.perf_counter()
+    result = unetseg.segment_slide(slide, output, progress=False)
+    wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"wall": wall, "seconds": result.seconds, "count": result.count, "rss": rss}))
+
+
+def bench_slides(sizes: list[int], workdir: Path) -> None:
+    print(f"\n## Streamed slides (segment_slide, band 2048, tiles 1024; {cpu_name()})\n")
+    print("| slide | wall s | Mpx/s | nuclei | peak RSS | read | network | labelling + stitching | writing |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in sizes:
+        slide = workdir / f"slide_{size}.ome.tif"
+        if not slide.exists():
+            write_slide(slide, size)
+        out = subprocess.run([sys.executable, __file__, "--child", str(slide), str(workdir / f"out_{size}")],
+                             check=True, capture_output=True, text=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        s = r["seconds"]
+        total = sum(s.values())
+        share = lambda k: f"{s[k] / total:.1%}"  # noqa: E731
+        print(f"| {size}² | {r['wall']:.0f} | {size * size / 1e6 / r['wall']:.2f} | {r['count']} | "
+              f"{r['rss'] / 2**30:.2f} GiB | {share('read')} | {share('network')} | {share('labelling')} | "
+              f"{(s['write'] + s['normalisation']) / total:.1%} |", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiles", type=int, nargs="*", default=[2048, 4096, 8192])
+    p.add_argument("--untiled-limit", type=int, default=4096, help="largest tile run untiled / by the starter")
+    p.add_argument("--slides", type=int, nargs="*", default=[8192, 16384, 32768])
+    p.add_argument("--workdir", type=Path, help="where slides and outputs go (default: a temporary folder)")
+    p.add_argument("--child", nargs=2, metavar=("SLIDE", "OUTPUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    if args.tiles:
+        bench_tiles(args.tiles, args.untiled_limit)
+    if args.slides:
+        if args.workdir:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            bench_slides(args.slides, args.workdir)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                bench_slides(args.slides, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
