@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_checkpoint
 
 import unetseg
 from unetseg.cli import main
