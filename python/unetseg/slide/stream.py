@@ -111,10 +111,11 @@ class StreamLabeller:
             next_start = e
         finish_component = is_new & ~is_open
         if self.labelling == "seeded" and len(stats):
-            # Each object lies in one component: the mean of the component ids over its pixels.
-            sums = np.bincount(labels.ravel(), weights=component_ids.ravel(), minlength=len(stats) + 1)[1:]
-            component_of = np.rint(sums / stats[:, 0]).astype(np.int64)
-            finish = finish_component[component_of - 1]
+            # Each object lies in one component: read it at the object's pixels (all agree).
+            on = np.flatnonzero(labels)
+            component_of = np.zeros(len(stats) + 1, np.int64)
+            component_of[labels.ravel()[on]] = component_ids.ravel()[on]
+            finish = finish_component[component_of[1:] - 1]
         else:
             finish = finish_component
         keep = finish & (stats[:, 0] >= self.min_area)
