@@ -201,3 +201,14 @@ def test_cli_segment_slide(model_file, slide, tmp_path, capsys):
         fluo = np.zeros((4, 40, 40), np.uint16)
         tifffile.imwrite(tmp_path / "fluo.ome.tif", fluo, ome=True, metadata={"axes": "CYX"})
         main(["segment-slide", str(tmp_path / "fluo.ome.tif"), "-o", str(tmp_path / "x")])
+
+
+def test_slide_options_are_the_runners(model_file, slide, tmp_path):
+    runner = unetseg.Runner(model_file[0])
+    assert runner.resolve() == {"labelling": "plain", "threshold": 0.5, "boundary_threshold": 0.5, "min_area": 0}
+    with pytest.raises(ValueError, match=r"seeded labelling needs a model with a boundary output; .* \[nucleus\]"):
+        segment_slide(slide[0], tmp_path, runner, labelling="seeded", progress=False)
+    with pytest.raises(ValueError, match="threshold 1.5 is not a probability"):
+        segment_slide(slide[0], tmp_path, runner, threshold=1.5, progress=False)
+    with pytest.raises(ValueError, match="connectivity must be 4 or 8, got 6"):
+        segment_slide(slide[0], tmp_path, runner, connectivity=6, progress=False)

@@ -51,6 +51,20 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("precision", [](const unetseg::Runner& r) { return r.options().precision; })
       .def_property_readonly("halo", [](const unetseg::Runner& r) { return r.info().halo; })
       .def(
+          "resolve",
+          [](const unetseg::Runner& r, std::optional<double> threshold, std::optional<int64_t> min_area,
+             const std::string& labelling, std::optional<double> boundary_threshold) {
+            const auto o = r.resolve({threshold, min_area, 8, labelling, boundary_threshold});
+            py::dict d;
+            d["labelling"] = o.labelling;
+            d["threshold"] = o.threshold;
+            d["boundary_threshold"] = o.boundary_threshold;
+            d["min_area"] = o.min_area;
+            return d;
+          },
+          py::arg("threshold") = py::none(), py::arg("min_area") = py::none(), py::arg("labelling") = "auto",
+          py::arg("boundary_threshold") = py::none())
+      .def(
           "normalisation",
           [](const unetseg::Runner& r, const at::Tensor& image) {
             unetseg::Normalisation n;

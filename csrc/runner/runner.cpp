@@ -149,6 +149,16 @@ std::vector<Tile> plan_tiles(int64_t h, int64_t w, int64_t tile, int64_t halo) {
   return tiles;
 }
 
+// `items` cut into consecutive batches of at most `size`.
+template <class T>
+std::vector<std::vector<T>> in_batches(const std::vector<T>& items, int64_t size) {
+  std::vector<std::vector<T>> out;
+  for (size_t s = 0; s < items.size(); s += size_t(size)) {
+    out.emplace_back(items.begin() + s, items.begin() + std::min(items.size(), s + size_t(size)));
+  }
+  return out;
+}
+
 } // namespace
 
 struct Runner::Impl {
@@ -225,9 +235,7 @@ struct Runner::Impl {
         by_shape[{t.y1 - t.y0, t.x1 - t.x0}].push_back(&t);
       }
       for (const auto& [shape, group] : by_shape) {
-        for (size_t s = 0; s < group.size(); s += size_t(options.batch_size)) {
-          const std::vector<const Tile*> part(group.begin() + s,
-                                              group.begin() + std::min(group.size(), s + size_t(options.batch_size)));
+        for (const auto& part : in_batches(group, options.batch_size)) {
           const at::Tensor out = forward(int64_t(part.size()), shape.first, shape.second, [&](int64_t k, const at::Tensor& view) {
             const Tile& t = *part[size_t(k)];
             view.copy_(normalised.narrow(0, t.y0, t.y1 - t.y0).narrow(1, t.x0, t.x1 - t.x0));
@@ -291,8 +299,8 @@ struct Runner::Impl {
     }
     std::vector<std::vector<size_t>> out;
     for (const auto& g : groups) {
-      for (size_t s = 0; s < g.size(); s += size_t(options.batch_size)) {
-        out.emplace_back(g.begin() + s, g.begin() + std::min(g.size(), s + size_t(options.batch_size)));
+      for (auto& batch : in_batches(g, options.batch_size)) {
+        out.push_back(std::move(batch));
       }
     }
     return out;
@@ -357,33 +365,39 @@ Normalisation Runner::normalisation(const at::Tensor& image) const {
   return runner::image_ranges(runner::check_image(image, 0), impl_->info);
 }
 
-std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
-                                          const SegmentOptions& options) const {
+ResolvedOptions Runner::resolve(const SegmentOptions& options) const {
   const ModelInfo& info = impl_->info;
-  const double threshold = options.threshold.value_or(info.threshold);
-  const double boundary_threshold = options.boundary_threshold.value_or(info.boundary_threshold);
-  TORCH_CHECK_VALUE(threshold >= 0.0 && threshold <= 1.0, "unetseg.Runner: threshold ", threshold,
+  ResolvedOptions r;
+  r.threshold = options.threshold.value_or(info.threshold);
+  r.boundary_threshold = options.boundary_threshold.value_or(info.boundary_threshold);
+  TORCH_CHECK_VALUE(r.threshold >= 0.0 && r.threshold <= 1.0, "unetseg.Runner: threshold ", r.threshold,
                     " is not a probability; expected a value in [0, 1]");
-  TORCH_CHECK_VALUE(boundary_threshold >= 0.0 && boundary_threshold <= 1.0,
-                    "unetseg.Runner: boundary_threshold ", boundary_threshold,
+  TORCH_CHECK_VALUE(r.boundary_threshold >= 0.0 && r.boundary_threshold <= 1.0,
+                    "unetseg.Runner: boundary_threshold ", r.boundary_threshold,
                     " is not a probability; expected a value in [0, 1]");
-  const int64_t min_area = options.min_area.value_or(info.min_area);
-  TORCH_CHECK_VALUE(min_area >= 0, "unetseg.Runner: min_area must be >= 0 pixels, got ", min_area);
-  const std::string& labelling = options.labelling == "auto" ? info.labelling : options.labelling;
-  TORCH_CHECK_VALUE(labelling == "plain" || labelling == "seeded", "unetseg.Runner: labelling '",
+  r.min_area = options.min_area.value_or(info.min_area);
+  TORCH_CHECK_VALUE(r.min_area >= 0, "unetseg.Runner: min_area must be >= 0 pixels, got ", r.min_area);
+  r.labelling = options.labelling == "auto" ? info.labelling : options.labelling;
+  TORCH_CHECK_VALUE(r.labelling == "plain" || r.labelling == "seeded", "unetseg.Runner: labelling '",
                     options.labelling, "' is not one of 'auto', 'plain', 'seeded'");
-  TORCH_CHECK_VALUE(labelling == "plain" || info.out_channels >= 2,
+  TORCH_CHECK_VALUE(r.labelling == "plain" || info.out_channels >= 2,
                     "unetseg.Runner: seeded labelling needs a model with a boundary output; this one "
                     "has outputs [", c10::Join(", ", info.outputs), "]. Use labelling 'plain'.");
+  return r;
+}
+
+std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
+                                          const SegmentOptions& options) const {
+  const ResolvedOptions r = resolve(options);
   c10::InferenceMode guard;
   const auto hwc = impl_->checked(images);
   std::vector<Segmentation> out(images.size());
   impl_->probabilities(hwc, options, [&](const std::vector<size_t>& which, const at::Tensor& probs) {
     auto [labels, counts, stats] =
-        labelling == "seeded"
-            ? seeded_label_stats(probs.narrow(1, 0, 2), threshold, boundary_threshold,
-                                 options.connectivity, min_area)
-            : label_stats(probs.select(1, 0), threshold, options.connectivity, min_area);
+        r.labelling == "seeded"
+            ? seeded_label_stats(probs.narrow(1, 0, 2), r.threshold, r.boundary_threshold,
+                                 options.connectivity, r.min_area)
+            : label_stats(probs.select(1, 0), r.threshold, options.connectivity, r.min_area);
     labels = labels.cpu();
     counts = counts.cpu();
     stats = stats.cpu();

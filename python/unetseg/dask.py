@@ -56,8 +56,15 @@ def _grid_chunks(chunks: tuple[int, ...], multiple: int, halo: int) -> tuple[int
     return tuple(out)
 
 
-def probabilities(array, model: str | os.PathLike | None = None, *, device: str = "cpu", tile_size: int = 1024,
-                  normalisation=None):
+def _client_runner(model) -> Runner:
+    """The model on the client (metadata, halo, normalisation); workers load their own from its path."""
+    if isinstance(model, Runner):
+        return model
+    return Runner(Path(model).resolve() if model is not None else default_model_path(), device="cpu")
+
+
+def probabilities(array, model: str | os.PathLike | Runner | None = None, *, device: str = "cpu",
+                  tile_size: int = 1024, normalisation=None):
     """The network's probabilities of a dask array (H, W) or (H, W, C), lazily: a dask array
     (H, W, out_channels) float32 computed chunk by chunk with overlap on the workers.
     normalisation: (low, high) ranges; default: from a subsample of the array (as segment_slide)."""
@@ -65,8 +72,8 @@ def probabilities(array, model: str | os.PathLike | None = None, *, device: str 
 
     from .slide.readers import thumbnail_step
 
-    path = str(Path(model).resolve()) if model is not None else str(default_model_path())
-    runner = Runner(path, device="cpu")
+    runner = _client_runner(model)
+    path = str(runner.path.resolve())
     array = da.asarray(array)
     if array.ndim == 2:
         array = array[:, :, None]
@@ -89,7 +96,7 @@ def probabilities(array, model: str | os.PathLike | None = None, *, device: str 
     )
 
 
-def segment(array, model: str | os.PathLike | None = None, *, device: str = "cpu", tile_size: int = 1024,
+def segment(array, model: str | os.PathLike | Runner | None = None, *, device: str = "cpu", tile_size: int = 1024,
             labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
             min_area: int | None = None, connectivity: int = 8, normalisation=None,
             progress: bool = False) -> Segmentation:
@@ -102,9 +109,9 @@ def segment(array, model: str | os.PathLike | None = None, *, device: str = "cpu
     from .slide.pipeline import _resolve
     from .slide.stream import StreamLabeller, raster_numbering
 
-    path = str(Path(model).resolve()) if model is not None else str(default_model_path())
-    options = _resolve(Runner(path, device="cpu"), labelling, threshold, boundary_threshold, min_area, connectivity)
-    probs = probabilities(array, path, device=device, tile_size=tile_size, normalisation=normalisation)
+    runner = _client_runner(model)
+    options = _resolve(runner, labelling, threshold, boundary_threshold, min_area, connectivity)
+    probs = probabilities(array, runner, device=device, tile_size=tile_size, normalisation=normalisation)
     h, w = probs.shape[:2]
     labeller = StreamLabeller(w, **options)
     labels = np.zeros((h, w), np.int32)

@@ -163,6 +163,12 @@ class Runner:
         same way (:mod:`unetseg.slide` does, from a subsample of the slide)."""
         return self._runner.normalisation(_as_tensor(image, 0))
 
+    def resolve(self, *, threshold: float | None = None, min_area: int | None = None, labelling: str = "auto",
+                boundary_threshold: float | None = None) -> dict:
+        """The post-processing :meth:`segment` applies for these options, the model's defaults filled
+        in and checked: {"labelling", "threshold", "boundary_threshold", "min_area"}."""
+        return self._runner.resolve(threshold, min_area, labelling, boundary_threshold)
+
     @property
     def labelling(self) -> str:
         """The model's default labelling: "plain", or "seeded" for nucleus + boundary models."""

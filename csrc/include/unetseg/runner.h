@@ -81,6 +81,14 @@ struct SegmentOptions {
   std::optional<Normalisation> normalisation;  // fixed ranges for every image; default: per image
 };
 
+// SegmentOptions with the model's defaults filled in and checked: what segment() labels with.
+struct ResolvedOptions {
+  double threshold = 0.5;
+  double boundary_threshold = 0.5;
+  int64_t min_area = 0;
+  std::string labelling;  // "plain" or "seeded"
+};
+
 struct Segmentation {
   at::Tensor labels;   // int32 (H, W) on the CPU: 0 background, objects 1..count in raster order
   int64_t count = 0;
@@ -102,6 +110,10 @@ class Runner {
   std::vector<Segmentation> segment(const std::vector<at::Tensor>& images,
                                     const SegmentOptions& options = {}) const;
   Segmentation segment(const at::Tensor& image, const SegmentOptions& options = {}) const;
+
+  // The post-processing segment() applies for `options`. Throws for a probability outside [0, 1], a
+  // negative min_area, an unknown labelling, or seeded labelling on a model without a boundary output.
+  ResolvedOptions resolve(const SegmentOptions& options = {}) const;
 
   // The network's probabilities: float32 (out_channels, H, W) per image, on the CPU. Uses the
   // tiling and normalisation fields of `options` (the labelling fields do not apply).

@@ -54,29 +54,12 @@ class SlideResult:
 
 
 def _resolve(runner, labelling, threshold, boundary_threshold, min_area, connectivity) -> dict:
-    """The post-processing options with the model's defaults filled in, checked as the runner does."""
-    m = runner.metadata
-    labelling = runner.labelling if labelling == "auto" else labelling
-    if labelling not in ("plain", "seeded"):
-        raise ValueError(f"labelling {labelling!r} is not one of 'auto', 'plain', 'seeded'")
-    if labelling == "seeded" and m["out_channels"] < 2:
-        raise ValueError(f"seeded labelling needs a model with a boundary output; this one has outputs {m['outputs']}. "
-                         "Use labelling 'plain'.")
-    options = {  # the keyword arguments of StreamLabeller
-        "labelling": labelling,
-        "threshold": float(m["threshold"] if threshold is None else threshold),
-        "boundary_threshold": float(m.get("boundary_threshold", 0.5) if boundary_threshold is None else boundary_threshold),
-        "min_area": int(m.get("min_area", 0) if min_area is None else min_area),
-        "connectivity": int(connectivity),
-    }
-    for key in ("threshold", "boundary_threshold"):
-        if not 0 <= options[key] <= 1:
-            raise ValueError(f"{key} {options[key]} is not a probability; expected a value in [0, 1]")
-    if options["min_area"] < 0:
-        raise ValueError(f"min_area must be >= 0 pixels, got {options['min_area']}")
-    if options["connectivity"] not in (4, 8):
+    """The keyword arguments of StreamLabeller: the runner's post-processing for these options."""
+    if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    return options
+    options = runner.resolve(threshold=threshold, min_area=min_area, labelling=labelling,
+                             boundary_threshold=boundary_threshold)
+    return {**options, "connectivity": int(connectivity)}
 
 
 class _Work:
