@@ -3,7 +3,8 @@
 The network, the expensive part, runs on the workers: chunk by chunk with an overlap of the
 network's halo (``dask.array.map_overlap``, no padding at the array's edges, so every chunk sees
 exactly what the whole image would give it). Chunks are first aligned to the network's pooling
-grid. The probability map is then labelled on the client, one row of chunks at a time, by the
+grid. The probability map, persisted on the workers, is then labelled on the client, one row of
+chunks at a time, by the
 same :class:`unetseg.slide.StreamLabeller` that ``segment_slide`` uses: chunk seams across a row of
 chunks disappear because the row is labelled whole, and seams between rows of chunks are merged by
 the labeller's carry of open components. So the result is identical to the single-process one,
@@ -121,10 +122,12 @@ def segment(array, model: str | os.PathLike | Runner | None = None, *, device: s
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(probs.chunks[0]), unit="row of chunks", desc="segment (dask)")
+    # Computed once on the workers (in parallel, while the client labels): computing it row by row
+    # recomputes the chunks shared by neighbouring rows' overlaps under the same keys, which
+    # distributed can race on (a key released by one compute while the next resubmits it).
+    probs = probs.persist()
     for k in range(len(probs.chunks[0])):
-        # One row of chunks, in parallel on the workers. Unoptimised: graph optimisation fuses tasks
-        # differently per row, and distributed then warns that a shared key changed its task.
-        (band,) = dask.compute(probs.blocks[k], optimize_graph=False)
+        (band,) = dask.compute(probs.blocks[k])
         done = labeller.feed(np.moveaxis(band, -1, 0), last=k == len(probs.chunks[0]) - 1)
         labels[done.row : done.row + done.labels.shape[0]] = done.labels
         ids.append(done.ids), first.append(done.first_pixel), stats.append(done.stats)
