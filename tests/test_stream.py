@@ -23,7 +23,7 @@ def stream(scores, cuts, **options):
         rows.append(done.labels)
         ids.append(done.ids), first.append(done.first_pixel), stats.append(done.stats)
     ids, first, stats = np.concatenate(ids), np.concatenate(first), np.concatenate(stats)
-    lut = raster_numbering(ids, first)
+    lut = raster_numbering(ids, first, labeller.id_bound)
     order = np.argsort(lut[ids])
     return lut[np.concatenate(rows)], stats[order]
 

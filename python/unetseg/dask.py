@@ -136,6 +136,6 @@ def segment(array, model: str | os.PathLike | Runner | None = None, *, device: s
     if bar is not None:
         bar.close()
     ids, first, stats = np.concatenate(ids), np.concatenate(first), np.concatenate(stats)
-    lut = raster_numbering(ids, first)
+    lut = raster_numbering(ids, first, labeller.id_bound)
     table = stats[np.argsort(lut[ids], kind="stable")]
     return Segmentation(lut[labels], len(ids), ObjectTable(table))

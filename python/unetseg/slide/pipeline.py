@@ -211,7 +211,8 @@ def _run(reader, runner, options, output, band_height, tile_size, labels_format,
         if bar is not None:
             bar.close()
     start = time.perf_counter()
-    result = _write_outputs(work, output, reader, runner, options, ranges, labels_format, table_format, geojson)
+    result = _write_outputs(work, output, reader, runner, options, ranges, labels_format, table_format, geojson,
+                            labeller.id_bound)
     seconds["write"] += time.perf_counter() - start
     result.seconds = seconds
     _write_summary(result, reader, runner, options, ranges, fingerprint)
@@ -219,11 +220,12 @@ def _run(reader, runner, options, output, band_height, tile_size, labels_format,
     return result
 
 
-def _write_outputs(work, output, reader, runner, options, ranges, labels_format, table_format, geojson) -> SlideResult:
+def _write_outputs(work, output, reader, runner, options, ranges, labels_format, table_format, geojson,
+                   id_bound) -> SlideResult:
     h, w = reader.shape
     objects = np.fromfile(work.objects, np.float64).reshape(-1, OBJECT_FIELDS)
     ids = objects[:, 0].astype(np.int64)
-    lut = raster_numbering(ids, objects[:, 1].astype(np.int64))
+    lut = raster_numbering(ids, objects[:, 1].astype(np.int64), id_bound)
     count = len(ids)
     rows_per_block = 512
     labels_path = output / ("labels.ome.tif" if labels_format == "ome-tiff" else "labels.zarr")
