@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
@@ -126,6 +127,15 @@ struct AutocastScope {
   AutocastScope& operator=(const AutocastScope&) = delete;
 };
 
+// Whether `op` has a kernel for `tensor`'s device (CUDA kernels are built only with a CUDA torch).
+bool has_kernel(const char* op, const at::Tensor& tensor) {
+  if (!tensor.is_cuda()) {
+    return true;
+  }
+  const auto handle = c10::Dispatcher::singleton().findSchemaOrThrow(op, "");
+  return handle.hasKernelForDispatchKey(c10::DispatchKey::CUDA);
+}
+
 int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 
 // One tile: the rows/cols [y0, y1) x [x0, x1) fed to the network, and the core [cy0, cy1) x
@@ -176,13 +186,17 @@ struct Runner::Impl {
     // Zero padding right and bottom, as the network itself pads (so results equal the eager
     // model's). Channels-last: the layout images come in, and the faster one for oneDNN's
     // convolutions on the CPU (about 1.6x on this U-Net).
-    at::Tensor batch = at::empty({b, info.in_channels, hp, wp},
-                                 at::TensorOptions(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+    // For a GPU the batch is built in pinned memory and copied asynchronously: the host fills the
+    // next batch while the GPU runs this one (the caching host allocator reuses a pinned block only
+    // after its copy has finished), and nothing waits for the GPU until results are copied back.
+    at::Tensor batch = at::empty({b, info.in_channels, hp, wp}, at::TensorOptions(at::kFloat)
+                                                                   .memory_format(at::MemoryFormat::ChannelsLast)
+                                                                   .pinned_memory(device.is_cuda()));
     batch.zero_();
     for (int64_t i = 0; i < b; ++i) {
       fill(i, batch[i].permute({1, 2, 0}).narrow(0, 0, h).narrow(1, 0, w));
     }
-    batch = batch.to(device, /*non_blocking=*/false);
+    batch = batch.to(device, /*non_blocking=*/device.is_cuda());
     at::Tensor logits;
     {
       AutocastScope autocast(device, precision);
@@ -393,11 +407,13 @@ std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
   const auto hwc = impl_->checked(images);
   std::vector<Segmentation> out(images.size());
   impl_->probabilities(hwc, options, [&](const std::vector<size_t>& which, const at::Tensor& probs) {
+    // Seeded labelling has no CUDA kernel yet: its probabilities are labelled on the CPU.
+    const bool seeded = r.labelling == "seeded";
     auto [labels, counts, stats] =
-        r.labelling == "seeded"
-            ? seeded_label_stats(probs.narrow(1, 0, 2), r.threshold, r.boundary_threshold,
-                                 options.connectivity, r.min_area)
-            : label_stats(probs.select(1, 0), r.threshold, options.connectivity, r.min_area);
+        seeded ? seeded_label_stats(probs.narrow(1, 0, 2).to(has_kernel("unetseg::seeded_label_stats", probs)
+                                                              ? probs.device() : c10::Device(c10::kCPU)),
+                                    r.threshold, r.boundary_threshold, options.connectivity, r.min_area)
+               : label_stats(probs.select(1, 0), r.threshold, options.connectivity, r.min_area);
     labels = labels.cpu();
     counts = counts.cpu();
     stats = stats.cpu();

@@ -1,0 +1,133 @@
+// CUDA kernels of the label ops: ccl_parallel.h's functors launched one thread per pixel (grid.y:
+// the image, so a batch is one launch per step), cub's device scan, raw pointers and one stream.
+#include "label_cuda.h"
+
+#include <cub/device/device_scan.cuh>
+
+#include <algorithm>
+#include <climits>
+
+namespace unetseg::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocksX = int64_t{1} << 20; // grid-stride beyond this
+constexpr int64_t kMaxImagesPerLaunch = 65535;    // grid.y limit
+
+template <class F>
+__global__ void __launch_bounds__(kThreads) for_each_kernel(F f, int64_t image0, int64_t per_image) {
+  const int64_t image = image0 + blockIdx.y;
+  const int64_t step = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t p = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; p < per_image; p += step) {
+    f(image, static_cast<int32_t>(p));
+  }
+}
+
+template <class T>
+__global__ void fill_kernel(T* data, T value, int64_t n) {
+  const int64_t step = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += step) data[i] = value;
+}
+
+// The executor of ccl_parallel's algorithms on one stream; remembers the first error.
+struct CudaExec {
+  cudaStream_t stream;
+  void* scan_scratch = nullptr;
+  size_t scan_bytes = 0;
+  cudaError_t error = cudaSuccess;
+
+  void check(cudaError_t status) {
+    if (error == cudaSuccess) error = status;
+  }
+
+  static unsigned blocks_for(int64_t n) {
+    return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocksX));
+  }
+
+  template <class F>
+  void for_each(int64_t images, int64_t per_image, const F& f) {
+    if (error != cudaSuccess || images == 0 || per_image == 0) return;
+    for (int64_t i0 = 0; i0 < images; i0 += kMaxImagesPerLaunch) {
+      const dim3 grid(blocks_for(per_image), static_cast<unsigned>(std::min(kMaxImagesPerLaunch, images - i0)));
+      for_each_kernel<<<grid, kThreads, 0, stream>>>(f, i0, per_image);
+    }
+    check(cudaGetLastError());
+  }
+
+  template <class T>
+  void fill_values(T* data, T value, int64_t n) {
+    if (error != cudaSuccess || n == 0) return;
+    fill_kernel<<<blocks_for(n), kThreads, 0, stream>>>(data, value, n);
+    check(cudaGetLastError());
+  }
+  void fill(int32_t* data, int32_t value, int64_t n) { fill_values(data, value, n); }
+  void fill_counts(int64_t* data, int64_t value, int64_t n) { fill_values(data, value, n); }
+
+  void exclusive_scan(const int32_t* in, int32_t* out, int64_t n) {
+    if (error != cudaSuccess) return;
+    size_t bytes = scan_bytes;
+    check(cub::DeviceScan::ExclusiveSum(scan_scratch, bytes, in, out, static_cast<int>(n), stream));
+  }
+};
+
+// Images per call of ccl_parallel::label, so that a call's segments fit cub's int item count.
+int64_t images_per_call(const Batch& b) {
+  return std::max<int64_t>(1, INT_MAX / std::max<int64_t>(1, ccl_parallel::segments_per_image(b)));
+}
+
+size_t scan_scratch_bytes(const Batch& b) {
+  const int64_t items = std::min(b.n, images_per_call(b)) * ccl_parallel::segments_per_image(b);
+  size_t bytes = 0;
+  cub::DeviceScan::ExclusiveSum(nullptr, bytes, static_cast<const int32_t*>(nullptr),
+                                static_cast<int32_t*>(nullptr), static_cast<int>(items));
+  return bytes;
+}
+
+size_t element_size(ScoreType type) {
+  return type == ScoreType::kFloat32 ? 4 : (type == ScoreType::kFloat16 || type == ScoreType::kBFloat16) ? 2 : 1;
+}
+
+constexpr size_t kAlign = 256;
+size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+} // namespace
+
+size_t label_workspace_bytes(const Batch& b) {
+  Batch call = b;
+  call.n = std::min(b.n, images_per_call(b));
+  return aligned(static_cast<size_t>(ccl_parallel::workspace_ints(call)) * sizeof(int32_t)) +
+         scan_scratch_bytes(b);
+}
+
+cudaError_t label(const void* scores, ScoreType type, const Batch& b, float threshold, bool eight,
+                  int64_t min_area, int32_t* labels, int64_t* counts, void* workspace,
+                  size_t workspace_bytes, cudaStream_t stream) {
+  if (workspace_bytes < label_workspace_bytes(b)) return cudaErrorInvalidValue;
+  const int64_t per_call = images_per_call(b);
+  Batch call = b;
+  call.n = std::min(b.n, per_call);
+  const size_t ints_bytes = aligned(static_cast<size_t>(ccl_parallel::workspace_ints(call)) * sizeof(int32_t));
+  CudaExec exec{stream, static_cast<char*>(workspace) + ints_bytes, workspace_bytes - ints_bytes};
+  const auto* base = static_cast<const char*>(scores);
+  for (int64_t i0 = 0; i0 < b.n && exec.error == cudaSuccess; i0 += per_call) {
+    call.n = std::min(per_call, b.n - i0);
+    ccl_parallel::label(exec, base + i0 * b.stride_n * element_size(type), type, call, threshold, eight,
+                        min_area, ccl_parallel::carve(static_cast<int32_t*>(workspace), call),
+                        labels + i0 * b.h * b.w, counts + i0);
+  }
+  return exec.error;
+}
+
+size_t stats_workspace_bytes(int64_t objects) {
+  return static_cast<size_t>(ccl_parallel::object_sums_bytes(objects));
+}
+
+cudaError_t object_stats(const void* scores, ScoreType type, const Batch& b, const int32_t* labels,
+                         const int64_t* object_starts, int64_t objects, void* workspace,
+                         double* table, cudaStream_t stream) {
+  CudaExec exec{stream};
+  ccl_parallel::object_stats(exec, scores, type, b, labels, object_starts, objects, workspace, table);
+  return exec.error;
+}
+
+} // namespace unetseg::cuda
