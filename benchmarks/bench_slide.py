@@ -107,16 +107,22 @@ def write_slide(path: Path, size: int) -> None:
                      compression="zlib", metadata={"axes": "YX"})
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM, the high-water mark of its own address
+    space. (getrusage's ru_maxrss survives exec, so a child forked from a parent that held a large
+    tile would report the parent's peak.)"""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def child(slide: str, output: str) -> None:
     """Runs in a fresh process: segment_slide, then its peak RSS."""
-    import resource
-
     import unetseg
 
     t0 = time.perf_counter()
     result = unetseg.segment_slide(slide, output, progress=False)
     wall = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = peak_rss()
     print(json.dumps({"wall": wall, "seconds": result.seconds, "count": result.count, "rss": rss}))
 
 
