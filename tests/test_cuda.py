@@ -22,7 +22,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import label_batch
-from test_label import DTYPES, EDGE_CASES, blobby, cast
+from test_label import DTYPES, EDGE_CASES, blobby, cast, in_layout
 
 import unetseg
 from unetseg.ops import STATS_COLUMNS
@@ -104,17 +104,6 @@ def assert_stats_equal(got: torch.Tensor, want: torch.Tensor):
     np.testing.assert_allclose(got[:, 7].numpy(), want[:, 7].numpy(), rtol=1e-12)
 
 
-def _layout(base: torch.Tensor, layout: str, h: int, w: int) -> torch.Tensor:
-    return {
-        "nhw": base[:, :h, :w].contiguous(),
-        "n1hw": base[:, None, :h, :w].contiguous(),
-        "hw": base[0, :h, :w].contiguous(),
-        "transposed": base[:, :w, :h].transpose(1, 2),
-        "strided": base[:, ::2, ::2][:, :h, :w],
-        "channel_view": torch.stack([base, base.flip(-1)], 1)[:, 1:2, :h, :w],
-    }[layout]
-
-
 @given(
     n=st.integers(1, 4),
     h=st.integers(1, 90),
@@ -130,7 +119,7 @@ def _layout(base: torch.Tensor, layout: str, h: int, w: int) -> torch.Tensor:
 def test_emulated_kernels_match_scipy(emulated, n, h, w, density, smooth, layout, connectivity, min_area,
                                       dtype, seed):
     base = cast(blobby(np.random.default_rng(seed), (n, 2 * h + 1, 2 * w + 1), density, smooth), dtype)
-    scores = _layout(base, layout, h, w)
+    scores = in_layout(base, layout, h, w)
     threshold = 0 if dtype == torch.bool else (127.5 if dtype == torch.uint8 else 0.5)
     labels, counts = emulate(emulated, scores, threshold, connectivity, min_area)
     want_labels, want_counts = label_batch(scores, threshold, connectivity, min_area)
@@ -211,7 +200,7 @@ def assert_cuda_equals_cpu(scores: torch.Tensor, threshold=0.5, connectivity=8, 
 def test_cuda_matches_cpu(n, h, w, density, smooth, layout, connectivity, min_area, dtype, seed):
     base = cast(blobby(np.random.default_rng(seed), (n, 2 * h + 1, 2 * w + 1), density, smooth), dtype)
     threshold = 0 if dtype == torch.bool else (127.5 if dtype == torch.uint8 else 0.5)
-    assert_cuda_equals_cpu(_layout(base, layout, h, w), threshold, connectivity, min_area)
+    assert_cuda_equals_cpu(in_layout(base, layout, h, w), threshold, connectivity, min_area)
 
 
 @gpu

@@ -78,14 +78,20 @@ def test_matches_scipy(threads, h, w, density, smooth, connectivity, dtype, seed
 def test_batches_and_layouts(threads, n, h, w, layout, connectivity, min_area, threshold, dtype, seed):
     rng = np.random.default_rng(seed)
     base = blobby(rng, (n, 2 * h + 1, 2 * w + 1), 0.5, 1.0).to(dtype)
-    scores = {
-        "nhw": base[:, :h, :w].contiguous(),
-        "n1hw": base[:, None, :h, :w].contiguous(),
-        "transposed": base[:, :w, :h].transpose(1, 2),  # column-major images
-        "strided": base[:, ::2, ::2],  # every other row and column
-        "channel_view": torch.stack([base, base.flip(-1)], 1)[:, 1:2, :h, :w],  # (N, 1, H, W) view of channel 1
-    }[layout]
-    assert_same(scores, threshold, connectivity, min_area)
+    assert_same(in_layout(base, layout, h, w), threshold, connectivity, min_area)
+
+
+def in_layout(base: torch.Tensor, layout: str, h: int, w: int) -> torch.Tensor:
+    """An (h, w)-ish view of `base` (N, 2h + 1, 2w + 1) in one of the memory layouts the ops take."""
+    views = {
+        "nhw": lambda: base[:, :h, :w].contiguous(),
+        "n1hw": lambda: base[:, None, :h, :w].contiguous(),
+        "hw": lambda: base[0, :h, :w].contiguous(),
+        "transposed": lambda: base[:, :w, :h].transpose(1, 2),  # column-major images
+        "strided": lambda: base[:, ::2, ::2],  # every other row and column
+        "channel_view": lambda: torch.stack([base, base.flip(-1)], 1)[:, 1:2, :h, :w],  # (N, 1, H, W) of channel 1
+    }
+    return views[layout]()
 
 
 def spiral(size: int) -> np.ndarray:

@@ -32,6 +32,10 @@ struct SeededBatch {
 SeededBatch check_seeded_args(const at::Tensor& scores, double threshold, double boundary_threshold,
                               int64_t connectivity, int64_t min_area);
 
+// The threshold as every backend compares it: rounded to the scores' dtype when that is a floating
+// type (torch compares a tensor with a Python float in the tensor's dtype), as is for masks.
+float rounded_threshold(at::ScalarType dtype, double threshold);
+
 // Checks the caller-supplied outputs of label_out: dtype, device and exact shape.
 void check_label_outputs(const at::Tensor& scores, const ImageBatch& batch,
                          const at::Tensor& labels, const at::Tensor& counts);

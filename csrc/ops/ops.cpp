@@ -79,6 +79,14 @@ SeededBatch check_seeded_args(const at::Tensor& scores, double threshold, double
   return SeededBatch{geometry(op, nucleus), scores.stride(dim - 3), nucleus.sizes().vec()};
 }
 
+float rounded_threshold(at::ScalarType dtype, double threshold) {
+  switch (dtype) {
+    case at::kHalf: return static_cast<float>(static_cast<c10::Half>(threshold));
+    case at::kBFloat16: return static_cast<float>(static_cast<c10::BFloat16>(threshold));
+    default: return static_cast<float>(threshold);
+  }
+}
+
 void check_label_outputs(const at::Tensor& scores, const ImageBatch& batch,
                          const at::Tensor& labels, const at::Tensor& counts) {
   TORCH_CHECK(labels.scalar_type() == at::kInt, "unetseg.label_out: labels must be int32, got ",

@@ -125,16 +125,6 @@ class WorkspacePool {
   std::vector<std::unique_ptr<Workspace>> free_;
 };
 
-template <typename scalar_t>
-float threshold_in_dtype(double threshold) {
-  if constexpr (std::is_floating_point_v<scalar_t> || std::is_same_v<scalar_t, c10::Half> ||
-                std::is_same_v<scalar_t, c10::BFloat16>) {
-    return static_cast<float>(static_cast<scalar_t>(threshold));
-  } else {
-    return static_cast<float>(threshold);
-  }
-}
-
 // Cuts every image of the batch into strips of rows: about two strips per thread over the batch.
 // Returns the number of strips per image.
 int64_t plan_strips(std::vector<ccl::Strip>& strips, const ImageBatch& b) {
@@ -210,7 +200,7 @@ void label_kernel_impl(const at::Tensor& scores, const ImageBatch& b, double thr
   AT_DISPATCH_V2(
       scores.scalar_type(), "unetseg_label_cpu", AT_WRAP([&] {
         const auto* base = scores.const_data_ptr<scalar_t>();
-        const float t = threshold_in_dtype<scalar_t>(threshold);
+        const float t = rounded_threshold(scores.scalar_type(), threshold);
         at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
           std::vector<uint8_t> bytes(static_cast<size_t>(width));
           std::vector<uint64_t> bits;
@@ -265,8 +255,8 @@ void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t c
   AT_DISPATCH_V2(
       scores.scalar_type(), "unetseg_seeded_label_cpu", AT_WRAP([&] {
         const auto* base = scores.const_data_ptr<scalar_t>();
-        const float t = threshold_in_dtype<scalar_t>(threshold);
-        const float tb = threshold_in_dtype<scalar_t>(boundary_threshold);
+        const float t = rounded_threshold(scores.scalar_type(), threshold);
+        const float tb = rounded_threshold(scores.scalar_type(), boundary_threshold);
         auto nucleus = [&](int64_t image, uint8_t* bytes) {
           return RowReader<scalar_t>{base + image * b.stride_n, b.stride_h, b.stride_w, t, width, bytes};
         };

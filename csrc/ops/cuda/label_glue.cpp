@@ -24,15 +24,6 @@ cuda::ScoreType score_type(at::ScalarType dtype) {
   }
 }
 
-// The threshold as the CPU op compares it: rounded to the scores' floating dtype.
-float rounded_threshold(at::ScalarType dtype, double threshold) {
-  switch (dtype) {
-    case at::kHalf: return static_cast<float>(static_cast<c10::Half>(threshold));
-    case at::kBFloat16: return static_cast<float>(static_cast<c10::BFloat16>(threshold));
-    default: return static_cast<float>(threshold);
-  }
-}
-
 void check_cuda(cudaError_t status, const char* op) {
   TORCH_CHECK(status == cudaSuccess, "unetseg.", op, " on CUDA failed: ", cudaGetErrorString(status));
 }
