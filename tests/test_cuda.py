@@ -49,6 +49,21 @@ def test_cuda_sources_compile_for_sm80_and_sm90(source, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+# Batches of blob maps in every layout, dtype, connectivity and min_area the ops take.
+BATCHES = dict(
+    n=st.integers(1, 4),
+    h=st.integers(1, 100),
+    w=st.integers(1, 100),
+    density=st.floats(0.2, 0.8),
+    smooth=st.sampled_from([0.0, 1.0, 3.0]),
+    layout=st.sampled_from(["nhw", "n1hw", "hw", "transposed", "strided", "channel_view"]),
+    connectivity=st.sampled_from([4, 8]),
+    min_area=st.sampled_from([0, 0, 1, 5, 30]),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+
+
 # ---- the kernels' algorithm on the host -----------------------------------------------------------
 
 
@@ -104,18 +119,7 @@ def assert_stats_equal(got: torch.Tensor, want: torch.Tensor):
     np.testing.assert_allclose(got[:, 7].numpy(), want[:, 7].numpy(), rtol=1e-12)
 
 
-@given(
-    n=st.integers(1, 4),
-    h=st.integers(1, 90),
-    w=st.integers(1, 90),
-    density=st.floats(0.2, 0.8),
-    smooth=st.sampled_from([0.0, 1.0, 3.0]),
-    layout=st.sampled_from(["nhw", "n1hw", "hw", "transposed", "strided", "channel_view"]),
-    connectivity=st.sampled_from([4, 8]),
-    min_area=st.sampled_from([0, 0, 1, 5, 30]),
-    dtype=st.sampled_from(DTYPES),
-    seed=st.integers(0, 2**32 - 1),
-)
+@given(**BATCHES)
 def test_emulated_kernels_match_scipy(emulated, n, h, w, density, smooth, layout, connectivity, min_area,
                                       dtype, seed):
     base = cast(blobby(np.random.default_rng(seed), (n, 2 * h + 1, 2 * w + 1), density, smooth), dtype)
@@ -185,18 +189,7 @@ def assert_cuda_equals_cpu(scores: torch.Tensor, threshold=0.5, connectivity=8, 
 
 @gpu
 @settings(max_examples=2000)
-@given(
-    n=st.integers(1, 4),
-    h=st.integers(1, 120),
-    w=st.integers(1, 120),
-    density=st.floats(0.2, 0.8),
-    smooth=st.sampled_from([0.0, 1.0, 3.0]),
-    layout=st.sampled_from(["nhw", "n1hw", "hw", "transposed", "strided", "channel_view"]),
-    connectivity=st.sampled_from([4, 8]),
-    min_area=st.sampled_from([0, 0, 1, 5, 30]),
-    dtype=st.sampled_from(DTYPES),
-    seed=st.integers(0, 2**32 - 1),
-)
+@given(**BATCHES)
 def test_cuda_matches_cpu(n, h, w, density, smooth, layout, connectivity, min_area, dtype, seed):
     base = cast(blobby(np.random.default_rng(seed), (n, 2 * h + 1, 2 * w + 1), density, smooth), dtype)
     threshold = 0 if dtype == torch.bool else (127.5 if dtype == torch.uint8 else 0.5)
