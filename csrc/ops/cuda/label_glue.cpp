@@ -61,14 +61,20 @@ at::Tensor stats_of(const at::Tensor& scores, const ImageBatch& b, const at::Ten
   return table;
 }
 
-std::tuple<at::Tensor, at::Tensor> label_cuda(const at::Tensor& scores, double threshold,
+// New labels and counts of checked scores (the caller holds the device guard).
+std::tuple<at::Tensor, at::Tensor> new_labels(const at::Tensor& scores, const ImageBatch& b, double threshold,
                                               int64_t connectivity, int64_t min_area) {
-  const ImageBatch b = check_label_args(scores, threshold, connectivity, min_area);
-  const c10::cuda::CUDAGuard guard(scores.device());
   at::Tensor labels = at::empty(scores.sizes(), scores.options().dtype(at::kInt));
   at::Tensor counts = at::empty({b.n}, scores.options().dtype(at::kLong));
   label_into(scores, b, threshold, connectivity, min_area, labels, counts);
   return {labels, counts};
+}
+
+std::tuple<at::Tensor, at::Tensor> label_cuda(const at::Tensor& scores, double threshold,
+                                              int64_t connectivity, int64_t min_area) {
+  const ImageBatch b = check_label_args(scores, threshold, connectivity, min_area);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  return new_labels(scores, b, threshold, connectivity, min_area);
 }
 
 void label_out_cuda(const at::Tensor& scores, double threshold, int64_t connectivity, int64_t min_area,
@@ -89,9 +95,9 @@ void label_out_cuda(const at::Tensor& scores, double threshold, int64_t connecti
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats_cuda(const at::Tensor& scores, double threshold,
                                                                 int64_t connectivity, int64_t min_area) {
-  auto [labels, counts] = label_cuda(scores, threshold, connectivity, min_area);
-  const c10::cuda::CUDAGuard guard(scores.device());
   const ImageBatch b = check_label_args(scores, threshold, connectivity, min_area);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  auto [labels, counts] = new_labels(scores, b, threshold, connectivity, min_area);
   return {labels, counts, stats_of(scores, b, labels, counts)};
 }
 
