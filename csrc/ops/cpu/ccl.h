@@ -227,52 +227,96 @@ void threshold_bits(const float* row, int32_t width, float threshold, uint64_t* 
   }
 }
 
-// Step 1. `threshold_row(row, bits)` writes the row's words_per_row(width) words of foreground bits
-// (bits past width 0); `score_sum(row, start, end)` returns the sum of the scores of a run (called
-// only when with_scores).
-template <class ThresholdRow, class ScoreSum>
-void scan_strip(Strip& strip, int32_t width, bool eight_connected, bool with_scores,
-                ThresholdRow&& threshold_row, ScoreSum&& score_sum, std::vector<uint64_t>& bits) {
+// The bit rows of `nucleus > threshold` and `nucleus > threshold && boundary < boundary_threshold`
+// for contiguous float32 rows of a 2-channel map, in one pass over both.
+inline void threshold_seed_bits(const float* nucleus, const float* boundary, int32_t width, float threshold,
+                                float boundary_threshold, uint64_t* foreground, uint64_t* seeds) {
+  int32_t x = 0;
+#if defined(__SSE2__)
+  const __m128 t = _mm_set1_ps(threshold), tb = _mm_set1_ps(boundary_threshold);
+  for (; x + 64 <= width; x += 64) {
+    uint64_t fg = 0, seed = 0;
+    for (int k = 0; k < 16; ++k) {
+      const __m128 hit = _mm_cmpgt_ps(_mm_loadu_ps(nucleus + x + 4 * k), t);
+      const __m128 below = _mm_cmplt_ps(_mm_loadu_ps(boundary + x + 4 * k), tb);
+      fg |= static_cast<uint64_t>(_mm_movemask_ps(hit)) << (4 * k);
+      seed |= static_cast<uint64_t>(_mm_movemask_ps(_mm_and_ps(hit, below))) << (4 * k);
+    }
+    foreground[x / 64] = fg;
+    seeds[x / 64] = seed;
+  }
+#endif
+  for (; x < width; x += 64) {
+    uint64_t fg = 0, seed = 0;
+    for (int k = 0; k < 64 && x + k < width; ++k) {
+      const bool hit = nucleus[x + k] > threshold;
+      fg |= static_cast<uint64_t>(hit) << k;
+      seed |= static_cast<uint64_t>(hit && boundary[x + k] < boundary_threshold) << k;
+    }
+    foreground[x / 64] = fg;
+    seeds[x / 64] = seed;
+  }
+}
+
+// Step 1 for one row: appends the runs of the row's bit row `bits` (words_per_row(width) words,
+// bits past width 0) to `strip` and joins them with the runs of the strip's previous row.
+// `score_sum(row, start, end)` returns the sum of the scores of a run (called only when
+// with_scores).
+template <class ScoreSum>
+void append_row(Strip& strip, int32_t row, const uint64_t* bits, int32_t width, int32_t widen,
+                bool with_scores, ScoreSum&& score_sum) {
   const int64_t words = words_per_row(width);
-  bits.resize(static_cast<size_t>(words));
+  const int32_t prev_end = strip.row_offsets.back();
+  const int32_t prev_begin = strip.row_offsets.size() >= 2 ? strip.row_offsets[strip.row_offsets.size() - 2] : prev_end;
+  const auto cur_begin = static_cast<int32_t>(strip.runs.size());
+  // Every set bit of edges is a run boundary: a start when outside a run, an end when inside.
+  uint64_t carry = 0;
+  int32_t start = 0;
+  bool inside = false;
+  for (int64_t k = 0; k < words; ++k) {
+    const uint64_t word = bits[k];
+    uint64_t edges = word ^ ((word << 1) | carry);
+    carry = word >> 63;
+    while (edges) {
+      const auto x = static_cast<int32_t>(k * 64 + __builtin_ctzll(edges));
+      edges &= edges - 1;
+      if (!inside) {
+        start = x;
+      } else {
+        const auto index = static_cast<int32_t>(strip.runs.size());
+        strip.runs.push_back(Run{row, start, x, index});
+        if (with_scores) strip.score_sums.push_back(score_sum(row, start, x));
+      }
+      inside = !inside;
+    }
+  }
+  if (inside) {
+    const auto index = static_cast<int32_t>(strip.runs.size());
+    strip.runs.push_back(Run{row, start, width, index});
+    if (with_scores) strip.score_sums.push_back(score_sum(row, start, width));
+  }
+  const auto cur_end = static_cast<int32_t>(strip.runs.size());
+  detail::join_rows(strip.runs.data(), prev_begin, prev_end, cur_begin, cur_end, widen);
+  strip.row_offsets.push_back(cur_end);
+}
+
+// Empties a strip's run table before its scan.
+inline void reset(Strip& strip) {
   strip.runs.clear();
   strip.score_sums.clear();
   strip.row_offsets.assign(1, 0);
-  const int32_t widen = eight_connected ? 1 : 0;
-  int32_t prev_begin = 0;
+}
+
+// Step 1. `threshold_row(row, bits)` writes the row's words_per_row(width) words of foreground bits
+// (bits past width 0); `score_sum` as for append_row.
+template <class ThresholdRow, class ScoreSum>
+void scan_strip(Strip& strip, int32_t width, bool eight_connected, bool with_scores,
+                ThresholdRow&& threshold_row, ScoreSum&& score_sum, std::vector<uint64_t>& bits) {
+  bits.resize(static_cast<size_t>(words_per_row(width)));
+  reset(strip);
   for (int32_t row = strip.row_begin; row < strip.row_end; ++row) {
     threshold_row(row, bits.data());
-    const auto cur_begin = static_cast<int32_t>(strip.runs.size());
-    // Every set bit of edges is a run boundary: a start when outside a run, an end when inside.
-    uint64_t carry = 0;
-    int32_t start = 0;
-    bool inside = false;
-    for (int64_t k = 0; k < words; ++k) {
-      const uint64_t word = bits[k];
-      uint64_t edges = word ^ ((word << 1) | carry);
-      carry = word >> 63;
-      while (edges) {
-        const auto x = static_cast<int32_t>(k * 64 + __builtin_ctzll(edges));
-        edges &= edges - 1;
-        if (!inside) {
-          start = x;
-        } else {
-          const auto index = static_cast<int32_t>(strip.runs.size());
-          strip.runs.push_back(Run{row, start, x, index});
-          if (with_scores) strip.score_sums.push_back(score_sum(row, start, x));
-        }
-        inside = !inside;
-      }
-    }
-    if (inside) {
-      const auto index = static_cast<int32_t>(strip.runs.size());
-      strip.runs.push_back(Run{row, start, width, index});
-      if (with_scores) strip.score_sums.push_back(score_sum(row, start, width));
-    }
-    const auto cur_end = static_cast<int32_t>(strip.runs.size());
-    detail::join_rows(strip.runs.data(), prev_begin, cur_begin, cur_begin, cur_end, widen);
-    strip.row_offsets.push_back(cur_end);
-    prev_begin = cur_begin;
+    append_row(strip, row, bits.data(), width, eight_connected ? 1 : 0, with_scores, score_sum);
   }
 }
 
@@ -288,7 +332,7 @@ struct ImageRuns {
 // Steps 2 and 3 for one image, given its strips in top-to-bottom order. When `stats` is non-null
 // it receives count * kNumStatsColumns values (row-major), after min_area. The runs' score sums are
 // kept in `image` when `stats` is non-null or `keep_scores` (the strips must have them).
-inline void merge_and_number(ImageRuns& image, Strip* const* strips, int64_t num_strips,
+inline void merge_and_number(ImageRuns& image, const Strip* const* strips, int64_t num_strips,
                              bool eight_connected, int64_t min_area, std::vector<double>* stats,
                              bool keep_scores = false) {
   size_t total = 0;
@@ -300,7 +344,7 @@ inline void merge_and_number(ImageRuns& image, Strip* const* strips, int64_t num
 
   int32_t offset = 0;
   for (int64_t s = 0; s < num_strips; ++s) {
-    Strip& strip = *strips[s];
+    const Strip& strip = *strips[s];
     Run* dst = image.runs.data() + offset;
     for (size_t i = 0; i < strip.runs.size(); ++i) {
       dst[i] = strip.runs[i];
@@ -348,15 +392,21 @@ inline void merge_and_number(ImageRuns& image, Strip* const* strips, int64_t num
 }
 
 // Step 4: writes rows [row_begin, row_end) of one image's labels; `out` points at row_begin and
-// rows are `row_stride` elements apart.
+// rows are `row_stride` elements apart. A run labelled -1 is left as it is (its pixels were written
+// by someone else): no block store crosses its start.
 inline void write_rows(const ImageRuns& image, int32_t row_begin, int32_t row_end, int32_t width,
                        int32_t* out, int64_t row_stride) {
   for (int32_t row = row_begin; row < row_end; ++row, out += row_stride) {
-    int32_t x = 0;
-    for (int32_t i = image.row_offsets[row]; i < image.row_offsets[row + 1]; ++i) {
+    const int32_t first = image.row_offsets[row], last = image.row_offsets[row + 1];
+    int32_t x = 0, skip = first - 1, bound = width;
+    for (int32_t i = first; i < last; ++i) {
       const Run& r = image.runs[i];
-      detail::fill_segment(out, x, r.start, width, 0);
-      detail::fill_segment(out, r.start, r.end, width, image.run_labels[i]);
+      if (skip < i) { // the next run to leave alone bounds every store before it
+        for (skip = i; skip < last && image.run_labels[skip] >= 0; ++skip) {}
+        bound = skip < last ? image.runs[skip].start : width;
+      }
+      detail::fill_segment(out, x, r.start, bound, 0);
+      if (image.run_labels[i] >= 0) detail::fill_segment(out, r.start, r.end, bound, image.run_labels[i]);
       x = r.end;
     }
     detail::fill_segment(out, x, width, width, 0);

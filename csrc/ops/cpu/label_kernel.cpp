@@ -85,6 +85,8 @@ struct Workspace {
   std::vector<ccl::Strip> strips;
   std::vector<ccl::ImageRuns> images;
   std::vector<std::vector<double>> stats;
+  std::vector<ccl::Strip> seed_strips; // seeded labelling: the seeds' runs, strips as `strips`
+  std::vector<ccl::ImageRuns> seed_images;
   std::vector<ccl::SeededScratch> seeded;
 };
 
@@ -143,26 +145,31 @@ int64_t plan_strips(std::vector<ccl::Strip>& strips, const ImageBatch& b) {
   return per_image;
 }
 
-// Steps 2-4 of ccl.h after the scan: merges and numbers every image's runs (statistics into
-// `image_stats` when non-null) and writes the labels.
-void number_and_write(Workspace& ws, const ImageBatch& b, int64_t strips_per_image, bool eight_connected,
-                      int64_t min_area, std::vector<std::vector<double>>* image_stats, bool keep_scores,
-                      int32_t* out) {
-  ws.images.resize(static_cast<size_t>(b.n));
+// Step 2-3 of ccl.h after the scan: merges and numbers every image's runs (statistics into
+// `image_stats` when non-null; run score sums kept when `keep_scores`).
+void merge_and_number(const std::vector<ccl::Strip>& strips, std::vector<ccl::ImageRuns>& images,
+                      const ImageBatch& b, int64_t strips_per_image, bool eight_connected, int64_t min_area,
+                      std::vector<std::vector<double>>* image_stats, bool keep_scores) {
+  images.resize(static_cast<size_t>(b.n));
   if (image_stats) image_stats->resize(static_cast<size_t>(b.n));
   at::parallel_for(0, b.n, 1, [&](int64_t begin, int64_t end) {
-    std::vector<ccl::Strip*> own(static_cast<size_t>(strips_per_image));
     for (int64_t i = begin; i < end; ++i) {
-      for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &ws.strips[i * strips_per_image + s];
-      ccl::merge_and_number(ws.images[i], own.data(), strips_per_image, eight_connected, min_area,
+      std::vector<const ccl::Strip*> own(static_cast<size_t>(strips_per_image));
+      for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &strips[i * strips_per_image + s];
+      ccl::merge_and_number(images[i], own.data(), strips_per_image, eight_connected, min_area,
                             image_stats ? &(*image_stats)[i] : nullptr, keep_scores);
     }
   });
+}
+
+// Step 4 of ccl.h: writes the labels of every image, strips in parallel.
+void write_labels(const std::vector<ccl::Strip>& strips, const std::vector<ccl::ImageRuns>& images,
+                  const ImageBatch& b, int32_t* out) {
   const auto width = static_cast<int32_t>(b.w);
-  at::parallel_for(0, static_cast<int64_t>(ws.strips.size()), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
-      const ccl::Strip& strip = ws.strips[k];
-      ccl::write_rows(ws.images[strip.image], strip.row_begin, strip.row_end, width,
+      const ccl::Strip& strip = strips[k];
+      ccl::write_rows(images[strip.image], strip.row_begin, strip.row_end, width,
                       out + strip.image * b.h * b.w + int64_t{strip.row_begin} * b.w, b.w);
     }
   });
@@ -218,8 +225,9 @@ void label_kernel_impl(const at::Tensor& scores, const ImageBatch& b, double thr
       at::kFloat, at::kHalf, at::kBFloat16, at::kByte, at::kBool);
 
   std::vector<std::vector<double>>& image_stats = workspace->stats;
-  number_and_write(*workspace, b, strips_per_image, eight_connected, min_area,
-                   with_stats ? &image_stats : nullptr, false, labels.data_ptr<int32_t>());
+  merge_and_number(strips, workspace->images, b, strips_per_image, eight_connected, min_area,
+                   with_stats ? &image_stats : nullptr, false);
+  write_labels(strips, workspace->images, b, labels.data_ptr<int32_t>());
 
   int64_t* count = counts.data_ptr<int64_t>();
   int64_t total = 0;
@@ -236,17 +244,21 @@ void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t c
   if (empty_batch(b, scores, counts, stats)) return;
   const bool with_stats = stats != nullptr;
   const auto width = static_cast<int32_t>(b.w);
-  const auto height = static_cast<int32_t>(b.h);
   const int64_t words = ccl::words_per_row(width);
+  const int32_t widen = eight_connected ? 1 : 0;
   const WorkspacePool::Lease workspace = WorkspacePool::instance().borrow();
   std::vector<ccl::Strip>& strips = workspace->strips;
   const int64_t strips_per_image = plan_strips(strips, b);
+  std::vector<ccl::Strip>& seed_strips = workspace->seed_strips;
+  seed_strips.resize(strips.size()); // the same plan: image and rows of every strip
+  for (size_t k = 0; k < strips.size(); ++k) {
+    seed_strips[k].image = strips[k].image;
+    seed_strips[k].row_begin = strips[k].row_begin;
+    seed_strips[k].row_end = strips[k].row_end;
+  }
   std::vector<ccl::SeededScratch>& scratch = workspace->seeded;
   scratch.resize(static_cast<size_t>(b.n));
-  for (auto& s : scratch) {
-    s.ring.resize(static_cast<size_t>(b.h * words));
-    s.labelled.resize(static_cast<size_t>(b.h * words));
-  }
+  for (auto& s : scratch) s.resize(b.h, words);
   int32_t* out = labels.data_ptr<int32_t>();
   int64_t* count = counts.data_ptr<int64_t>();
   std::vector<std::vector<double>>& image_stats = workspace->stats;
@@ -260,36 +272,50 @@ void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t c
         auto nucleus = [&](int64_t image, uint8_t* bytes) {
           return RowReader<scalar_t>{base + image * b.stride_n, b.stride_h, b.stride_w, t, width, bytes};
         };
+        const bool fused = std::is_same_v<scalar_t, float> && b.stride_w == 1;
+        // One pass over both channels labels the foreground and the seeds.
         at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
           std::vector<uint8_t> bytes(static_cast<size_t>(width));
-          std::vector<uint64_t> bits, below(static_cast<size_t>(words));
+          std::vector<uint64_t> foreground(static_cast<size_t>(words)), below(static_cast<size_t>(words));
           for (int64_t k = begin; k < end; ++k) {
             ccl::Strip& strip = strips[k];
+            ccl::Strip& seed_strip = seed_strips[k];
             const RowReader<scalar_t> reader = nucleus(strip.image, bytes.data());
             const RowReader<scalar_t> boundary{reader.image + channel_stride, b.stride_h, b.stride_w,
                                                tb, width, bytes.data()};
-            ccl::SeededScratch& image = scratch[strip.image];
-            ccl::scan_strip(
-                strip, width, eight_connected, with_stats,
-                [&](int32_t row, uint64_t* seeds) {
-                  reader.threshold_row(row, seeds);
-                  boundary.threshold_row<true>(row, below.data());
-                  ccl::split_seeds(seeds, below.data(), words, image.ring.data() + row * words,
-                                    image.labelled.data() + row * words);
-                },
-                [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); }, bits);
+            uint64_t* seeds = scratch[strip.image].labelled_row(0);
+            auto score_sum = [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); };
+            ccl::reset(strip);
+            ccl::reset(seed_strip);
+            for (int32_t row = strip.row_begin; row < strip.row_end; ++row) {
+              if (fused) {
+                ccl::threshold_seed_bits(reinterpret_cast<const float*>(reader.image + row * b.stride_h),
+                                         reinterpret_cast<const float*>(boundary.image + row * b.stride_h), width,
+                                         t, tb, foreground.data(), seeds + row * words);
+              } else {
+                reader.threshold_row(row, foreground.data());
+                boundary.threshold_row<true>(row, below.data());
+                ccl::seed_bits(foreground.data(), below.data(), words, seeds + row * words);
+              }
+              ccl::append_row(strip, row, foreground.data(), width, widen, with_stats, score_sum);
+              ccl::append_row(seed_strip, row, seeds + row * words, width, widen, false, score_sum);
+            }
           }
         });
-        number_and_write(*workspace, b, strips_per_image, eight_connected, 0, nullptr, with_stats, out);
+        merge_and_number(strips, workspace->images, b, strips_per_image, eight_connected, 0, nullptr, with_stats);
+        merge_and_number(seed_strips, workspace->seed_images, b, strips_per_image, eight_connected, 0, nullptr,
+                         false);
         at::parallel_for(0, b.n, 1, [&](int64_t begin, int64_t end) {
           for (int64_t i = begin; i < end; ++i) {
             const RowReader<scalar_t> reader = nucleus(i, nullptr);
             count[i] = ccl::grow_and_number(
-                workspace->images[i], scratch[i], height, width, eight_connected, min_area,
-                [&](int32_t row, int32_t col) { return reader.score(row, col); }, out + i * b.h * b.w,
+                workspace->images[i], workspace->seed_images[i], scratch[i], width, eight_connected,
+                min_area, [&](int32_t row, int32_t col) { return reader.score(row, col); },
+                [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); }, out + i * b.h * b.w,
                 with_stats ? &image_stats[i] : nullptr);
           }
         });
+        write_labels(strips, workspace->images, b, out);
       }),
       at::kFloat, at::kHalf, at::kBFloat16, at::kByte, at::kBool);
 
