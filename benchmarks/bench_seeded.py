@@ -9,7 +9,8 @@ Maps come from unetseg's synthetic generator (many touching nuclei): channel 0 i
 probability, channel 1 a soft boundary probability (the objects' inner boundaries, blurred), as a
 2-channel model predicts them. "vs plain" is time / the time of unetseg's plain label_stats on the
 nucleus channel (the goal of issue 7: seeded at most 2x plain); "vs seeded" is time / unetseg's
-seeded_label_stats time (above 1: unetseg is faster). With --model and --images, the maps are a
+seeded_label_stats time (above 1: unetseg is faster). The methods are called in turn in every repeat,
+so a shared machine's drift shifts them alike. With --model and --images, the maps are a
 2-channel model's probabilities on those images instead (each image timed on its own, times summed).
 """
 
@@ -23,7 +24,7 @@ import skimage.segmentation
 import torch
 
 import unetseg
-from common import cpu_name, median_seconds
+from common import cpu_name, interleaved_median_seconds
 from unetseg.data import synthetic_nuclei
 
 THRESHOLD = 0.5
@@ -55,8 +56,14 @@ def predicted_maps(model: str, images: list[str]) -> list[np.ndarray]:
 
 def bench_predicted(maps: list[np.ndarray], repeats: int) -> None:
     scores = [torch.from_numpy(np.ascontiguousarray(m)) for m in maps]
-    plain = sum(1e3 * median_seconds(lambda: unetseg.label_stats(s[0], THRESHOLD), repeats) for s in scores)
-    seeded = sum(1e3 * median_seconds(lambda: unetseg.seeded_label_stats(s, THRESHOLD, THRESHOLD), repeats) for s in scores)
+    plain = seeded = 0.0
+    for s in scores:
+        times = interleaved_median_seconds({
+            "plain": lambda: unetseg.label_stats(s[0], THRESHOLD),
+            "seeded": lambda: unetseg.seeded_label_stats(s, THRESHOLD, THRESHOLD),
+        }, repeats)
+        plain += 1e3 * times["plain"]
+        seeded += 1e3 * times["seeded"]
     plain_objects = sum(unetseg.label(s[0], THRESHOLD).counts.item() for s in scores)
     seeded_objects = sum(unetseg.seeded_label(s, THRESHOLD, THRESHOLD).counts.item() for s in scores)
     pixels = sum(s[0].numel() for s in scores)
@@ -102,7 +109,7 @@ def main() -> None:
         ]
         if max(m.shape[-2:]) <= args.skimage_up_to:
             methods.append(("scipy seeds + skimage watershed", lambda: [skimage_watershed(i) for i in scores.numpy()]))
-        times = {method: 1e3 * median_seconds(fn, args.repeats) for method, fn in methods}
+        times = {method: 1e3 * t for method, t in interleaved_median_seconds(dict(methods), args.repeats).items()}
         plain, seeded = times[methods[0][0]], times[methods[1][0]]
         for method, ms in times.items():
             print(f"| {name} | {plain_objects} | {seeded_objects} | {method} | {ms:.2f} | "
