@@ -95,11 +95,10 @@ def label_like_runner(runner, prob):
     """The fused op the runner ends with, on its own probability map, with the model's defaults."""
     import unetseg
 
-    meta = runner.metadata
-    threshold, min_area = meta.get("threshold", 0.5), meta.get("min_area", 0)
-    if meta.get("labelling") == "seeded":
-        return unetseg.seeded_label_stats(prob[:2], threshold, meta.get("boundary_threshold", 0.5), 8, min_area)
-    return unetseg.label_stats(prob[0], threshold, 8, min_area)
+    o = runner.resolve()
+    if o["labelling"] == "seeded":
+        return unetseg.seeded_label_stats(prob[:2], o["threshold"], o["boundary_threshold"], 8, o["min_area"])
+    return unetseg.label_stats(prob[0], o["threshold"], 8, o["min_area"])
 
 
 def torch_threads() -> int:

@@ -62,6 +62,22 @@ struct RowReader {
     ccl::pack_bits(bytes, width, bits);
   }
 
+  // Seeded labelling: the foreground bits of this (nucleus) reader and the seed bits (foreground
+  // where `boundary`, a Below reader of the other channel, is below its threshold); `below` is
+  // scratch. Contiguous float32 rows read both channels in one pass.
+  void threshold_seed_row(const RowReader& boundary, int32_t row, uint64_t* foreground, uint64_t* below,
+                          uint64_t* seeds) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (stride_w == 1) {
+        return ccl::threshold_seed_bits(image + row * stride_h, boundary.image + row * boundary.stride_h, width,
+                                        threshold, boundary.threshold, foreground, seeds);
+      }
+    }
+    threshold_row(row, foreground);
+    boundary.template threshold_row<true>(row, below);
+    ccl::seed_bits(foreground, below, ccl::words_per_row(width), seeds);
+  }
+
   float score(int32_t row, int32_t col) const {
     return static_cast<float>(image[row * stride_h + col * stride_w]);
   }
@@ -272,7 +288,6 @@ void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t c
         auto nucleus = [&](int64_t image, uint8_t* bytes) {
           return RowReader<scalar_t>{base + image * b.stride_n, b.stride_h, b.stride_w, t, width, bytes};
         };
-        const bool fused = std::is_same_v<scalar_t, float> && b.stride_w == 1;
         // One pass over both channels labels the foreground and the seeds.
         at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
           std::vector<uint8_t> bytes(static_cast<size_t>(width));
@@ -288,15 +303,7 @@ void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t c
             ccl::reset(strip);
             ccl::reset(seed_strip);
             for (int32_t row = strip.row_begin; row < strip.row_end; ++row) {
-              if (fused) {
-                ccl::threshold_seed_bits(reinterpret_cast<const float*>(reader.image + row * b.stride_h),
-                                         reinterpret_cast<const float*>(boundary.image + row * b.stride_h), width,
-                                         t, tb, foreground.data(), seeds + row * words);
-              } else {
-                reader.threshold_row(row, foreground.data());
-                boundary.threshold_row<true>(row, below.data());
-                ccl::seed_bits(foreground.data(), below.data(), words, seeds + row * words);
-              }
+              reader.threshold_seed_row(boundary, row, foreground.data(), below.data(), seeds + row * words);
               ccl::append_row(strip, row, foreground.data(), width, widen, with_stats, score_sum);
               ccl::append_row(seed_strip, row, seeds + row * words, width, widen, false, score_sum);
             }

@@ -51,6 +51,7 @@ struct SeededScratch {
     std::fill(labelled.begin(), labelled.begin() + words, 0);
     std::fill(labelled.end() - words, labelled.end(), 0);
   }
+  uint64_t* ring_row(int32_t row) { return ring.data() + (row + 1) * words; }
   uint64_t* labelled_row(int32_t row) { return labelled.data() + (row + 1) * words; }
 
   struct Pixel {
@@ -152,7 +153,7 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
   using Pixel = SeededScratch::Pixel;
   const int64_t words = words_per_row(width);
   const uint32_t keep = eight_connected ? detail::kEightNeighbours : detail::kFourNeighbours;
-  uint64_t* ring = scratch.ring.data() + words; // row 0; rows -1 and height are zero
+  uint64_t* ring = scratch.ring_row(0); // rows -1 and height are zero
   uint64_t* labelled = scratch.labelled_row(0);
   auto at = [&](int32_t row, int32_t col) -> int32_t& { return labels[int64_t{row} * width + col]; };
   const Run* fg_runs = foreground.runs.data();
