@@ -24,4 +24,5 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTorch_DIR="$dir/tor
 cmake --build "$build" > "$build/build.log" 2>&1 || { grep -B2 -A8 -E "error" "$build/build.log" | head -80; exit 1; }
 nm -C -D "$build/libunetseg.so" > "$build/symbols"
 grep -q "unetseg::cuda::label(" "$build/symbols"
+grep -q "unetseg::cuda::seeded_label(" "$build/symbols"
 echo "check-cuda-build: libunetseg with CUDA kernels built and linked against torch $version+CUDA"

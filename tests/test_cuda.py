@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.segmentation
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import label_batch
 from test_label import DTYPES, EDGE_CASES, blobby, cast, in_layout
+from test_seeded import thresholds, touching_disks, two_channel
 
 import unetseg
 from unetseg.ops import STATS_COLUMNS
@@ -80,6 +82,8 @@ def emulated(tmp_path_factory):
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.emulate_label.argtypes = [ptr, ctypes.c_int32, i64, i64, i64, ptr, f32, ctypes.c_int32, i64, ptr, ptr]
     lib.emulate_stats.argtypes = [ptr, ctypes.c_int32, i64, i64, i64, ptr, ptr, ptr, i64, ptr]
+    lib.emulate_seeded.argtypes = [ptr, ctypes.c_int32, i64, i64, i64, ptr, i64, f32, f32, ctypes.c_int32, i64,
+                                   ptr, ptr]
     return lib
 
 
@@ -111,6 +115,18 @@ def emulate(lib, scores: torch.Tensor, threshold=0.5, connectivity=8, min_area=0
     lib.emulate_stats(scores.data_ptr(), SCORE_TYPES[scores.dtype], n, h, w, strides.ctypes.data,
                       labels.data_ptr(), starts.data_ptr(), objects, table.data_ptr())
     return labels, counts, table
+
+
+def emulate_seeded(lib, scores: torch.Tensor, threshold=0.5, boundary_threshold=0.5, connectivity=8, min_area=0):
+    """The CUDA seeded algorithm's (labels, counts) for (N, 2, H, W) or (2, H, W) `scores`."""
+    nucleus = scores.select(-3, 0)
+    (n, h, w), strides = _geometry(nucleus)
+    labels = torch.empty(nucleus.shape, dtype=torch.int32)
+    counts = torch.empty(n, dtype=torch.int64)
+    lib.emulate_seeded(nucleus.data_ptr(), SCORE_TYPES[scores.dtype], n, h, w, strides.ctypes.data,
+                       scores.stride(-3), _rounded(threshold, scores.dtype), _rounded(boundary_threshold, scores.dtype),
+                       connectivity == 8, min_area, labels.data_ptr(), counts.data_ptr())
+    return labels, counts
 
 
 def assert_stats_equal(got: torch.Tensor, want: torch.Tensor):
@@ -169,6 +185,92 @@ def test_emulated_threshold_and_nan_follow_the_cpu_op(emulated):
     for t in (0.0, 6e-8, 1e-7, 2e-5):
         assert torch.equal(emulate(emulated, sub, t)[0], unetseg.label(sub, t).labels)
     assert emulate(emulated, sub, 0.0)[1].item() == 4
+
+
+SEEDED_LAYOUTS = ["n2hw", "2hw", "channels_last", "transposed", "strided", "channel_pick"]
+
+
+def seeded_layout(base: torch.Tensor, layout: str, h: int, w: int) -> torch.Tensor:
+    """(N, 2, 2h+1, 2w+1) `base` as (N, 2, h, w) or (2, h, w) scores in one of SEEDED_LAYOUTS."""
+    return {
+        "n2hw": lambda: base[:, :, :h, :w].contiguous(),
+        "2hw": lambda: base[0, :, :h, :w],
+        "channels_last": lambda: base[:, :, :h, :w].contiguous(memory_format=torch.channels_last),
+        "transposed": lambda: base[:, :, :w, :h].transpose(2, 3),
+        "strided": lambda: base[:, :, ::2, ::2],
+        "channel_pick": lambda: torch.cat([base, base], 1)[:, 1:3, :h, :w],  # boundary first in memory
+    }[layout]()
+
+
+SEEDED_BATCHES = dict(
+    n=st.integers(1, 3),
+    h=st.integers(1, 80),
+    w=st.integers(1, 80),
+    density=st.floats(0.3, 0.75),
+    smooth=st.sampled_from([0.0, 1.5, 3.0]),
+    boundary_density=st.floats(0.05, 0.6),
+    layout=st.sampled_from(SEEDED_LAYOUTS),
+    connectivity=st.sampled_from([4, 8]),
+    min_area=st.sampled_from([0, 0, 1, 5, 30]),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+
+
+def seeded_scores(n, h, w, density, smooth, boundary_density, layout, dtype, seed) -> torch.Tensor:
+    base = two_channel(np.random.default_rng(seed), (n, 2 * h + 1, 2 * w + 1), density, smooth, boundary_density)
+    return seeded_layout(cast(base, dtype), layout, h, w)
+
+
+@given(**SEEDED_BATCHES)
+def test_emulated_seeded_kernels_match_the_cpu_op(emulated, n, h, w, density, smooth, boundary_density, layout,
+                                                 connectivity, min_area, dtype, seed):
+    scores = seeded_scores(n, h, w, density, smooth, boundary_density, layout, dtype, seed)
+    t, tb = thresholds(dtype)
+    labels, counts = emulate_seeded(emulated, scores, t, tb, connectivity, min_area)
+    want = unetseg.seeded_label(scores, t, tb, connectivity, min_area)
+    assert torch.equal(counts, want.counts)
+    assert torch.equal(labels, want.labels)
+
+
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 30), connectivity=st.sampled_from([4, 8]),
+       score_levels=st.sampled_from([2, 4, 256]))
+def test_emulated_seeded_growth_ties_match_the_cpu_op(emulated, seed, count, connectivity, score_levels):
+    """Touching nuclei with wide boundary bands, so growth runs many rounds, and nucleus scores of few
+    distinct values, so the tie-break (the smaller seed) decides often."""
+    import scipy.ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    true = touching_disks(rng, 80, count)
+    band = ndi.binary_dilation(skimage.segmentation.find_boundaries(true, connectivity=2), iterations=2)
+    nucleus = np.where(true > 0, 0.55 + np.floor(rng.uniform(0, score_levels, true.shape)) / (2 * score_levels), 0)
+    scores = torch.from_numpy(np.stack([nucleus, band]).astype(np.float32))
+    labels, counts = emulate_seeded(emulated, scores, 0.5, 0.5, connectivity)
+    want = unetseg.seeded_label(scores, 0.5, 0.5, connectivity)
+    assert torch.equal(counts, want.counts) and torch.equal(labels, want.labels)
+
+
+@pytest.mark.parametrize("name", EDGE_CASES)
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_emulated_seeded_edge_cases(emulated, name, connectivity):
+    mask = torch.from_numpy(EDGE_CASES[name]).float()
+    rng = np.random.default_rng(len(name))
+    for boundary in (torch.ones_like(mask), torch.zeros_like(mask), torch.from_numpy(rng.random(mask.shape)).float()):
+        for scores in (torch.stack([mask, boundary]), torch.stack([mask.T, boundary.T])):
+            labels, counts = emulate_seeded(emulated, scores, 0.5, 0.5, connectivity)
+            want = unetseg.seeded_label(scores, 0.5, 0.5, connectivity)
+            assert torch.equal(labels, want.labels) and torch.equal(counts, want.counts)
+
+
+def test_emulated_seeded_nan_and_zero_sized(emulated):
+    scores = torch.zeros(2, 3, 7)
+    scores[0, 1, 1:6] = 0.9
+    scores[0, 1, 3] = float("nan")
+    scores[1, 1, 1] = float("nan")
+    labels, counts = emulate_seeded(emulated, scores)
+    assert counts.item() == 2 and labels[1].tolist() == [0, 1, 1, 0, 2, 2, 0]
+    labels, counts = emulate_seeded(emulated, torch.zeros(3, 2, 0, 5))
+    assert labels.shape == (3, 0, 5) and counts.tolist() == [0, 0, 0]
 
 
 # ---- the CUDA op on a GPU -------------------------------------------------------------------------
@@ -233,3 +335,52 @@ def test_cuda_on_a_non_default_stream_and_out_variant():
     want = unetseg.label(scores.cpu(), 0.5)
     assert torch.equal(got.labels.cpu(), want.labels) and torch.equal(labels.cpu(), want.labels)
     assert torch.equal(counts.cpu(), want.counts)
+
+
+def assert_cuda_seeded_equals_cpu(scores: torch.Tensor, threshold=0.5, boundary_threshold=0.5, connectivity=8,
+                                  min_area=0):
+    got = unetseg.seeded_label_stats(scores.cuda(), threshold, boundary_threshold, connectivity, min_area)
+    want = unetseg.seeded_label_stats(scores, threshold, boundary_threshold, connectivity, min_area)
+    assert got.labels.is_cuda and got.counts.is_cuda and got.stats.is_cuda
+    assert torch.equal(got.labels.cpu(), want.labels) and torch.equal(got.counts.cpu(), want.counts)
+    assert_stats_equal(got.stats.cpu(), want.stats)
+
+
+@gpu
+@settings(max_examples=1000)
+@given(**SEEDED_BATCHES)
+def test_cuda_seeded_matches_cpu(n, h, w, density, smooth, boundary_density, layout, connectivity, min_area, dtype,
+                                 seed):
+    scores = seeded_scores(n, h, w, density, smooth, boundary_density, layout, dtype, seed)
+    assert_cuda_seeded_equals_cpu(scores, *thresholds(dtype), connectivity, min_area)
+
+
+@gpu
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_cuda_seeded_large_image_of_touching_nuclei(connectivity):
+    """A 4096² map of touching nuclei with wide boundary bands: many components of several seeds."""
+    import scipy.ndimage as ndi
+
+    rng = np.random.default_rng(connectivity)
+    tiles = [touching_disks(rng, 256, 60) for _ in range(256)]
+    true = np.block([[tiles[16 * r + c] + 1000 * (16 * r + c) * (tiles[16 * r + c] > 0) for c in range(16)]
+                     for r in range(16)])
+    band = ndi.binary_dilation(skimage.segmentation.find_boundaries(true, connectivity=2), iterations=1)
+    nucleus = np.where(true > 0, rng.uniform(0.5, 1.0, true.shape), rng.uniform(0.0, 0.5, true.shape))
+    scores = torch.from_numpy(np.stack([nucleus, band * rng.uniform(0.5, 1.0, true.shape)]).astype(np.float32))
+    assert_cuda_seeded_equals_cpu(scores, 0.5, 0.5, connectivity, 10)
+
+
+@gpu
+def test_cuda_seeded_batch_half_precision_and_stream():
+    scores = two_channel(np.random.default_rng(5), (64, 256, 256), 0.55, 2.0, 0.3)
+    assert_cuda_seeded_equals_cpu(scores.half())
+    assert_cuda_seeded_equals_cpu(scores.bfloat16(), 0.5, 0.4, 4, 5)
+    stream = torch.cuda.Stream()
+    cuda_scores = scores.cuda()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = unetseg.seeded_label(cuda_scores, 0.5, 0.5)
+    stream.synchronize()
+    want = unetseg.seeded_label(scores, 0.5, 0.5)
+    assert torch.equal(got.labels.cpu(), want.labels) and torch.equal(got.counts.cpu(), want.counts)

@@ -407,13 +407,14 @@ std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
   const auto hwc = impl_->checked(images);
   std::vector<Segmentation> out(images.size());
   impl_->probabilities(hwc, options, [&](const std::vector<size_t>& which, const at::Tensor& probs) {
-    // Seeded labelling has no CUDA kernel yet: its probabilities are labelled on the CPU.
+    // Labelled where the probabilities are; on the CPU when this build has no CUDA kernels.
     const bool seeded = r.labelling == "seeded";
+    const at::Tensor maps = seeded ? probs.narrow(1, 0, 2) : probs.select(1, 0);
+    const at::Tensor here =
+        has_kernel(seeded ? "unetseg::seeded_label_stats" : "unetseg::label_stats", maps) ? maps : maps.cpu();
     auto [labels, counts, stats] =
-        seeded ? seeded_label_stats(probs.narrow(1, 0, 2).to(has_kernel("unetseg::seeded_label_stats", probs)
-                                                              ? probs.device() : c10::Device(c10::kCPU)),
-                                    r.threshold, r.boundary_threshold, options.connectivity, r.min_area)
-               : label_stats(probs.select(1, 0), r.threshold, options.connectivity, r.min_area);
+        seeded ? seeded_label_stats(here, r.threshold, r.boundary_threshold, options.connectivity, r.min_area)
+               : label_stats(here, r.threshold, options.connectivity, r.min_area);
     labels = labels.cpu();
     counts = counts.cpu();
     stats = stats.cpu();

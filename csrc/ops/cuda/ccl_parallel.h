@@ -328,6 +328,284 @@ void label(Exec& exec, const void* scores, ScoreType type, const Batch& b, float
   exec.for_each(b.n, 1, Counts{ws.segment_counts, ws.segment_starts, segments, counts});
 }
 
+// ---- seeded labelling (csrc/ops/cpu/seeded.h's rule, data-parallel) ----
+//
+// Nucleus + boundary scores (2-channel models). Bit-identical to the CPU op:
+//  1. init      fg[p] = p where nucleus > t, seed[p] = p where also boundary < t_b (else kBackground).
+//  2. merge, compress  both, as plain labelling: fg[p] is p's component root, seed[p] its seed's
+//               root (its first pixel, so seed roots compare as the CPU's seed labels do).
+//  3. seeds     each seed root adds 1 to its component's seed count and atomicMins itself into the
+//               component's `one seed` slot (both at the component root).
+//  4. canon     every foreground pixel gets its object's canonical pixel: its own seed's root; else
+//               the one seed's root when its component holds one seed; the component root when it
+//               holds none (an object of its own); kRing when several (to be grown).
+//  5. growth    Jacobi rounds, two kernels each: `choose` reads the canonical pixels and writes, for
+//               each ring pixel with a labelled neighbour, the neighbour label with the highest
+//               nucleus score (ties: the smaller seed root = the smaller CPU seed label); `commit`
+//               copies the choices in. Every round labels the ring pixels one step further along the
+//               foreground from the seeds, as the CPU's frontier rounds do. Rounds go on until a batch
+//               of kRoundsPerCheck rounds leaves no ring pixel (the host reads two flags a batch).
+//  6. first     each pixel atomicMins its index into its object's `first` slot (and adds 1 to its
+//               area with min_area): the object's first pixel in raster order.
+//  7. number    as plain labelling, with the kept objects' first pixels in place of roots: counted
+//               per segment, scanned, numbered; every pixel copies its first pixel's label.
+// Workspace: four ints a pixel (fg, seed/canon, and two per-root slots reused between steps).
+
+constexpr int32_t kRing = -3;           // a pixel of a component with several seeds, not yet grown
+constexpr int kRoundsPerCheck = 4;      // growth rounds between two reads of the `changed` flag
+
+template <ScoreType T>
+struct SeededInit {
+  Image fg, seed;
+  Batch b;
+  const void* nucleus;
+  const void* boundary;
+  float threshold, boundary_threshold;
+  UNETSEG_HD void operator()(int64_t image, int32_t p) const {
+    const int32_t y = p / fg.w, x = p - y * fg.w;
+    const int64_t offset = image * b.stride_n + y * b.stride_h + x * b.stride_w;
+    const bool foreground = load_score<T>(nucleus, offset) > threshold;
+    fg.parent_of(image)[p] = foreground ? p : kBackground;
+    seed.parent_of(image)[p] = foreground && load_score<T>(boundary, offset) < boundary_threshold ? p : kBackground;
+  }
+};
+
+struct CountSeeds {
+  Image fg, seed;
+  int32_t* seed_count; // n * h * w, at component roots
+  int32_t* one_seed;   // n * h * w, at component roots
+  UNETSEG_HD void operator()(int64_t image, int32_t p) const {
+    if (seed.parent_of(image)[p] != p) return;
+    const int64_t root = image * fg.hw + fg.parent_of(image)[p];
+    atomic_add(&seed_count[root], 1);
+    atomic_min(&one_seed[root], p);
+  }
+};
+
+struct Canon {
+  Image fg, seed; // seed becomes the canonical pixels
+  const int32_t* seed_count;
+  const int32_t* one_seed;
+  int32_t* any_ring;
+  UNETSEG_HD void operator()(int64_t image, int32_t p) const {
+    const int32_t root = fg.parent_of(image)[p];
+    int32_t* canon = seed.parent_of(image);
+    if (root < 0 || canon[p] >= 0) return; // background, or a seed pixel (its seed's root already)
+    const int64_t slot = image * fg.hw + root;
+    const int32_t seeds = seed_count[slot];
+    if (seeds >= 2) {
+      canon[p] = kRing;
+      *any_ring = 1;
+    } else {
+      canon[p] = seeds == 1 ? one_seed[slot] : root;
+    }
+  }
+};
+
+template <ScoreType T>
+struct Choose {
+  Image canon;
+  Batch b;
+  const void* nucleus;
+  bool eight;
+  int32_t* chosen; // n * h * w
+  UNETSEG_HD void operator()(int64_t image, int32_t p) const {
+    const int32_t* c = canon.parent_of(image);
+    if (c[p] != kRing) return;
+    const int32_t w = canon.w, y = p / w, x = p - y * w;
+    const auto h = static_cast<int32_t>(b.h);
+    int32_t best = -1;
+    float best_score = 0.0f;
+    for (int32_t dy = -1; dy <= 1; ++dy) {
+      for (int32_t dx = -1; dx <= 1; ++dx) {
+        if ((dy == 0 && dx == 0) || (!eight && dy != 0 && dx != 0)) continue;
+        const int32_t yy = y + dy, xx = x + dx;
+        if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
+        const int32_t l = c[yy * w + xx];
+        if (l < 0) continue;
+        const float s = load_score<T>(nucleus, image * b.stride_n + yy * b.stride_h + xx * b.stride_w);
+        if (best < 0 || s > best_score || (s == best_score && l < best)) {
+          best = l;
+          best_score = s;
+        }
+      }
+    }
+    chosen[image * canon.hw + p] = best;
+  }
+};
+
+struct Commit {
+  Image canon;
+  const int32_t* chosen;
+  int32_t* changed;   // set when a pixel is labelled
+  int32_t* remaining; // set when a ring pixel stays unlabelled
+  UNETSEG_HD void operator()(int64_t image, int32_t p) const {
+    int32_t* c = canon.parent_of(image);
+    if (c[p] != kRing) return;
+    const int32_t l = chosen[image * canon.hw + p];
+    if (l < 0) {
+      *remaining = 1;
+      return;
+    }
+    c[p] = l;
+    *changed = 1;
+  }
+};
+
+struct FirstPixel {
+  Image canon;
+  int32_t* first; // n * h * w, at canonical pixels
+  int32_t* area;  // n * h * w, at canonical pixels; null without min_area
+  UNETSEG_HD void operator()(int64_t image, int32_t p) const {
+    const int32_t c = canon.parent_of(image)[p];
+    if (c < 0) return;
+    const int64_t slot = image * canon.hw + c;
+    atomic_min(&first[slot], p);
+    if (area) atomic_add(&area[slot], 1);
+  }
+};
+
+// Objects by their first pixel: is p the first pixel of a kept object?
+struct Starts {
+  Image canon;
+  const int32_t* first;
+  const int32_t* area;
+  int64_t min_area;
+  UNETSEG_HD bool operator()(int64_t image, int32_t p) const {
+    const int32_t c = canon.parent_of(image)[p];
+    if (c < 0) return false;
+    const int64_t slot = image * canon.hw + c;
+    return first[slot] == p && (min_area == 0 || area[slot] >= min_area);
+  }
+};
+
+struct CountStarts {
+  Starts starts;
+  int32_t* segment_counts;
+  int64_t segments;
+  UNETSEG_HD void operator()(int64_t image, int32_t p) const {
+    if (starts(image, p)) atomic_add(&segment_counts[image * segments + p / kSegment], 1);
+  }
+};
+
+struct NumberStarts {
+  Starts starts;
+  const int32_t* segment_starts;
+  int64_t segments;
+  UNETSEG_HD void operator()(int64_t image, int32_t p) const {
+    const int32_t c = starts.canon.parent_of(image)[p];
+    if (c < 0 || starts.first[image * starts.canon.hw + c] != p) return; // not an object's first pixel
+    int32_t* out = starts.canon.out_of(image);
+    if (!starts(image, p)) { // removed by min_area
+      out[p] = 0;
+      return;
+    }
+    const int64_t segment = p / kSegment;
+    int32_t label = segment_starts[image * segments + segment] - segment_starts[image * segments] + 1;
+    for (auto q = static_cast<int32_t>(segment * kSegment); q < p; ++q) label += starts(image, q);
+    out[p] = label;
+  }
+};
+
+struct WriteSeeded {
+  Image canon;
+  const int32_t* first;
+  UNETSEG_HD void operator()(int64_t image, int32_t p) const {
+    const int32_t c = canon.parent_of(image)[p];
+    int32_t* out = canon.out_of(image);
+    if (c < 0) {
+      out[p] = 0;
+      return;
+    }
+    const int32_t start = first[image * canon.hw + c];
+    if (start != p) out[p] = out[start];
+  }
+};
+
+struct SeededWorkspace {
+  int32_t* fg;
+  int32_t* canon;
+  int32_t* slot_a; // seed counts, then the growth's choices, then areas
+  int32_t* slot_b; // one seed per component, then first pixels
+  int32_t* segment_counts;
+  int32_t* segment_starts;
+  int32_t* flag; // 2 ints: any ring pixel / labelled in this batch of rounds, then ring pixels remain
+};
+
+inline int64_t seeded_workspace_ints(const Batch& b) { return 4 * b.n * b.h * b.w + 2 * b.n * segments_per_image(b) + 2; }
+
+inline SeededWorkspace carve_seeded(int32_t* ints, const Batch& b) {
+  const int64_t pixels = b.n * b.h * b.w, segments = b.n * segments_per_image(b);
+  return SeededWorkspace{ints, ints + pixels, ints + 2 * pixels, ints + 3 * pixels,
+                         ints + 4 * pixels, ints + 4 * pixels + segments, ints + 4 * pixels + 2 * segments};
+}
+
+template <ScoreType T, class Exec>
+void seeded_label_typed(Exec& exec, const void* nucleus, const void* boundary, const Batch& b, float threshold,
+                        float boundary_threshold, bool eight, int64_t min_area, SeededWorkspace ws, int32_t* out,
+                        int64_t* counts) {
+  const int64_t hw = b.h * b.w, pixels = b.n * hw, segments = segments_per_image(b);
+  const auto w = static_cast<int32_t>(b.w);
+  const Image fg{ws.fg, out, hw, w}, canon{ws.canon, out, hw, w};
+  exec.for_each(b.n, hw, SeededInit<T>{fg, canon, b, nucleus, boundary, threshold, boundary_threshold});
+  exec.for_each(b.n, hw, Merge{fg, eight});
+  exec.for_each(b.n, hw, Merge{canon, eight});
+  exec.for_each(b.n, hw, Compress{fg, false});
+  exec.for_each(b.n, hw, Compress{canon, false});
+  exec.fill(ws.slot_a, 0, pixels);
+  exec.fill(ws.slot_b, INT32_MAX, pixels);
+  exec.for_each(b.n, hw, CountSeeds{fg, canon, ws.slot_a, ws.slot_b});
+  exec.fill(ws.flag, 0, 1);
+  exec.for_each(b.n, hw, Canon{fg, canon, ws.slot_a, ws.slot_b, ws.flag});
+  // Growth until no ring pixel is left (every one is connected to a seed through the foreground, so
+  // each round labels some; `changed` guards the loop all the same).
+  bool grow = exec.read(ws.flag) != 0;
+  while (grow) {
+    exec.fill(ws.flag, 0, 1);
+    for (int round = 0; round < kRoundsPerCheck; ++round) {
+      exec.fill(ws.flag + 1, 0, 1);
+      exec.for_each(b.n, hw, Choose<T>{canon, b, nucleus, eight, ws.slot_a});
+      exec.for_each(b.n, hw, Commit{canon, ws.slot_a, ws.flag, ws.flag + 1});
+    }
+    grow = exec.read(ws.flag) != 0 && exec.read(ws.flag + 1) != 0;
+  }
+  int32_t* area = min_area > 0 ? ws.slot_a : nullptr;
+  exec.fill(ws.slot_b, INT32_MAX, pixels);
+  if (area) exec.fill(area, 0, pixels);
+  exec.for_each(b.n, hw, FirstPixel{canon, ws.slot_b, area});
+  const Starts starts{canon, ws.slot_b, area, min_area};
+  exec.fill(ws.segment_counts, 0, b.n * segments);
+  exec.for_each(b.n, hw, CountStarts{starts, ws.segment_counts, segments});
+  exec.exclusive_scan(ws.segment_counts, ws.segment_starts, b.n * segments);
+  exec.for_each(b.n, hw, NumberStarts{starts, ws.segment_starts, segments});
+  exec.for_each(b.n, hw, WriteSeeded{canon, ws.slot_b});
+  exec.for_each(b.n, 1, Counts{ws.segment_counts, ws.segment_starts, segments, counts});
+}
+
+// Seeded labelling of a batch: `nucleus` and `boundary` point at the two channels' first elements
+// (same strides, `b`). As label(), plus exec.read(const int32_t*) -> int32_t, which returns a value of
+// the executor's memory to the host (a synchronisation on a GPU).
+template <class Exec>
+void seeded_label(Exec& exec, const void* nucleus, const void* boundary, ScoreType type, const Batch& b,
+                  float threshold, float boundary_threshold, bool eight, int64_t min_area, SeededWorkspace ws,
+                  int32_t* out, int64_t* counts) {
+  if (b.n == 0) return;
+  if (b.h * b.w == 0) {
+    exec.fill_counts(counts, 0, b.n);
+    return;
+  }
+  switch (type) {
+#define UNETSEG_SEEDED(T) \
+  case T: return seeded_label_typed<T>(exec, nucleus, boundary, b, threshold, boundary_threshold, eight, min_area, ws, out, counts);
+    UNETSEG_SEEDED(ScoreType::kFloat32)
+    UNETSEG_SEEDED(ScoreType::kFloat16)
+    UNETSEG_SEEDED(ScoreType::kBFloat16)
+    UNETSEG_SEEDED(ScoreType::kUInt8)
+    UNETSEG_SEEDED(ScoreType::kBool)
+#undef UNETSEG_SEEDED
+  }
+}
+
 // ---- per-object statistics from labels ----
 
 // Per-object accumulators, one slot per object of the batch (image i's objects start at

@@ -25,6 +25,17 @@ cudaError_t label(const void* scores, ScoreType type, const Batch& b, float thre
                   int64_t min_area, int32_t* labels, int64_t* counts, void* workspace,
                   size_t workspace_bytes, cudaStream_t stream);
 
+// Device bytes of workspace that seeded_label() needs for this batch.
+size_t seeded_workspace_bytes(const Batch& b);
+
+// Seeded labelling (ccl_parallel.h; the CPU op's rule, bit-identical) of nucleus + boundary scores:
+// `nucleus` and `boundary` are device pointers to the two channels' first elements, with the
+// batch's element strides; thresholds already rounded to `type`. Outputs as label(). Growth reads a
+// flag back to the host every few rounds, so this call waits for the stream then.
+cudaError_t seeded_label(const void* nucleus, const void* boundary, ScoreType type, const Batch& b,
+                         float threshold, float boundary_threshold, bool eight, int64_t min_area, int32_t* labels,
+                         int64_t* counts, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
 // Device bytes of workspace that object_stats() needs for `objects` objects.
 size_t stats_workspace_bytes(int64_t objects);
 

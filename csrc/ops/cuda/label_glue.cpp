@@ -1,7 +1,8 @@
-// CUDA kernels of unetseg::label, label_out and label_stats: the thin torch glue around
-// label_kernel.cu (tensors in; raw pointers, the current stream and caching-allocator workspace
-// out). Built only when the installed torch has CUDA. Nothing here synchronises with the host
-// except label_stats, whose table size is the object count.
+// CUDA kernels of unetseg::label, label_out, label_stats, seeded_label and seeded_label_stats: the
+// thin torch glue around label_kernel.cu (tensors in; raw pointers, the current stream and
+// caching-allocator workspace out). Built only when the installed torch has CUDA. Nothing here
+// synchronises with the host except the stats ops, whose table size is the object count, and
+// seeded growth, which reads its loop flag every few rounds.
 #include "../label.h"
 #include "label_cuda.h"
 #include "unetseg/ops.h"
@@ -101,6 +102,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats_cuda(const at::Tensor
   return {labels, counts, stats_of(scores, b, labels, counts)};
 }
 
+// Seeded labelling of checked 2-channel scores (the caller holds the device guard).
+std::tuple<at::Tensor, at::Tensor> new_seeded_labels(const at::Tensor& scores, const SeededBatch& sb,
+                                                     double threshold, double boundary_threshold,
+                                                     int64_t connectivity, int64_t min_area) {
+  at::Tensor labels = at::empty(sb.labels_shape, scores.options().dtype(at::kInt));
+  at::Tensor counts = at::empty({sb.batch.n}, scores.options().dtype(at::kLong));
+  const cuda::Batch batch = device_batch(sb.batch);
+  const size_t bytes = cuda::seeded_workspace_bytes(batch);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, scores.options().dtype(at::kByte));
+  const auto* nucleus = static_cast<const char*>(scores.const_data_ptr());
+  const at::ScalarType dtype = scores.scalar_type();
+  check_cuda(cuda::seeded_label(nucleus, nucleus + sb.channel_stride * static_cast<int64_t>(scores.element_size()),
+                                score_type(dtype), batch, rounded_threshold(dtype, threshold),
+                                rounded_threshold(dtype, boundary_threshold), connectivity == 8, min_area,
+                                labels.data_ptr<int32_t>(), counts.data_ptr<int64_t>(), workspace.data_ptr(), bytes,
+                                c10::cuda::getCurrentCUDAStream()),
+             "seeded_label");
+  return {labels, counts};
+}
+
+std::tuple<at::Tensor, at::Tensor> seeded_label_cuda(const at::Tensor& scores, double threshold,
+                                                     double boundary_threshold, int64_t connectivity,
+                                                     int64_t min_area) {
+  const SeededBatch sb = check_seeded_args(scores, threshold, boundary_threshold, connectivity, min_area);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  return new_seeded_labels(scores, sb, threshold, boundary_threshold, connectivity, min_area);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> seeded_label_stats_cuda(const at::Tensor& scores, double threshold,
+                                                                       double boundary_threshold,
+                                                                       int64_t connectivity, int64_t min_area) {
+  const SeededBatch sb = check_seeded_args(scores, threshold, boundary_threshold, connectivity, min_area);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  auto [labels, counts] = new_seeded_labels(scores, sb, threshold, boundary_threshold, connectivity, min_area);
+  return {labels, counts, stats_of(scores, sb.batch, labels, counts)}; // the nucleus channel's scores
+}
+
 } // namespace
 } // namespace unetseg::ops
 
@@ -108,4 +146,6 @@ TORCH_LIBRARY_IMPL(unetseg, CUDA, m) {
   m.impl("label", &unetseg::ops::label_cuda);
   m.impl("label_out", &unetseg::ops::label_out_cuda);
   m.impl("label_stats", &unetseg::ops::label_stats_cuda);
+  m.impl("seeded_label", &unetseg::ops::seeded_label_cuda);
+  m.impl("seeded_label_stats", &unetseg::ops::seeded_label_stats_cuda);
 }

@@ -63,6 +63,16 @@ struct CudaExec {
   void fill(int32_t* data, int32_t value, int64_t n) { fill_values(data, value, n); }
   void fill_counts(int64_t* data, int64_t value, int64_t n) { fill_values(data, value, n); }
 
+  // A value of device memory on the host: waits for the stream (seeded growth's loop test). 0 after
+  // an error, so loops stop.
+  int32_t read(const int32_t* value) {
+    int32_t host = 0;
+    if (error != cudaSuccess) return 0;
+    check(cudaMemcpyAsync(&host, value, sizeof host, cudaMemcpyDeviceToHost, stream));
+    check(cudaStreamSynchronize(stream));
+    return error == cudaSuccess ? host : 0;
+  }
+
   void exclusive_scan(const int32_t* in, int32_t* out, int64_t n) {
     if (error != cudaSuccess) return;
     size_t bytes = scan_bytes;
@@ -114,6 +124,35 @@ cudaError_t label(const void* scores, ScoreType type, const Batch& b, float thre
     ccl_parallel::label(exec, base + i0 * b.stride_n * element_size(type), type, call, threshold, eight,
                         min_area, ccl_parallel::carve(static_cast<int32_t*>(workspace), call),
                         labels + i0 * b.h * b.w, counts + i0);
+  }
+  return exec.error;
+}
+
+size_t seeded_workspace_bytes(const Batch& b) {
+  Batch call = b;
+  call.n = std::min(b.n, images_per_call(b));
+  return aligned(static_cast<size_t>(ccl_parallel::seeded_workspace_ints(call)) * sizeof(int32_t)) +
+         scan_scratch_bytes(b);
+}
+
+cudaError_t seeded_label(const void* nucleus, const void* boundary, ScoreType type, const Batch& b,
+                         float threshold, float boundary_threshold, bool eight, int64_t min_area, int32_t* labels,
+                         int64_t* counts, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (workspace_bytes < seeded_workspace_bytes(b)) return cudaErrorInvalidValue;
+  const int64_t per_call = images_per_call(b);
+  Batch call = b;
+  call.n = std::min(b.n, per_call);
+  const size_t ints_bytes =
+      aligned(static_cast<size_t>(ccl_parallel::seeded_workspace_ints(call)) * sizeof(int32_t));
+  CudaExec exec{stream, static_cast<char*>(workspace) + ints_bytes, workspace_bytes - ints_bytes};
+  const auto* n0 = static_cast<const char*>(nucleus);
+  const auto* b0 = static_cast<const char*>(boundary);
+  for (int64_t i0 = 0; i0 < b.n && exec.error == cudaSuccess; i0 += per_call) {
+    call.n = std::min(per_call, b.n - i0);
+    const int64_t skip = i0 * b.stride_n * static_cast<int64_t>(element_size(type));
+    ccl_parallel::seeded_label(exec, n0 + skip, b0 + skip, type, call, threshold, boundary_threshold, eight,
+                               min_area, ccl_parallel::carve_seeded(static_cast<int32_t*>(workspace), call),
+                               labels + i0 * b.h * b.w, counts + i0);
   }
   return exec.error;
 }
