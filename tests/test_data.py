@@ -140,5 +140,29 @@ def test_transforms_and_dataset():
         torch.testing.assert_close(ds[3][0], image)  # deterministic per (seed, epoch, index)
     ds.set_epoch(1)
     assert not torch.equal(ds[3][0], image)
+    wide = NucleiDataset(data, 1, 2, size=32, mode="center", contact_width=2)
+    assert torch.equal(wide[0][0], NucleiDataset(data, 1, 2, size=32, mode="center")[0][0])
+    assert (wide[0][1][1] >= NucleiDataset(data, 1, 2, size=32, mode="center")[0][1][1]).all()
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_contact_width_widens_the_boundary_target_where_nuclei_touch(width):
+    """Two nuclei touching along a vertical line, a third apart: the boundary target covers the
+    pixels within `width` (Chebyshev distance) of another nucleus, on both sides, and elsewhere
+    only the inner boundary."""
+    import scipy.ndimage as ndi
+
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:12, 2:10], labels[2:12, 10:18], labels[14:19, 22:28] = 1, 2, 3
+    plain = targets(labels, 2)[1].astype(bool)
+    wide = targets(labels, 2, width)[1].astype(bool)
+    near_other = np.zeros_like(plain)
+    for k in (1, 2, 3):
+        others = (labels > 0) & (labels != k)
+        near_other |= (labels == k) & ndi.binary_dilation(others, np.ones((2 * width + 1,) * 2, bool))
+    np.testing.assert_array_equal(wide, plain | near_other)
+    assert wide[6, 10 - width : 10 + width].all() and not wide[6, 10 - width - 1]  # a 2w band at the contact
+    np.testing.assert_array_equal(wide[labels == 3], plain[labels == 3])  # the lone nucleus is unchanged
+    np.testing.assert_array_equal(targets(labels, 2, width)[0], targets(labels, 2)[0])
     with pytest.raises(ValueError, match="the dataset is empty"):
         NucleiDataset([], 1, 1)

@@ -72,3 +72,19 @@ def test_loss_weights_the_boundary_channel():
     target = (torch.rand(2, 2, 8, 8) > 0.5).float()
     nucleus, boundary = (loss_fn(logits[:, [c]], target[:, [c]], 1.0) for c in (0, 1))
     torch.testing.assert_close(loss_fn(logits, target, 3.0), (nucleus + 3 * boundary) / 4)
+
+
+def test_init_weights_fine_tunes_from_a_checkpoint(npz, tmp_path):
+    base = train(config(npz, tmp_path / "base", epochs=1, out_channels=2))
+    tuned = config(npz, tmp_path / "tuned", epochs=1, out_channels=2, contact_width=2,
+                   init_weights=str(tmp_path / "base" / "last.pt"), lr=0.0)
+    ckpt = train(tuned)
+    for name, value in base["state_dict"].items():
+        if name.endswith("num_batches_tracked") or "running_" in name:
+            continue  # batch norm statistics move without the optimizer
+        torch.testing.assert_close(ckpt["state_dict"][name], value, msg=name)  # lr 0: the weights stayed
+    assert ckpt["config"]["contact_width"] == 2 and len(ckpt["history"]) == 1
+    with pytest.raises(ValueError, match="holds a .* model; this run builds"):
+        train(config(npz, tmp_path / "other", epochs=1, out_channels=1, init_weights=str(tmp_path / "base" / "last.pt")))
+    with pytest.raises(ValueError, match="contact_width must be >= 0 pixels, got -1"):
+        train(config(npz, tmp_path / "neg", epochs=1, out_channels=2, contact_width=-1))

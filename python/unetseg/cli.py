@@ -82,7 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         in_channels=args.in_channels, out_channels=args.out_channels, crop=args.crop, batch_size=args.batch_size,
         epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
         workers=args.workers, device=args.device, imagenet_weights=args.imagenet_weights, resume=args.resume,
-        samples_per_epoch=args.samples_per_epoch,
+        samples_per_epoch=args.samples_per_epoch, contact_width=args.contact_width, init_weights=args.init_weights,
     )
     try:
         train(config)
@@ -335,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--imagenet-weights", help="torchvision mobilenet_v2 ImageNet weights file (mobilenetv2_unet)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument("--init-weights", help="start from the weights of this checkpoint (fine-tuning; fresh optimizer "
+                   "and schedule; same architecture and options)")
+    p.add_argument("--contact-width", type=int, default=0,
+                   help="2-channel models: the boundary target also covers nucleus pixels within this many pixels "
+                   "of another nucleus, so touching nuclei get a wider cut (default 0: inner boundaries only)")
     p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a dataset (DSB score, AP, AJI, PQ, Dice...)",

@@ -42,6 +42,8 @@ class TrainConfig:
     lr_patience: int = 3
     patience: int = 8
     boundary_weight: float = 2.0
+    contact_width: int = 0
+    """boundary target also on nucleus pixels within this many pixels of another nucleus (0: off)"""
     val_fraction: float = 0.15
     seed: int = 0
     workers: int = 2
@@ -49,6 +51,8 @@ class TrainConfig:
     imagenet_weights: str | None = None
     max_images: int | None = None
     resume: bool = False
+    init_weights: str | None = None
+    """start from this checkpoint's weights (fine-tuning; fresh optimizer, schedule and split)"""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -127,6 +131,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     """Trains a model as `config` says; returns the final checkpoint dict (best weights in best.pt)."""
     from tqdm.auto import tqdm
 
+    if config.contact_width < 0:
+        raise ValueError(f"contact_width must be >= 0 pixels, got {config.contact_width}")
     rank, world = _distributed()
     device = resolve_device(config.device)
     if world > 1 and device.type == "cuda":
@@ -146,6 +152,13 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     model = build_model(config.architecture, **options)
     if config.imagenet_weights:
         model.load_imagenet_weights(config.imagenet_weights)
+    if config.init_weights and not config.resume:
+        init = load_checkpoint(config.init_weights)
+        if init["model"] != {"architecture": config.architecture, "options": options}:
+            raise ValueError(f"--init-weights {config.init_weights} holds a {init['model']} model; this run builds "
+                             f"{ {'architecture': config.architecture, 'options': options} }: use the same "
+                             "--architecture, --model-options and channels")
+        model.load_state_dict(init["state_dict"])
     model.to(device)
     optimizer = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_patience)
@@ -164,9 +177,11 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
 
     augment = Augment()
     train_set = NucleiDataset([by_name[n] for n in train_names], config.in_channels, config.out_channels, config.crop,
-                              "crop", augment, normalisation, config.samples_per_epoch, config.seed)
+                              "crop", augment, normalisation, config.samples_per_epoch, config.seed,
+                              config.contact_width)
     val_set = NucleiDataset([by_name[n] for n in val_names], config.in_channels, config.out_channels, config.crop,
-                            "center", None, normalisation, None, config.seed)
+                            "center", None, normalisation, None, config.seed,
+                            config.contact_width)
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, seed=config.seed) if world > 1 else None
     loader_args = dict(batch_size=config.batch_size, num_workers=config.workers, persistent_workers=config.workers > 0,
                        pin_memory=device.type == "cuda")

@@ -37,6 +37,7 @@ class NucleiDataset(Dataset):
         normalisation: Normalisation = Normalisation(),
         samples_per_epoch: int | None = None,
         seed: int = 0,
+        contact_width: int = 0,
     ):
         if mode not in ("crop", "center", "resize"):
             raise ValueError(f"mode must be 'crop', 'center' or 'resize', got {mode!r}")
@@ -45,7 +46,7 @@ class NucleiDataset(Dataset):
         self.samples, self.channels, self.out_channels = samples, channels, out_channels
         self.size, self.mode, self.augment, self.normalisation = size, mode, augment, normalisation
         self.samples_per_epoch = samples_per_epoch or len(samples)
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.contact_width = seed, 0, contact_width
         # normalise once: percentiles over the whole image, not over a crop
         self.images = [normalisation(to_channels(s.image, channels)) for s in samples]
 
@@ -78,5 +79,5 @@ class NucleiDataset(Dataset):
             image, labels = self.augment(image, labels, rng)
             image, labels = random_crop(image, labels, self.size, rng)
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-        target = torch.from_numpy(targets(np.ascontiguousarray(labels), self.out_channels))
+        target = torch.from_numpy(targets(np.ascontiguousarray(labels), self.out_channels, self.contact_width))
         return image, target
