@@ -1,6 +1,7 @@
 """The CUDA path on a GPU: the fused CUDA threshold + label op against cupyx.scipy.ndimage.label,
 OpenCV's CUDA labelling (where this OpenCV has it) and the memory floor; then segment_batch on the
-GPU against the starter-project pipeline on the same GPU.
+GPU against the starter-project pipeline on the same GPU. In between, the seeded op (nucleus +
+boundary maps from bench_seeded.py) against the plain op on CUDA.
 
     python benchmarks/bench_cuda.py [--sizes 2048 4096 8192] [--repeats 50] [--markdown]
 
@@ -110,6 +111,27 @@ def label_table(sizes: list[int], repeats: int) -> list[tuple]:
     return rows
 
 
+def seeded_table(sizes: list[int], repeats: int) -> list[tuple]:
+    """The seeded op against the plain op on the same nucleus + boundary maps (issue 7: at most 2x),
+    both with statistics, both checked against the CPU op first."""
+    from bench_seeded import two_channel
+
+    maps = {f"{s}x{s}": two_channel((s, s), seed=s) for s in sizes}
+    maps["64x256x256"] = np.stack([two_channel((256, 256), seed=1000 + i) for i in range(64)])
+    rows = []
+    for name, array in maps.items():
+        cpu = torch.from_numpy(array)
+        scores = cpu.cuda()
+        nucleus = scores.select(-3, 0)
+        want = unetseg.seeded_label(cpu, THRESHOLD, THRESHOLD)
+        got = unetseg.seeded_label(scores, THRESHOLD, THRESHOLD)
+        assert torch.equal(got.labels.cpu(), want.labels), f"{name}: CUDA seeded labels differ from the CPU op"
+        plain_ms = gpu_ms(lambda: unetseg.label_stats(nucleus, THRESHOLD), repeats)
+        seeded_ms = gpu_ms(lambda: unetseg.seeded_label_stats(scores, THRESHOLD, THRESHOLD), repeats)
+        rows.append((name, int(want.counts.sum()), plain_ms, seeded_ms, seeded_ms / plain_ms))
+    return rows
+
+
 def segment_table(repeats: int, images: int = 32, size: int = 1024) -> list[tuple]:
     from bench_segment import checkpoint_like_default, normalised_batch
     from unetseg.export import export
@@ -169,6 +191,10 @@ def main() -> None:
     else:
         for r in rows:
             print(f"{r[0]:>12} {r[1]:>7} {r[2]:<40} {r[3]:9.3f} ms {r[4]:7.1f} Gpx/s {r[5]:7.2f}x")
+    print("| nucleus + boundary map | objects | label_stats ms | seeded_label_stats ms | seeded / plain |\n"
+          "|---|---:|---:|---:|---:|")
+    for r in seeded_table(args.sizes, args.repeats):
+        print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.2f}x |")
     seg = segment_table(max(3, args.repeats // 10))
     print("| pipeline | ms | Mpx/s | vs starter | post-processing % |\n|---|---:|---:|---:|---:|")
     for r in seg:
