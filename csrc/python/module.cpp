@@ -101,11 +101,13 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "predict",
           [](const unetseg::Runner& r, const std::vector<at::Tensor>& images, std::optional<int64_t> tile_size,
-             std::optional<int64_t> halo, const Ranges& normalisation) {
-            const auto options = with_tiles({}, tile_size, halo, normalisation);
+             std::optional<int64_t> halo, const Ranges& normalisation, std::pair<int64_t, int64_t> context) {
+            auto options = with_tiles({}, tile_size, halo, normalisation);
+            options.context_top = context.first;
+            options.context_bottom = context.second;
             py::gil_scoped_release nogil;
             return r.predict(images, options);
           },
           py::arg("images"), py::arg("tile_size") = py::none(), py::arg("halo") = py::none(),
-          py::arg("normalisation") = py::none());
+          py::arg("normalisation") = py::none(), py::arg("context") = std::pair<int64_t, int64_t>{0, 0});
 }

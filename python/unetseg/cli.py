@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
     p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model's)")
     _add_labelling_options(p)
-    p.add_argument("--band-height", type=int, default=2048, help="rows per band (default 2048; memory grows with "
+    p.add_argument("--band-height", type=int, default=1024, help="rows per band (default 1024; memory grows with "
                    "band height x slide width)")
     p.add_argument("--tile-size", type=int, default=1024, help="tile side across a band (default 1024)")
     p.add_argument("--labels-format", choices=("ome-tiff", "zarr"), default="ome-tiff")

@@ -202,12 +202,14 @@ class Runner:
         return results
 
     def predict(self, images, *, tile_size: int | None = None, halo: int | None = None,
-                normalisation=None) -> list[np.ndarray]:
+                normalisation=None, context: tuple[int, int] = (0, 0)) -> list[np.ndarray]:
         """The network's probabilities, float32 (out_channels, H, W) per image (tiling and
-        normalisation as in :meth:`segment`)."""
+        normalisation as in :meth:`segment`). ``context=(top, bottom)``: rows at the top and bottom
+        of each image that the network only sees (a band read with its halo); the output then has
+        H - top - bottom rows, and tiles cover just those rows."""
         items = _as_list(images)
         tensors = [_as_tensor(im, i) for i, im in enumerate(items)]
-        return [p.numpy() for p in self._runner.predict(tensors, tile_size, halo, normalisation)]
+        return [p.numpy() for p in self._runner.predict(tensors, tile_size, halo, normalisation, tuple(context))]
 
 
 @functools.lru_cache(maxsize=4)

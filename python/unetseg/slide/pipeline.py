@@ -1,8 +1,9 @@
 """``segment_slide``: a slide of any size, in row bands, with memory that does not grow with it.
 
 Pass 1, band by band (``band_height`` rows): read the band plus the network's halo above and
-below, run the runner on it (tiled across, normalised with ranges computed once for the whole
-slide), keep the band's rows of the probability map and hand them to the :class:`StreamLabeller`.
+below, run the runner on it (tiles over the band's own rows only, the halo rows serving as their
+context; normalised with ranges computed once for the whole slide) and hand the band's rows of the
+probability map to the :class:`StreamLabeller`.
 Complete rows go to a provisional label file, finished objects to an object file and their
 outlines to a polygon file, all in ``OUTPUT/.unetseg-partial``; after each band a state file
 records how far the run got, so an interrupted run goes on from its last finished band.
@@ -96,7 +97,7 @@ class _Work:
 
 
 def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 0, channel: int | None = None,
-                  device: str = "auto", batch_size: int = 4, band_height: int = 2048, tile_size: int = 1024,
+                  device: str = "auto", batch_size: int = 4, band_height: int = 1024, tile_size: int = 1024,
                   labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
                   min_area: int | None = None, connectivity: int = 8, labels_format: str = "ome-tiff",
                   table_format: str = "csv", geojson: bool = True, resume: bool = False,
@@ -107,8 +108,9 @@ def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 
     slide: a path (TIFF/OME-TIFF/BigTIFF, .zarr/OME-Zarr, .npy, OpenSlide formats) or an array;
         ``level`` picks the pyramid level, ``channel`` the nuclear channel of a multi-channel slide.
     model: a model file, a :class:`unetseg.Runner` or None for the bundled default model.
-    band_height, tile_size: rows per band and the tile side across it (memory grows with
-        band_height x slide width; a smaller band costs more halo).
+    band_height, tile_size: rows per band and the tile side across it. Memory grows with
+        band_height x slide width; a band's halo rows are only tile context, so a band of
+        ``tile_size`` rows (the default) costs the network no more than a taller one.
     labelling, threshold, boundary_threshold, min_area, connectivity: as :func:`unetseg.segment_batch`.
     labels_format: "ome-tiff" or "zarr"; table_format: "csv" or "parquet" (needs pyarrow).
     resume: go on with an interrupted run in the same output folder (same slide and settings).
@@ -189,7 +191,8 @@ def _run(reader, runner, options, output, band_height, tile_size, labels_format,
                 y0, y1 = max(0, r0 - halo), min(h, r1 + halo)
                 image = reader.read(y0, y1)
                 t1 = time.perf_counter()
-                probs = runner.predict([image], tile_size=tile_size, normalisation=ranges)[0][:, r0 - y0 : r1 - y0]
+                probs = runner.predict([image], tile_size=tile_size, normalisation=ranges,
+                                       context=(r0 - y0, y1 - r1))[0]
                 t2 = time.perf_counter()
                 done = labeller.feed(probs, last=b == len(bands) - 1)
                 t3 = time.perf_counter()
