@@ -281,9 +281,9 @@ gpu = pytest.mark.skipif(not has_cuda_kernels, reason="needs a CUDA GPU and unet
                          "(torch.cuda.is_available() is False or the CUDA kernels were not built)")
 
 
-def assert_cuda_equals_cpu(scores: torch.Tensor, threshold=0.5, connectivity=8, min_area=0):
-    got = unetseg.label_stats(scores.cuda(), threshold, connectivity, min_area)
-    want = unetseg.label_stats(scores, threshold, connectivity, min_area)
+def assert_same_on_cuda(op, scores: torch.Tensor, *args):
+    """op (label_stats or seeded_label_stats) on the GPU equals op on the CPU."""
+    got, want = op(scores.cuda(), *args), op(scores, *args)
     assert got.labels.is_cuda and got.counts.is_cuda and got.stats.is_cuda
     assert torch.equal(got.labels.cpu(), want.labels) and torch.equal(got.counts.cpu(), want.counts)
     assert_stats_equal(got.stats.cpu(), want.stats)
@@ -295,7 +295,7 @@ def assert_cuda_equals_cpu(scores: torch.Tensor, threshold=0.5, connectivity=8, 
 def test_cuda_matches_cpu(n, h, w, density, smooth, layout, connectivity, min_area, dtype, seed):
     base = cast(blobby(np.random.default_rng(seed), (n, 2 * h + 1, 2 * w + 1), density, smooth), dtype)
     threshold = 0 if dtype == torch.bool else (127.5 if dtype == torch.uint8 else 0.5)
-    assert_cuda_equals_cpu(in_layout(base, layout, h, w), threshold, connectivity, min_area)
+    assert_same_on_cuda(unetseg.label_stats, in_layout(base, layout, h, w), threshold, connectivity, min_area)
 
 
 @gpu
@@ -303,22 +303,22 @@ def test_cuda_matches_cpu(n, h, w, density, smooth, layout, connectivity, min_ar
 @pytest.mark.parametrize("connectivity", [4, 8])
 def test_cuda_edge_cases(name, connectivity):
     mask = torch.from_numpy(EDGE_CASES[name])
-    assert_cuda_equals_cpu(mask, 0, connectivity)
-    assert_cuda_equals_cpu(mask.T, 0, connectivity)
+    assert_same_on_cuda(unetseg.label_stats, mask, 0, connectivity)
+    assert_same_on_cuda(unetseg.label_stats, mask.T, 0, connectivity)
 
 
 @gpu
 @pytest.mark.parametrize("size", [8192, 16384])
 def test_cuda_large_images(size):
     scores = blobby(np.random.default_rng(size), (1, size, size), 0.4, 3.0)
-    assert_cuda_equals_cpu(scores, 0.5, 8, 20)
+    assert_same_on_cuda(unetseg.label_stats, scores, 0.5, 8, 20)
 
 
 @gpu
 def test_cuda_batch_of_small_images_and_half_precision():
     scores = blobby(np.random.default_rng(0), (256, 256, 256), 0.45, 2.0)
-    assert_cuda_equals_cpu(scores.half())
-    assert_cuda_equals_cpu(scores.bfloat16(), 0.5, 4)
+    assert_same_on_cuda(unetseg.label_stats, scores.half())
+    assert_same_on_cuda(unetseg.label_stats, scores.bfloat16(), 0.5, 4)
 
 
 @gpu
@@ -337,22 +337,13 @@ def test_cuda_on_a_non_default_stream_and_out_variant():
     assert torch.equal(counts.cpu(), want.counts)
 
 
-def assert_cuda_seeded_equals_cpu(scores: torch.Tensor, threshold=0.5, boundary_threshold=0.5, connectivity=8,
-                                  min_area=0):
-    got = unetseg.seeded_label_stats(scores.cuda(), threshold, boundary_threshold, connectivity, min_area)
-    want = unetseg.seeded_label_stats(scores, threshold, boundary_threshold, connectivity, min_area)
-    assert got.labels.is_cuda and got.counts.is_cuda and got.stats.is_cuda
-    assert torch.equal(got.labels.cpu(), want.labels) and torch.equal(got.counts.cpu(), want.counts)
-    assert_stats_equal(got.stats.cpu(), want.stats)
-
-
 @gpu
 @settings(max_examples=1000)
 @given(**SEEDED_BATCHES)
 def test_cuda_seeded_matches_cpu(n, h, w, density, smooth, boundary_density, layout, connectivity, min_area, dtype,
                                  seed):
     scores = seeded_scores(n, h, w, density, smooth, boundary_density, layout, dtype, seed)
-    assert_cuda_seeded_equals_cpu(scores, *thresholds(dtype), connectivity, min_area)
+    assert_same_on_cuda(unetseg.seeded_label_stats, scores, *thresholds(dtype), connectivity, min_area)
 
 
 @gpu
@@ -368,14 +359,14 @@ def test_cuda_seeded_large_image_of_touching_nuclei(connectivity):
     band = ndi.binary_dilation(skimage.segmentation.find_boundaries(true, connectivity=2), iterations=1)
     nucleus = np.where(true > 0, rng.uniform(0.5, 1.0, true.shape), rng.uniform(0.0, 0.5, true.shape))
     scores = torch.from_numpy(np.stack([nucleus, band * rng.uniform(0.5, 1.0, true.shape)]).astype(np.float32))
-    assert_cuda_seeded_equals_cpu(scores, 0.5, 0.5, connectivity, 10)
+    assert_same_on_cuda(unetseg.seeded_label_stats, scores, 0.5, 0.5, connectivity, 10)
 
 
 @gpu
 def test_cuda_seeded_batch_half_precision_and_stream():
     scores = two_channel(np.random.default_rng(5), (64, 256, 256), 0.55, 2.0, 0.3)
-    assert_cuda_seeded_equals_cpu(scores.half())
-    assert_cuda_seeded_equals_cpu(scores.bfloat16(), 0.5, 0.4, 4, 5)
+    assert_same_on_cuda(unetseg.seeded_label_stats, scores.half())
+    assert_same_on_cuda(unetseg.seeded_label_stats, scores.bfloat16(), 0.5, 0.4, 4, 5)
     stream = torch.cuda.Stream()
     cuda_scores = scores.cuda()
     stream.wait_stream(torch.cuda.current_stream())
