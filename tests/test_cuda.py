@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import label_batch
 from test_label import DTYPES, EDGE_CASES, blobby, cast, in_layout
-from test_seeded import thresholds, touching_disks, two_channel
+from test_seeded import SEEDED_LAYOUTS, seeded_layout, thresholds, touching_disks, two_channel
 
 import unetseg
 from unetseg.ops import STATS_COLUMNS
@@ -185,21 +185,6 @@ def test_emulated_threshold_and_nan_follow_the_cpu_op(emulated):
     for t in (0.0, 6e-8, 1e-7, 2e-5):
         assert torch.equal(emulate(emulated, sub, t)[0], unetseg.label(sub, t).labels)
     assert emulate(emulated, sub, 0.0)[1].item() == 4
-
-
-SEEDED_LAYOUTS = ["n2hw", "2hw", "channels_last", "transposed", "strided", "channel_pick"]
-
-
-def seeded_layout(base: torch.Tensor, layout: str, h: int, w: int) -> torch.Tensor:
-    """(N, 2, 2h+1, 2w+1) `base` as (N, 2, h, w) or (2, h, w) scores in one of SEEDED_LAYOUTS."""
-    return {
-        "n2hw": lambda: base[:, :, :h, :w].contiguous(),
-        "2hw": lambda: base[0, :, :h, :w],
-        "channels_last": lambda: base[:, :, :h, :w].contiguous(memory_format=torch.channels_last),
-        "transposed": lambda: base[:, :, :w, :h].transpose(2, 3),
-        "strided": lambda: base[:, :, ::2, ::2],
-        "channel_pick": lambda: torch.cat([base, base], 1)[:, 1:3, :h, :w],  # boundary first in memory
-    }[layout]()
 
 
 SEEDED_BATCHES = dict(

@@ -25,6 +25,21 @@ def two_channel(rng: np.random.Generator, shape, density: float, smooth: float, 
     return torch.stack([nucleus, boundary], dim=-3)
 
 
+SEEDED_LAYOUTS = ["n2hw", "2hw", "channels_last", "transposed", "strided", "channel_pick"]
+
+
+def seeded_layout(base: torch.Tensor, layout: str, h: int, w: int) -> torch.Tensor:
+    """(N, 2, 2h+1, 2w+1) `base` as (N, 2, h, w) or (2, h, w) scores in one of SEEDED_LAYOUTS."""
+    return {
+        "n2hw": lambda: base[:, :, :h, :w].contiguous(),
+        "2hw": lambda: base[0, :, :h, :w] if len(base) else base[:, :, :h, :w].contiguous(),
+        "channels_last": lambda: base[:, :, :h, :w].contiguous(memory_format=torch.channels_last),
+        "transposed": lambda: base[:, :, :w, :h].transpose(2, 3),
+        "strided": lambda: base[:, :, ::2, ::2],
+        "channel_pick": lambda: torch.cat([base, base], 1)[:, 1:3, :h, :w],  # boundary first in memory
+    }[layout]()
+
+
 def thresholds(dtype: torch.dtype) -> tuple[float, float]:
     return {torch.bool: (0, 0.5), torch.uint8: (127.5, 127.5)}.get(dtype, (0.5, 0.5))
 
@@ -59,7 +74,7 @@ def test_matches_reference(threads, h, w, density, smooth, boundary_density, con
     n=st.integers(0, 4),
     h=st.integers(1, 60),
     w=st.integers(1, 60),
-    layout=st.sampled_from(["n2hw", "2hw", "channels_last", "transposed", "strided", "channel_pick"]),
+    layout=st.sampled_from(SEEDED_LAYOUTS),
     connectivity=st.sampled_from([4, 8]),
     threshold=st.floats(0.2, 0.8),
     boundary_threshold=st.floats(0.2, 0.8),
@@ -68,15 +83,7 @@ def test_matches_reference(threads, h, w, density, smooth, boundary_density, con
 )
 def test_batches_and_layouts(threads, n, h, w, layout, connectivity, threshold, boundary_threshold, dtype, seed):
     base = two_channel(np.random.default_rng(seed), (n, 2 * h + 1, 2 * w + 1), 0.55, 1.5, 0.3).to(dtype)
-    scores = {
-        "n2hw": base[:, :, :h, :w].contiguous(),
-        "2hw": base[0, :, :h, :w] if n else base[:, :, :h, :w].contiguous(),
-        "channels_last": base[:, :, :h, :w].contiguous(memory_format=torch.channels_last),
-        "transposed": base[:, :, :w, :h].transpose(2, 3),
-        "strided": base[:, :, ::2, ::2],
-        "channel_pick": torch.cat([base, base], 1)[:, 1:3, :h, :w],  # boundary first in memory
-    }[layout]
-    assert_same(scores, threshold, boundary_threshold, connectivity)
+    assert_same(seeded_layout(base, layout, h, w), threshold, boundary_threshold, connectivity)
 
 
 @pytest.mark.parametrize("name", EDGE_CASES)
