@@ -100,61 +100,67 @@ size_t element_size(ScoreType type) {
 constexpr size_t kAlign = 256;
 size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
-} // namespace
-
-size_t label_workspace_bytes(const Batch& b) {
+// Workspace of a labelling whose int32 scratch for a call of `call.n` images is ints(call): that
+// scratch (for the largest call) and cub's scan scratch after it.
+template <class Ints>
+size_t total_workspace_bytes(const Batch& b, Ints ints) {
   Batch call = b;
   call.n = std::min(b.n, images_per_call(b));
-  return aligned(static_cast<size_t>(ccl_parallel::workspace_ints(call)) * sizeof(int32_t)) +
-         scan_scratch_bytes(b);
+  return aligned(static_cast<size_t>(ints(call)) * sizeof(int32_t)) + scan_scratch_bytes(b);
 }
+
+// Runs a labelling over the batch in calls of at most images_per_call images, on one executor:
+// run(exec, call, i0, ints) labels images i0 .. i0 + call.n with `ints` (ints(call) int32) of scratch.
+template <class Ints, class Run>
+cudaError_t in_calls(const Batch& b, Ints ints, void* workspace, size_t bytes, cudaStream_t stream, Run run) {
+  if (bytes < total_workspace_bytes(b, ints)) return cudaErrorInvalidValue;
+  const int64_t per_call = images_per_call(b);
+  Batch call = b;
+  call.n = std::min(b.n, per_call);
+  const size_t ints_bytes = aligned(static_cast<size_t>(ints(call)) * sizeof(int32_t));
+  CudaExec exec{stream, static_cast<char*>(workspace) + ints_bytes, bytes - ints_bytes};
+  for (int64_t i0 = 0; i0 < b.n && exec.error == cudaSuccess; i0 += per_call) {
+    call.n = std::min(per_call, b.n - i0);
+    run(exec, call, i0, static_cast<int32_t*>(workspace));
+  }
+  return exec.error;
+}
+
+// The int32 scratch of label() and seeded_label() per call.
+int64_t label_ints(const Batch& call) { return ccl_parallel::workspace_ints(call); }
+int64_t seeded_ints(const Batch& call) { return ccl_parallel::seeded_workspace_ints(call); }
+
+} // namespace
+
+size_t label_workspace_bytes(const Batch& b) { return total_workspace_bytes(b, label_ints); }
 
 cudaError_t label(const void* scores, ScoreType type, const Batch& b, float threshold, bool eight,
                   int64_t min_area, int32_t* labels, int64_t* counts, void* workspace,
                   size_t workspace_bytes, cudaStream_t stream) {
-  if (workspace_bytes < label_workspace_bytes(b)) return cudaErrorInvalidValue;
-  const int64_t per_call = images_per_call(b);
-  Batch call = b;
-  call.n = std::min(b.n, per_call);
-  const size_t ints_bytes = aligned(static_cast<size_t>(ccl_parallel::workspace_ints(call)) * sizeof(int32_t));
-  CudaExec exec{stream, static_cast<char*>(workspace) + ints_bytes, workspace_bytes - ints_bytes};
   const auto* base = static_cast<const char*>(scores);
-  for (int64_t i0 = 0; i0 < b.n && exec.error == cudaSuccess; i0 += per_call) {
-    call.n = std::min(per_call, b.n - i0);
-    ccl_parallel::label(exec, base + i0 * b.stride_n * element_size(type), type, call, threshold, eight,
-                        min_area, ccl_parallel::carve(static_cast<int32_t*>(workspace), call),
-                        labels + i0 * b.h * b.w, counts + i0);
-  }
-  return exec.error;
+  return in_calls(b, label_ints, workspace, workspace_bytes, stream,
+                  [&](CudaExec& exec, const Batch& call, int64_t i0, int32_t* ints) {
+                    ccl_parallel::label(exec, base + i0 * b.stride_n * element_size(type), type, call, threshold,
+                                        eight, min_area, ccl_parallel::carve(ints, call), labels + i0 * b.h * b.w,
+                                        counts + i0);
+                  });
 }
 
-size_t seeded_workspace_bytes(const Batch& b) {
-  Batch call = b;
-  call.n = std::min(b.n, images_per_call(b));
-  return aligned(static_cast<size_t>(ccl_parallel::seeded_workspace_ints(call)) * sizeof(int32_t)) +
-         scan_scratch_bytes(b);
-}
+size_t seeded_workspace_bytes(const Batch& b) { return total_workspace_bytes(b, seeded_ints); }
 
 cudaError_t seeded_label(const void* nucleus, const void* boundary, ScoreType type, const Batch& b,
                          float threshold, float boundary_threshold, bool eight, int64_t min_area, int32_t* labels,
                          int64_t* counts, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-  if (workspace_bytes < seeded_workspace_bytes(b)) return cudaErrorInvalidValue;
-  const int64_t per_call = images_per_call(b);
-  Batch call = b;
-  call.n = std::min(b.n, per_call);
-  const size_t ints_bytes =
-      aligned(static_cast<size_t>(ccl_parallel::seeded_workspace_ints(call)) * sizeof(int32_t));
-  CudaExec exec{stream, static_cast<char*>(workspace) + ints_bytes, workspace_bytes - ints_bytes};
   const auto* n0 = static_cast<const char*>(nucleus);
   const auto* b0 = static_cast<const char*>(boundary);
-  for (int64_t i0 = 0; i0 < b.n && exec.error == cudaSuccess; i0 += per_call) {
-    call.n = std::min(per_call, b.n - i0);
-    const int64_t skip = i0 * b.stride_n * static_cast<int64_t>(element_size(type));
-    ccl_parallel::seeded_label(exec, n0 + skip, b0 + skip, type, call, threshold, boundary_threshold, eight,
-                               min_area, ccl_parallel::carve_seeded(static_cast<int32_t*>(workspace), call),
-                               labels + i0 * b.h * b.w, counts + i0);
-  }
-  return exec.error;
+  return in_calls(b, seeded_ints, workspace, workspace_bytes, stream,
+                  [&](CudaExec& exec, const Batch& call, int64_t i0, int32_t* ints) {
+                    const int64_t skip = i0 * b.stride_n * static_cast<int64_t>(element_size(type));
+                    ccl_parallel::seeded_label(exec, n0 + skip, b0 + skip, type, call, threshold,
+                                               boundary_threshold, eight, min_area,
+                                               ccl_parallel::carve_seeded(ints, call), labels + i0 * b.h * b.w,
+                                               counts + i0);
+                  });
 }
 
 size_t stats_workspace_bytes(int64_t objects) {
