@@ -52,7 +52,8 @@ class TrainConfig:
     max_images: int | None = None
     resume: bool = False
     init_weights: str | None = None
-    """start from this checkpoint's weights (fine-tuning; fresh optimizer, schedule and split)"""
+    """start from this checkpoint's weights (fine-tuning; fresh optimizer and schedule). The split
+    comes from `seed` as in any run: keep the checkpoint's seed so its validation images stay unseen"""
 
 
 def resolve_device(device: str) -> torch.device:
