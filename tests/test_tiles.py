@@ -86,17 +86,22 @@ def test_fixed_normalisation(runner):
     np.testing.assert_allclose(runner.predict([image], tile_size=8, normalisation=(low, high))[0], same, atol=2e-6)
 
 
-@settings(max_examples=15)
+@settings(max_examples=20)
 @given(h=st.integers(1, 200), w=st.integers(1, 200), tile=st.sampled_from([0, 8, 37, 64]), top=st.integers(0, 3),
-       bottom=st.integers(0, 40), seed=st.integers(0, 99))
-def test_context_rows_are_seen_not_predicted(runner, h, w, tile, top, bottom, seed):
-    """A band read with context rows (the slide pipeline's halo) gives the rows between them, as
-    predicting the whole image does (context above on the pooling grid, as the pipeline's is)."""
-    top *= runner.metadata["size_multiple"]
-    image = _image(h + top + bottom, w, seed)
-    got = runner.predict([image], tile_size=tile, context=(top, bottom))[0]
+       bottom=st.integers(0, 40), left=st.integers(0, 3), right=st.integers(0, 40), seed=st.integers(0, 99))
+def test_context_is_seen_not_predicted(runner, h, w, tile, top, bottom, left, right, seed):
+    """A block read with context rows and columns (the slide pipeline's halo) gives the pixels
+    between them, as predicting the whole image does (context above and left on the pooling grid,
+    as the pipeline's is)."""
+    top, left = top * runner.metadata["size_multiple"], left * runner.metadata["size_multiple"]
+    image = _image(h + top + bottom, w + left + right, seed)
+    want = runner.predict([image], tile_size=0)[0][:, top : top + h, left : left + w]
+    got = runner.predict([image], tile_size=tile, context=(top, bottom, left, right))[0]
     assert got.shape[1:] == (h, w)
-    np.testing.assert_allclose(got, runner.predict([image], tile_size=0)[0][:, top : top + h], atol=2e-6, rtol=0)
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+    if left == right == 0:  # rows only
+        np.testing.assert_allclose(runner.predict([image], tile_size=tile, context=(top, bottom))[0], want,
+                                   atol=2e-6, rtol=0)
 
 
 def test_tiling_errors(runner):
@@ -105,8 +110,12 @@ def test_tiling_errors(runner):
         runner.segment(image, tile_size=-1)
     with pytest.raises(ValueError, match="image 0 has 40 rows, not more than its context rows .20 above, 20 below"):
         runner.predict(image, context=(20, 20))
-    with pytest.raises(ValueError, match=r"context rows must be >= 0, got \(-1, 0\)"):
+    with pytest.raises(ValueError, match="image 0 has 40 columns, not more than its context columns .0 left, 40 right"):
+        runner.predict(image, context=(0, 0, 0, 40))
+    with pytest.raises(ValueError, match=r"context rows and columns must be >= 0, got \(-1, 0, 0, 0\)"):
         runner.predict(image, context=(-1, 0))
+    with pytest.raises(ValueError, match=r"context must be \(top, bottom\) or \(top, bottom, left, right\), got \(1,\)"):
+        runner.predict(image, context=(1,))
     with pytest.raises(ValueError, match="halo must be >= 0 pixels, got -4"):
         runner.predict(image, tile_size=16, halo=-4)
     with pytest.raises(ValueError, match="normalisation has 1 low and 1 high values; this model takes 3 input"):

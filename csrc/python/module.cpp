@@ -3,6 +3,7 @@
 // It binds the C++ Runner only: unetseg.segment_batch / unetseg.Runner wrap it in Python.
 #include <torch/csrc/utils/pybind.h>
 
+#include <array>
 #include <optional>
 #include <string>
 #include <vector>
@@ -101,13 +102,15 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "predict",
           [](const unetseg::Runner& r, const std::vector<at::Tensor>& images, std::optional<int64_t> tile_size,
-             std::optional<int64_t> halo, const Ranges& normalisation, std::pair<int64_t, int64_t> context) {
+             std::optional<int64_t> halo, const Ranges& normalisation, std::array<int64_t, 4> context) {
             auto options = with_tiles({}, tile_size, halo, normalisation);
-            options.context_top = context.first;
-            options.context_bottom = context.second;
+            options.context_top = context[0];
+            options.context_bottom = context[1];
+            options.context_left = context[2];
+            options.context_right = context[3];
             py::gil_scoped_release nogil;
             return r.predict(images, options);
           },
           py::arg("images"), py::arg("tile_size") = py::none(), py::arg("halo") = py::none(),
-          py::arg("normalisation") = py::none(), py::arg("context") = std::pair<int64_t, int64_t>{0, 0});
+          py::arg("normalisation") = py::none(), py::arg("context") = std::array<int64_t, 4>{0, 0, 0, 0});
 }

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <array>
 #include <map>
 #include <utility>
 
@@ -148,11 +149,12 @@ struct Tile {
 // side and clipped to the image. tile and halo are multiples of the network's size multiple (and
 // so is `top` where it matters: the slide pipeline's band halo), so every tile starts on its
 // pooling grid, and a tile at the right or bottom edge is padded as the whole image is.
-std::vector<Tile> plan_tiles(int64_t h, int64_t w, int64_t tile, int64_t halo, int64_t top = 0, int64_t bottom = 0) {
+std::vector<Tile> plan_tiles(int64_t h, int64_t w, int64_t tile, int64_t halo, const std::array<int64_t, 4>& context) {
+  const auto [top, bottom, left, right] = context;
   std::vector<Tile> tiles;
   for (int64_t cy = top; cy < h - bottom; cy += tile) {
-    for (int64_t cx = 0; cx < w; cx += tile) {
-      const int64_t cy1 = std::min(h - bottom, cy + tile), cx1 = std::min(w, cx + tile);
+    for (int64_t cx = left; cx < w - right; cx += tile) {
+      const int64_t cy1 = std::min(h - bottom, cy + tile), cx1 = std::min(w - right, cx + tile);
       tiles.push_back({std::max<int64_t>(0, cy - halo), std::min(h, cy1 + halo), std::max<int64_t>(0, cx - halo),
                        std::min(w, cx1 + halo), cy, cy1, cx, cx1});
     }
@@ -231,13 +233,18 @@ struct Runner::Impl {
     }
     TORCH_CHECK_VALUE(opt.halo.value_or(0) >= 0, "unetseg.Runner: halo must be >= 0 pixels, got ", *opt.halo);
     const int64_t halo = round_up(opt.halo.value_or(info.halo), info.size_multiple);
-    const int64_t top = opt.context_top, bottom = opt.context_bottom;
-    TORCH_CHECK_VALUE(top >= 0 && bottom >= 0, "unetseg.Runner: context rows must be >= 0, got (", top, ", ",
-                      bottom, ")");
+    const std::array<int64_t, 4> context{opt.context_top, opt.context_bottom, opt.context_left, opt.context_right};
+    const auto [top, bottom, left, right] = context;
+    TORCH_CHECK_VALUE(top >= 0 && bottom >= 0 && left >= 0 && right >= 0,
+                      "unetseg.Runner: context rows and columns must be >= 0, got (", top, ", ", bottom, ", ", left,
+                      ", ", right, ") (top, bottom, left, right)");
     for (size_t i = 0; i < hwc.size(); ++i) {
       TORCH_CHECK_VALUE(top + bottom < hwc[i].size(0), "unetseg.Runner: image ", i, " has ", hwc[i].size(0),
                         " rows, not more than its context rows (", top, " above, ", bottom,
                         " below); nothing would be left to predict");
+      TORCH_CHECK_VALUE(left + right < hwc[i].size(1), "unetseg.Runner: image ", i, " has ", hwc[i].size(1),
+                        " columns, not more than its context columns (", left, " left, ", right,
+                        " right); nothing would be left to predict");
     }
     std::vector<at::Tensor> whole;  // images labelled untiled
     std::vector<size_t> whole_index;
@@ -252,8 +259,8 @@ struct Runner::Impl {
       at::Tensor normalised = at::empty({h, w, info.in_channels}, at::kFloat);
       runner::normalise_into(hwc[i], info, normalised, fixed);
       at::Tensor probs =
-          at::empty({1, info.out_channels, h - top - bottom, w}, at::TensorOptions(at::kFloat).device(device));
-      const auto tiles = plan_tiles(h, w, tile, halo, top, bottom);
+          at::empty({1, info.out_channels, h - top - bottom, w - left - right}, at::TensorOptions(at::kFloat).device(device));
+      const auto tiles = plan_tiles(h, w, tile, halo, context);
       std::map<std::pair<int64_t, int64_t>, std::vector<const Tile*>> by_shape;
       for (const auto& t : tiles) {
         by_shape[{t.y1 - t.y0, t.x1 - t.x0}].push_back(&t);
@@ -266,7 +273,7 @@ struct Runner::Impl {
           });
           for (size_t k = 0; k < part.size(); ++k) {
             const Tile& t = *part[k];
-            probs[0].narrow(1, t.cy0 - top, t.cy1 - t.cy0).narrow(2, t.cx0, t.cx1 - t.cx0)
+            probs[0].narrow(1, t.cy0 - top, t.cy1 - t.cy0).narrow(2, t.cx0 - left, t.cx1 - t.cx0)
                 .copy_(out[int64_t(k)].narrow(1, t.cy0 - t.y0, t.cy1 - t.cy0).narrow(2, t.cx0 - t.x0, t.cx1 - t.cx0));
           }
         }
@@ -278,11 +285,11 @@ struct Runner::Impl {
       for (size_t k : group) {
         which.push_back(whole_index[k]);
       }
-      const int64_t h = whole[group[0]].size(0);
-      done(which, forward(int64_t(group.size()), h, whole[group[0]].size(1),
+      const int64_t h = whole[group[0]].size(0), w = whole[group[0]].size(1);
+      done(which, forward(int64_t(group.size()), h, w,
                           [&](int64_t k, const at::Tensor& view) {
                             runner::normalise_into(whole[group[size_t(k)]], info, view, fixed);
-                          }).narrow(2, top, h - top - bottom));
+                          }).narrow(2, top, h - top - bottom).narrow(3, left, w - left - right));
     }
   }
 

@@ -202,14 +202,18 @@ class Runner:
         return results
 
     def predict(self, images, *, tile_size: int | None = None, halo: int | None = None,
-                normalisation=None, context: tuple[int, int] = (0, 0)) -> list[np.ndarray]:
+                normalisation=None, context: tuple[int, ...] = (0, 0)) -> list[np.ndarray]:
         """The network's probabilities, float32 (out_channels, H, W) per image (tiling and
-        normalisation as in :meth:`segment`). ``context=(top, bottom)``: rows at the top and bottom
-        of each image that the network only sees (a band read with its halo); the output then has
-        H - top - bottom rows, and tiles cover just those rows."""
+        normalisation as in :meth:`segment`). ``context=(top, bottom)`` or ``(top, bottom, left,
+        right)``: rows and columns at the edges of each image that the network only sees (a block of
+        a slide read with its halo); the output then has H - top - bottom rows and W - left - right
+        columns, and tiles cover just those."""
+        if len(context) not in (2, 4):
+            raise ValueError(f"context must be (top, bottom) or (top, bottom, left, right), got {tuple(context)}")
+        context = tuple(int(c) for c in context) + (0, 0)[: 4 - len(context)]
         items = _as_list(images)
         tensors = [_as_tensor(im, i) for i, im in enumerate(items)]
-        return [p.numpy() for p in self._runner.predict(tensors, tile_size, halo, normalisation, tuple(context))]
+        return [p.numpy() for p in self._runner.predict(tensors, tile_size, halo, normalisation, context)]
 
 
 @functools.lru_cache(maxsize=4)

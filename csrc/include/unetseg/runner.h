@@ -79,11 +79,12 @@ struct SegmentOptions {
   std::optional<int64_t> tile_size;          // tile core side (see kAutoTile); rounded up to size_multiple
   std::optional<int64_t> halo;               // tile halo in pixels; default: the model's (info().halo)
   std::optional<Normalisation> normalisation;  // fixed ranges for every image; default: per image
-  // Rows at the top and bottom of every image that the network sees but that are neither predicted
-  // nor labelled: outputs have H - context_top - context_bottom rows. For a band of a larger image
-  // read with its halo above and below (the slide pipeline): tiles are planned over the remaining
-  // rows, so the context only ever serves as tile halo and costs no network output.
-  int64_t context_top = 0, context_bottom = 0;
+  // Rows and columns at the edges of every image that the network sees but that are neither
+  // predicted nor labelled: outputs have H - context_top - context_bottom rows and
+  // W - context_left - context_right columns. For a block of a larger image read with its halo
+  // around it (the slide pipeline): tiles are planned over the rest, so the context only ever
+  // serves as tile halo and costs no network output.
+  int64_t context_top = 0, context_bottom = 0, context_left = 0, context_right = 0;
 };
 
 // SegmentOptions with the model's defaults filled in and checked: what segment() labels with.
