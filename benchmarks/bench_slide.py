@@ -10,9 +10,10 @@ the fused op the runner ends with (the model's labelling and defaults), run on t
 stitched probability map, over the tiled segment time. (It was once segment time minus a separate
 predict run: two 90 s runs on a shared VM drift apart by more than the op takes.)
 
-Slides (streamed from a tiled OME-TIFF on disk by `segment_slide`, default band 1024 rows, tiles
-1024; written once into --workdir from a synthetic 2048^2 fluorescence field): Mpx/s, peak RSS of a
-fresh process, and the shares of reading, network, labelling + stitching and writing.
+Slides (streamed from a tiled OME-TIFF on disk by `segment_slide`, default blocks of 1024 rows x
+4096 columns, tiles 1024; written once into --workdir from a synthetic 2048^2 fluorescence field):
+Mpx/s, peak RSS of a fresh process and its ratio to the first (smallest) slide's (flat memory: 1x),
+and the shares of reading, network, labelling + stitching and writing.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
-def child(slide: str, output: str, band_height: int) -> None:
+def child(slide: str, output: str, band_height: int, block_width: int) -> None:
     """Runs in a fresh process: segment_slide, then its peak RSS."""
     import shutil
 
@@ -137,29 +138,33 @@ def child(slide: str, output: str, band_height: int) -> None:
 
     shutil.rmtree(output, ignore_errors=True)  # a fresh run, never a resumed one
     t0 = time.perf_counter()
-    result = unetseg.segment_slide(slide, output, progress=False, band_height=band_height)
+    result = unetseg.segment_slide(slide, output, progress=False, band_height=band_height, block_width=block_width)
     wall = time.perf_counter() - t0
     rss = peak_rss()
     print(json.dumps({"wall": wall, "seconds": result.seconds, "count": result.count, "rss": rss}))
 
 
-def bench_slides(sizes: list[int], workdir: Path, band_height: int) -> None:
-    print(f"\n## Streamed slides (segment_slide, band {band_height}, tiles 1024; {cpu_name()})\n")
-    print("| slide | wall s | Mpx/s | nuclei | peak RSS | read | network | labelling + stitching | writing |")
-    print("|---|---|---|---|---|---|---|---|---|")
+def bench_slides(sizes: list[int], workdir: Path, band_height: int, block_width: int) -> None:
+    print(f"\n## Streamed slides (segment_slide, blocks {band_height} x {block_width}, tiles 1024; {cpu_name()})\n")
+    print("| slide | wall s | Mpx/s | nuclei | peak RSS | peak / first slide's | read | network | labelling + stitching "
+          "| writing |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    first = None
     for size in sizes:
         slide = workdir / f"slide_{size}.ome.tif"
         if not slide.exists():
             write_slide(slide, size)
         out = subprocess.run([sys.executable, __file__, "--child", str(slide), str(workdir / f"out_{size}"),
-                              "--band-height", str(band_height)],
+                              "--band-height", str(band_height), "--block-width", str(block_width)],
                              check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         s = r["seconds"]
         total = sum(s.values())
         share = lambda k: f"{s[k] / total:.1%}"  # noqa: E731
+        first = first or r["rss"]
         print(f"| {size}² | {r['wall']:.0f} | {size * size / 1e6 / r['wall']:.2f} | {r['count']} | "
-              f"{r['rss'] / 2**30:.2f} GiB | {share('read')} | {share('network')} | {share('labelling')} | "
+              f"{r['rss'] / 2**30:.2f} GiB | {r['rss'] / first:.2f}x | {share('read')} | {share('network')} | "
+              f"{share('labelling')} | "
               f"{(s['write'] + s['normalisation']) / total:.1%} |", flush=True)
 
 
@@ -170,20 +175,21 @@ def main() -> None:
     p.add_argument("--slides", type=int, nargs="*", default=[8192, 16384, 32768])
     p.add_argument("--workdir", type=Path, help="where slides and outputs go (default: a temporary folder)")
     p.add_argument("--band-height", type=int, default=1024, help="segment_slide's rows per band (default 1024)")
+    p.add_argument("--block-width", type=int, default=4096, help="segment_slide's columns per block (default 4096)")
     p.add_argument("--child", nargs=2, metavar=("SLIDE", "OUTPUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(*args.child, args.band_height)
+        child(*args.child, args.band_height, args.block_width)
         return
     if args.tiles:
         bench_tiles(args.tiles, args.untiled_limit)
     if args.slides:
         if args.workdir:
             args.workdir.mkdir(parents=True, exist_ok=True)
-            bench_slides(args.slides, args.workdir, args.band_height)
+            bench_slides(args.slides, args.workdir, args.band_height, args.block_width)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                bench_slides(args.slides, Path(tmp), args.band_height)
+                bench_slides(args.slides, Path(tmp), args.band_height, args.block_width)
 
 
 if __name__ == "__main__":

@@ -209,7 +209,8 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
     try:
         result = segment_slide(
             args.slide, args.output, args.model, level=args.level, channel=args.channel, device=args.device,
-            batch_size=args.batch_size, band_height=args.band_height, tile_size=args.tile_size,
+            batch_size=args.batch_size, band_height=args.band_height, block_width=args.block_width,
+            tile_size=args.tile_size,
             labelling=args.labelling, threshold=args.threshold, boundary_threshold=args.boundary_threshold,
             min_area=args.min_area, labels_format=args.labels_format, table_format=args.table_format,
             geojson=not args.no_geojson, resume=args.resume, progress=True)
@@ -290,9 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
     p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model's)")
     _add_labelling_options(p)
-    p.add_argument("--band-height", type=int, default=1024, help="rows per band (default 1024; memory grows with "
-                   "band height x slide width)")
-    p.add_argument("--tile-size", type=int, default=1024, help="tile side across a band (default 1024)")
+    p.add_argument("--band-height", type=int, default=1024, help="rows of the blocks the slide is read in (default "
+                   "1024; memory grows with band height x block width, not with the slide)")
+    p.add_argument("--block-width", type=int, default=4096, help="columns of those blocks (default 4096)")
+    p.add_argument("--tile-size", type=int, default=1024, help="tile side within a block (default 1024)")
     p.add_argument("--labels-format", choices=("ome-tiff", "zarr"), default="ome-tiff")
     p.add_argument("--table-format", choices=("csv", "parquet"), default="csv")
     p.add_argument("--no-geojson", action="store_true", help="do not write objects.geojson")

@@ -129,7 +129,7 @@ def segment(array, model: str | os.PathLike | Runner | None = None, *, device: s
     for k in range(len(probs.chunks[0])):
         (band,) = dask.compute(probs.blocks[k])
         done = labeller.feed(np.moveaxis(band, -1, 0), last=k == len(probs.chunks[0]) - 1)
-        labels[done.row : done.row + done.labels.shape[0]] = done.labels
+        done.paste(labels[done.row : done.row + done.labels.shape[0], done.col : done.col + done.labels.shape[1]])
         ids.append(done.ids), first.append(done.first_pixel), stats.append(done.stats)
         if bar is not None:
             bar.update(1)

@@ -1,12 +1,14 @@
-"""``segment_slide``: a slide of any size, in row bands, with memory that does not grow with it.
+"""``segment_slide``: a slide of any size, in blocks, with memory that does not grow with it.
 
-Pass 1, band by band (``band_height`` rows): read the band plus the network's halo above and
-below, run the runner on it (tiles over the band's own rows only, the halo rows serving as their
-context; normalised with ranges computed once for the whole slide) and hand the band's rows of the
-probability map to the :class:`StreamLabeller`.
-Complete rows go to a provisional label file, finished objects to an object file and their
-outlines to a polygon file, all in ``OUTPUT/.unetseg-partial``; after each band a state file
-records how far the run got, so an interrupted run goes on from its last finished band.
+Pass 1, block by block (row bands of ``band_height`` rows, each cut into blocks of
+``block_width`` columns, left to right): read the block plus the network's halo around it, run
+the runner on it (tiles over the block's own pixels only, the halo serving as their context;
+normalised with ranges computed once for the whole slide) and hand the block of the probability
+map to the :class:`StreamLabeller`.
+Its labels go into a provisional label file (raw int32, written in place through a memory map of
+just those rows), finished objects to an object file and their outlines to a polygon file, all in
+``OUTPUT/.unetseg-partial``; after each band a state file records how far the run got, so an
+interrupted run goes on from its last finished band.
 
 Pass 2 numbers objects in raster order of their first pixel (a lookup table) and writes the
 outputs, each under a temporary name renamed into place when complete:
@@ -16,8 +18,10 @@ outputs, each under a temporary name renamed into place when complete:
 - ``objects.geojson``: one polygon per object (a QuPath detection), in pixel coordinates;
 - ``summary.json``: slide, model, options, object count and where the time went.
 
-Peak memory: a band (plus halo) of the slide, its probabilities and the network's activations on
-one batch of tiles, the carry of the labeller, and the object table (a few numbers per object).
+Peak memory: a block (plus halo) of the slide, its probabilities and the network's activations on
+one batch of tiles, the carries of the labeller (the components crossing block edges: a few rows
+of the slide's width), and the object table (a few numbers per object). Neither the slide's height
+nor, beyond those few carried rows, its width changes it.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ class _Work:
             changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
             raise ValueError(f"cannot resume: the interrupted run in {self.folder} used other settings "
                              f"({', '.join(changed)}); run without resume to start over")
-        for path, key in ((self.labels, "labels_bytes"), (self.objects, "objects_bytes"), (self.outlines, "outlines_bytes")):
+        for path, key in ((self.objects, "objects_bytes"), (self.outlines, "outlines_bytes")):
             with open(path, "r+b") as f:  # drop whatever was written after the state was saved
                 f.truncate(int(state[key]))
         return state
@@ -90,14 +94,15 @@ class _Work:
         state = {f"labeller_{k}": np.asarray(v) for k, v in labeller.state_dict().items()}
         state.update(fingerprint=json.dumps(fingerprint), band=band, ranges_low=np.asarray(ranges[0]),
                      ranges_high=np.asarray(ranges[1]), seconds=json.dumps(seconds),
-                     labels_bytes=self.labels.stat().st_size, objects_bytes=self.objects.stat().st_size,
+                     objects_bytes=self.objects.stat().st_size,
                      outlines_bytes=self.outlines.stat().st_size)
         with atomic_path(self.state) as tmp, open(tmp, "wb") as f:
             np.savez(f, **state)
 
 
 def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 0, channel: int | None = None,
-                  device: str = "auto", batch_size: int = 4, band_height: int = 1024, tile_size: int = 1024,
+                  device: str = "auto", batch_size: int = 4, band_height: int = 1024, block_width: int = 4096,
+                  tile_size: int = 1024,
                   labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
                   min_area: int | None = None, connectivity: int = 8, labels_format: str = "ome-tiff",
                   table_format: str = "csv", geojson: bool = True, resume: bool = False,
@@ -108,9 +113,10 @@ def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 
     slide: a path (TIFF/OME-TIFF/BigTIFF, .zarr/OME-Zarr, .npy, OpenSlide formats) or an array;
         ``level`` picks the pyramid level, ``channel`` the nuclear channel of a multi-channel slide.
     model: a model file, a :class:`unetseg.Runner` or None for the bundled default model.
-    band_height, tile_size: rows per band and the tile side across it. Memory grows with
-        band_height x slide width; a band's halo rows are only tile context, so a band of
-        ``tile_size`` rows (the default) costs the network no more than a taller one.
+    band_height, block_width, tile_size: the blocks the slide is read in (rows, columns) and the
+        tile side within them. Memory grows with band_height x block_width, not with the slide; a
+        block's halo is only tile context, so a band of ``tile_size`` rows (the default) costs the
+        network no more than a taller one, and blocks a multiple of ``tile_size`` wide cut no tiles.
     labelling, threshold, boundary_threshold, min_area, connectivity: as :func:`unetseg.segment_batch`.
     labels_format: "ome-tiff" or "zarr"; table_format: "csv" or "parquet" (needs pyarrow).
     resume: go on with an interrupted run in the same output folder (same slide and settings).
@@ -130,30 +136,33 @@ def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 
     runner = model if isinstance(model, Runner) else Runner(model, device=device, batch_size=batch_size)
     options = _resolve(runner, labelling, threshold, boundary_threshold, min_area, connectivity)
     multiple = int(runner.metadata["size_multiple"])
-    if band_height < 1 or tile_size < 1:
-        raise ValueError(f"band_height and tile_size must be >= 1 pixel, got {band_height} and {tile_size}")
-    band_height = -(-band_height // multiple) * multiple  # bands start on the network's pooling grid
+    if min(band_height, block_width, tile_size) < 1:
+        raise ValueError(f"band_height, block_width and tile_size must be >= 1 pixel, got {band_height}, "
+                         f"{block_width} and {tile_size}")
+    # blocks start on the network's pooling grid
+    band_height, block_width = (-(-n // multiple) * multiple for n in (band_height, block_width))
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ValueError(f"output {str(output)!r} is a file; segment_slide writes into a folder")
     owned = isinstance(slide, (str, os.PathLike))
     reader: SlideReader = open_slide(slide, level=level, channel=channel)
     try:
-        return _run(reader, runner, options, output, band_height, tile_size, labels_format, table_format, geojson,
-                    resume, progress, slide, level, channel)
+        return _run(reader, runner, options, output, (band_height, block_width), tile_size, labels_format,
+                    table_format, geojson, resume, progress, slide, level, channel)
     finally:
         if owned:
             reader.close()
 
 
-def _run(reader, runner, options, output, band_height, tile_size, labels_format, table_format, geojson, resume,
+def _run(reader, runner, options, output, block, tile_size, labels_format, table_format, geojson, resume,
          progress, slide, level, channel) -> SlideResult:
     h, w = reader.shape
     work = _Work(output / PARTIAL)
     fingerprint = {
         "slide": str(Path(slide).resolve()) if isinstance(slide, (str, os.PathLike)) else reader.description,
         "shape": [h, w], "level": level, "channel": channel, "model": str(runner.path.resolve()),
-        "model_bytes": runner.path.stat().st_size, "band_height": band_height, "tile_size": tile_size, **options,
+        "model_bytes": runner.path.stat().st_size, "band_height": block[0], "block_width": block[1],
+        "tile_size": tile_size, **options,
     }
     labeller = StreamLabeller(w, labelling=options["labelling"], threshold=options["threshold"],
                               boundary_threshold=options["boundary_threshold"],
@@ -163,8 +172,10 @@ def _run(reader, runner, options, output, band_height, tile_size, labels_format,
     if state is None:
         shutil.rmtree(work.folder, ignore_errors=True)
         work.folder.mkdir(parents=True)
-        for path in (work.labels, work.objects, work.outlines):
+        for path in (work.objects, work.outlines):
             path.touch()
+        with open(work.labels, "wb") as f:  # sparse until written
+            f.truncate(h * w * 4)
         start = time.perf_counter()
         # Normalisation ranges of the whole slide (from a subsample when it is very large), once.
         ranges = runner.normalisation(reader.thumbnail())
@@ -176,37 +187,39 @@ def _run(reader, runner, options, output, band_height, tile_size, labels_format,
         seconds.update(json.loads(str(state["seconds"])))
         first_band = int(state["band"])
     halo = runner.halo
-    bands = [(r, min(h, r + band_height)) for r in range(0, h, band_height)]
+    bands = [(r, min(h, r + block[0])) for r in range(0, h, block[0])]
+    columns = [(c, min(w, c + block[1])) for c in range(0, w, block[1])]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(bands), initial=first_band, unit="band", desc=f"segment {reader.description}")
     try:
-        with open(work.labels, "ab") as labels_file, open(work.objects, "ab") as objects_file, \
-                open(work.outlines, "a") as outlines_file:
+        with open(work.objects, "ab") as objects_file, open(work.outlines, "a") as outlines_file:
             for b in range(first_band, len(bands)):
                 r0, r1 = bands[b]
-                t0 = time.perf_counter()
                 y0, y1 = max(0, r0 - halo), min(h, r1 + halo)
-                image = reader.read(y0, y1)
-                t1 = time.perf_counter()
-                probs = runner.predict([image], tile_size=tile_size, normalisation=ranges,
-                                       context=(r0 - y0, y1 - r1))[0]
-                t2 = time.perf_counter()
-                done = labeller.feed(probs, last=b == len(bands) - 1)
-                t3 = time.perf_counter()
-                labels_file.write(done.labels.tobytes())
-                rows = np.column_stack([done.ids, done.first_pixel, done.stats]).astype(np.float64)
-                objects_file.write(rows.tobytes())
-                for i, outline in zip(done.ids, done.outlines):
-                    outlines_file.write(f"[{i},{json.dumps(outline.ravel().tolist())}]\n")
-                for f in (labels_file, objects_file, outlines_file):
+                for c0, c1 in columns:
+                    t0 = time.perf_counter()
+                    x0, x1 = max(0, c0 - halo), min(w, c1 + halo)
+                    image = reader.read(y0, y1, x0, x1)
+                    t1 = time.perf_counter()
+                    probs = runner.predict([image], tile_size=tile_size, normalisation=ranges,
+                                           context=(r0 - y0, y1 - r1, c0 - x0, x1 - c1))[0]
+                    t2 = time.perf_counter()
+                    done = labeller.feed(probs, last=b == len(bands) - 1)
+                    t3 = time.perf_counter()
+                    _paste(work.labels, (h, w), done)
+                    rows = np.column_stack([done.ids, done.first_pixel, done.stats]).astype(np.float64)
+                    objects_file.write(rows.tobytes())
+                    for i, outline in zip(done.ids, done.outlines):
+                        outlines_file.write(f"[{i},{json.dumps(outline.ravel().tolist())}]\n")
+                    seconds["read"] += t1 - t0
+                    seconds["network"] += t2 - t1
+                    seconds["labelling"] += t3 - t2
+                    seconds["write"] += time.perf_counter() - t3
+                for f in (objects_file, outlines_file):
                     f.flush()
-                seconds["read"] += t1 - t0
-                seconds["network"] += t2 - t1
-                seconds["labelling"] += t3 - t2
-                seconds["write"] += time.perf_counter() - t3
                 work.save(fingerprint, b + 1, ranges, labeller, seconds)
                 if bar is not None:
                     bar.update(1)
@@ -223,6 +236,22 @@ def _run(reader, runner, options, output, band_height, tile_size, labels_format,
     return result
 
 
+def _rows(path: Path, shape: tuple[int, int], r0: int, r1: int, mode: str = "r") -> np.ndarray:
+    """Rows [r0, r1) of the raw int32 label file of a slide of ``shape``, memory-mapped: slicing it
+    touches only the pages of the slice, and the map goes when the array does."""
+    return np.memmap(path, np.int32, mode, offset=r0 * shape[1] * 4, shape=(r1 - r0, shape[1]))
+
+
+def _paste(path: Path, shape: tuple[int, int], done) -> None:
+    """Writes a Finished block's labels into the provisional label file, in place."""
+    h, w = done.labels.shape
+    if h and w:
+        rows = _rows(path, shape, done.row, done.row + h, "r+")
+        done.paste(rows[:, done.col : done.col + w])
+        rows.flush()
+        del rows
+
+
 def _write_outputs(work, output, reader, runner, options, ranges, labels_format, table_format, geojson,
                    id_bound) -> SlideResult:
     h, w = reader.shape
@@ -230,35 +259,32 @@ def _write_outputs(work, output, reader, runner, options, ranges, labels_format,
     ids = objects[:, 0].astype(np.int64)
     lut = raster_numbering(ids, objects[:, 1].astype(np.int64), id_bound)
     count = len(ids)
-    rows_per_block = 512
+    side = 512  # output tiles and chunks
     labels_path = output / ("labels.ome.tif" if labels_format == "ome-tiff" else "labels.zarr")
 
-    def blocks():
-        with open(work.labels, "rb") as f:
-            for r in range(0, h, rows_per_block):
-                n = min(rows_per_block, h - r)
-                yield r, lut[np.fromfile(f, np.int32, count=n * w).reshape(n, w)]
+    def tiles():
+        """Final labels tile by tile in raster order: (row, col, block), reading one tile of the
+        provisional file at a time."""
+        for r in range(0, h, side):
+            for c in range(0, w, side):
+                rows = _rows(work.labels, (h, w), r, min(h, r + side))
+                yield r, c, lut[rows[:, c : c + side]]
+                del rows
 
     if labels_format == "ome-tiff":
         import tifffile
 
-        def tiles():
-            for _, block in blocks():
-                for c in range(0, w, rows_per_block):
-                    yield block[:, c : c + rows_per_block]
-
         with atomic_path(labels_path) as tmp:
-            tifffile.imwrite(tmp, tiles(), shape=(h, w), dtype=np.int32, tile=(rows_per_block, rows_per_block),
+            tifffile.imwrite(tmp, (tile for _, _, tile in tiles()), shape=(h, w), dtype=np.int32, tile=(side, side),
                              bigtiff=True, ome=True, compression="zlib", metadata={"axes": "YX", "Name": "labels"})
     else:
         import zarr
 
         tmp = output / f".{labels_path.name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        array = zarr.open_array(str(tmp), mode="w", shape=(h, w), chunks=(rows_per_block, rows_per_block),
-                                dtype=np.int32, fill_value=0)
-        for r, block in blocks():
-            array[r : r + block.shape[0]] = block
+        array = zarr.open_array(str(tmp), mode="w", shape=(h, w), chunks=(side, side), dtype=np.int32, fill_value=0)
+        for r, c, tile in tiles():
+            array[r : r + tile.shape[0], c : c + tile.shape[1]] = tile
         array.attrs.update({"unetseg": "labels: 0 background, objects 1..count in raster order", "count": count})
         old = output / f".{labels_path.name}.old"
         if labels_path.exists():
@@ -304,7 +330,8 @@ def _write_summary(result: SlideResult, reader, runner, options, ranges, fingerp
     summary = {
         "slide": fingerprint["slide"], "reader": reader.description, "shape": list(result.shape),
         "level": fingerprint["level"], "channel": fingerprint["channel"], "model": fingerprint["model"],
-        "options": options, "band_height": fingerprint["band_height"], "tile_size": fingerprint["tile_size"],
+        "options": options, "band_height": fingerprint["band_height"], "block_width": fingerprint["block_width"],
+        "tile_size": fingerprint["tile_size"],
         "normalisation": {"low": list(ranges[0]), "high": list(ranges[1])}, "count": result.count,
         "outputs": {k: str(getattr(result, k).name) for k in ("labels", "table", "geojson") if getattr(result, k)},
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},

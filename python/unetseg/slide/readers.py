@@ -29,8 +29,8 @@ class SlideReader(abc.ABC):
     description: str
 
     @abc.abstractmethod
-    def read(self, row0: int, row1: int) -> np.ndarray:
-        """Rows [row0, row1): (h, W) or (h, W, 3), the slide's dtype."""
+    def read(self, row0: int, row1: int, col0: int = 0, col1: int | None = None) -> np.ndarray:
+        """Rows [row0, row1) and columns [col0, col1) (default: all): (h, w) or (h, w, 3), the slide's dtype."""
 
     def thumbnail(self, max_pixels: int = 4096 * 4096, band: int = 1024) -> np.ndarray:
         """Every k-th row and column (k: :func:`thumbnail_step`), read band by band."""
@@ -126,16 +126,17 @@ class ArrayReader(SlideReader):
         rgb = "S" in given or given.endswith("C") or np.dtype(array.dtype) == np.uint8
         letters = given.replace("S", "C")
         self._axes, self.channels = _axes(shape, letters, channel, name, rgb)
-        self._row_index = letters.index("Y")
+        self._row_index, self._col_index = letters.index("Y"), letters.index("X")
         self.shape = (shape[letters.index("Y")], shape[letters.index("X")])
         self.dtype = np.dtype(array.dtype)
         self._closer = closer
         if self.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
             raise TypeError(f"{name} has dtype {self.dtype}; expected uint8, uint16 or float32/64")
 
-    def read(self, row0: int, row1: int) -> np.ndarray:
+    def read(self, row0: int, row1: int, col0: int = 0, col1: int | None = None) -> np.ndarray:
         index = list(self._axes.index)
         index[self._row_index] = slice(row0, row1)
+        index[self._col_index] = slice(col0, col1)
         band = np.asarray(self.array[tuple(index)])
         if self._axes.channel_axis is not None:
             band = np.moveaxis(band, self._axes.channel_axis, -1)
@@ -168,9 +169,11 @@ class OpenSlideReader(SlideReader):
         self._downsample = self._slide.level_downsamples[level]
         self.description = f"{path.name} (OpenSlide {self._slide.properties.get('openslide.vendor', '?')}, level {level})"
 
-    def read(self, row0: int, row1: int) -> np.ndarray:
-        y = int(round(row0 * self._downsample))  # OpenSlide takes the location in level-0 pixels
-        region = self._slide.read_region((0, y), self.level, (self.shape[1], row1 - row0))
+    def read(self, row0: int, row1: int, col0: int = 0, col1: int | None = None) -> np.ndarray:
+        col1 = self.shape[1] if col1 is None else col1
+        # OpenSlide takes the location in level-0 pixels
+        x, y = int(round(col0 * self._downsample)), int(round(row0 * self._downsample))
+        region = self._slide.read_region((x, y), self.level, (col1 - col0, row1 - row0))
         rgba = np.asarray(region)
         return np.ascontiguousarray(rgba[..., :3])
 

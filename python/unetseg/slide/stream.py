@@ -1,20 +1,30 @@
-"""Labelling a probability map that arrives as row bands, equal to labelling it whole.
+"""Labelling a probability map that arrives as blocks, equal to labelling it whole.
 
-A slide's probability map never exists in memory at once: :class:`StreamLabeller` takes it band by
-band (top to bottom) and labels each band with the fused ops, together with the *carry*: the rows
-of the foreground components that touch the band's bottom edge and so may go on in the next band.
-A foreground component that does not touch the bottom edge is complete, and so are its objects, in
-both labellings: plain labelling's objects are the components, and seeded labelling's seeds grow
-only inside their component. Those objects are finished: given a provisional id, their statistics
-(in slide coordinates), the flat index of their first pixel and, on request, an outline polygon.
-Rows above the carry are complete and are handed back with provisional ids.
+A slide's probability map never exists in memory at once, not even a full-width row of it:
+:class:`StreamLabeller` takes it block by block in raster order (row bands, each cut into column
+blocks fed left to right) and labels each block with the fused ops, together with two *carries*:
+
+- the side carry: the columns of the foreground components that touch the block's right edge, so
+  may go on in the band's next block (all rows of the band);
+- the band carry: the pixels of the components that touch the band's bottom edge, so may go on in
+  the next band (scores of those components only, zero elsewhere: the rest of the map cannot change
+  how they are labelled).
+
+A foreground component that touches neither edge is complete, and so are its objects, in both
+labellings: plain labelling's objects are the components, and seeded labelling's seeds grow only
+inside their component, in an order (nucleus score, then the seed's first pixel in raster order)
+that a rectangle cut of the map keeps. Those objects are finished: given a provisional id, their
+statistics (in slide coordinates), the flat index of their first pixel and, on request, an outline
+polygon. Each block hands back its labels with provisional ids; where it revises pixels an earlier
+block handed back (the band carry's), an overlay says which.
 
 The result is the whole-map labelling up to the numbering: numbering by first pixel in raster order
 needs every object, so it is a lookup table applied afterwards (:func:`raster_numbering`).
 
-Memory is the band plus the carry; the carry is bounded by the tallest foreground component crossing
-a band edge (nuclei: tens of rows). A component taller than ``max_carry`` rows is cut at a band
-edge with a warning (the only case where the result is not the whole-map labelling).
+Memory is a block plus the carries: the band carry is as tall as the tallest foreground component
+crossing a band edge and the side carry as wide as the widest crossing a block edge (nuclei: tens of
+pixels). A component that spans more than ``max_carry`` rows or columns is cut at an edge with a
+warning (the only case where the result is not the whole-map labelling).
 """
 
 from __future__ import annotations
@@ -34,21 +44,34 @@ class Finished:
 
     row: int
     """slide row of the first row of ``labels``"""
+    col: int
+    """slide column of the first column of ``labels``"""
     labels: np.ndarray
-    """int32 (h, W): complete rows with provisional ids (0 background; ids that no Finished lists
-    belong to objects dropped by min_area); h may be 0"""
+    """int32 (h, w): labels with provisional ids (0 background; ids that no Finished lists belong to
+    objects dropped by min_area or revised later); h or w may be 0"""
+    overlay: np.ndarray
+    """bool (k, w): the first k rows of ``labels`` revise pixels an earlier call returned; only
+    those marked True replace them (see :meth:`paste`)"""
     ids: np.ndarray
-    """int64 (k,): provisional ids of the objects finished in this call (increasing over the stream)"""
+    """int64 (n,): provisional ids of the objects finished in this call (increasing over the stream)"""
     first_pixel: np.ndarray
-    """int64 (k,): flat slide index (row * W + col) of each object's first pixel in raster order"""
+    """int64 (n,): flat slide index (row * W + col) of each object's first pixel in raster order"""
     stats: np.ndarray
-    """float64 (k, 8): the ops' statistics (unetseg.STATS_COLUMNS) in slide coordinates"""
+    """float64 (n, 8): the ops' statistics (unetseg.STATS_COLUMNS) in slide coordinates"""
     outlines: list[np.ndarray] = field(default_factory=list)
     """per object, when asked for: (n, 2) int32 (x, y) slide coordinates of its outer boundary"""
 
+    def paste(self, out: np.ndarray) -> None:
+        """Writes ``labels`` into ``out``, the (h, w) window of the slide's label array at
+        (row, col) (an array, a memory map...), keeping the pixels the overlay leaves alone."""
+        k = self.overlay.shape[0]
+        out[k:] = self.labels[k:]
+        if k:
+            np.copyto(out[:k], self.labels[:k], where=self.overlay)
+
 
 class StreamLabeller:
-    """Labels row bands of a (C, H, W) probability map: C = 1 (nucleus) for plain labelling, C >= 2
+    """Labels a (C, H, W) probability map fed as blocks: C = 1 (nucleus) for plain labelling, C >= 2
     (nucleus, boundary, ...) for seeded. Options as :func:`unetseg.label_stats` /
     :func:`unetseg.seeded_label_stats`. ``outlines=True`` traces each object's outer boundary."""
 
@@ -64,12 +87,22 @@ class StreamLabeller:
         self.threshold, self.boundary_threshold = float(threshold), float(boundary_threshold)
         self.connectivity, self.min_area = int(connectivity), int(min_area)
         self.outlines, self.max_carry = outlines, int(max_carry)
-        self.start = 0  # slide row of the carry's first row
-        self.end = 0  # slide row after the last row fed
+        self.start = 0  # slide row of the band carry's first row
+        self.end = 0  # slide row after the last band
         self.next_id = 1
         self.done = False
-        self.carry_scores = np.zeros((self.channels, 0, self.width), np.float32)  # rows of open components
-        self.carry_labels = np.zeros((0, self.width), np.int32)
+        # The band carry: rows [start, end), the scores of components still open downwards (0 elsewhere).
+        self.carry_scores = np.zeros((self.channels, 0, self.width), np.float32)
+        self.carry_mask = np.zeros((0, self.width), bool)
+        self._begin_band()
+
+    def _begin_band(self) -> None:
+        self.col = 0  # columns of the current band fed so far
+        self.band_rows, self.last = 0, False
+        self.side_start = 0  # slide column of the side carry's first column
+        self.side_scores = np.zeros((self.channels, 0, 0), np.float32)
+        self.side_labels = np.zeros((0, 0), np.int32)
+        self.pieces: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # the next band carry, by block
 
     @property
     def id_bound(self) -> int:
@@ -81,20 +114,31 @@ class StreamLabeller:
         return 2 if self.labelling == "seeded" else 1
 
     def feed(self, scores, last: bool = False) -> Finished:
-        """Takes the next band, (C, h, W) scores (float32/16, bf16, uint8 or bool like the ops; extra
-        channels are ignored), and returns what it completes. ``last=True`` ends the stream: every
-        object is then finished and every row returned."""
+        """Takes the next block, (C, h, w) scores (float32/16, uint8 or bool like the ops; extra
+        channels are ignored), and returns what it completes. Blocks come in raster order: a band's
+        blocks have the same h and go left to right until their widths add up to the map's width (a
+        whole band is one block of full width). ``last=True`` on every block of the last band ends
+        the stream: every object is then finished."""
         if self.done:
             raise RuntimeError("this StreamLabeller has had its last band; make a new one for another map")
         scores = np.asarray(scores)
-        if scores.ndim != 3 or scores.shape[0] < self.channels or scores.shape[2] != self.width:
-            raise ValueError(f"a band must be ({self.channels}+, h, {self.width}) scores, got shape {scores.shape}")
-        scores = scores[: self.channels]
-        buffer = np.concatenate([self.carry_scores, scores], axis=1) if self.carry_scores.shape[1] else scores
-        s, old_end, e = self.start, self.end, self.end + scores.shape[1]
+        left = self.width - self.col
+        if scores.ndim != 3 or scores.shape[0] < self.channels or not 1 <= scores.shape[2] <= left:
+            raise ValueError(f"a block must be ({self.channels}+, h, w) scores with 1 <= w <= {left} (the columns "
+                             f"of this band still to come), got shape {scores.shape}")
+        if self.col == 0:
+            self.band_rows, self.last = scores.shape[1], bool(last)
+        elif (scores.shape[1], bool(last)) != (self.band_rows, self.last):
+            raise ValueError(f"the blocks of a band must have the same rows and `last`: this band's first block "
+                             f"had {self.band_rows} rows (last={self.last}), got {scores.shape[1]} (last={last})")
+        s, e = self.start, self.end + self.band_rows
+        hs, c0, c1 = self.side_start, self.col, self.col + scores.shape[2]
+        column = np.concatenate([self.carry_scores[:, :, c0:c1], scores[: self.channels]], axis=1, dtype=np.float32)
+        buffer = np.concatenate([self.side_scores, column], axis=2) if c0 > hs else column
         if buffer.shape[1] == 0:
-            return self._finish_rows(s, e, last)
-        t = torch.from_numpy(np.ascontiguousarray(buffer))
+            return self._advance(Finished(s, hs, np.zeros((0, c1 - hs), np.int32), np.zeros((0, c1 - hs), bool),
+                                          np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 8))), c1, e)
+        t = torch.from_numpy(buffer)
         component_ids, _, components = label_stats(t[0], self.threshold, self.connectivity, 0)
         component_ids, components = component_ids.numpy(), components.numpy()
         if self.labelling == "seeded":
@@ -102,20 +146,23 @@ class StreamLabeller:
             labels, stats = labels.numpy(), stats.numpy().copy()
         else:
             labels, stats = component_ids, components.copy()
-        # Components touching the bottom edge stay open (unless this is the last band); components
-        # entirely above the previous band's last row were finished by an earlier call.
-        top, bottom = components[:, 1].astype(np.int64) + s, components[:, 3].astype(np.int64) + s
-        is_new = bottom >= old_end if old_end > s else np.ones(len(components), bool)
-        is_open = (bottom == e) & (not last)
-        next_start = int(top[is_open].min()) if is_open.any() else e
-        if e - next_start > self.max_carry:
-            warnings.warn(
-                f"a foreground region spans rows {next_start}..{e} (more than max_carry={self.max_carry} rows); "
-                f"it is cut at row {e}, so objects crossing that row are split. Raise the threshold or max_carry.",
-                RuntimeWarning, stacklevel=2)
+        top, left_col, bottom, right = (components[:, j].astype(np.int64) for j in (1, 2, 3, 4))
+        # Components within the side carry were labelled by the previous block. Components touching
+        # the right edge stay open (unless it is the map's), those touching the bottom edge (unless
+        # this is the last band) go to the band carry, the rest are finished.
+        is_new = right >= c0 - hs
+        is_open = (right == c1 - hs) & (c1 < self.width)
+        next_col = int(left_col[is_open].min()) + hs if is_open.any() else c1
+        if c1 - next_col > self.max_carry:
+            self._warn(f"columns {next_col}..{c1}", "columns", f"column {c1}")
             is_open[:] = False
-            next_start = e
-        finish_component = is_new & ~is_open
+            next_col = c1
+        down = is_new & ~is_open & (bottom == e - s) & (not self.last)
+        tall = down & (bottom - top > self.max_carry)
+        if tall.any():
+            self._warn(f"rows {int(top[tall].min()) + s}..{e}", "rows", f"row {e}")
+            down &= ~tall
+        finish_component = is_new & ~is_open & ~down
         first_rows, first_cols = _first_pixels(labels, stats)
         if self.labelling == "seeded" and len(stats):
             # Each object lies in one component: read it at the object's first pixel.
@@ -123,42 +170,66 @@ class StreamLabeller:
         else:
             finish = finish_component
         keep = finish & (stats[:, 0] >= self.min_area)
-        # Provisional ids are the band's labels shifted past every id handed out before: no lookup
-        # over the band's pixels. Objects not kept here (under min_area, or finished by an earlier
-        # band and labelled again in the carry) keep ids that no Finished lists, so
-        # raster_numbering(..., bound=id_bound) sends them to 0.
-        tail = component_ids[next_start - s :]
-        reopened = is_open[tail - 1] & (tail > 0) if is_open.any() else None  # labelled again next band
+        if down.any():
+            self._carry_down(buffer, component_ids, down, top, left_col, right, s, hs)
+        own = next_col - hs
+        tail = component_ids[:, own:]  # (before the shift below: plain labels are component_ids)
+        reopened = is_open[np.maximum(tail, 1) - 1] & (tail > 0) if is_open.any() else None
+        # Provisional ids are the block's labels shifted past every id handed out before: no lookup
+        # over the block's pixels. Objects not kept here (under min_area, finished by an earlier
+        # block and labelled again in a carry, or still open) keep ids that no Finished lists, so
+        # raster_numbering(..., bound=id_bound) sends them to 0; open ones are revised later.
         offset = self.next_id - 1
         ids = np.flatnonzero(keep).astype(np.int64) + 1 + offset
         self.next_id += len(stats)
         provisional = labels  # the op's fresh output, shifted in place
         np.add(provisional, np.int32(offset), out=provisional, where=provisional > 0)
-        c = self.carry_labels.shape[0]
-        if c:  # the carry's finished objects keep the ids they were given
-            head = provisional[:c]
-            np.copyto(head, self.carry_labels, where=self.carry_labels > 0)
-        outlines = ([self._outline(provisional, i, box, s) for i, box in
+        if c0 > hs:  # the side carry's finished objects keep the ids they were given
+            head = provisional[:, : c0 - hs]
+            np.copyto(head, self.side_labels, where=self.side_labels > 0)
+        outlines = ([self._outline(provisional, i, box, s, hs) for i, box in
                      zip(ids.tolist(), stats[keep, 1:5].astype(np.int64).tolist())] if self.outlines else [])
         kept = stats[keep]
         kept[:, [1, 3, 5]] += s
-        first = (first_rows[keep] + s) * self.width + first_cols[keep]
-        finished = Finished(s, provisional[: next_start - s], ids, first, kept, outlines)
-        carry = provisional[next_start - s :].copy()
-        if reopened is not None:
-            carry[reopened] = 0
-        self.carry_labels = carry
-        self.carry_scores = buffer[:, next_start - s :]
-        self.start, self.end, self.done = next_start, e, last
+        kept[:, [2, 4, 6]] += hs
+        first = (first_rows[keep] + s) * self.width + first_cols[keep] + hs
+        finished = Finished(s, hs, provisional[:, :own], self.carry_mask[:, hs:next_col], ids, first, kept, outlines)
+        side = provisional[:, own:].copy()
+        if reopened is not None:  # labelled again by the next block
+            side[reopened] = 0
+        self.side_scores, self.side_labels = buffer[:, :, own:].copy(), side
+        return self._advance(finished, c1, e, next_col)
+
+    def _carry_down(self, buffer, component_ids, down, top, left_col, right, s, hs) -> None:
+        """Keeps the pixels of the components open downwards (bounding box, mask, scores) for the band carry."""
+        r0, a, b = int(top[down].min()), int(left_col[down].min()), int(right[down].max())
+        chosen = np.concatenate([[False], down])
+        mask = chosen[component_ids[r0:, a:b]]
+        self.pieces.append((r0 + s, a + hs, mask, np.where(mask, buffer[:, r0:, a:b], np.float32(0))))
+
+    def _advance(self, finished: Finished, c1: int, e: int, next_col: int | None = None) -> Finished:
+        """Moves past a block; after a band's last block, the pieces become the band carry."""
+        self.col, self.side_start = c1, c1 if next_col is None else next_col
+        if c1 < self.width:
+            return finished
+        start = min((p[0] for p in self.pieces), default=e)
+        self.carry_scores = np.zeros((self.channels, e - start, self.width), np.float32)
+        self.carry_mask = np.zeros((e - start, self.width), bool)
+        for r, c, mask, scores in self.pieces:
+            rows, cols = slice(r - start, e - start), slice(c, c + mask.shape[1])
+            self.carry_mask[rows, cols] |= mask
+            np.copyto(self.carry_scores[:, rows, cols], scores, where=mask)
+        self.start, self.end, self.done = start, e, self.last
+        self._begin_band()
         return finished
 
-    def _finish_rows(self, s: int, e: int, last: bool) -> Finished:
-        self.end, self.done = e, last
-        empty = np.zeros((0, self.width), np.int32)
-        return Finished(s, empty, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 8)))
+    def _warn(self, span: str, what: str, cut: str) -> None:
+        warnings.warn(f"a foreground region spans {span} (more than max_carry={self.max_carry} {what}); it is cut at "
+                      f"{cut}, so objects crossing it are split. Raise the threshold or max_carry.",
+                      RuntimeWarning, stacklevel=3)
 
     @staticmethod
-    def _outline(labels: np.ndarray, k: int, box: list[int], row0: int) -> np.ndarray:
+    def _outline(labels: np.ndarray, k: int, box: list[int], row0: int, col0: int) -> np.ndarray:
         """The outer boundary of object k (pixel centres, OpenCV's border following), or the corners
         of its bounding box's pixels when it is too thin to have an area."""
         import cv2
@@ -171,18 +242,22 @@ class StreamLabeller:
         contour = contours[0][:, 0, :] if contours else None
         if contour is None or len(contour) < 3:
             contour = np.array([[0, 0], [c1 - c0 - 1, 0], [c1 - c0 - 1, r1 - r0 - 1], [0, r1 - r0 - 1]])
-        return (contour + (c0, r0 + row0)).astype(np.int32)
+        return (contour + (c0 + col0, r0 + row0)).astype(np.int32)
 
     def state_dict(self) -> dict:
-        """Everything needed to go on after an interruption (see :meth:`load_state_dict`)."""
+        """Everything needed to go on after an interruption between bands (see :meth:`load_state_dict`)."""
+        if self.col:
+            raise RuntimeError(f"state_dict is taken between bands; this band has had {self.col} of "
+                               f"{self.width} columns")
         return {"start": self.start, "end": self.end, "next_id": self.next_id, "done": self.done,
-                "carry_scores": self.carry_scores, "carry_labels": self.carry_labels}
+                "carry_scores": self.carry_scores, "carry_mask": self.carry_mask}
 
     def load_state_dict(self, state: dict) -> None:
         self.start, self.end = int(state["start"]), int(state["end"])
         self.next_id, self.done = int(state["next_id"]), bool(state["done"])
-        self.carry_scores = np.asarray(state["carry_scores"])
-        self.carry_labels = np.asarray(state["carry_labels"])
+        self.carry_scores = np.asarray(state["carry_scores"], np.float32)
+        self.carry_mask = np.asarray(state["carry_mask"], bool)
+        self._begin_band()
 
 
 def _first_pixels(labels: np.ndarray, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
