@@ -141,6 +141,7 @@ def test_readers(tmp_path):
     reader = open_slide(tmp_path / "pyramid.ome.tif")
     assert reader.shape == (150, 170) and reader.channels == 3
     np.testing.assert_array_equal(reader.read(10, 90), rgb[10:90])
+    np.testing.assert_array_equal(reader.read(10, 90, 33, 170), rgb[10:90, 33:])
     np.testing.assert_array_equal(open_slide(tmp_path / "pyramid.ome.tif", level=1).read(0, 75), rgb[::2, ::2])
     with pytest.raises(ValueError, match="has 2 pyramid level\\(s\\) \\(0..1\\); level 2 asked for"):
         open_slide(tmp_path / "pyramid.ome.tif", level=2)
@@ -148,6 +149,7 @@ def test_readers(tmp_path):
     fluo = (rng.random((4, 90, 80)) * 60000).astype(np.uint16)
     tifffile.imwrite(tmp_path / "fluo.ome.tif", fluo, ome=True, metadata={"axes": "CYX"})
     np.testing.assert_array_equal(open_slide(tmp_path / "fluo.ome.tif", channel=2).read(5, 50), fluo[2, 5:50])
+    np.testing.assert_array_equal(open_slide(tmp_path / "fluo.ome.tif", channel=2).read(5, 50, 7, 9), fluo[2, 5:50, 7:9])
     with pytest.raises(ValueError, match="has 4 channels .* choose the nuclear channel with channel=N"):
         open_slide(tmp_path / "fluo.ome.tif")
     with pytest.raises(ValueError, match="channel 7 asked for, but the slide has 4 channel"):
@@ -168,6 +170,7 @@ def test_readers(tmp_path):
     reader = open_slide(tmp_path / "slide.npy")
     assert isinstance(reader.array, np.memmap)
     np.testing.assert_array_equal(reader.thumbnail(max_pixels=2000), rgb[::4, ::4])
+    np.testing.assert_array_equal(reader.thumbnail(max_pixels=2000, block=(33, 25)), rgb[::4, ::4])
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         open_slide(tmp_path / "missing.tif")
@@ -188,6 +191,7 @@ def test_openslide_formats(tmp_path):
     reader = OpenSlideReader(tmp_path / "generic.tif")
     assert "generic-tiff" in reader.description and reader.shape == (130, 150)
     np.testing.assert_array_equal(reader.read(20, 100), rgb[20:100])
+    np.testing.assert_array_equal(reader.read(20, 100, 64, 130), rgb[20:100, 64:130])
     assert openslide.OpenSlide.detect_format(str(tmp_path / "generic.tif")) == "generic-tiff"
 
 

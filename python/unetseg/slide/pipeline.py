@@ -248,8 +248,7 @@ def _paste(path: Path, shape: tuple[int, int], done) -> None:
     if h and w:
         rows = _rows(path, shape, done.row, done.row + h, "r+")
         done.paste(rows[:, done.col : done.col + w])
-        rows.flush()
-        del rows
+        del rows  # unmapped; the page cache writes it back (no msync: that would wait for the disk)
 
 
 def _write_outputs(work, output, reader, runner, options, ranges, labels_format, table_format, geojson,

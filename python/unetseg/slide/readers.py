@@ -32,12 +32,16 @@ class SlideReader(abc.ABC):
     def read(self, row0: int, row1: int, col0: int = 0, col1: int | None = None) -> np.ndarray:
         """Rows [row0, row1) and columns [col0, col1) (default: all): (h, w) or (h, w, 3), the slide's dtype."""
 
-    def thumbnail(self, max_pixels: int = 4096 * 4096, band: int = 1024) -> np.ndarray:
-        """Every k-th row and column (k: :func:`thumbnail_step`), read band by band."""
+    def thumbnail(self, max_pixels: int = 4096 * 4096, block: tuple[int, int] = (1024, 4096)) -> np.ndarray:
+        """Every k-th row and column (k: :func:`thumbnail_step`), read block by block (rows, columns)."""
         h, w = self.shape
         step = thumbnail_step(h, w, max_pixels)
-        parts = [self.read(r, min(h, r + band))[(-r) % step :: step, ::step] for r in range(0, h, band)]
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        rows = []
+        for r in range(0, h, block[0]):
+            parts = [self.read(r, min(h, r + block[0]), c, min(w, c + block[1]))[(-r) % step :: step, (-c) % step :: step]
+                     for c in range(0, w, block[1])]
+            rows.append(np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0])
+        return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
     def close(self) -> None:
         pass
