@@ -11,7 +11,8 @@ probability, channel 1 a soft boundary probability (the objects' inner boundarie
 nucleus channel (the goal of issue 7: seeded at most 2x plain); "vs seeded" is time / unetseg's
 seeded_label_stats time (above 1: unetseg is faster). The methods are called in turn in every repeat,
 so a shared machine's drift shifts them alike. With --model and --images, the maps are a
-2-channel model's probabilities on those images instead (each image timed on its own, times summed).
+2-channel model's probabilities on those images instead (each image timed on its own, times summed),
+at 0.5 / 0.5 and at the model's own thresholds.
 """
 
 from __future__ import annotations
@@ -44,33 +45,38 @@ def make_maps(sizes: list[int], batch: int, small: int) -> dict[str, np.ndarray]
     return maps
 
 
-def predicted_maps(model: str, images: list[str]) -> list[np.ndarray]:
-    """A 2-channel model's (2, H, W) probabilities on real images."""
+def predicted_maps(model: str, images: list[str]) -> tuple[list[np.ndarray], tuple[float, float]]:
+    """A 2-channel model's (2, H, W) probabilities on real images, and its (threshold, boundary_threshold)."""
     from unetseg.io import collect_images
 
     runner = unetseg.Runner(model, device="cpu")
     if runner.metadata["out_channels"] < 2:
         raise SystemExit(f"{model} has no boundary output; give a nucleus + boundary model")
-    return [p[:2] for p in runner.predict(collect_images(images))]
+    options = runner.resolve(labelling="seeded")
+    return [p[:2] for p in runner.predict(collect_images(images))], (options["threshold"], options["boundary_threshold"])
 
 
-def bench_predicted(maps: list[np.ndarray], repeats: int) -> None:
+def bench_predicted(maps: list[np.ndarray], thresholds: tuple[float, float], repeats: int) -> None:
+    """Both ops (min_area 0) at 0.5 / 0.5 and at the model's own thresholds (plain at the same t)."""
     scores = [torch.from_numpy(np.ascontiguousarray(m)) for m in maps]
-    plain = seeded = 0.0
-    for s in scores:
-        times = interleaved_median_seconds({
-            "plain": lambda: unetseg.label_stats(s[0], THRESHOLD),
-            "seeded": lambda: unetseg.seeded_label_stats(s, THRESHOLD, THRESHOLD),
-        }, repeats)
-        plain += 1e3 * times["plain"]
-        seeded += 1e3 * times["seeded"]
-    plain_objects = sum(unetseg.label(s[0], THRESHOLD).counts.item() for s in scores)
-    seeded_objects = sum(unetseg.seeded_label(s, THRESHOLD, THRESHOLD).counts.item() for s in scores)
     pixels = sum(s[0].numel() for s in scores)
     print(f"{len(scores)} predicted maps, {pixels / 1e6:.1f} Mpx")
-    print("| method | objects | ms (sum) | Mpx/s | vs plain |\n|---|---:|---:|---:|---:|")
-    print(f"| unetseg label_stats (plain) | {plain_objects} | {plain:.2f} | {pixels / plain / 1e3:.0f} | 1.00x |")
-    print(f"| unetseg seeded_label_stats | {seeded_objects} | {seeded:.2f} | {pixels / seeded / 1e3:.0f} | {seeded / plain:.2f}x |")
+    print("| thresholds (t / t_b) | method | objects | ms (sum) | Mpx/s | vs plain |\n|---|---|---:|---:|---:|---:|")
+    for t, tb in dict.fromkeys([(THRESHOLD, THRESHOLD), thresholds]):
+        plain = seeded = 0.0
+        for s in scores:
+            times = interleaved_median_seconds({
+                "plain": lambda: unetseg.label_stats(s[0], t),
+                "seeded": lambda: unetseg.seeded_label_stats(s, t, tb),
+            }, repeats)
+            plain += 1e3 * times["plain"]
+            seeded += 1e3 * times["seeded"]
+        plain_objects = sum(unetseg.label(s[0], t).counts.item() for s in scores)
+        seeded_objects = sum(unetseg.seeded_label(s, t, tb).counts.item() for s in scores)
+        name = f"{t:g} / {tb:g}" + (" (the model's)" if (t, tb) == thresholds else "")
+        print(f"| {name} | unetseg label_stats (plain) | {plain_objects} | {plain:.2f} | {pixels / plain / 1e3:.0f} | 1.00x |")
+        print(f"| {name} | unetseg seeded_label_stats | {seeded_objects} | {seeded:.2f} | {pixels / seeded / 1e3:.0f} | "
+              f"{seeded / plain:.2f}x |", flush=True)
 
 
 def skimage_watershed(image: np.ndarray) -> np.ndarray:
@@ -94,7 +100,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"# {cpu_name()}, {args.threads} threads, torch {torch.__version__}, unetseg {unetseg.__version__}")
     if args.model:
-        return bench_predicted(predicted_maps(args.model, args.images or []), args.repeats)
+        return bench_predicted(*predicted_maps(args.model, args.images or []), args.repeats)
     print("| map | plain objects | seeded objects | method | ms | Mpx/s | vs plain | vs seeded |")
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     for name, m in make_maps(args.sizes, 16, 256).items():
