@@ -292,8 +292,9 @@ def write_history(history: list[dict], out: Path) -> None:
     axes[1].plot(epochs, [h["val_dsb_score"] for h in history], label="DSB score (crops)")
     axes[1].set(title="validation", xlabel="epoch", ylim=(0, 1))
     axes[1].legend()
-    axes[2].semilogy(epochs, [h["lr"] for h in history])
-    axes[2].set(title="learning rate", xlabel="epoch")
+    rates = [h["lr"] for h in history]
+    axes[2].plot(epochs, rates)
+    axes[2].set(title="learning rate", xlabel="epoch", yscale="log" if min(rates) > 0 else "linear")
     fig.tight_layout()
     with atomic_path(out / "training_curves.png") as tmp:
         fig.savefig(tmp, dpi=90, format="png")
