@@ -193,7 +193,8 @@ def _run(reader, runner, options, output, block, tile_size, labels_format, table
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(bands), initial=first_band, unit="band", desc=f"segment {reader.description}")
+        bar = tqdm(total=len(bands) * len(columns), initial=first_band * len(columns), unit="block",
+                   desc=f"segment {reader.description}")
     try:
         with open(work.objects, "ab") as objects_file, open(work.outlines, "a") as outlines_file:
             for b in range(first_band, len(bands)):
@@ -218,11 +219,11 @@ def _run(reader, runner, options, output, block, tile_size, labels_format, table
                     seconds["network"] += t2 - t1
                     seconds["labelling"] += t3 - t2
                     seconds["write"] += time.perf_counter() - t3
+                    if bar is not None:
+                        bar.update(1)
                 for f in (objects_file, outlines_file):
                     f.flush()
                 work.save(fingerprint, b + 1, ranges, labeller, seconds)
-                if bar is not None:
-                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()
