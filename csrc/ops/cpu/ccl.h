@@ -200,62 +200,45 @@ inline void pack_bits(const uint8_t* mask, int32_t width, uint64_t* bits) {
   }
 }
 
+// The bits of `p[k] > threshold` (`p[k] < threshold` when Below) for the n <= 64 floats at p, four
+// at a time. NaN compares false either way.
+template <bool Below = false>
+inline uint64_t compare_bits(const float* p, int32_t n, float threshold) {
+  uint64_t word = 0;
+  int32_t k = 0;
+#if defined(__SSE2__)
+  const __m128 t = _mm_set1_ps(threshold);
+  for (; k + 4 <= n; k += 4) {
+    const __m128 v = _mm_loadu_ps(p + k);
+    word |= static_cast<uint64_t>(_mm_movemask_ps(Below ? _mm_cmplt_ps(v, t) : _mm_cmpgt_ps(v, t))) << k;
+  }
+#endif
+  for (; k < n; ++k) word |= static_cast<uint64_t>(Below ? p[k] < threshold : p[k] > threshold) << k;
+  return word;
+}
+
 // The bit row of `score > threshold` (or `score < threshold` when Below) for a contiguous float32
-// row, without a byte stage. NaN compares false either way.
+// row, without a byte stage.
 template <bool Below = false>
 void threshold_bits(const float* row, int32_t width, float threshold, uint64_t* bits) {
   int32_t x = 0;
-#if defined(__SSE2__)
-  const __m128 t = _mm_set1_ps(threshold);
-  for (; x + 64 <= width; x += 64) {
-    uint64_t word = 0;
-    for (int k = 0; k < 16; ++k) {
-      const __m128 v = _mm_loadu_ps(row + x + 4 * k);
-      const __m128 hit = Below ? _mm_cmplt_ps(v, t) : _mm_cmpgt_ps(v, t);
-      word |= static_cast<uint64_t>(_mm_movemask_ps(hit)) << (4 * k);
-    }
-    bits[x / 64] = word;
-  }
-#endif
-  for (; x < width; x += 64) {
-    uint64_t word = 0;
-    for (int k = 0; k < 64 && x + k < width; ++k) {
-      const float v = row[x + k];
-      word |= static_cast<uint64_t>(Below ? v < threshold : v > threshold) << k;
-    }
-    bits[x / 64] = word;
-  }
+  for (; x + 64 <= width; x += 64) bits[x / 64] = compare_bits<Below>(row + x, 64, threshold);
+  if (x < width) bits[x / 64] = compare_bits<Below>(row + x, width - x, threshold);
 }
 
 // The bit rows of `nucleus > threshold` and `nucleus > threshold && boundary < boundary_threshold`
-// for contiguous float32 rows of a 2-channel map, in one pass over both.
+// for contiguous float32 rows of a 2-channel map, in one pass over both. The boundary matters only
+// under the foreground: words with no foreground skip its read.
 inline void threshold_seed_bits(const float* nucleus, const float* boundary, int32_t width, float threshold,
                                 float boundary_threshold, uint64_t* foreground, uint64_t* seeds) {
+  auto word = [&](int32_t x, int32_t n) {
+    const uint64_t fg = compare_bits(nucleus + x, n, threshold);
+    foreground[x / 64] = fg;
+    seeds[x / 64] = fg ? fg & compare_bits<true>(boundary + x, n, boundary_threshold) : 0;
+  };
   int32_t x = 0;
-#if defined(__SSE2__)
-  const __m128 t = _mm_set1_ps(threshold), tb = _mm_set1_ps(boundary_threshold);
-  for (; x + 64 <= width; x += 64) {
-    uint64_t fg = 0, seed = 0;
-    for (int k = 0; k < 16; ++k) {
-      const __m128 hit = _mm_cmpgt_ps(_mm_loadu_ps(nucleus + x + 4 * k), t);
-      const __m128 below = _mm_cmplt_ps(_mm_loadu_ps(boundary + x + 4 * k), tb);
-      fg |= static_cast<uint64_t>(_mm_movemask_ps(hit)) << (4 * k);
-      seed |= static_cast<uint64_t>(_mm_movemask_ps(_mm_and_ps(hit, below))) << (4 * k);
-    }
-    foreground[x / 64] = fg;
-    seeds[x / 64] = seed;
-  }
-#endif
-  for (; x < width; x += 64) {
-    uint64_t fg = 0, seed = 0;
-    for (int k = 0; k < 64 && x + k < width; ++k) {
-      const bool hit = nucleus[x + k] > threshold;
-      fg |= static_cast<uint64_t>(hit) << k;
-      seed |= static_cast<uint64_t>(hit && boundary[x + k] < boundary_threshold) << k;
-    }
-    foreground[x / 64] = fg;
-    seeds[x / 64] = seed;
-  }
+  for (; x + 64 <= width; x += 64) word(x, 64);
+  if (x < width) word(x, width - x);
 }
 
 // Step 1 for one row: appends the runs of the row's bit row `bits` (words_per_row(width) words,

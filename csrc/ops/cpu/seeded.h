@@ -57,7 +57,7 @@ struct SeededScratch {
   struct Pixel {
     int32_t row, col;
   };
-  std::vector<Pixel> frontier, next, grown;
+  std::vector<Pixel> grown; // ring pixels in the order growth reaches them, each round a range
   std::vector<int32_t> chosen;
   std::vector<ObjectStats> objects; // index: provisional label
   std::vector<int64_t> first;       // raster index of each object's first pixel
@@ -195,16 +195,20 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
     }
     first[k] = std::min(first[k], int64_t{row} * width + col);
   };
-  std::vector<Pixel>& frontier = scratch.frontier;
-  std::vector<Pixel>& next = scratch.next;
   std::vector<Pixel>& grown = scratch.grown;
   std::vector<int32_t>& chosen = scratch.chosen;
-  frontier.clear();
-  grown.clear();
 
   // Components of one or no seed are objects as they are, summed from their runs. The runs of the
   // others become ring bits (their pixels that are not seeds), and the ring pixels next to a seed
-  // the first frontier of growth, found a word at a time.
+  // the first frontier of growth, found a word at a time. `grown` gets room for every ring pixel,
+  // so the rounds below append without a capacity check.
+  int64_t ring_pixels = 0;
+  for (int32_t i = 0; i < num_fg_runs; ++i) {
+    if (object[fg_labels[i]] < 0) ring_pixels += fg_runs[i].end - fg_runs[i].start;
+  }
+  if (grown.size() < static_cast<size_t>(ring_pixels)) grown.resize(static_cast<size_t>(ring_pixels)); // seeds too
+  if (chosen.size() < grown.size()) chosen.resize(grown.size());
+  Pixel* tail = grown.data();
   std::fill(scratch.ring.begin(), scratch.ring.end(), 0);
   for (int32_t i = 0; i < num_fg_runs; ++i) {
     const Run& r = fg_runs[i];
@@ -226,7 +230,7 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
                               : mid[k - words] | mid[k + words];
       const uint64_t hits = word & near;
       ring[r.row * words + k] |= word & ~hits;
-      for (uint64_t h = hits; h; h &= h - 1) frontier.push_back({r.row, static_cast<int32_t>(k * 64 + __builtin_ctzll(h))});
+      for (uint64_t h = hits; h; h &= h - 1) *tail++ = {r.row, static_cast<int32_t>(k * 64 + __builtin_ctzll(h))};
     }
   }
   // The seeds of those components, written with the seeds' labels.
@@ -249,10 +253,10 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
   // Growth.
   int64_t offset[9]; // of each neighbour in `labels`
   for (int n = 0; n < 9; ++n) offset[n] = detail::kDr[n] * int64_t{width} + detail::kDc[n];
-  while (!frontier.empty()) {
+  for (Pixel *frontier = grown.data(), *end = tail; frontier != end; frontier = end, end = tail) {
+    const auto size = static_cast<size_t>(end - frontier);
     // Choose every label from the labels of earlier rounds...
-    chosen.resize(frontier.size());
-    for (size_t i = 0; i < frontier.size(); ++i) {
+    for (size_t i = 0; i < size; ++i) {
       const Pixel p = frontier[i];
       const int32_t* at_p = &at(p.row, p.col);
       const uint32_t m = detail::neighbour_bits(labelled, words, p.row, p.col, keep);
@@ -275,8 +279,7 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
       chosen[i] = best;
     }
     // ...then commit them all and queue the ring pixels they touch.
-    next.clear();
-    for (size_t i = 0; i < frontier.size(); ++i) {
+    for (size_t i = 0; i < size; ++i) {
       const Pixel p = frontier[i];
       at(p.row, p.col) = chosen[i];
       labelled[p.row * words + (p.col >> 6)] |= uint64_t{1} << (p.col & 63);
@@ -285,11 +288,9 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
         const int b = __builtin_ctz(m);
         const int32_t r = p.row + detail::kDr[b], c = p.col + detail::kDc[b];
         ring[r * words + (c >> 6)] &= ~(uint64_t{1} << (c & 63));
-        next.push_back({r, c});
+        *tail++ = {r, c};
       }
     }
-    grown.insert(grown.end(), frontier.begin(), frontier.end());
-    frontier.swap(next);
   }
 
   // Numbering: raster order of first pixels, after min_area.
@@ -309,7 +310,7 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
     const int32_t k = seeds.run_labels[i];
     if (renumber[k] != k) std::fill(&at(r.row, r.start), &at(r.row, r.start) + (r.end - r.start), renumber[k]);
   }
-  for (const Pixel& p : grown) at(p.row, p.col) = renumber[at(p.row, p.col)];
+  for (const Pixel* p = grown.data(); p != tail; ++p) at(p->row, p->col) = renumber[at(p->row, p->col)];
   for (int32_t i = 0; i < num_fg_runs; ++i) {
     const int32_t o = object[fg_labels[i]];
     fg_labels[i] = o > 0 ? renumber[o] : -1;
