@@ -278,3 +278,19 @@ def test_postprocessing_defaults_travel_in_the_model_file(rgb_model, tmp_path):
         export(rgb_model[1], tmp_path / "bad.pt", min_area=-1)
     with pytest.raises(ValueError, match=r"boundary_threshold must be a probability in \[0, 1\], got 2"):
         export(rgb_model[1], tmp_path / "bad.pt", boundary_threshold=2)
+
+
+def test_cli_segment_tta(tmp_path, model_file):
+    image = synthetic_nuclei((48, 56), seed=4).image
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "im.png"), image)
+    image = read_image(tmp_path / "im.png")
+    t = float(np.median(unetseg.Runner(model_file[0]).predict([image])[0]))  # a random model: half is foreground
+    wants = []
+    for flag, tta in (([], False), (["--tta"], True)):
+        out = tmp_path / f"out{tta}"
+        assert main(["segment", str(tmp_path / "im.png"), "-o", str(out), "-m", str(model_file[0]), "-t", str(t)] + flag) == 0
+        wants.append(unetseg.segment_batch([image], model_file[0], threshold=t, tta=tta)[0])
+        np.testing.assert_array_equal(read_image(out / "im_labels.png"), wants[-1].labels)
+    assert not np.array_equal(wants[0].labels, wants[1].labels)  # the flag reached the runner

@@ -39,7 +39,7 @@ def default_runner():
 def whole_image(runner, image, **options):
     """The runner on the whole image at once, at thresholds no probability is within 1e-6 of (tiles
     and bands round the network's floats differently, by ~1e-7)."""
-    probs = runner.predict([image], tile_size=0)[0]
+    probs = runner.predict([image], tile_size=0, tta=options.get("tta", False))[0]
     options = dict(threshold=threshold_away_from([probs]), boundary_threshold=threshold_away_from([probs], 1),
                    **options)
     return runner.segment([image], tile_size=0, **options)[0], options
@@ -62,6 +62,15 @@ def test_slide_equals_the_whole_image(default_runner, slide, tmp_path, labelling
     assert not (tmp_path / "out" / PARTIAL).exists()
     summary = json.loads(result.summary.read_text())
     assert summary["count"] == want.count and set(summary["seconds"]) >= {"read", "network", "labelling", "write"}
+
+
+def test_slide_with_tta_equals_the_whole_image(default_runner, slide, tmp_path):
+    want, options = whole_image(default_runner, slide[1], tta=True)
+    assert not np.array_equal(want.labels, whole_image(default_runner, slide[1])[0].labels)
+    result = segment_slide(slide[0], tmp_path / "out", default_runner, band_height=64, block_width=96, tile_size=48,
+                           progress=False, **options)
+    assert result.count == want.count > 30
+    np.testing.assert_array_equal(tifffile.imread(result.labels), want.labels)
 
 
 def test_zarr_parquet_and_geojson(default_runner, slide, tmp_path):

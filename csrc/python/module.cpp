@@ -81,9 +81,10 @@ PYBIND11_MODULE(_C, m) {
           [](const unetseg::Runner& r, const std::vector<at::Tensor>& images,
              std::optional<double> threshold, std::optional<int64_t> min_area, int64_t connectivity,
              const std::string& labelling, std::optional<double> boundary_threshold,
-             std::optional<int64_t> tile_size, std::optional<int64_t> halo, const Ranges& normalisation) {
-            const auto options = with_tiles({threshold, min_area, connectivity, labelling, boundary_threshold},
-                                            tile_size, halo, normalisation);
+             std::optional<int64_t> tile_size, std::optional<int64_t> halo, const Ranges& normalisation, bool tta) {
+            auto options = with_tiles({threshold, min_area, connectivity, labelling, boundary_threshold}, tile_size,
+                                      halo, normalisation);
+            options.tta = tta;
             std::vector<unetseg::Segmentation> results;
             {
               py::gil_scoped_release nogil;
@@ -98,12 +99,13 @@ PYBIND11_MODULE(_C, m) {
           py::arg("images"), py::arg("threshold") = py::none(), py::arg("min_area") = py::none(),
           py::arg("connectivity") = 8, py::arg("labelling") = "auto",
           py::arg("boundary_threshold") = py::none(), py::arg("tile_size") = py::none(),
-          py::arg("halo") = py::none(), py::arg("normalisation") = py::none())
+          py::arg("halo") = py::none(), py::arg("normalisation") = py::none(), py::arg("tta") = false)
       .def(
           "predict",
           [](const unetseg::Runner& r, const std::vector<at::Tensor>& images, std::optional<int64_t> tile_size,
-             std::optional<int64_t> halo, const Ranges& normalisation, std::array<int64_t, 4> context) {
+             std::optional<int64_t> halo, const Ranges& normalisation, std::array<int64_t, 4> context, bool tta) {
             auto options = with_tiles({}, tile_size, halo, normalisation);
+            options.tta = tta;
             options.context_top = context[0];
             options.context_bottom = context[1];
             options.context_left = context[2];
@@ -112,5 +114,6 @@ PYBIND11_MODULE(_C, m) {
             return r.predict(images, options);
           },
           py::arg("images"), py::arg("tile_size") = py::none(), py::arg("halo") = py::none(),
-          py::arg("normalisation") = py::none(), py::arg("context") = std::array<int64_t, 4>{0, 0, 0, 0});
+          py::arg("normalisation") = py::none(), py::arg("context") = std::array<int64_t, 4>{0, 0, 0, 0},
+          py::arg("tta") = false);
 }

@@ -181,10 +181,11 @@ struct Runner::Impl {
   c10::Device device{c10::kCPU};
   c10::ScalarType precision = at::kFloat;
 
-  // Probabilities (B, out_channels, h, w) on the device for B inputs of size (h, w), in one forward;
-  // fill(i, view) writes input i, normalised, into view, a float32 (h, w, in_channels) tensor.
+  // Probabilities (B, out_channels, h, w) on the device for B inputs of size (h, w), in one forward
+  // (eight with `tta`); fill(i, view) writes input i, normalised, into view, a float32 (h, w,
+  // in_channels) tensor.
   template <class Fill>
-  at::Tensor forward(int64_t b, int64_t h, int64_t w, const Fill& fill) const {
+  at::Tensor forward(int64_t b, int64_t h, int64_t w, bool tta, const Fill& fill) const {
     const int64_t hp = round_up(h, info.size_multiple), wp = round_up(w, info.size_multiple);
     // Zero padding right and bottom, as the network itself pads (so results equal the eager
     // model's). Channels-last: the layout images come in, and the faster one for oneDNN's
@@ -200,12 +201,34 @@ struct Runner::Impl {
       fill(i, batch[i].permute({1, 2, 0}).narrow(0, 0, h).narrow(1, 0, w));
     }
     batch = batch.to(device, /*non_blocking=*/device.is_cuda());
+    if (!tta) {
+      return network(batch).narrow(2, 0, h).narrow(3, 0, w);
+    }
+    // The padded batch is turned and mirrored as a whole, so every output turns back onto it. The
+    // sum runs in a fixed order: the average is deterministic.
+    at::Tensor sum;
+    for (int64_t turns = 0; turns < 4; ++turns) {
+      for (const bool mirror : {false, true}) {
+        at::Tensor x = batch.rot90(turns, {2, 3});
+        if (mirror) x = x.flip({3});
+        at::Tensor p = network(x.contiguous(at::MemoryFormat::ChannelsLast));
+        if (mirror) p = p.flip({3});
+        p = p.rot90(-turns, {2, 3});
+        sum = sum.defined() ? sum.add_(p) : p.contiguous();
+      }
+    }
+    return sum.div_(8).narrow(2, 0, h).narrow(3, 0, w);
+  }
+
+  // Probabilities (B, out_channels, H, W), float32, of a normalised, padded batch (B, C, H, W).
+  at::Tensor network(const at::Tensor& batch) const {
     at::Tensor logits;
     {
       AutocastScope autocast(device, precision);
       auto m = module;  // a handle; copies share the frozen network
       logits = m.forward({batch}).toTensor();
     }
+    const int64_t h = batch.size(2), w = batch.size(3);
     TORCH_CHECK(logits.dim() == 4 && logits.size(0) == batch.size(0) &&
                     logits.size(1) == info.out_channels && logits.size(2) >= h && logits.size(3) >= w,
                 "unetseg.Runner: the network returned shape ", logits.sizes(), " for input ",
@@ -267,7 +290,7 @@ struct Runner::Impl {
       }
       for (const auto& [shape, group] : by_shape) {
         for (const auto& part : in_batches(group, options.batch_size)) {
-          const at::Tensor out = forward(int64_t(part.size()), shape.first, shape.second, [&](int64_t k, const at::Tensor& view) {
+          const at::Tensor out = forward(int64_t(part.size()), shape.first, shape.second, opt.tta, [&](int64_t k, const at::Tensor& view) {
             const Tile& t = *part[size_t(k)];
             view.copy_(normalised.narrow(0, t.y0, t.y1 - t.y0).narrow(1, t.x0, t.x1 - t.x0));
           });
@@ -286,7 +309,7 @@ struct Runner::Impl {
         which.push_back(whole_index[k]);
       }
       const int64_t h = whole[group[0]].size(0), w = whole[group[0]].size(1);
-      done(which, forward(int64_t(group.size()), h, w,
+      done(which, forward(int64_t(group.size()), h, w, opt.tta,
                           [&](int64_t k, const at::Tensor& view) {
                             runner::normalise_into(whole[group[size_t(k)]], info, view, fixed);
                           }).narrow(2, top, h - top - bottom).narrow(3, left, w - left - right));

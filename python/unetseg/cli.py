@@ -98,7 +98,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate(args.checkpoint, args.data, args.output, split=args.split, threshold=args.threshold,
                           min_area=args.min_area, labelling=args.labelling,
-                          boundary_threshold=args.boundary_threshold, device=args.device)
+                          boundary_threshold=args.boundary_threshold, device=args.device, tta=args.tta)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg evaluate: {e}") from None
     print(format_summary(result))
@@ -149,7 +149,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     rows, summary, failed = [], [], []
     names: set[str] = set()
     options = dict(threshold=args.threshold, min_area=args.min_area, labelling=args.labelling,
-                   boundary_threshold=args.boundary_threshold, tile_size=args.tile_size)
+                   boundary_threshold=args.boundary_threshold, tile_size=args.tile_size, tta=args.tta)
     bar = tqdm(total=len(paths), unit="img", desc="segment")
     for start in range(0, len(paths), runner.batch_size):
         pairs = []
@@ -210,7 +210,7 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
         result = segment_slide(
             args.slide, args.output, args.model, level=args.level, channel=args.channel, device=args.device,
             batch_size=args.batch_size, band_height=args.band_height, block_width=args.block_width,
-            tile_size=args.tile_size,
+            tile_size=args.tile_size, tta=args.tta,
             labelling=args.labelling, threshold=args.threshold, boundary_threshold=args.boundary_threshold,
             min_area=args.min_area, labels_format=args.labels_format, table_format=args.table_format,
             geojson=not args.no_geojson, resume=args.resume, progress=True)
@@ -233,6 +233,9 @@ def _add_labelling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boundary-threshold", type=float,
                    help="seeded labelling: seeds are nucleus pixels whose boundary probability is below this "
                    "(default: the model's)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the network's probabilities over the 8 turns and mirrors of "
+                   "each image (8x the network time; more accurate, see docs/model_card.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,12 +26,14 @@ def evaluate(
     labelling: str = "auto",
     boundary_threshold: float | None = None,
     device: str = "cpu",
+    tta: bool = False,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Segments every image of `data` (only the checkpoint's validation images with split="val")
     and scores it. Instances come from the fused ops on the probabilities: unetseg.ops.label on the
     nucleus map ("plain"), or unetseg.ops.seeded_label on nucleus + boundary ("seeded"); "auto" is
-    seeded for 2-channel checkpoints, as the runner does for their exported models.
+    seeded for 2-channel checkpoints, as the runner does for their exported models. ``tta``:
+    probabilities averaged over each image's eight turns and mirrors (test-time augmentation).
 
     Returns {"all": summary, "<kind>": summary, ...}; with `output`, also writes per_image.csv and
     summary.json there.
@@ -59,7 +61,7 @@ def evaluate(
         raise ValueError("seeded labelling needs a checkpoint with a boundary output (--out-channels 2)")
     rows = []
     for s in tqdm(samples, desc="evaluate", disable=not progress):
-        prob = predict(model, s.image, ckpt, device)
+        prob = predict(model, s.image, ckpt, device, tta=tta)
         prob = torch.from_numpy(prob)
         if labelling == "seeded":
             pred = seeded_label(prob[:2], threshold, boundary_threshold, 8, min_area).labels.numpy()

@@ -176,7 +176,7 @@ class Runner:
 
     def segment(self, images, *, threshold: float | None = None, min_area: int | None = None,
                 connectivity: int = 8, labelling: str = "auto", boundary_threshold: float | None = None,
-                tile_size: int | None = None, halo: int | None = None, normalisation=None,
+                tile_size: int | None = None, halo: int | None = None, normalisation=None, tta: bool = False,
                 progress: bool = False) -> list[Segmentation]:
         """Segments images (see :func:`segment_batch`)."""
         items = _as_list(images)
@@ -192,7 +192,7 @@ class Runner:
                 chunk = [_as_tensor(im, start + i) for i, im in enumerate(items[start : start + step])]
                 for labels, count, objects in self._runner.segment(chunk, threshold, min_area, connectivity, labelling,
                                                                       boundary_threshold, tile_size, halo,
-                                                                      normalisation):
+                                                                      normalisation, tta):
                     results.append(Segmentation(labels.numpy(), int(count), ObjectTable(objects.numpy())))
                 if bar is not None:
                     bar.update(len(chunk))
@@ -202,18 +202,19 @@ class Runner:
         return results
 
     def predict(self, images, *, tile_size: int | None = None, halo: int | None = None,
-                normalisation=None, context: tuple[int, ...] = (0, 0)) -> list[np.ndarray]:
+                normalisation=None, context: tuple[int, ...] = (0, 0), tta: bool = False) -> list[np.ndarray]:
         """The network's probabilities, float32 (out_channels, H, W) per image (tiling and
         normalisation as in :meth:`segment`). ``context=(top, bottom)`` or ``(top, bottom, left,
         right)``: rows and columns at the edges of each image that the network only sees (a block of
         a slide read with its halo); the output then has H - top - bottom rows and W - left - right
-        columns, and tiles cover just those."""
+        columns, and tiles cover just those. ``tta``: test-time augmentation (see
+        :func:`segment_batch`)."""
         if len(context) not in (2, 4):
             raise ValueError(f"context must be (top, bottom) or (top, bottom, left, right), got {tuple(context)}")
         context = tuple(int(c) for c in context) + (0, 0)[: 4 - len(context)]
         items = _as_list(images)
         tensors = [_as_tensor(im, i) for i, im in enumerate(items)]
-        return [p.numpy() for p in self._runner.predict(tensors, tile_size, halo, normalisation, context)]
+        return [p.numpy() for p in self._runner.predict(tensors, tile_size, halo, normalisation, context, tta)]
 
 
 @functools.lru_cache(maxsize=4)
@@ -224,7 +225,7 @@ def _cached_runner(path: str, device: str, batch_size: int) -> Runner:
 def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.PathLike | Runner | None = None, *,
                   device: str = "auto", threshold: float | None = None, batch_size: int | None = None,
                   tile_size: int | None = None, min_area: int | None = None, labelling: str = "auto",
-                  boundary_threshold: float | None = None, halo: int | None = None,
+                  boundary_threshold: float | None = None, halo: int | None = None, tta: bool = False,
                   progress: bool = False) -> list[Segmentation]:
     """Segments nuclei in a batch of images with a U-Net and the fused threshold + labelling op.
 
@@ -243,6 +244,10 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
         radius), and only each tile's centre is kept; the probability map is labelled whole, so
         the result equals the untiled one. None: images of more than 2048 x 2048 pixels are tiled
         by 1024; 0: never tile. Normalisation always uses the whole image.
+    tta: test-time augmentation. The network runs on the eight symmetries of each image (four
+        quarter turns, each also mirrored) and the probabilities, turned back, are averaged: eight
+        times the network's time, for a more accurate map (on the DSB 2018 validation split the
+        default model's DSB score goes from 0.580 to 0.596; see docs/model_card.md).
     Returns one :class:`Segmentation` per image, in order.
     """
     if isinstance(model, Runner):
@@ -251,5 +256,5 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
         path = Path(model) if model is not None else default_model_path()
         runner = _cached_runner(str(path.resolve()), device, batch_size or 8)  # Runner checks the file
     return runner.segment(images, threshold=threshold, min_area=min_area, labelling=labelling,
-                          boundary_threshold=boundary_threshold, tile_size=tile_size, halo=halo,
+                          boundary_threshold=boundary_threshold, tile_size=tile_size, halo=halo, tta=tta,
                           progress=progress)

@@ -302,14 +302,27 @@ def write_history(history: list[dict], out: Path) -> None:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, image: np.ndarray, ckpt: dict, device: str | torch.device = "cpu") -> np.ndarray:
-    """Probabilities (out_channels, H, W) float32 of one whole image (H, W[, C]) of any size."""
+def predict(model: torch.nn.Module, image: np.ndarray, ckpt: dict, device: str | torch.device = "cpu",
+            tta: bool = False) -> np.ndarray:
+    """Probabilities (out_channels, H, W) float32 of one whole image (H, W[, C]) of any size. With
+    ``tta``, the mean over the image's eight turns and mirrors, each turned back (as the runner's
+    test-time augmentation)."""
     from .data import to_channels
 
     norm = Normalisation(**ckpt["normalisation"])
     x = norm(to_channels(image, ckpt["in_channels"]))
     x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(device)
-    return torch.sigmoid(model.to(device)(x).float())[0].cpu().numpy()
+    model = model.to(device)
+    if not tta:
+        return torch.sigmoid(model(x).float())[0].cpu().numpy()
+    total = None
+    for turns in range(4):
+        for mirror in (False, True):
+            y = torch.rot90(x, turns, (2, 3))
+            p = torch.sigmoid(model(y.flip(3) if mirror else y).float())
+            p = torch.rot90(p.flip(3) if mirror else p, -turns, (2, 3))
+            total = p if total is None else total + p
+    return (total / 8)[0].cpu().numpy()
 
 
 def overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray | None = None) -> np.ndarray:

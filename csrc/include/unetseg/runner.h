@@ -85,6 +85,10 @@ struct SegmentOptions {
   // around it (the slide pipeline): tiles are planned over the rest, so the context only ever
   // serves as tile halo and costs no network output.
   int64_t context_top = 0, context_bottom = 0, context_left = 0, context_right = 0;
+  // Test-time augmentation: the network runs on the eight symmetries of the square (four quarter
+  // turns, each also mirrored) and the probabilities, turned back, are averaged. Eight times the
+  // network's work, for a smoother and more accurate map (docs/model_card.md has the figures).
+  bool tta = false;
 };
 
 // SegmentOptions with the model's defaults filled in and checked: what segment() labels with.

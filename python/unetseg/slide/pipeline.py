@@ -102,7 +102,7 @@ class _Work:
 
 def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 0, channel: int | None = None,
                   device: str = "auto", batch_size: int = 4, band_height: int = 1024, block_width: int = 4096,
-                  tile_size: int = 1024,
+                  tile_size: int = 1024, tta: bool = False,
                   labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
                   min_area: int | None = None, connectivity: int = 8, labels_format: str = "ome-tiff",
                   table_format: str = "csv", geojson: bool = True, resume: bool = False,
@@ -117,7 +117,7 @@ def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 
         tile side within them. Memory grows with band_height x block_width, not with the slide; a
         block's halo is only tile context, so a band of ``tile_size`` rows (the default) costs the
         network no more than a taller one, and blocks a multiple of ``tile_size`` wide cut no tiles.
-    labelling, threshold, boundary_threshold, min_area, connectivity: as :func:`unetseg.segment_batch`.
+    tta, labelling, threshold, boundary_threshold, min_area, connectivity: as :func:`unetseg.segment_batch`.
     labels_format: "ome-tiff" or "zarr"; table_format: "csv" or "parquet" (needs pyarrow).
     resume: go on with an interrupted run in the same output folder (same slide and settings).
     The labels equal those of segmenting the whole slide at once with the same normalisation.
@@ -147,14 +147,14 @@ def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 
     owned = isinstance(slide, (str, os.PathLike))
     reader: SlideReader = open_slide(slide, level=level, channel=channel)
     try:
-        return _run(reader, runner, options, output, (band_height, block_width), tile_size, labels_format,
+        return _run(reader, runner, options, output, (band_height, block_width), tile_size, tta, labels_format,
                     table_format, geojson, resume, progress, slide, level, channel)
     finally:
         if owned:
             reader.close()
 
 
-def _run(reader, runner, options, output, block, tile_size, labels_format, table_format, geojson, resume,
+def _run(reader, runner, options, output, block, tile_size, tta, labels_format, table_format, geojson, resume,
          progress, slide, level, channel) -> SlideResult:
     h, w = reader.shape
     work = _Work(output / PARTIAL)
@@ -162,7 +162,7 @@ def _run(reader, runner, options, output, block, tile_size, labels_format, table
         "slide": str(Path(slide).resolve()) if isinstance(slide, (str, os.PathLike)) else reader.description,
         "shape": [h, w], "level": level, "channel": channel, "model": str(runner.path.resolve()),
         "model_bytes": runner.path.stat().st_size, "band_height": block[0], "block_width": block[1],
-        "tile_size": tile_size, **options,
+        "tile_size": tile_size, "tta": tta, **options,
     }
     labeller = StreamLabeller(w, labelling=options["labelling"], threshold=options["threshold"],
                               boundary_threshold=options["boundary_threshold"],
@@ -205,7 +205,7 @@ def _run(reader, runner, options, output, block, tile_size, labels_format, table
                     x0, x1 = max(0, c0 - halo), min(w, c1 + halo)
                     image = reader.read(y0, y1, x0, x1)
                     t1 = time.perf_counter()
-                    probs = runner.predict([image], tile_size=tile_size, normalisation=ranges,
+                    probs = runner.predict([image], tile_size=tile_size, normalisation=ranges, tta=tta,
                                            context=(r0 - y0, y1 - r1, c0 - x0, x1 - c1))[0]
                     t2 = time.perf_counter()
                     done = labeller.feed(probs, last=b == len(bands) - 1)
