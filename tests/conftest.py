@@ -72,3 +72,11 @@ def rgb_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "unet3.pt"
     export(ckpt, path)
     return path, ckpt
+
+
+@pytest.fixture(scope="session")
+def runner(rgb_model):
+    """A CPU runner of `rgb_model`, batches of 3 (so some calls split into several batches)."""
+    import unetseg
+
+    return unetseg.Runner(rgb_model[0], device="cpu", batch_size=3)

@@ -14,11 +14,6 @@ from unetseg.data import synthetic_nuclei
 from unetseg.export import METADATA_FILE, quiet_jit, read_metadata
 
 
-@pytest.fixture(scope="module")
-def runner(rgb_model):
-    return unetseg.Runner(rgb_model[0], device="cpu", batch_size=3)
-
-
 def _image(h, w, seed):
     rng = np.random.default_rng(seed)
     image = synthetic_nuclei((h, w), seed=seed).image

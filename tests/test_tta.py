@@ -1,7 +1,6 @@
 """Test-time augmentation: the runner's probabilities averaged over the eight turns and mirrors."""
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,11 +11,6 @@ from unetseg.data import synthetic_nuclei
 from unetseg.train import model_from_checkpoint, predict
 
 SYMMETRIES = [(turns, mirror) for turns in range(4) for mirror in (False, True)]
-
-
-@pytest.fixture(scope="module")
-def runner(rgb_model):
-    return unetseg.Runner(rgb_model[0], device="cpu", batch_size=3)
 
 
 def _image(h, w, seed):

@@ -12,8 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include <filesystem>
 #include <array>
+#include <filesystem>
 #include <map>
 #include <utility>
 

@@ -200,13 +200,14 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
 
   // Components of one or no seed are objects as they are, summed from their runs. The runs of the
   // others become ring bits (their pixels that are not seeds), and the ring pixels next to a seed
-  // the first frontier of growth, found a word at a time. `grown` gets room for every ring pixel,
-  // so the rounds below append without a capacity check.
-  int64_t ring_pixels = 0;
+  // the first frontier of growth, found a word at a time. `grown` gets room for every pixel of the
+  // components to grow (their ring and more: their seeds too), so the rounds below append without
+  // a capacity check.
+  int64_t to_grow = 0;
   for (int32_t i = 0; i < num_fg_runs; ++i) {
-    if (object[fg_labels[i]] < 0) ring_pixels += fg_runs[i].end - fg_runs[i].start;
+    if (object[fg_labels[i]] < 0) to_grow += fg_runs[i].end - fg_runs[i].start;
   }
-  if (grown.size() < static_cast<size_t>(ring_pixels)) grown.resize(static_cast<size_t>(ring_pixels)); // seeds too
+  if (grown.size() < static_cast<size_t>(to_grow)) grown.resize(static_cast<size_t>(to_grow));
   if (chosen.size() < grown.size()) chosen.resize(grown.size());
   Pixel* tail = grown.data();
   std::fill(scratch.ring.begin(), scratch.ring.end(), 0);
