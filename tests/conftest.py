@@ -53,6 +53,20 @@ def make_checkpoint(architecture="unet", in_channels=1, out_channels=1, seed=0, 
 
 
 @pytest.fixture(scope="session")
+def npz(tmp_path_factory):
+    """A labelled .npz dataset of 12 synthetic 48x48 images of two kinds, "a" and "b"."""
+    import numpy as np
+
+    from unetseg.data import synthetic_nuclei
+
+    path = tmp_path_factory.mktemp("data") / "synthetic.npz"
+    samples = [synthetic_nuclei((48, 48), seed=i, radius=(3, 6)) for i in range(12)]
+    np.savez_compressed(path, images=np.stack([s.image for s in samples]), masks=np.stack([s.labels for s in samples]),
+                        kinds=np.array(["a", "b"] * 6))
+    return path
+
+
+@pytest.fixture(scope="session")
 def model_file(tmp_path_factory):
     """Exports a small 1-channel U-Net; returns (path, checkpoint)."""
     from unetseg.export import export

@@ -2,23 +2,12 @@
 
 import csv
 
-import numpy as np
 import pytest
 import torch
 
 from unetseg.cli import main
-from unetseg.data import synthetic_nuclei
 from unetseg.evaluate import evaluate
 from unetseg.train import TrainConfig, load_checkpoint, loss_fn, split_by_kind, train
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "synthetic.npz"
-    samples = [synthetic_nuclei((48, 48), seed=i, radius=(3, 6)) for i in range(12)]
-    np.savez_compressed(path, images=np.stack([s.image for s in samples]), masks=np.stack([s.labels for s in samples]),
-                        kinds=np.array(["a", "b"] * 6))
-    return path
 
 
 def config(npz, out, **kw):

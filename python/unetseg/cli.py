@@ -96,7 +96,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_summary
 
     try:
-        result = evaluate(args.checkpoint, args.data, args.output, split=args.split, threshold=args.threshold,
+        result = evaluate(args.model, args.data, args.output, split=args.split, threshold=args.threshold,
                           min_area=args.min_area, labelling=args.labelling,
                           boundary_threshold=args.boundary_threshold, device=args.device, tta=args.tta)
     except (ValueError, FileNotFoundError) as e:
@@ -347,17 +347,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "of another nucleus, so touching nuclei get a wider cut (default 0: inner boundaries only)")
     p.set_defaults(run=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="score a checkpoint on a dataset (DSB score, AP, AJI, PQ, Dice...)",
-                       description="Segment the images of DATA with CHECKPOINT and score them: DSB 2018 score, AP at "
-                       "IoU 0.5..0.95, AJI, PQ, Dice, IoU, pixel accuracy, count error; overall and per image kind.")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("data", type=Path)
+    p = sub.add_parser("evaluate", help="score a model on a labelled dataset (DSB score, AP, AJI, PQ, Dice...)",
+                       description="Segment the images of DATA with MODEL and score them against their labels: DSB "
+                       "2018 score, AP at IoU 0.5..0.95, AJI, PQ, Dice, IoU, pixel accuracy, count error; overall and "
+                       "per image kind. MODEL is a training checkpoint (runs/NAME/best.pt), a model file from "
+                       "`unetseg export` (run by the C++ runner, as `unetseg segment` runs it), or `default` for "
+                       "the bundled model.")
+    p.add_argument("model", help="checkpoint, model file, or `default`")
+    p.add_argument("data", type=Path, help="labelled dataset: DSB 2018 folder, images/+labels/ or images/+masks/ "
+                   "folders, or .npz")
     p.add_argument("-o", "--output", type=Path, help="write per_image.csv and summary.json here")
-    p.add_argument("--split", choices=("val", "all"), default="val", help="the checkpoint's validation images, or all")
-    p.add_argument("-t", "--threshold", type=float, help="foreground threshold (default: the checkpoint's)")
-    p.add_argument("--min-area", type=int, default=0)
+    p.add_argument("--split", choices=("val", "all"), default="val",
+                   help="val (default): only the images the model was validated on, held out of its training; all")
+    p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
+    p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model file's; 0 for "
+                   "checkpoints)")
     _add_labelling_options(p)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.set_defaults(run=_cmd_evaluate)
     return parser
 

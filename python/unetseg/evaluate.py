@@ -1,73 +1,82 @@
-"""Evaluation of a checkpoint on a dataset: per-image CSV, summary overall and per image kind."""
+"""Evaluation of a model on a dataset: per-image CSV, summary overall and per image kind.
+
+The model is a training checkpoint (scored in Python, as training validates) or a model file made by
+``unetseg export``, the bundled default included (scored through the C++ runner, exactly as
+``segment_batch`` and ``unetseg segment`` segment).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import metrics
 from .data import read_dataset
 from .io import atomic_path
-from .ops import label, seeded_label
-from .train import load_checkpoint, model_from_checkpoint, predict
 
 
 def evaluate(
-    checkpoint: str | Path,
-    data: str | Path,
-    output: str | Path | None = None,
+    model: str | os.PathLike | None,
+    data: str | os.PathLike,
+    output: str | os.PathLike | None = None,
     *,
     split: str = "val",
     threshold: float | None = None,
-    min_area: int = 0,
+    min_area: int | None = None,
     labelling: str = "auto",
     boundary_threshold: float | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     tta: bool = False,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Segments every image of `data` (only the checkpoint's validation images with split="val")
-    and scores it. Instances come from the fused ops on the probabilities: unetseg.ops.label on the
-    nucleus map ("plain"), or unetseg.ops.seeded_label on nucleus + boundary ("seeded"); "auto" is
-    seeded for 2-channel checkpoints, as the runner does for their exported models. ``tta``:
-    probabilities averaged over each image's eight turns and mirrors (test-time augmentation).
+    """Segments every image of `data` (only the model's validation images with split="val") and
+    scores it against its labels.
+
+    model: a training checkpoint (``best.pt``), a model file from ``unetseg export``, or None (or
+        "default") for the bundled default model. A checkpoint's probabilities come from
+        unetseg.train.predict and its instances from the fused ops: unetseg.ops.label on the nucleus
+        map ("plain") or unetseg.ops.seeded_label on nucleus + boundary ("seeded"). A model file is
+        run by the C++ runner, whole images, as users get it.
+    threshold, min_area, labelling, boundary_threshold: as :func:`unetseg.segment_batch`; None takes
+        the model file's defaults (a checkpoint's threshold; min_area 0; boundary_threshold 0.5);
+        "auto" labelling is seeded for nucleus + boundary models, else plain.
+    tta: probabilities averaged over each image's eight turns and mirrors (test-time augmentation).
 
     Returns {"all": summary, "<kind>": summary, ...}; with `output`, also writes per_image.csv and
-    summary.json there.
+    summary.json there (atomically).
     """
     from tqdm.auto import tqdm
 
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt)
+    if split not in ("val", "all"):
+        raise ValueError(f"split must be 'val' or 'all', got {split!r}")
+    if model is None or str(model) == "default":
+        from .segment import default_model_path
+
+        model = default_model_path()
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"{str(model)!r}: no such checkpoint or model file")
+    options = dict(threshold=threshold, min_area=min_area, labelling=labelling,
+                   boundary_threshold=boundary_threshold, device=device, tta=tta)
+    from .export import is_model_file
+
+    segment, val_names = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
     samples = read_dataset(data)
     if split == "val":
-        wanted = set(ckpt["split"]["val"])
+        if val_names is None:
+            raise ValueError(f"{str(model)!r} does not say which images it was validated on; use split='all'")
+        wanted = set(val_names)
         samples = [s for s in samples if s.name in wanted]
         if not samples:
-            raise ValueError(f"none of the checkpoint's validation images is in {data}; use split='all'")
-    elif split != "all":
-        raise ValueError(f"split must be 'val' or 'all', got {split!r}")
-    threshold = ckpt["threshold"] if threshold is None else threshold
-    if boundary_threshold is None:
-        boundary_threshold = ckpt.get("boundary_threshold", 0.5)
-    if labelling == "auto":
-        labelling = "seeded" if ckpt["out_channels"] >= 2 else "plain"
-    if labelling not in ("plain", "seeded"):
-        raise ValueError(f"labelling must be 'auto', 'plain' or 'seeded', got {labelling!r}")
-    if labelling == "seeded" and ckpt["out_channels"] < 2:
-        raise ValueError("seeded labelling needs a checkpoint with a boundary output (--out-channels 2)")
+            raise ValueError(f"none of the model's validation images is in {str(data)!r}; use split='all'")
     rows = []
     for s in tqdm(samples, desc="evaluate", disable=not progress):
-        prob = predict(model, s.image, ckpt, device, tta=tta)
-        prob = torch.from_numpy(prob)
-        if labelling == "seeded":
-            pred = seeded_label(prob[:2], threshold, boundary_threshold, 8, min_area).labels.numpy()
-        else:
-            pred = label(prob[0], threshold, 8, min_area).labels.numpy()
-        rows.append({"image": s.name, "kind": s.kind, **metrics.image_metrics(s.labels, pred)})
+        rows.append({"image": s.name, "kind": s.kind, **metrics.image_metrics(s.labels, segment(s.image))})
     result = {"all": metrics.summarise(rows)}
     for kind in sorted({r["kind"] for r in rows}):
         result[kind] = metrics.summarise([r for r in rows if r["kind"] == kind])
@@ -81,6 +90,48 @@ def evaluate(
         with atomic_path(output / "summary.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2))
     return result
+
+
+Segmenter = Callable[[np.ndarray], np.ndarray]
+
+
+def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_threshold, device, tta
+                          ) -> tuple[Segmenter, list[str] | None]:
+    from .ops import label, seeded_label
+    from .train import load_checkpoint, model_from_checkpoint, predict, resolve_device
+
+    ckpt = load_checkpoint(path)
+    network = model_from_checkpoint(ckpt)
+    device = resolve_device(device)
+    threshold = ckpt["threshold"] if threshold is None else threshold
+    boundary_threshold = ckpt.get("boundary_threshold", 0.5) if boundary_threshold is None else boundary_threshold
+    min_area = 0 if min_area is None else min_area
+    if labelling == "auto":
+        labelling = "seeded" if ckpt["out_channels"] >= 2 else "plain"
+    if labelling not in ("plain", "seeded"):
+        raise ValueError(f"labelling must be 'auto', 'plain' or 'seeded', got {labelling!r}")
+    if labelling == "seeded" and ckpt["out_channels"] < 2:
+        raise ValueError("seeded labelling needs a checkpoint with a boundary output (--out-channels 2)")
+
+    def segment(image: np.ndarray) -> np.ndarray:
+        prob = torch.from_numpy(predict(network, image, ckpt, device, tta=tta))
+        if labelling == "seeded":
+            return seeded_label(prob[:2], threshold, boundary_threshold, 8, min_area).labels.numpy()
+        return label(prob[0], threshold, 8, min_area).labels.numpy()
+
+    return segment, ckpt["split"]["val"]
+
+
+def _model_file_segmenter(path, *, device, tta, **options) -> tuple[Segmenter, list[str] | None]:
+    from .segment import Runner
+
+    runner = Runner(path, device=device)
+    options = runner.resolve(**options)  # the model's defaults, checked before any image is read
+
+    def segment(image: np.ndarray) -> np.ndarray:
+        return runner.segment([image], tta=tta, **options)[0].labels
+
+    return segment, (runner.metadata.get("training_data") or {}).get("val_names")
 
 
 def format_summary(result: dict[str, dict[str, float]]) -> str:

@@ -145,6 +145,16 @@ def export(checkpoint: str | os.PathLike | dict, output: str | os.PathLike, *, t
     return metadata
 
 
+def is_model_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a model file made by :func:`export` (a TorchScript archive with unetseg
+    metadata), as opposed to a training checkpoint or anything else."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith(f"/extra/{METADATA_FILE}") for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
     """The metadata of a model file, read without loading the network."""
     path = Path(path)

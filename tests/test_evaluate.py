@@ -1,0 +1,85 @@
+"""`unetseg evaluate` on model files: scored through the C++ runner, on the model's validation images."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+import unetseg
+from unetseg import metrics
+from unetseg.cli import main
+from unetseg.data import read_dataset
+from unetseg.evaluate import evaluate
+from unetseg.segment import default_model_path
+from unetseg.export import METADATA_FILE, export, is_model_file, load, quiet_jit
+
+from conftest import make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(npz, tmp_path_factory):
+    """The bundled (trained) model, saved again with metadata naming 4 of the npz's images as its
+    validation images."""
+    names = [s.name for s in read_dataset(npz)]
+    module, metadata = load(default_model_path())
+    metadata["training_data"]["val_names"] = names[:4]
+    path = tmp_path_factory.mktemp("eval") / "model.pt"
+    with quiet_jit():
+        torch.jit.save(module, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+    return path, names[:4]
+
+
+def reference(model, npz, names, **options):
+    """The summary of segment_batch's labels on the named images, scored by unetseg.metrics."""
+    samples = [s for s in read_dataset(npz) if s.name in names]
+    results = unetseg.segment_batch([s.image for s in samples], model, **options)
+    return metrics.summarise([metrics.image_metrics(s.labels, r.labels) for s, r in zip(samples, results)])
+
+
+@pytest.mark.parametrize("options", [{}, {"threshold": 0.3, "min_area": 0, "labelling": "plain"},
+                                     {"boundary_threshold": 0.7, "tta": True}], ids=["defaults", "plain", "tta"])
+def test_model_file_is_scored_as_the_runner_segments(exported, npz, tmp_path, options):
+    path, val_names = exported
+    result = evaluate(path, npz, tmp_path, progress=False, **options)
+    assert result["all"] == reference(path, npz, val_names, **options)
+    rows = list(csv.DictReader(open(tmp_path / "per_image.csv")))
+    assert [r["image"] for r in rows] == val_names  # the validation images in the model's metadata
+    assert json.loads((tmp_path / "summary.json").read_text()) == result
+    assert evaluate(path, npz, split="all", progress=False, **options)["all"]["images"] == 12
+
+
+def test_model_file_options_reach_the_runner(exported, npz):
+    path, _ = exported
+    plain = evaluate(path, npz, labelling="plain", threshold=0.3, progress=False)["all"]
+    assert plain != evaluate(path, npz, progress=False)["all"]
+    assert plain != evaluate(path, npz, labelling="plain", threshold=0.6, progress=False)["all"]
+
+
+def test_default_model(npz, capsys):
+    result = evaluate("default", npz, split="all", progress=False)
+    assert result["all"]["images"] == 12 and set(result) == {"all", "a", "b"}
+    assert result["all"] == evaluate(None, npz, split="all", progress=False)["all"]
+    with pytest.raises(ValueError, match="none of the model's validation images is in"):
+        evaluate("default", npz, progress=False)  # its validation images are DSB 2018 ones
+    assert main(["evaluate", "default", str(npz), "--split", "all"]) == 0
+    assert "| all | 12 |" in capsys.readouterr().out
+
+
+def test_bad_models(exported, npz, tmp_path, model_file):
+    path, _ = exported
+    assert is_model_file(path) and not is_model_file(npz) and not is_model_file(tmp_path / "missing.pt")
+    with pytest.raises(SystemExit, match="no such checkpoint or model file"):
+        main(["evaluate", str(tmp_path / "missing.pt"), str(npz)])
+    with pytest.raises(ValueError, match="seeded labelling needs a model with a boundary output"):
+        evaluate(model_file[0], npz, split="all", labelling="seeded", progress=False)
+    with pytest.raises(ValueError, match="threshold 2 is not a probability"):
+        evaluate(path, npz, threshold=2.0, progress=False)
+    with pytest.raises(ValueError, match="split must be 'val' or 'all'"):
+        evaluate(path, npz, split="train", progress=False)
+    ckpt = make_checkpoint()
+    ckpt["training_data"] = None  # a model file that does not say what it was validated on
+    export(ckpt, tmp_path / "anonymous.pt")
+    with pytest.raises(ValueError, match="does not say which images it was validated on; use split='all'"):
+        evaluate(tmp_path / "anonymous.pt", npz, progress=False)
+    assert evaluate(tmp_path / "anonymous.pt", npz, split="all", progress=False)["all"]["images"] == 12
