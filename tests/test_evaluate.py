@@ -3,6 +3,7 @@
 import csv
 import json
 
+import cv2
 import pytest
 import torch
 
@@ -83,3 +84,20 @@ def test_bad_models(exported, npz, tmp_path, model_file):
     with pytest.raises(ValueError, match="does not say which images it was validated on; use split='all'"):
         evaluate(tmp_path / "anonymous.pt", npz, progress=False)
     assert evaluate(tmp_path / "anonymous.pt", npz, split="all", progress=False)["all"]["images"] == 12
+
+
+def test_overlays_of_the_worst_images(exported, npz, tmp_path, capsys):
+    path, _ = exported
+    evaluate(path, npz, tmp_path / "eval", split="all", overlays=5, progress=False)
+    evaluate(path, npz, tmp_path / "eval", split="all", overlays=3, progress=False)  # replaces the ranking
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))
+    worst = sorted(rows, key=lambda r: float(r["dsb_score"]))[:3]  # stable: ties keep dataset order
+    pictures = sorted(p.name for p in (tmp_path / "eval" / "overlays").iterdir())
+    assert pictures == [f"{k:02d}_{r['image']}.png" for k, r in enumerate(worst, start=1)]
+    picture = cv2.imread(str(tmp_path / "eval" / "overlays" / pictures[0]))
+    assert picture.shape == (48, 48, 3)
+    assert ((picture == (255, 0, 255)).all(axis=2)).any() and ((picture == (0, 220, 0)).all(axis=2)).any()
+    assert main(["evaluate", str(path), str(npz), "-o", str(tmp_path / "cli"), "--overlays", "0"]) == 0
+    assert "worst images" not in capsys.readouterr().out and not (tmp_path / "cli" / "overlays").exists()
+    with pytest.raises(ValueError, match="overlays is a number of pictures"):
+        evaluate(path, npz, tmp_path / "bad", overlays=-1, progress=False)

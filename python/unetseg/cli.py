@@ -98,12 +98,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate(args.model, args.data, args.output, split=args.split, threshold=args.threshold,
                           min_area=args.min_area, labelling=args.labelling,
-                          boundary_threshold=args.boundary_threshold, device=args.device, tta=args.tta)
+                          boundary_threshold=args.boundary_threshold, device=args.device, tta=args.tta,
+                          overlays=args.overlays)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg evaluate: {e}") from None
     print(format_summary(result))
     if args.output:
         print(f"per-image metrics: {args.output / 'per_image.csv'}, summary: {args.output / 'summary.json'}")
+        if args.overlays > 0:
+            print(f"the {args.overlays} worst images, outlined: {args.output / 'overlays'}")
     return 0
 
 
@@ -356,7 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint, model file, or `default`")
     p.add_argument("data", type=Path, help="labelled dataset: DSB 2018 folder, images/+labels/ or images/+masks/ "
                    "folders, or .npz")
-    p.add_argument("-o", "--output", type=Path, help="write per_image.csv and summary.json here")
+    p.add_argument("-o", "--output", type=Path, help="write per_image.csv, summary.json and overlays/ here")
+    p.add_argument("--overlays", type=int, default=8, metavar="N",
+                   help="with -o: pictures of the N images that scored worst, in OUTPUT/overlays (predicted "
+                   "outlines magenta, true ones green; default 8, 0: none)")
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="val (default): only the images the model was validated on, held out of its training; all")
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")

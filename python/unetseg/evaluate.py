@@ -8,6 +8,7 @@ The model is a training checkpoint (scored in Python, as training validates) or 
 from __future__ import annotations
 
 import csv
+import heapq
 import json
 import os
 from collections.abc import Callable
@@ -33,6 +34,7 @@ def evaluate(
     boundary_threshold: float | None = None,
     device: str = "auto",
     tta: bool = False,
+    overlays: int = 8,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Segments every image of `data` (only the model's validation images with split="val") and
@@ -49,12 +51,15 @@ def evaluate(
     tta: probabilities averaged over each image's eight turns and mirrors (test-time augmentation).
 
     Returns {"all": summary, "<kind>": summary, ...}; with `output`, also writes per_image.csv and
-    summary.json there (atomically).
+    summary.json there (atomically), and in ``output/overlays`` pictures of the `overlays` images
+    that scored worst (DSB score), worst first: predicted outlines in magenta, true ones in green.
     """
     from tqdm.auto import tqdm
 
     if split not in ("val", "all"):
         raise ValueError(f"split must be 'val' or 'all', got {split!r}")
+    if overlays < 0:
+        raise ValueError(f"overlays is a number of pictures (>= 0), got {overlays}")
     if model is None or str(model) == "default":
         from .segment import default_model_path
 
@@ -75,8 +80,14 @@ def evaluate(
         if not samples:
             raise ValueError(f"none of the model's validation images is in {str(data)!r}; use split='all'")
     rows = []
-    for s in tqdm(samples, desc="evaluate", disable=not progress):
-        rows.append({"image": s.name, "kind": s.kind, **metrics.image_metrics(s.labels, segment(s.image))})
+    worst: list[tuple[float, int, np.ndarray]] = []  # a heap of the `overlays` lowest scores: (-score, i, labels)
+    for i, s in enumerate(tqdm(samples, desc="evaluate", disable=not progress)):
+        pred = segment(s.image)
+        rows.append({"image": s.name, "kind": s.kind, **metrics.image_metrics(s.labels, pred)})
+        if output is not None and overlays > 0:
+            heapq.heappush(worst, (-rows[-1]["dsb_score"], -i, pred))
+            if len(worst) > overlays:
+                heapq.heappop(worst)
     result = {"all": metrics.summarise(rows)}
     for kind in sorted({r["kind"] for r in rows}):
         result[kind] = metrics.summarise([r for r in rows if r["kind"] == kind])
@@ -89,7 +100,27 @@ def evaluate(
             writer.writerows(rows)
         with atomic_path(output / "summary.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2))
+        if worst:
+            ranked = [(samples[-neg_i], pred) for _, neg_i, pred in sorted(worst, reverse=True)]
+            _write_overlays(output / "overlays", ranked)
     return result
+
+
+def _write_overlays(folder: Path, worst: list) -> None:
+    """Pictures of (sample, predicted labels), named by rank so that they list worst first."""
+    import cv2
+
+    from .train import overlay
+
+    folder.mkdir(exist_ok=True)
+    written = set()
+    for rank, (sample, pred) in enumerate(worst, start=1):
+        path = folder / f"{rank:02d}_{sample.name[:40]}.png"
+        with atomic_path(path) as tmp:
+            cv2.imwrite(str(tmp), overlay(sample.image, pred, sample.labels)[..., ::-1])
+        written.add(path)
+    for stale in set(folder.glob("[0-9][0-9]_*.png")) - written:  # an earlier evaluation's ranking
+        stale.unlink()
 
 
 Segmenter = Callable[[np.ndarray], np.ndarray]
