@@ -19,6 +19,7 @@ import torch
 
 from . import metrics
 from .data import read_dataset
+from .export import is_model_file
 from .io import atomic_path
 
 
@@ -46,7 +47,7 @@ def evaluate(
         map ("plain") or unetseg.ops.seeded_label on nucleus + boundary ("seeded"). A model file is
         run by the C++ runner, whole images, as users get it.
     threshold, min_area, labelling, boundary_threshold: as :func:`unetseg.segment_batch`; None takes
-        the model file's defaults (a checkpoint's threshold; min_area 0; boundary_threshold 0.5);
+        the model's defaults (for a checkpoint: its threshold, min_area 0, boundary_threshold 0.5);
         "auto" labelling is seeded for nucleus + boundary models, else plain.
     tta: probabilities averaged over each image's eight turns and mirrors (test-time augmentation).
 
@@ -68,8 +69,6 @@ def evaluate(
         raise FileNotFoundError(f"{str(model)!r}: no such checkpoint or model file")
     options = dict(threshold=threshold, min_area=min_area, labelling=labelling,
                    boundary_threshold=boundary_threshold, device=device, tta=tta)
-    from .export import is_model_file
-
     segment, val_names = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
     samples = read_dataset(data)
     if split == "val":
