@@ -107,16 +107,13 @@ def evaluate(
 
 def _write_overlays(folder: Path, worst: list) -> None:
     """Pictures of (sample, predicted labels), named by rank so that they list worst first."""
-    import cv2
-
-    from .train import overlay
+    from .train import write_overlay
 
     folder.mkdir(exist_ok=True)
     written = set()
     for rank, (sample, pred) in enumerate(worst, start=1):
         path = folder / f"{rank:02d}_{sample.name[:40]}.png"
-        with atomic_path(path) as tmp:
-            cv2.imwrite(str(tmp), overlay(sample.image, pred, sample.labels)[..., ::-1])
+        write_overlay(path, sample.image, pred, sample.labels)
         written.add(path)
     for stale in set(folder.glob("[0-9][0-9]_*.png")) - written:  # an earlier evaluation's ranking
         stale.unlink()

@@ -150,9 +150,14 @@ def is_model_file(path: str | os.PathLike) -> bool:
     metadata), as opposed to a training checkpoint or anything else."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(n.endswith(f"/extra/{METADATA_FILE}") for n in archive.namelist())
+            return _metadata_entry(archive) is not None
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+def _metadata_entry(archive: zipfile.ZipFile) -> str | None:
+    """The name of the unetseg metadata file in a TorchScript archive, or None."""
+    return next((n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")), None)
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -162,13 +167,13 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     try:
         with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
-            if not names:
+            name = _metadata_entry(archive)
+            if name is None:
                 raise ValueError(
                     f"{str(path)!r} is a TorchScript file without unetseg metadata ({METADATA_FILE}); "
                     "make model files with `unetseg export CHECKPOINT -o model.pt`"
                 )
-            return json.loads(archive.read(names[0]))
+            return json.loads(archive.read(name))
     except zipfile.BadZipFile:
         raise ValueError(f"{str(path)!r} is not a TorchScript model file (not a zip archive)") from None
 

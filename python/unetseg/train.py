@@ -339,15 +339,20 @@ def overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray | None = None)
     return rgb
 
 
-def save_overlays(model, samples: list[Sample], ckpt: dict, folder: Path) -> None:
+def write_overlay(path: Path, image: np.ndarray, pred: np.ndarray, true: np.ndarray | None = None) -> None:
+    """Writes :func:`overlay` as a PNG file, atomically."""
     import cv2
 
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), overlay(image, pred, true)[..., ::-1])
+
+
+def save_overlays(model, samples: list[Sample], ckpt: dict, folder: Path) -> None:
     from .ops import label
 
     folder.mkdir(parents=True, exist_ok=True)
     for s in samples:
         prob = predict(model, s.image, ckpt)
         pred = label(torch.from_numpy(prob[0]), ckpt["threshold"]).labels.numpy()
-        with atomic_path(folder / f"{s.name[:24]}.png") as tmp:
-            cv2.imwrite(str(tmp), overlay(s.image, pred, s.labels)[..., ::-1])
+        write_overlay(folder / f"{s.name[:24]}.png", s.image, pred, s.labels)
 
