@@ -110,6 +110,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .evaluate import tune
+
+    try:
+        result = tune(args.checkpoint, args.data, args.output, images=args.images, seed=args.seed,
+                      thresholds=args.thresholds, boundary_thresholds=args.boundary_thresholds,
+                      min_areas=args.min_areas, labelling=args.labelling, device=args.device, tta=args.tta)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"unetseg tune: {e}") from None
+    grid = result["grid"]
+    print(f"{len(result['images'])} training images{' with TTA' if args.tta else ''}, best DSB score first:")
+    print("| " + " | ".join(grid[0]) + " |")
+    print("|" + "---:|" * len(grid[0]))
+    for row in grid:
+        print("| " + " | ".join("-" if v is None else f"{v:.4f}" if isinstance(v, float) and k not in
+                                ("threshold", "boundary_threshold") else str(v) for k, v in row.items()) + " |")
+    best = grid[0]
+    options = f"--threshold {best['threshold']} --min-area {best['min_area']}"
+    if best["boundary_threshold"] is not None:
+        options += f" --boundary-threshold {best['boundary_threshold']}"
+    print(f"best: {options}\nexport it: unetseg export {args.checkpoint} -o model.pt {options}")
+    if args.output:
+        print(f"the grid: {args.output}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
@@ -227,6 +253,20 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
     outputs = [result.labels, result.table] + ([result.geojson] if result.geojson else []) + [result.summary]
     print("wrote " + ", ".join(str(p) for p in outputs))
     return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.5,0.6,0.7; got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, e.g. 0,10,20; got {text!r}") from None
 
 
 def _add_labelling_options(p: argparse.ArgumentParser) -> None:
@@ -371,6 +411,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_labelling_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.set_defaults(run=_cmd_evaluate)
+
+    p = sub.add_parser("tune", help="choose a checkpoint's thresholds and min_area on its training images",
+                       description="Score every combination of nucleus threshold x boundary threshold x min_area "
+                       "(DSB score, AP@0.5, AJI, count error; DSB per image kind) on images of DATA drawn from those "
+                       "the checkpoint was trained on, never its validation images, and print the grid best first "
+                       "with the `unetseg export` options of the best. The network runs once per image.")
+    p.add_argument("checkpoint", type=Path, help="training checkpoint (runs/NAME/best.pt)")
+    p.add_argument("data", type=Path, help="the labelled dataset it was trained on")
+    p.add_argument("-o", "--output", type=Path, help="also write the grid to this CSV file")
+    p.add_argument("--images", type=int, default=80, help="training images to score (default 80)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the draw of images (default 1)")
+    p.add_argument("--thresholds", type=_floats, default=(0.5, 0.6, 0.7), metavar="T,T,...",
+                   help="nucleus thresholds to try (default 0.5,0.6,0.7)")
+    p.add_argument("--boundary-thresholds", type=_floats, default=(0.3, 0.5, 0.7), metavar="B,B,...",
+                   help="seeded labelling: boundary thresholds to try (default 0.3,0.5,0.7)")
+    p.add_argument("--min-areas", type=_ints, default=(20,), metavar="A,A,...",
+                   help="smallest object areas in pixels to try (default 20)")
+    p.add_argument("--labelling", choices=("auto", "plain", "seeded"), default="auto",
+                   help="auto (default): seeded for nucleus + boundary checkpoints, else plain")
+    p.add_argument("--tta", action="store_true", help="score test-time augmented probabilities (8 turns and mirrors)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.set_defaults(run=_cmd_tune)
     return parser
 
 

@@ -11,7 +11,7 @@ import csv
 import heapq
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +124,6 @@ Segmenter = Callable[[np.ndarray], np.ndarray]
 
 def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_threshold, device, tta
                           ) -> tuple[Segmenter, list[str] | None]:
-    from .ops import label, seeded_label
     from .train import load_checkpoint, model_from_checkpoint, predict, resolve_device
 
     ckpt = load_checkpoint(path)
@@ -133,20 +132,108 @@ def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_thre
     threshold = ckpt["threshold"] if threshold is None else threshold
     boundary_threshold = ckpt.get("boundary_threshold", 0.5) if boundary_threshold is None else boundary_threshold
     min_area = 0 if min_area is None else min_area
+    labelling = _checkpoint_labelling(ckpt, labelling)
+
+    def segment(image: np.ndarray) -> np.ndarray:
+        prob = torch.from_numpy(predict(network, image, ckpt, device, tta=tta))
+        return _label(prob, labelling, threshold, boundary_threshold, min_area)
+
+    return segment, ckpt["split"]["val"]
+
+
+def _checkpoint_labelling(ckpt: dict, labelling: str) -> str:
+    """"plain" or "seeded": `labelling` ("auto": seeded for nucleus + boundary models), checked."""
     if labelling == "auto":
         labelling = "seeded" if ckpt["out_channels"] >= 2 else "plain"
     if labelling not in ("plain", "seeded"):
         raise ValueError(f"labelling must be 'auto', 'plain' or 'seeded', got {labelling!r}")
     if labelling == "seeded" and ckpt["out_channels"] < 2:
         raise ValueError("seeded labelling needs a checkpoint with a boundary output (--out-channels 2)")
+    return labelling
 
-    def segment(image: np.ndarray) -> np.ndarray:
-        prob = torch.from_numpy(predict(network, image, ckpt, device, tta=tta))
-        if labelling == "seeded":
-            return seeded_label(prob[:2], threshold, boundary_threshold, 8, min_area).labels.numpy()
-        return label(prob[0], threshold, 8, min_area).labels.numpy()
 
-    return segment, ckpt["split"]["val"]
+def _label(prob: torch.Tensor, labelling: str, threshold: float, boundary_threshold: float | None,
+           min_area: int) -> np.ndarray:
+    """Instance labels of one image's probabilities (channels, H, W) by the fused ops."""
+    from .ops import label, seeded_label
+
+    if labelling == "seeded":
+        return seeded_label(prob[:2], threshold, boundary_threshold, 8, min_area).labels.numpy()
+    return label(prob[0], threshold, 8, min_area).labels.numpy()
+
+
+def tune(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    images: int = 80,
+    seed: int = 1,
+    thresholds: Sequence[float] = (0.5, 0.6, 0.7),
+    boundary_thresholds: Sequence[float] = (0.3, 0.5, 0.7),
+    min_areas: Sequence[int] = (20,),
+    labelling: str = "auto",
+    device: str = "auto",
+    tta: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Chooses a checkpoint's post-processing on its *training* images, so that its validation
+    images stay unseen: scores every threshold x boundary_threshold x min_area on `images` images
+    drawn (with `seed`) from the images of `data` that are not in the checkpoint's validation list.
+    The network runs once per image (with `tta`, eight times); then only the fused ops run.
+
+    Returns {"images": the names scored, "grid": one row per combination, the best DSB score first};
+    a row holds threshold, boundary_threshold (None with plain labelling), min_area, dsb_score,
+    ap@0.50, aji, count_error and "dsb_score <kind>" for each image kind. With `output`, the grid is
+    also written there as a CSV file (atomically). Export the best with ``unetseg export``.
+    """
+    from tqdm.auto import tqdm
+
+    from .train import load_checkpoint, model_from_checkpoint, predict, resolve_device
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"{str(checkpoint)!r}: no such checkpoint")
+    if is_model_file(checkpoint):
+        raise ValueError(f"{str(checkpoint)!r} is an exported model file; tune its training checkpoint "
+                         "(runs/NAME/best.pt) and export again with the thresholds chosen")
+    if images < 1:
+        raise ValueError(f"images is how many training images to score (>= 1), got {images}")
+    for name, values, low, high in (("thresholds", thresholds, 0, 1), ("boundary_thresholds", boundary_thresholds, 0, 1),
+                                    ("min_areas", min_areas, 0, None)):
+        if not values or any(v < low or (high is not None and v > high) for v in values):
+            bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise ValueError(f"{name} must be a non-empty list of values {bounds}, got {list(values)}")
+    ckpt = load_checkpoint(checkpoint)
+    labelling = _checkpoint_labelling(ckpt, labelling)
+    val = set(ckpt["split"]["val"])
+    samples = [s for s in read_dataset(data) if s.name not in val]
+    if not samples:
+        raise ValueError(f"every image of {str(data)!r} is one of the checkpoint's validation images; tune on "
+                         "the data it was trained on")
+    rng = np.random.default_rng(seed)
+    samples = [samples[i] for i in rng.choice(len(samples), min(images, len(samples)), replace=False)]
+    network, device = model_from_checkpoint(ckpt), resolve_device(device)
+    probs = [torch.from_numpy(predict(network, s.image, ckpt, device, tta=tta))
+             for s in tqdm(samples, desc="predict", disable=not progress)]
+    kinds = sorted({s.kind for s in samples})
+    grid = []
+    configs = [(t, tb, a) for t in thresholds for tb in (boundary_thresholds if labelling == "seeded" else [None])
+               for a in min_areas]
+    for t, tb, area in tqdm(configs, desc="score", disable=not progress):
+        rows = [{"kind": s.kind, **metrics.image_metrics(s.labels, _label(p, labelling, t, tb, area))}
+                for s, p in zip(samples, probs)]
+        summary = metrics.summarise(rows)
+        grid.append({"threshold": t, "boundary_threshold": tb, "min_area": area,
+                     **{k: summary[k] for k in ("dsb_score", "ap@0.50", "aji", "count_error")},
+                     **{f"dsb_score {kind}": metrics.summarise([r for r in rows if r["kind"] == kind])["dsb_score"]
+                        for kind in kinds}})
+    grid.sort(key=lambda row: -row["dsb_score"])
+    if output is not None:
+        with atomic_path(Path(output)) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(grid[0]))
+            writer.writeheader()
+            writer.writerows(grid)
+    return {"images": [s.name for s in samples], "grid": grid}
 
 
 def _model_file_segmenter(path, *, device, tta, **options) -> tuple[Segmenter, list[str] | None]:
