@@ -227,6 +227,7 @@ def test_bfloat16_precision_is_close(model_file):
 
 def test_bundled_default_model_is_a_real_trained_model():
     meta = read_metadata(default_model_path())
+    assert default_model_path().stat().st_size <= 20 * 2**20  # issue 7: shipped inside the package, at most 20 MB
     assert meta["training_data"]["dataset"] == "dsb2018_stage1_train"
     assert meta["training_data"]["train_images"] > 400 and meta["validation"]
     sample = Path(unetseg.__file__).parent / "assets" / "samples" / "fluorescence.png"
