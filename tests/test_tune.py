@@ -52,7 +52,12 @@ def test_grid_is_scored_on_training_images_only(checkpoint, npz, tmp_path, tta):
     for r in grid[:3]:
         assert (r["dsb_score"], r["ap@0.50"]) == reference(ckpt, npz, result["images"], r["threshold"],
                                                           r["boundary_threshold"], r["min_area"], tta)
-    assert {"dsb_score a", "dsb_score b"} <= set(grid[0])
+    assert {"dsb_score a", "dsb_score b", "ap@0.50 a", "ap@0.50 b"} <= set(grid[0])
+    for kind in "ab":
+        names = [n for n in result["images"] if n in {s.name for s in read_dataset(npz) if s.kind == kind}]
+        r = grid[0]
+        assert (r[f"dsb_score {kind}"], r[f"ap@0.50 {kind}"]) == reference(
+            ckpt, npz, names, r["threshold"], r["boundary_threshold"], r["min_area"], tta)
     rows = list(csv.DictReader(open(tmp_path / "grid.csv")))
     assert [float(r["dsb_score"]) for r in rows] == [r["dsb_score"] for r in grid]
 

@@ -414,9 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="choose a checkpoint's thresholds and min_area on its training images",
                        description="Score every combination of nucleus threshold x boundary threshold x min_area "
-                       "(DSB score, AP@0.5, AJI, count error; DSB per image kind) on images of DATA drawn from those "
-                       "the checkpoint was trained on, never its validation images, and print the grid best first "
-                       "with the `unetseg export` options of the best. The network runs once per image.")
+                       "(DSB score, AP@0.5, AJI, count error; DSB and AP@0.5 per image kind) on images of DATA "
+                       "drawn from those the checkpoint was trained on, never its validation images, and print the "
+                       "grid best first with the `unetseg export` options of the best. The network runs once per "
+                       "image.")
     p.add_argument("checkpoint", type=Path, help="training checkpoint (runs/NAME/best.pt)")
     p.add_argument("data", type=Path, help="the labelled dataset it was trained on")
     p.add_argument("-o", "--output", type=Path, help="also write the grid to this CSV file")

@@ -184,7 +184,7 @@ def tune(
 
     Returns {"images": the names scored, "grid": one row per combination, the best DSB score first};
     a row holds threshold, boundary_threshold (None with plain labelling), min_area, dsb_score,
-    ap@0.50, aji, count_error and "dsb_score <kind>" for each image kind. With `output`, the grid is
+    ap@0.50, aji, count_error, and "dsb_score <kind>" and "ap@0.50 <kind>" for each image kind. With `output`, the grid is
     also written there as a CSV file (atomically). Export the best with ``unetseg export``.
     """
     from tqdm.auto import tqdm
@@ -225,8 +225,8 @@ def tune(
         summary = metrics.summarise(rows)
         grid.append({"threshold": t, "boundary_threshold": tb, "min_area": area,
                      **{k: summary[k] for k in ("dsb_score", "ap@0.50", "aji", "count_error")},
-                     **{f"dsb_score {kind}": metrics.summarise([r for r in rows if r["kind"] == kind])["dsb_score"]
-                        for kind in kinds}})
+                     **{f"{key} {kind}": value for kind in kinds
+                        for key, value in _kind_scores(rows, kind).items()}})
     grid.sort(key=lambda row: -row["dsb_score"])
     if output is not None:
         with atomic_path(Path(output)) as tmp, open(tmp, "w", newline="") as f:
@@ -246,6 +246,11 @@ def _model_file_segmenter(path, *, device, tta, **options) -> tuple[Segmenter, l
         return runner.segment([image], tta=tta, **options)[0].labels
 
     return segment, (runner.metadata.get("training_data") or {}).get("val_names")
+
+
+def _kind_scores(rows: list[dict], kind: str) -> dict[str, float]:
+    summary = metrics.summarise([r for r in rows if r["kind"] == kind])
+    return {"dsb_score": summary["dsb_score"], "ap@0.50": summary["ap@0.50"]}
 
 
 def format_summary(result: dict[str, dict[str, float]]) -> str:
