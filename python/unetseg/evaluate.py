@@ -87,16 +87,11 @@ def evaluate(
             heapq.heappush(worst, (-rows[-1]["dsb_score"], -i, pred))
             if len(worst) > overlays:
                 heapq.heappop(worst)
-    result = {"all": metrics.summarise(rows)}
-    for kind in sorted({r["kind"] for r in rows}):
-        result[kind] = metrics.summarise([r for r in rows if r["kind"] == kind])
+    result = _summaries(rows)
     if output is not None:
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
-        with atomic_path(output / "per_image.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_csv(output / "per_image.csv", rows)
         with atomic_path(output / "summary.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2))
         if worst:
@@ -184,8 +179,9 @@ def tune(
 
     Returns {"images": the names scored, "grid": one row per combination, the best DSB score first};
     a row holds threshold, boundary_threshold (None with plain labelling), min_area, dsb_score,
-    ap@0.50, aji, count_error, and "dsb_score <kind>" and "ap@0.50 <kind>" for each image kind. With `output`, the grid is
-    also written there as a CSV file (atomically). Export the best with ``unetseg export``.
+    ap@0.50, aji, count_error, and "dsb_score <kind>" and "ap@0.50 <kind>" for each image kind. With
+    `output`, the grid is also written there as a CSV file (atomically). Export the best with
+    ``unetseg export``.
     """
     from tqdm.auto import tqdm
 
@@ -215,24 +211,21 @@ def tune(
     network, device = model_from_checkpoint(ckpt), resolve_device(device)
     probs = [torch.from_numpy(predict(network, s.image, ckpt, device, tta=tta))
              for s in tqdm(samples, desc="predict", disable=not progress)]
-    kinds = sorted({s.kind for s in samples})
     grid = []
     configs = [(t, tb, a) for t in thresholds for tb in (boundary_thresholds if labelling == "seeded" else [None])
                for a in min_areas]
     for t, tb, area in tqdm(configs, desc="score", disable=not progress):
         rows = [{"kind": s.kind, **metrics.image_metrics(s.labels, _label(p, labelling, t, tb, area))}
                 for s, p in zip(samples, probs)]
-        summary = metrics.summarise(rows)
+        summaries = _summaries(rows)
+        overall = summaries.pop("all")
         grid.append({"threshold": t, "boundary_threshold": tb, "min_area": area,
-                     **{k: summary[k] for k in ("dsb_score", "ap@0.50", "aji", "count_error")},
-                     **{f"{key} {kind}": value for kind in kinds
-                        for key, value in _kind_scores(rows, kind).items()}})
+                     **{k: overall[k] for k in ("dsb_score", "ap@0.50", "aji", "count_error")},
+                     **{f"{k} {kind}": summary[k] for kind, summary in summaries.items()
+                        for k in ("dsb_score", "ap@0.50")}})
     grid.sort(key=lambda row: -row["dsb_score"])
     if output is not None:
-        with atomic_path(Path(output)) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(grid[0]))
-            writer.writeheader()
-            writer.writerows(grid)
+        _write_csv(Path(output), grid)
     return {"images": [s.name for s in samples], "grid": grid}
 
 
@@ -248,9 +241,20 @@ def _model_file_segmenter(path, *, device, tta, **options) -> tuple[Segmenter, l
     return segment, (runner.metadata.get("training_data") or {}).get("val_names")
 
 
-def _kind_scores(rows: list[dict], kind: str) -> dict[str, float]:
-    summary = metrics.summarise([r for r in rows if r["kind"] == kind])
-    return {"dsb_score": summary["dsb_score"], "ap@0.50": summary["ap@0.50"]}
+def _summaries(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """{"all": summary, "<kind>": summary, ...} of per-image metric rows (each with its "kind")."""
+    result = {"all": metrics.summarise(rows)}
+    for kind in sorted({r["kind"] for r in rows}):
+        result[kind] = metrics.summarise([r for r in rows if r["kind"] == kind])
+    return result
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of dicts (their keys the header) as a CSV file, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def format_summary(result: dict[str, dict[str, float]]) -> str:
