@@ -7,6 +7,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unetseg.data import (
     Augment,
@@ -16,6 +18,7 @@ from unetseg.data import (
     read_label_folders,
     read_npz,
     read_pairs,
+    separation_weights,
     synthetic_nuclei,
     targets,
     to_channels,
@@ -166,3 +169,69 @@ def test_contact_width_widens_the_boundary_target_where_nuclei_touch(width):
     np.testing.assert_array_equal(targets(labels, 2, width)[0], targets(labels, 2)[0])
     with pytest.raises(ValueError, match="the dataset is empty"):
         NucleiDataset([], 1, 1)
+
+
+def reference_separation_weights(labels, w0, sigma):
+    """Ronneberger's map the plain way: an exact distance transform per nucleus over the whole image,
+    the two smallest distances per pixel."""
+    import scipy.ndimage as ndi
+
+    ids = [i for i in np.unique(labels) if i]
+    if len(ids) < 2:
+        return np.ones(labels.shape)
+    d = np.sort(np.stack([ndi.distance_transform_edt(labels != i) for i in ids]), axis=0)
+    return 1 + w0 * np.exp(-((d[0] + d[1]) ** 2) / (2 * sigma**2))
+
+
+@settings(deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    nuclei=st.integers(0, 6),
+    w0=st.sampled_from([1.0, 10.0]),
+    sigma=st.sampled_from([1.0, 2.5, 5.0]),
+    dtype=st.sampled_from([np.int32, np.int64, np.uint16]),
+    seed=st.integers(0, 2**16),
+)
+def test_separation_weights_match_the_exact_weight_map(shape, nuclei, w0, sigma, dtype, seed):
+    """Random rectangles (later ones overwrite earlier ones, so nuclei touch, split and vanish): the
+    windowed map equals the exact one to within the documented w0 * exp(-8)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, dtype)
+    for k in range(1, nuclei + 1):
+        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        labels[y : y + rng.integers(1, 12), x : x + rng.integers(1, 12)] = k
+    w = separation_weights(labels, w0, sigma)
+    assert w.shape == shape and w.dtype == np.float32
+    np.testing.assert_allclose(w, reference_separation_weights(labels, w0, sigma), atol=w0 * np.exp(-8) + 1e-5, rtol=1e-5)
+
+
+def test_separation_weights_peak_where_nuclei_touch():
+    labels = np.zeros((20, 40), np.int32)
+    labels[5:15, 2:10], labels[5:15, 10:18], labels[5:15, 30:38] = 1, 2, 3
+    w = separation_weights(labels, 10, 5)
+    assert w[10, 9] == w[10, 10] == pytest.approx(1 + 10 * np.exp(-1 / 50))  # d1 = 0, d2 = 1 across the contact
+    assert w[10, 24] == pytest.approx(1 + 10 * np.exp(-(7 + 6) ** 2 / 50))  # in the gap: 7 pixels from 2, 6 from 3
+    assert w[10, 5] < w[10, 9] and w[0, 39] < 1.01
+    assert (separation_weights(labels * (labels == 1), 10, 5) == 1).all()  # one nucleus: nothing to separate
+    assert (separation_weights(np.zeros((4, 4), np.int32)) == 1).all()
+    with pytest.raises(ValueError, match=r"expected \(H, W\) instance labels, got shape \(2, 4, 4\)"):
+        separation_weights(np.zeros((2, 4, 4), np.int32))
+    with pytest.raises(ValueError, match="w0 >= 0 and sigma > 0, got w0=10, sigma=0"):
+        separation_weights(labels, 10, 0)
+
+
+def test_dataset_appends_the_separation_weights():
+    from unetseg.data.readers import Sample
+
+    data = [Sample(f"s{i}", s.image, s.labels) for i, s in enumerate(make_samples(2, (40, 30)))]
+    plain = NucleiDataset(data, 1, 2, size=32, mode="center", contact_width=2)
+    weighted = NucleiDataset(data, 1, 2, size=32, mode="center", contact_width=2, separation=(10.0, 3.0))
+    image, target = weighted[1]
+    assert target.shape == (3, 32, 32)
+    torch.testing.assert_close(image, plain[1][0])
+    torch.testing.assert_close(target[:2], plain[1][1])
+    # the weights are those of the crop's labels (centre crop of a 40 x 30 image padded to 32 wide)
+    labels = np.pad(data[1].labels, ((0, 0), (0, 2)))[4:36, :32]
+    np.testing.assert_array_equal(target[2].numpy(), separation_weights(labels, 10.0, 3.0))
+    with pytest.raises(ValueError, match="w0 >= 0 and sigma > 0"):
+        NucleiDataset(data, 1, 2, separation=(10.0, -1.0))

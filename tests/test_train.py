@@ -63,6 +63,36 @@ def test_loss_weights_the_boundary_channel():
     torch.testing.assert_close(loss_fn(logits, target, 3.0), (nucleus + 3 * boundary) / 4)
 
 
+def test_loss_takes_pixel_weights_from_an_extra_target_channel():
+    import torch.nn.functional as F
+
+    logits = torch.randn(2, 2, 8, 8)
+    target = (torch.rand(2, 2, 8, 8) > 0.5).float()
+    ones = torch.ones(2, 1, 8, 8)
+    torch.testing.assert_close(loss_fn(logits, torch.cat([target, ones], 1), 2.0), loss_fn(logits, target, 2.0))
+    weights = torch.rand(2, 1, 8, 8) * 10
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    weighted_bce = (bce * weights).sum(dim=(0, 2, 3)) / weights.sum()
+    shift = weighted_bce - bce.mean(dim=(0, 2, 3))  # only the BCE term changes; Dice is unweighted
+    torch.testing.assert_close(loss_fn(logits, torch.cat([target, weights], 1), 2.0),
+                               loss_fn(logits, target, 2.0) + (shift[0] + 2 * shift[1]) / 3)
+    with pytest.raises(ValueError, match="target has 4 channels for 2 outputs; expected 2 or 3"):
+        loss_fn(logits, torch.cat([target, target], 1), 2.0)
+
+
+def test_separation_weight_trains_and_is_recorded(npz, tmp_path, capsys):
+    out = tmp_path / "sep"
+    assert main(["train", str(npz), "-o", str(out), "--epochs", "1", "--crop", "32", "--batch-size", "4", "--in-channels",
+                 "1", "--out-channels", "2", "--workers", "0", "--model-options", '{"base_width": 4, "depth": 2}',
+                 "--separation-weight", "10", "--separation-sigma", "3"]) == 0
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["config"]["separation_weight"] == 10 and ckpt["config"]["separation_sigma"] == 3
+    assert ckpt["history"][0]["val_loss"] > 0
+    with pytest.raises(SystemExit, match="separation weight must be >= 0 and its sigma > 0 pixels, got 10.0 and 0.0"):
+        main(["train", str(npz), "-o", str(tmp_path / "bad"), "--out-channels", "2", "--separation-weight", "10",
+              "--separation-sigma", "0"])
+
+
 def test_init_weights_fine_tunes_from_a_checkpoint(npz, tmp_path):
     base = train(config(npz, tmp_path / "base", epochs=1, out_channels=2))
     tuned = config(npz, tmp_path / "tuned", epochs=1, out_channels=2, contact_width=2,

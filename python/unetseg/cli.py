@@ -83,6 +83,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
         workers=args.workers, device=args.device, imagenet_weights=args.imagenet_weights, resume=args.resume,
         samples_per_epoch=args.samples_per_epoch, contact_width=args.contact_width, init_weights=args.init_weights,
+        separation_weight=args.separation_weight, separation_sigma=args.separation_sigma,
     )
     try:
         train(config)
@@ -388,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contact-width", type=int, default=0,
                    help="2-channel models: the boundary target also covers nucleus pixels within this many pixels "
                    "of another nucleus, so touching nuclei get a wider cut (default 0: inner boundaries only)")
+    p.add_argument("--separation-weight", type=float, default=0.0, metavar="W0",
+                   help="weight the loss where nuclei touch or nearly touch: Ronneberger's weight map, pixel weight "
+                   "1 + W0 * exp(-(d1 + d2)^2 / (2 sigma^2)) with d1, d2 the distances to the two nearest nuclei "
+                   "(the paper uses 10; default 0: off)")
+    p.add_argument("--separation-sigma", type=float, default=5.0, metavar="SIGMA",
+                   help="its width in pixels (default 5, as in the paper)")
     p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled dataset (DSB score, AP, AJI, PQ, Dice...)",

@@ -44,6 +44,9 @@ class TrainConfig:
     boundary_weight: float = 2.0
     contact_width: int = 0
     """boundary target also on nucleus pixels within this many pixels of another nucleus (0: off)"""
+    separation_weight: float = 0.0
+    separation_sigma: float = 5.0
+    """w0 and sigma of Ronneberger's weight map on the BCE (unetseg.data.separation_weights); w0 0: off"""
     val_fraction: float = 0.15
     seed: int = 0
     workers: int = 2
@@ -83,9 +86,20 @@ def split_by_kind(samples: list[Sample], fraction: float, seed: int) -> tuple[li
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, boundary_weight: float) -> torch.Tensor:
-    """BCE + soft Dice per output channel; channel 1 (boundaries) weighted by boundary_weight."""
+    """BCE + soft Dice per output channel; channel 1 (boundaries) weighted by boundary_weight. A target
+    with one channel more than the logits carries per-pixel BCE weights in that last channel
+    (``NucleiDataset(separation=...)``): each channel's BCE is then their weighted mean."""
     logits = logits.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(0, 2, 3))
+    channels = logits.shape[1]
+    if target.shape[1] not in (channels, channels + 1):
+        raise ValueError(f"target has {target.shape[1]} channels for {channels} outputs; expected {channels} or "
+                         f"{channels + 1} (the last one pixel weights)")
+    target, pixel_weights = target[:, :channels], target[:, channels:]
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if pixel_weights.shape[1]:
+        bce = (bce * pixel_weights).sum(dim=(0, 2, 3)) / pixel_weights.sum()
+    else:
+        bce = bce.mean(dim=(0, 2, 3))
     p = torch.sigmoid(logits)
     inter = (p * target).sum(dim=(0, 2, 3))
     dice = 1 - (2 * inter + 1) / (p.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + 1)
@@ -134,6 +148,9 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
 
     if config.contact_width < 0:
         raise ValueError(f"contact_width must be >= 0 pixels, got {config.contact_width}")
+    if config.separation_weight < 0 or config.separation_sigma <= 0:
+        raise ValueError(f"separation weight must be >= 0 and its sigma > 0 pixels, got {config.separation_weight} "
+                         f"and {config.separation_sigma}")
     rank, world = _distributed()
     device = resolve_device(config.device)
     if world > 1 and device.type == "cuda":
@@ -177,12 +194,13 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
             print(f"resuming {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}")
 
     augment = Augment()
+    separation = (config.separation_weight, config.separation_sigma) if config.separation_weight > 0 else None
     train_set = NucleiDataset([by_name[n] for n in train_names], config.in_channels, config.out_channels, config.crop,
                               "crop", augment, normalisation, config.samples_per_epoch, config.seed,
-                              config.contact_width)
+                              config.contact_width, separation)
     val_set = NucleiDataset([by_name[n] for n in val_names], config.in_channels, config.out_channels, config.crop,
                             "center", None, normalisation, None, config.seed,
-                            config.contact_width)
+                            config.contact_width, separation)
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, seed=config.seed) if world > 1 else None
     loader_args = dict(batch_size=config.batch_size, num_workers=config.workers, persistent_workers=config.workers > 0,
                        pin_memory=device.type == "cuda")

@@ -3,7 +3,7 @@
 from .dataset import NucleiDataset
 from .readers import Sample, read_dataset, read_dsb2018, read_image, read_label_folders, read_npz, read_pairs
 from .synthetic import SyntheticNuclei, synthetic_nuclei
-from .transforms import Augment, Normalisation, targets, to_channels
+from .transforms import Augment, Normalisation, separation_weights, targets, to_channels
 
 __all__ = [
     "Augment",
@@ -17,6 +17,7 @@ __all__ = [
     "read_label_folders",
     "read_npz",
     "read_pairs",
+    "separation_weights",
     "synthetic_nuclei",
     "targets",
     "to_channels",
