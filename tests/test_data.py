@@ -18,7 +18,9 @@ from unetseg.data import (
     read_label_folders,
     read_npz,
     read_pairs,
+    PixelWeights,
     separation_weights,
+    small_object_weights,
     synthetic_nuclei,
     targets,
     to_channels,
@@ -220,18 +222,39 @@ def test_separation_weights_peak_where_nuclei_touch():
         separation_weights(labels, 10, 0)
 
 
-def test_dataset_appends_the_separation_weights():
+def test_small_object_weights_grow_like_the_square_root_of_the_area():
+    labels = np.zeros((30, 30), np.uint16)
+    labels[0:2, 0:2], labels[5:15, 5:15], labels[20:30, 0:30] = 1, 7, 2  # 4, 100 and 300 pixels
+    w = small_object_weights(labels, 100)
+    assert w.dtype == np.float32 and (w[labels == 0] == 1).all()
+    assert (w[labels == 1] == 5).all() and (w[labels == 7] == 1).all() and (w[labels == 2] == 1).all()
+    np.testing.assert_allclose(small_object_weights(labels, 400)[labels == 2], np.sqrt(4 / 3))
+    assert (small_object_weights(labels, 0) == 1).all()
+    with pytest.raises(ValueError, match="small object area must be >= 0 pixels, got -1"):
+        small_object_weights(labels, -1)
+
+
+def test_pixel_weights_multiply_and_the_dataset_appends_them():
     from unetseg.data.readers import Sample
 
+    labels = np.zeros((20, 40), np.int32)
+    labels[5:15, 2:10], labels[5:15, 10:18], labels[8:10, 30:32] = 1, 2, 3
+    both = PixelWeights(separation=10, sigma=3, small_area=50)(labels)
+    np.testing.assert_allclose(both, separation_weights(labels, 10, 3) * small_object_weights(labels, 50))
+    assert (PixelWeights()(labels) == 1).all()
+    with pytest.raises(ValueError, match="got separation=10, sigma=0, small_area=0"):
+        PixelWeights(separation=10, sigma=0)
+    with pytest.raises(ValueError, match="small_area=-5"):
+        PixelWeights(small_area=-5)
+
     data = [Sample(f"s{i}", s.image, s.labels) for i, s in enumerate(make_samples(2, (40, 30)))]
+    weights = PixelWeights(separation=10, sigma=3, small_area=200)
     plain = NucleiDataset(data, 1, 2, size=32, mode="center", contact_width=2)
-    weighted = NucleiDataset(data, 1, 2, size=32, mode="center", contact_width=2, separation=(10.0, 3.0))
+    weighted = NucleiDataset(data, 1, 2, size=32, mode="center", contact_width=2, pixel_weights=weights)
     image, target = weighted[1]
     assert target.shape == (3, 32, 32)
     torch.testing.assert_close(image, plain[1][0])
     torch.testing.assert_close(target[:2], plain[1][1])
     # the weights are those of the crop's labels (centre crop of a 40 x 30 image padded to 32 wide)
-    labels = np.pad(data[1].labels, ((0, 0), (0, 2)))[4:36, :32]
-    np.testing.assert_array_equal(target[2].numpy(), separation_weights(labels, 10.0, 3.0))
-    with pytest.raises(ValueError, match="w0 >= 0 and sigma > 0"):
-        NucleiDataset(data, 1, 2, separation=(10.0, -1.0))
+    crop = np.pad(data[1].labels, ((0, 0), (0, 2)))[4:36, :32]
+    np.testing.assert_array_equal(target[2].numpy(), weights(crop))

@@ -80,15 +80,16 @@ def test_loss_takes_pixel_weights_from_an_extra_target_channel():
         loss_fn(logits, torch.cat([target, target], 1), 2.0)
 
 
-def test_separation_weight_trains_and_is_recorded(npz, tmp_path, capsys):
+def test_pixel_weights_train_and_are_recorded(npz, tmp_path, capsys):
     out = tmp_path / "sep"
     assert main(["train", str(npz), "-o", str(out), "--epochs", "1", "--crop", "32", "--batch-size", "4", "--in-channels",
                  "1", "--out-channels", "2", "--workers", "0", "--model-options", '{"base_width": 4, "depth": 2}',
-                 "--separation-weight", "10", "--separation-sigma", "3"]) == 0
+                 "--separation-weight", "10", "--separation-sigma", "3", "--small-object-area", "150"]) == 0
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["config"]["separation_weight"] == 10 and ckpt["config"]["separation_sigma"] == 3
+    assert ckpt["config"]["small_object_area"] == 150
     assert ckpt["history"][0]["val_loss"] > 0
-    with pytest.raises(SystemExit, match="separation weight must be >= 0 and its sigma > 0 pixels, got 10.0 and 0.0"):
+    with pytest.raises(SystemExit, match="pixel weights need .* got separation=10.0, sigma=0.0, small_area=0.0"):
         main(["train", str(npz), "-o", str(tmp_path / "bad"), "--out-channels", "2", "--separation-weight", "10",
               "--separation-sigma", "0"])
 

@@ -84,6 +84,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers, device=args.device, imagenet_weights=args.imagenet_weights, resume=args.resume,
         samples_per_epoch=args.samples_per_epoch, contact_width=args.contact_width, init_weights=args.init_weights,
         separation_weight=args.separation_weight, separation_sigma=args.separation_sigma,
+        small_object_area=args.small_object_area,
     )
     try:
         train(config)
@@ -395,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the paper uses 10; default 0: off)")
     p.add_argument("--separation-sigma", type=float, default=5.0, metavar="SIGMA",
                    help="its width in pixels (default 5, as in the paper)")
+    p.add_argument("--small-object-area", type=float, default=0.0, metavar="A",
+                   help="weight each pixel of a nucleus smaller than A pixels by sqrt(A / its area) in the loss, so "
+                   "small nuclei, which the instance metrics count as much as big ones, are not cheap to miss "
+                   "(default 0: off)")
     p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled dataset (DSB score, AP, AJI, PQ, Dice...)",

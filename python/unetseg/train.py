@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import Augment, Normalisation, NucleiDataset, read_dataset
+from .data import Augment, Normalisation, NucleiDataset, PixelWeights, read_dataset
 from .data.readers import Sample
 from .io import atomic_path
 from .models import build_model
@@ -47,6 +47,9 @@ class TrainConfig:
     separation_weight: float = 0.0
     separation_sigma: float = 5.0
     """w0 and sigma of Ronneberger's weight map on the BCE (unetseg.data.separation_weights); w0 0: off"""
+    small_object_area: float = 0.0
+    """nuclei under this many pixels weigh sqrt(area / a) per pixel in the BCE (unetseg.data.small_object_weights);
+    0: off"""
     val_fraction: float = 0.15
     seed: int = 0
     workers: int = 2
@@ -88,7 +91,7 @@ def split_by_kind(samples: list[Sample], fraction: float, seed: int) -> tuple[li
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, boundary_weight: float) -> torch.Tensor:
     """BCE + soft Dice per output channel; channel 1 (boundaries) weighted by boundary_weight. A target
     with one channel more than the logits carries per-pixel BCE weights in that last channel
-    (``NucleiDataset(separation=...)``): each channel's BCE is then their weighted mean."""
+    (``NucleiDataset(pixel_weights=...)``): each channel's BCE is then their weighted mean."""
     logits = logits.float()
     channels = logits.shape[1]
     if target.shape[1] not in (channels, channels + 1):
@@ -148,9 +151,9 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
 
     if config.contact_width < 0:
         raise ValueError(f"contact_width must be >= 0 pixels, got {config.contact_width}")
-    if config.separation_weight < 0 or config.separation_sigma <= 0:
-        raise ValueError(f"separation weight must be >= 0 and its sigma > 0 pixels, got {config.separation_weight} "
-                         f"and {config.separation_sigma}")
+    pixel_weights = None
+    if config.separation_weight or config.small_object_area:
+        pixel_weights = PixelWeights(config.separation_weight, config.separation_sigma, config.small_object_area)
     rank, world = _distributed()
     device = resolve_device(config.device)
     if world > 1 and device.type == "cuda":
@@ -194,13 +197,12 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
             print(f"resuming {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}")
 
     augment = Augment()
-    separation = (config.separation_weight, config.separation_sigma) if config.separation_weight > 0 else None
     train_set = NucleiDataset([by_name[n] for n in train_names], config.in_channels, config.out_channels, config.crop,
                               "crop", augment, normalisation, config.samples_per_epoch, config.seed,
-                              config.contact_width, separation)
+                              config.contact_width, pixel_weights)
     val_set = NucleiDataset([by_name[n] for n in val_names], config.in_channels, config.out_channels, config.crop,
                             "center", None, normalisation, None, config.seed,
-                            config.contact_width, separation)
+                            config.contact_width, pixel_weights)
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, seed=config.seed) if world > 1 else None
     loader_args = dict(batch_size=config.batch_size, num_workers=config.workers, persistent_workers=config.workers > 0,
                        pin_memory=device.type == "cuda")

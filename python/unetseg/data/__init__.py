@@ -3,12 +3,14 @@
 from .dataset import NucleiDataset
 from .readers import Sample, read_dataset, read_dsb2018, read_image, read_label_folders, read_npz, read_pairs
 from .synthetic import SyntheticNuclei, synthetic_nuclei
-from .transforms import Augment, Normalisation, separation_weights, targets, to_channels
+from .transforms import (Augment, Normalisation, PixelWeights, separation_weights, small_object_weights, targets,
+                         to_channels)
 
 __all__ = [
     "Augment",
     "Normalisation",
     "NucleiDataset",
+    "PixelWeights",
     "Sample",
     "SyntheticNuclei",
     "read_dataset",
@@ -18,6 +20,7 @@ __all__ = [
     "read_npz",
     "read_pairs",
     "separation_weights",
+    "small_object_weights",
     "synthetic_nuclei",
     "targets",
     "to_channels",

@@ -7,13 +7,12 @@ import torch
 from torch.utils.data import Dataset
 
 from .readers import Sample
-from .transforms import (Augment, Normalisation, pad_to, random_crop, resize, separation_weights, targets,
-                         to_channels)
+from .transforms import Augment, Normalisation, PixelWeights, pad_to, random_crop, resize, targets, to_channels
 
 
 class NucleiDataset(Dataset):
     """Yields ``(image float32 (C, S, S), target float32 (K, S, S))``: K = out_channels, plus one with
-    ``separation``.
+    ``pixel_weights``.
 
     Args:
         samples: images with instance labels.
@@ -27,8 +26,8 @@ class NucleiDataset(Dataset):
         seed: base seed; each item's randomness depends on (seed, epoch, index) only, so any number of
             worker processes gives the same batches.
         contact_width: see :func:`targets`.
-        separation: (w0, sigma): the target gains a last channel, the per-pixel loss weights of
-            :func:`separation_weights` (Ronneberger's weight map), which ``unetseg.train.loss_fn`` uses.
+        pixel_weights: a :class:`PixelWeights`: the target gains a last channel, the per-pixel BCE weights
+            of the crop's labels, which ``unetseg.train.loss_fn`` uses.
     """
 
     def __init__(
@@ -43,7 +42,7 @@ class NucleiDataset(Dataset):
         samples_per_epoch: int | None = None,
         seed: int = 0,
         contact_width: int = 0,
-        separation: tuple[float, float] | None = None,
+        pixel_weights: PixelWeights | None = None,
     ):
         if mode not in ("crop", "center", "resize"):
             raise ValueError(f"mode must be 'crop', 'center' or 'resize', got {mode!r}")
@@ -53,9 +52,7 @@ class NucleiDataset(Dataset):
         self.size, self.mode, self.augment, self.normalisation = size, mode, augment, normalisation
         self.samples_per_epoch = samples_per_epoch or len(samples)
         self.seed, self.epoch, self.contact_width = seed, 0, contact_width
-        if separation is not None:
-            separation_weights(np.zeros((1, 1), np.int32), *separation)  # checks w0 and sigma now, not in a worker
-        self.separation = separation
+        self.pixel_weights = pixel_weights
         # normalise once: percentiles over the whole image, not over a crop
         self.images = [normalisation(to_channels(s.image, channels)) for s in samples]
 
@@ -90,6 +87,6 @@ class NucleiDataset(Dataset):
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
         labels = np.ascontiguousarray(labels)
         target = targets(labels, self.out_channels, self.contact_width)
-        if self.separation is not None:
-            target = np.concatenate([target, separation_weights(labels, *self.separation)[None]])
+        if self.pixel_weights is not None:
+            target = np.concatenate([target, self.pixel_weights(labels)[None]])
         return image, torch.from_numpy(target)
