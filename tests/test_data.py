@@ -258,3 +258,54 @@ def test_pixel_weights_multiply_and_the_dataset_appends_them():
     # the weights are those of the crop's labels (centre crop of a 40 x 30 image padded to 32 wide)
     crop = np.pad(data[1].labels, ((0, 0), (0, 2)))[4:36, :32]
     np.testing.assert_array_equal(target[2].numpy(), weights(crop))
+
+
+@settings(deadline=None)
+@given(shape=st.tuples(st.integers(1, 40), st.integers(1, 40)), channels=st.sampled_from([1, 3]),
+       dtype=st.sampled_from([np.uint16, np.int32, np.int64]), std=st.sampled_from([0.0, 1.0, 3.0, 8.0]),
+       seed=st.integers(0, 2**16))
+def test_elastic_deform_matches_scipy_map_coordinates(shape, channels, dtype, std, seed):
+    """Labels move as scipy moves them (nearest, mirrored borders) with the same field; the image
+    (bilinear) follows, and a zero field is the identity."""
+    import scipy.ndimage as ndi
+
+    from unetseg.data.transforms import elastic_deform
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, shape).astype(dtype) * (70000 if dtype != np.uint16 else 1)  # ids past 16 bits
+    image = rng.random((*shape, channels), dtype=np.float32)
+    grid = rng.normal(0, std, (2, 3, 3))
+    warped, moved = elastic_deform(image, labels, grid)
+    assert warped.shape == image.shape and warped.dtype == np.float32 and moved.dtype == labels.dtype
+    h, w = shape
+    dy, dx = (cv2.resize(g.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC) for g in grid)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    coords = np.stack([yy + dy, xx + dx])
+    tie = (np.abs(coords - np.floor(coords) - 0.5) < 1e-6).any(axis=0)  # rounding conventions differ at x.5
+    np.testing.assert_array_equal(np.where(tie, 0, moved),
+                                  np.where(tie, 0, ndi.map_coordinates(labels, coords, order=0, mode="mirror")))
+    expected = np.stack([ndi.map_coordinates(image[..., c], coords, order=1, mode="mirror") for c in range(channels)], -1)
+    np.testing.assert_allclose(warped, expected, atol=0.03)  # cv2 samples at 1/32 pixel
+    if std == 0:
+        np.testing.assert_array_equal(moved, labels)
+        np.testing.assert_array_equal(warped, image)
+
+
+def test_blur_and_channel_jitter():
+    from unetseg.data.transforms import Augment
+
+    rng = np.random.default_rng(0)
+    image = np.repeat(rng.random((64, 64, 1), dtype=np.float32), 3, axis=2)
+    labels = np.zeros((64, 64), np.int32)
+    plain = Augment(flips=False, rotations=False, scale=(1.0, 1.0), brightness=0, contrast=0, gamma=None, noise=0,
+                    invert=0)
+    out, _ = plain(image, labels, np.random.default_rng(1))
+    np.testing.assert_array_equal(out, image)
+    jittered, _ = Augment(**{**plain.__dict__, "channel_jitter": 0.1})(image, labels, np.random.default_rng(1))
+    assert np.abs(jittered[..., 0] - jittered[..., 1]).max() > 0.01  # each channel its own gain and offset
+    np.testing.assert_allclose(np.corrcoef(jittered[..., 0].ravel(), jittered[..., 2].ravel())[0, 1], 1, atol=1e-5)
+    roughness = [np.abs(np.diff(Augment(**{**plain.__dict__, "blur": 2.0})(image, labels, np.random.default_rng(s))[0],
+                                axis=0)).mean() for s in range(8)]
+    assert min(roughness) < 0.5 * np.abs(np.diff(image, axis=0)).mean() < max(roughness)  # about half are blurred
+    with pytest.raises(ValueError, match="augmentation elastic must be >= 0, got -2"):
+        Augment(elastic=-2)

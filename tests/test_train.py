@@ -7,7 +7,8 @@ import torch
 
 from unetseg.cli import main
 from unetseg.evaluate import evaluate
-from unetseg.train import TrainConfig, load_checkpoint, loss_fn, split_by_kind, train
+from unetseg.data import read_dataset
+from unetseg.train import TrainConfig, load_checkpoint, loss_fn, make_augment, split_by_kind, train
 
 
 def config(npz, out, **kw):
@@ -108,3 +109,34 @@ def test_init_weights_fine_tunes_from_a_checkpoint(npz, tmp_path):
         train(config(npz, tmp_path / "other", epochs=1, out_channels=1, init_weights=str(tmp_path / "base" / "last.pt")))
     with pytest.raises(ValueError, match="contact_width must be >= 0 pixels, got -1"):
         train(config(npz, tmp_path / "neg", epochs=1, out_channels=2, contact_width=-1))
+
+
+def test_dev_images_are_held_out_of_training_and_validation(npz, tmp_path):
+    ckpt = train(config(npz, tmp_path / "dev", epochs=1, dev_fraction=0.25))
+    split = ckpt["split"]
+    train_names, val, dev = set(split["train"]), set(split["val"]), set(split["dev"])
+    assert len(dev) == 2 and not dev & train_names and not dev & val  # one per kind of the 10 left after val
+    assert train_names | val | dev == {s.name for s in read_dataset(npz)}
+    assert val == set(load_checkpoint(tmp_path / "dev" / "best.pt")["split"]["val"])
+    plain = train(config(npz, tmp_path / "plain", epochs=1))
+    assert plain["split"]["val"] == split["val"] and plain["split"]["dev"] == []  # the same validation images
+    resumed = train(config(npz, tmp_path / "dev", epochs=2, dev_fraction=0.25, resume=True))
+    assert resumed["split"] == split
+    with pytest.raises(ValueError, match=r"held-out fraction must lie in \(0, 1\), got 1.5"):
+        train(config(npz, tmp_path / "bad", epochs=1, dev_fraction=1.5))
+
+
+def test_augment_options_train_and_are_recorded(npz, tmp_path):
+    out = tmp_path / "aug"
+    assert main(["train", str(npz), "-o", str(out), "--epochs", "1", "--crop", "32", "--batch-size", "4", "--in-channels",
+                 "1", "--workers", "0", "--model-options", '{"base_width": 4, "depth": 2}', "--augment-options",
+                 '{"elastic": 2, "blur": 1.0, "channel_jitter": 0.1, "scale": [0.8, 1.25]}']) == 0
+    assert load_checkpoint(out / "best.pt")["config"]["augment_options"] == {
+        "elastic": 2, "blur": 1.0, "channel_jitter": 0.1, "scale": [0.8, 1.25]}
+    assert make_augment({"scale": [0.8, 1.25]}).scale == (0.8, 1.25)
+    with pytest.raises(SystemExit, match=r"unknown augmentation option\(s\) \['elastc'\]; known: \['flips'"):
+        main(["train", str(npz), "-o", str(tmp_path / "bad"), "--augment-options", '{"elastc": 2}'])
+    with pytest.raises(SystemExit, match="--augment-options is not JSON .* got '{elastic: 2}'"):
+        main(["train", str(npz), "-o", str(tmp_path / "bad"), "--augment-options", "{elastic: 2}"])
+    with pytest.raises(SystemExit, match="augmentation blur must be >= 0, got -1"):
+        main(["train", str(npz), "-o", str(tmp_path / "bad"), "--augment-options", '{"blur": -1}'])

@@ -124,3 +124,19 @@ def _one_channel(folder):
     path = folder / "one.pt"
     torch.save(make_checkpoint(), path)
     return path
+
+
+def test_dev_images_are_scored_when_the_checkpoint_has_them(checkpoint, npz, tmp_path):
+    path, ckpt = checkpoint
+    with_dev = dict(ckpt, split={**ckpt["split"], "train": ckpt["split"]["train"][3:], "dev": ckpt["split"]["train"][:3]})
+    dev_path = tmp_path / "dev.pt"
+    torch.save(with_dev, dev_path)
+    options = dict(thresholds=[0.5], boundary_thresholds=[0.5], progress=False)
+    result = tune(dev_path, npz, images=5, seed=2, **options)  # images and seed only draw training images
+    assert sorted(result["images"]) == sorted(with_dev["split"]["dev"])
+    r = result["grid"][0]
+    assert (r["dsb_score"], r["ap@0.50"]) == reference(ckpt, npz, result["images"], 0.5, 0.5, 20)
+    missing = dict(with_dev, split={**with_dev["split"], "dev": with_dev["split"]["dev"] + ["not-in-npz"]})
+    torch.save(missing, dev_path)
+    with pytest.raises(ValueError, match="holds 3 of the checkpoint's 4 dev images"):
+        tune(dev_path, npz, **options)

@@ -76,7 +76,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from .train import TrainConfig, train
 
-    options = json.loads(args.model_options) if args.model_options else {"base_width": 16, "depth": 4, "batch_norm": True}
+    def parse(text: str | None, flag: str, default: dict) -> dict:
+        try:
+            value = json.loads(text) if text else default
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"unetseg train: {flag} is not JSON ({e}): got {text!r}, expected a JSON object "
+                             "such as '{\"name\": 1}' (quote it for the shell)") from None
+        if not isinstance(value, dict):
+            raise SystemExit(f"unetseg train: {flag} must be a JSON object, got {text!r}")
+        return value
+
+    options = parse(args.model_options, "--model-options", {"base_width": 16, "depth": 4, "batch_norm": True})
     config = TrainConfig(
         data=str(args.data), output=str(args.output), architecture=args.architecture, model_options=options,
         in_channels=args.in_channels, out_channels=args.out_channels, crop=args.crop, batch_size=args.batch_size,
@@ -84,7 +94,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers, device=args.device, imagenet_weights=args.imagenet_weights, resume=args.resume,
         samples_per_epoch=args.samples_per_epoch, contact_width=args.contact_width, init_weights=args.init_weights,
         separation_weight=args.separation_weight, separation_sigma=args.separation_sigma,
-        small_object_area=args.small_object_area,
+        small_object_area=args.small_object_area, dev_fraction=args.dev_fraction,
+        augment_options=parse(args.augment_options, "--augment-options", {}),
     )
     try:
         train(config)
@@ -400,6 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight each pixel of a nucleus smaller than A pixels by sqrt(A / its area) in the loss, so "
                    "small nuclei, which the instance metrics count as much as big ones, are not cheap to miss "
                    "(default 0: off)")
+    p.add_argument("--augment-options", metavar="JSON",
+                   help='augmentation beyond the defaults (flips, turns, scale 0.7-1.4, brightness, contrast, gamma, '
+                   'noise, inversion), as JSON fields of unetseg.data.Augment: e.g. \'{"elastic": 4, "blur": 1.5, '
+                   '"channel_jitter": 0.1}\' for an elastic deformation (pixels), Gaussian blur (sigma up to) and '
+                   'per-channel gain/offset jitter')
+    p.add_argument("--dev-fraction", type=float, default=0.0, metavar="F",
+                   help="hold out this fraction of the training images (by kind, fixed by --seed) as dev images: "
+                   "not trained on, scored by `unetseg tune` to choose thresholds and compare runs while the "
+                   "validation images stay unseen (with --init-weights, only if the initial model did not train "
+                   "on them either; default 0: none)")
     p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled dataset (DSB score, AP, AJI, PQ, Dice...)",
@@ -424,16 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.set_defaults(run=_cmd_evaluate)
 
-    p = sub.add_parser("tune", help="choose a checkpoint's thresholds and min_area on its training images",
-                       description="Score every combination of nucleus threshold x boundary threshold x min_area "
-                       "(DSB score, AP@0.5, AJI, count error; DSB and AP@0.5 per image kind) on images of DATA "
-                       "drawn from those the checkpoint was trained on, never its validation images, and print the "
-                       "grid best first with the `unetseg export` options of the best. The network runs once per "
-                       "image.")
+    p = sub.add_parser("tune", help="choose a checkpoint's thresholds and min_area on its dev (else training) "
+                       "images", description="Score every combination of nucleus threshold x boundary threshold x "
+                       "min_area (DSB score, AP@0.5, AJI, count error; DSB and AP@0.5 per image kind) on the "
+                       "checkpoint's dev images (`unetseg train --dev-fraction`) or, without them, on images of DATA "
+                       "drawn from those it was trained on; never its validation images. Print the grid best first "
+                       "with the `unetseg export` options of the best. The network runs once per image.")
     p.add_argument("checkpoint", type=Path, help="training checkpoint (runs/NAME/best.pt)")
     p.add_argument("data", type=Path, help="the labelled dataset it was trained on")
     p.add_argument("-o", "--output", type=Path, help="also write the grid to this CSV file")
-    p.add_argument("--images", type=int, default=80, help="training images to score (default 80)")
+    p.add_argument("--images", type=int, default=80, help="training images to score when the checkpoint has no dev images (default 80)")
     p.add_argument("--seed", type=int, default=1, help="seed of the draw of images (default 1)")
     p.add_argument("--thresholds", type=_floats, default=(0.5, 0.6, 0.7), metavar="T,T,...",
                    help="nucleus thresholds to try (default 0.5,0.6,0.7)")

@@ -172,10 +172,12 @@ def tune(
     tta: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Chooses a checkpoint's post-processing on its *training* images, so that its validation
-    images stay unseen: scores every threshold x boundary_threshold x min_area on `images` images
-    drawn (with `seed`) from the images of `data` that are not in the checkpoint's validation list.
-    The network runs once per image (with `tta`, eight times); then only the fused ops run.
+    """Chooses a checkpoint's post-processing without its validation images: scores every threshold x
+    boundary_threshold x min_area on the checkpoint's dev images (``unetseg train --dev-fraction``:
+    held out from training, so the choice sees how the model does on unseen images) or, for a
+    checkpoint without them, on `images` images drawn (with `seed`) from the images of `data` that are
+    not in its validation list, i.e. its training images. The network runs once per image (with `tta`,
+    eight times); then only the fused ops run.
 
     Returns {"images": the names scored, "grid": one row per combination, the best DSB score first};
     a row holds threshold, boundary_threshold (None with plain labelling), min_area, dsb_score,
@@ -201,13 +203,20 @@ def tune(
             raise ValueError(f"{name} must be a non-empty list of values {bounds}, got {list(values)}")
     ckpt = load_checkpoint(checkpoint)
     labelling = _checkpoint_labelling(ckpt, labelling)
-    val = set(ckpt["split"]["val"])
-    samples = [s for s in read_dataset(data) if s.name not in val]
-    if not samples:
-        raise ValueError(f"every image of {str(data)!r} is one of the checkpoint's validation images; tune on "
-                         "the data it was trained on")
-    rng = np.random.default_rng(seed)
-    samples = [samples[i] for i in rng.choice(len(samples), min(images, len(samples)), replace=False)]
+    dev = set(ckpt["split"].get("dev", []))
+    if dev:
+        samples = [s for s in read_dataset(data) if s.name in dev]
+        if len(samples) != len(dev):
+            raise ValueError(f"{str(data)!r} holds {len(samples)} of the checkpoint's {len(dev)} dev images; tune "
+                             "on the data it was trained on")
+    else:
+        val = set(ckpt["split"]["val"])
+        samples = [s for s in read_dataset(data) if s.name not in val]
+        if not samples:
+            raise ValueError(f"every image of {str(data)!r} is one of the checkpoint's validation images; tune on "
+                             "the data it was trained on")
+        rng = np.random.default_rng(seed)
+        samples = [samples[i] for i in rng.choice(len(samples), min(images, len(samples)), replace=False)]
     network, device = model_from_checkpoint(ckpt), resolve_device(device)
     probs = [torch.from_numpy(predict(network, s.image, ckpt, device, tta=tta))
              for s in tqdm(samples, desc="predict", disable=not progress)]

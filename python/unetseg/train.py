@@ -8,7 +8,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,13 @@ class TrainConfig:
     small_object_area: float = 0.0
     """nuclei under this many pixels weigh sqrt(area / a) per pixel in the BCE (unetseg.data.small_object_weights);
     0: off"""
+    augment_options: dict[str, Any] = field(default_factory=dict)
+    """fields of unetseg.data.Augment that differ from its defaults, e.g. {"elastic": 4, "blur": 1.5}"""
     val_fraction: float = 0.15
+    dev_fraction: float = 0.0
+    """hold out this fraction of the training images (stratified by kind, fixed by the seed) as a dev
+    set: never trained on, not used for early stopping, scored by `unetseg tune` to choose thresholds and
+    compare runs while the validation images stay unseen; 0: none"""
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -70,10 +76,20 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def make_augment(options: dict[str, Any]) -> Augment:
+    """An Augment with `options` overriding its defaults; unknown names are a clear error."""
+    known = [f.name for f in fields(Augment)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown augmentation option(s) {unknown}; known: {known}")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return Augment(**options)
+
+
 def split_by_kind(samples: list[Sample], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """A validation split by image, stratified by kind, fixed by the seed: names (train, val)."""
     if not 0 < fraction < 1:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {fraction}")
+        raise ValueError(f"the held-out fraction must lie in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
     train, val = [], []
     for kind in sorted({s.kind for s in samples}):
@@ -151,6 +167,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
 
     if config.contact_width < 0:
         raise ValueError(f"contact_width must be >= 0 pixels, got {config.contact_width}")
+    augment = make_augment(config.augment_options)
     pixel_weights = None
     if config.separation_weight or config.small_object_area:
         pixel_weights = PixelWeights(config.separation_weight, config.separation_sigma, config.small_object_area)
@@ -167,6 +184,11 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     if config.max_images:
         samples = samples[: config.max_images]
     train_names, val_names = split_by_kind(samples, config.val_fraction, config.seed)
+    dev_names: list[str] = []
+    if config.dev_fraction:
+        kept = set(train_names)
+        train_names, dev_names = split_by_kind([s for s in samples if s.name in kept], config.dev_fraction,
+                                               config.seed)
     by_name = {s.name: s for s in samples}
     normalisation = Normalisation()
     options = {"in_channels": config.in_channels, "out_channels": config.out_channels, **config.model_options}
@@ -193,10 +215,10 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
         best, stale = ckpt["best_val_loss"], ckpt["epochs_without_improvement"]
         train_names, val_names = ckpt["split"]["train"], ckpt["split"]["val"]
+        dev_names = ckpt["split"].get("dev", [])
         if rank == 0:
             print(f"resuming {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}")
 
-    augment = Augment()
     train_set = NucleiDataset([by_name[n] for n in train_names], config.in_channels, config.out_channels, config.crop,
                               "crop", augment, normalisation, config.samples_per_epoch, config.seed,
                               config.contact_width, pixel_weights)
@@ -221,7 +243,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         "threshold": 0.5,
         "normalisation": normalisation.to_dict(),
         "config": asdict(config),
-        "split": {"train": train_names, "val": val_names, "seed": config.seed},
+        "split": {"train": train_names, "val": val_names, "dev": dev_names, "seed": config.seed},
         "training_data": str(config.data),
     }
 

@@ -157,6 +157,25 @@ def resize(image, labels, size: int):
     return image, cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
+def elastic_deform(image: np.ndarray, labels: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Warps an (H, W, C) float32 image (bilinear) and its labels (nearest) by the displacement field
+    that bicubically interpolates `grid` (2, gy, gx): (dy, dx) in pixels at gy x gx control points
+    spread over the image. Borders are mirrored."""
+    h, w = labels.shape
+    dy, dx = (cv2.resize(np.asarray(g, np.float32), (w, h), interpolation=cv2.INTER_CUBIC) for g in grid)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    map_x, map_y = xx + dx, yy + dy
+    warped = cv2.remap(np.ascontiguousarray(image), map_x, map_y, cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REFLECT_101).reshape(image.shape)
+    # cv2.remap takes 16-bit labels; larger ids go through an index of the ids present
+    ids, index = np.unique(labels, return_inverse=True)
+    if ids.size > 65535:
+        raise ValueError(f"elastic deformation handles up to 65535 labels per crop, got {ids.size}")
+    moved = cv2.remap(index.reshape(h, w).astype(np.uint16), map_x, map_y, cv2.INTER_NEAREST,
+                      borderMode=cv2.BORDER_REFLECT_101)
+    return warped, ids[moved].astype(labels.dtype, copy=False)
+
+
 @dataclass(frozen=True)
 class Augment:
     """Random augmentation of a normalised image (H, W, C) float32 and its labels (H, W)."""
@@ -169,6 +188,18 @@ class Augment:
     gamma: tuple[float, float] = (0.7, 1.5)
     noise: float = 0.03
     invert: float = 0.2  # bright-field images have dark nuclei
+    elastic: float = 0.0
+    """elastic deformation as in the U-Net paper: displacements on a coarse 3x3 grid drawn with this
+    standard deviation in pixels, bicubically interpolated to every pixel; 0: off"""
+    blur: float = 0.0
+    """half of the items are Gaussian-blurred with a sigma drawn up to this many pixels; 0: off"""
+    channel_jitter: float = 0.0
+    """each channel's own gain 1 ± c and offset ± c / 2 (stain and colour variation); 0: off"""
+
+    def __post_init__(self):
+        for name in ("elastic", "blur", "channel_jitter", "noise", "brightness", "contrast", "invert"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augmentation {name} must be >= 0, got {getattr(self, name)}")
 
     def __call__(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
         if self.scale != (1.0, 1.0):
@@ -177,6 +208,8 @@ class Augment:
             channels = image.shape[2]
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, channels)
             labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        if self.elastic:
+            image, labels = elastic_deform(image, labels, rng.normal(0, self.elastic, (2, 3, 3)))
         if self.flips and rng.random() < 0.5:
             image, labels = image[:, ::-1], labels[:, ::-1]
         if self.flips and rng.random() < 0.5:
@@ -189,8 +222,17 @@ class Augment:
             image = np.power(image, rng.uniform(*self.gamma), dtype=np.float32)
         image = (image - 0.5) * (1 + rng.uniform(-self.contrast, self.contrast)) + 0.5
         image = image + rng.uniform(-self.brightness, self.brightness)
+        if self.channel_jitter:
+            c = self.channel_jitter
+            channels = image.shape[2]
+            image = image * rng.uniform(1 - c, 1 + c, channels).astype(np.float32) + rng.uniform(
+                -c / 2, c / 2, channels).astype(np.float32)
         if self.invert and rng.random() < self.invert:
             image = 1 - image
+        if self.blur and rng.random() < 0.5:
+            sigma = rng.uniform(0, self.blur)
+            if sigma > 0.1:
+                image = cv2.GaussianBlur(np.ascontiguousarray(image), (0, 0), sigma).reshape(image.shape)
         if self.noise:
             image = image + rng.normal(0, rng.uniform(0, self.noise), image.shape).astype(np.float32)
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels)
