@@ -168,12 +168,13 @@ def elastic_deform(image: np.ndarray, labels: np.ndarray, grid: np.ndarray) -> t
     warped = cv2.remap(np.ascontiguousarray(image), map_x, map_y, cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_REFLECT_101).reshape(image.shape)
     # cv2.remap takes 16-bit labels; larger ids go through an index of the ids present
-    ids, index = np.unique(labels, return_inverse=True)
-    if ids.size > 65535:
-        raise ValueError(f"elastic deformation handles up to 65535 labels per crop, got {ids.size}")
+    small = labels.size == 0 or (labels.min() >= 0 and labels.max() <= 65535)
+    ids, index = (None, labels) if small else np.unique(labels, return_inverse=True)
+    if ids is not None and ids.size > 65536:
+        raise ValueError(f"elastic deformation handles up to 65536 label ids per crop, got {ids.size}")
     moved = cv2.remap(index.reshape(h, w).astype(np.uint16), map_x, map_y, cv2.INTER_NEAREST,
                       borderMode=cv2.BORDER_REFLECT_101)
-    return warped, ids[moved].astype(labels.dtype, copy=False)
+    return warped, (moved if small else ids[moved]).astype(labels.dtype, copy=False)
 
 
 @dataclass(frozen=True)
