@@ -50,6 +50,25 @@ def test_model_file_is_scored_as_the_runner_segments(exported, npz, tmp_path, op
     assert evaluate(path, npz, split="all", progress=False, **options)["all"]["images"] == 12
 
 
+def test_dev_images_of_a_checkpoint_and_its_model_file(npz, tmp_path):
+    names = [s.name for s in read_dataset(npz)]
+    ckpt = make_checkpoint(out_channels=2, seed=5)
+    ckpt["split"] = {"train": names[6:], "val": names[:3], "dev": names[3:6], "seed": 0}
+    ckpt["training_data"] = str(npz)
+    torch.save(ckpt, tmp_path / "best.pt")
+    export(ckpt, tmp_path / "model.pt")
+    for model in (tmp_path / "best.pt", tmp_path / "model.pt"):
+        evaluate(model, npz, tmp_path / model.stem, split="dev", progress=False)
+        assert [r["image"] for r in csv.DictReader(open(tmp_path / model.stem / "per_image.csv"))] == names[3:6]
+    assert load(tmp_path / "model.pt")[1]["training_data"]["dev_names"] == names[3:6]
+    assert (evaluate(tmp_path / "model.pt", npz, split="dev", min_area=0, progress=False)["all"]
+            == reference(tmp_path / "model.pt", npz, names[3:6], min_area=0))
+    del ckpt["split"]["dev"]
+    torch.save(ckpt, tmp_path / "nodev.pt")
+    with pytest.raises(ValueError, match="has no dev images \\(train with --dev-fraction for dev images\\)"):
+        evaluate(tmp_path / "nodev.pt", npz, split="dev", progress=False)
+
+
 def test_model_file_options_reach_the_runner(exported, npz):
     path, _ = exported
     plain = evaluate(path, npz, labelling="plain", threshold=0.3, progress=False)["all"]
@@ -76,7 +95,7 @@ def test_bad_models(exported, npz, tmp_path, model_file):
         evaluate(model_file[0], npz, split="all", labelling="seeded", progress=False)
     with pytest.raises(ValueError, match="threshold 2 is not a probability"):
         evaluate(path, npz, threshold=2.0, progress=False)
-    with pytest.raises(ValueError, match="split must be 'val' or 'all'"):
+    with pytest.raises(ValueError, match="split must be 'val', 'dev' or 'all'"):
         evaluate(path, npz, split="train", progress=False)
     ckpt = make_checkpoint()
     ckpt["training_data"] = None  # a model file that does not say what it was validated on

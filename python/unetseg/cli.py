@@ -436,8 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=int, default=8, metavar="N",
                    help="with -o: pictures of the N images that scored worst, in OUTPUT/overlays (predicted "
                    "outlines magenta, true ones green; default 8, 0: none)")
-    p.add_argument("--split", choices=("val", "all"), default="val",
-                   help="val (default): only the images the model was validated on, held out of its training; all")
+    p.add_argument("--split", choices=("val", "dev", "all"), default="val",
+                   help="val (default): only the images the model was validated on, held out of its training; dev: "
+                   "only its dev images (train --dev-fraction), to compare runs without touching val; all")
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
     p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model file's; 0 for "
                    "checkpoints)")

@@ -38,8 +38,9 @@ def evaluate(
     overlays: int = 8,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Segments every image of `data` (only the model's validation images with split="val") and
-    scores it against its labels.
+    """Segments the images of `data` and scores them against their labels: with split="val" (the
+    default) only the model's validation images, with "dev" only its dev images (``unetseg train
+    --dev-fraction``), with "all" every image.
 
     model: a training checkpoint (``best.pt``), a model file from ``unetseg export``, or None (or
         "default") for the bundled default model. A checkpoint's probabilities come from
@@ -57,8 +58,8 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    if split not in ("val", "all"):
-        raise ValueError(f"split must be 'val' or 'all', got {split!r}")
+    if split not in ("val", "dev", "all"):
+        raise ValueError(f"split must be 'val', 'dev' or 'all', got {split!r}")
     if overlays < 0:
         raise ValueError(f"overlays is a number of pictures (>= 0), got {overlays}")
     if model is None or str(model) == "default":
@@ -69,15 +70,19 @@ def evaluate(
         raise FileNotFoundError(f"{str(model)!r}: no such checkpoint or model file")
     options = dict(threshold=threshold, min_area=min_area, labelling=labelling,
                    boundary_threshold=boundary_threshold, device=device, tta=tta)
-    segment, val_names = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
+    segment, splits = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
     samples = read_dataset(data)
-    if split == "val":
-        if val_names is None:
+    if split != "all":
+        what = {"val": "validation", "dev": "dev"}[split]
+        if splits is None:
             raise ValueError(f"{str(model)!r} does not say which images it was validated on; use split='all'")
-        wanted = set(val_names)
+        if not splits.get(split):
+            raise ValueError(f"{str(model)!r} has no {what} images (train with --dev-fraction for dev images); "
+                             "use split='val' or 'all'")
+        wanted = set(splits[split])
         samples = [s for s in samples if s.name in wanted]
         if not samples:
-            raise ValueError(f"none of the model's validation images is in {str(data)!r}; use split='all'")
+            raise ValueError(f"none of the model's {what} images is in {str(data)!r}; use split='all'")
     rows = []
     worst: list[tuple[float, int, np.ndarray]] = []  # a heap of the `overlays` lowest scores: (-score, i, labels)
     for i, s in enumerate(tqdm(samples, desc="evaluate", disable=not progress)):
@@ -118,7 +123,7 @@ Segmenter = Callable[[np.ndarray], np.ndarray]
 
 
 def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_threshold, device, tta
-                          ) -> tuple[Segmenter, list[str] | None]:
+                          ) -> tuple[Segmenter, dict[str, list[str]]]:
     from .train import load_checkpoint, model_from_checkpoint, predict, resolve_device
 
     ckpt = load_checkpoint(path)
@@ -133,7 +138,7 @@ def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_thre
         prob = torch.from_numpy(predict(network, image, ckpt, device, tta=tta))
         return _label(prob, labelling, threshold, boundary_threshold, min_area)
 
-    return segment, ckpt["split"]["val"]
+    return segment, {"val": ckpt["split"]["val"], "dev": ckpt["split"].get("dev", [])}
 
 
 def _checkpoint_labelling(ckpt: dict, labelling: str) -> str:
@@ -238,7 +243,7 @@ def tune(
     return {"images": [s.name for s in samples], "grid": grid}
 
 
-def _model_file_segmenter(path, *, device, tta, **options) -> tuple[Segmenter, list[str] | None]:
+def _model_file_segmenter(path, *, device, tta, **options) -> tuple[Segmenter, dict[str, list[str]] | None]:
     from .segment import Runner
 
     runner = Runner(path, device=device)
@@ -247,7 +252,10 @@ def _model_file_segmenter(path, *, device, tta, **options) -> tuple[Segmenter, l
     def segment(image: np.ndarray) -> np.ndarray:
         return runner.segment([image], tta=tta, **options)[0].labels
 
-    return segment, (runner.metadata.get("training_data") or {}).get("val_names")
+    training = runner.metadata.get("training_data") or {}
+    if training.get("val_names") is None:
+        return segment, None
+    return segment, {"val": training["val_names"], "dev": training.get("dev_names", [])}
 
 
 def _summaries(rows: list[dict]) -> dict[str, dict[str, float]]:

@@ -97,7 +97,7 @@ def receptive_field_halo(model: torch.nn.Module, in_channels: int, multiple: int
 
 
 def _training_data(ckpt: dict) -> dict | None:
-    """Where the weights came from: the dataset's folder name, split sizes and the validation images."""
+    """Where the weights came from: the dataset's folder name, split sizes, the validation and dev images."""
     if not ckpt.get("training_data"):
         return None
     split = ckpt.get("split") or {}
@@ -107,6 +107,7 @@ def _training_data(ckpt: dict) -> dict | None:
         "val_images": len(split.get("val", [])),
         "split_seed": split.get("seed"),
         "val_names": list(split.get("val", [])),
+        "dev_names": list(split.get("dev", [])),
     }
 
 
