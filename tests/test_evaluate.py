@@ -63,6 +63,10 @@ def test_dev_images_of_a_checkpoint_and_its_model_file(npz, tmp_path):
     assert load(tmp_path / "model.pt")[1]["training_data"]["dev_names"] == names[3:6]
     assert (evaluate(tmp_path / "model.pt", npz, split="dev", min_area=0, progress=False)["all"]
             == reference(tmp_path / "model.pt", npz, names[3:6], min_area=0))
+    ckpt["split"]["val"] = names[:3] + ["not-in-npz"]  # a score on some of a split's images is not its score
+    torch.save(ckpt, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match=r"holds only 3 of the model's validation images \(4\); use split='all'"):
+        evaluate(tmp_path / "partial.pt", npz, progress=False)
     del ckpt["split"]["dev"]
     torch.save(ckpt, tmp_path / "nodev.pt")
     with pytest.raises(ValueError, match="has no dev images \\(train with --dev-fraction for dev images\\)"):
@@ -80,7 +84,7 @@ def test_default_model(npz, capsys):
     result = evaluate("default", npz, split="all", progress=False)
     assert result["all"]["images"] == 12 and set(result) == {"all", "a", "b"}
     assert result["all"] == evaluate(None, npz, split="all", progress=False)["all"]
-    with pytest.raises(ValueError, match="none of the model's validation images is in"):
+    with pytest.raises(ValueError, match=r"holds none of the model's validation images \(\d+\); use split='all'"):
         evaluate("default", npz, progress=False)  # its validation images are DSB 2018 ones
     assert main(["evaluate", "default", str(npz), "--split", "all"]) == 0
     assert "| all | 12 |" in capsys.readouterr().out
@@ -102,6 +106,8 @@ def test_bad_models(exported, npz, tmp_path, model_file):
     export(ckpt, tmp_path / "anonymous.pt")
     with pytest.raises(ValueError, match="does not say which images it was validated on; use split='all'"):
         evaluate(tmp_path / "anonymous.pt", npz, progress=False)
+    with pytest.raises(ValueError, match="does not name its dev images; use split='all'"):
+        evaluate(tmp_path / "anonymous.pt", npz, split="dev", progress=False)
     assert evaluate(tmp_path / "anonymous.pt", npz, split="all", progress=False)["all"]["images"] == 12
 
 

@@ -75,14 +75,12 @@ def evaluate(
     if split != "all":
         what = {"val": "validation", "dev": "dev"}[split]
         if splits is None:
-            raise ValueError(f"{str(model)!r} does not say which images it was validated on; use split='all'")
+            raise ValueError(f"{str(model)!r} does not say which images it was validated on; use split='all'"
+                             if split == "val" else f"{str(model)!r} does not name its {what} images; use split='all'")
         if not splits.get(split):
             raise ValueError(f"{str(model)!r} has no {what} images (train with --dev-fraction for dev images); "
                              "use split='val' or 'all'")
-        wanted = set(splits[split])
-        samples = [s for s in samples if s.name in wanted]
-        if not samples:
-            raise ValueError(f"none of the model's {what} images is in {str(data)!r}; use split='all'")
+        samples = _named(samples, splits[split], f"the model's {what} images", data, "use split='all'")
     rows = []
     worst: list[tuple[float, int, np.ndarray]] = []  # a heap of the `overlays` lowest scores: (-score, i, labels)
     for i, s in enumerate(tqdm(samples, desc="evaluate", disable=not progress)):
@@ -210,10 +208,7 @@ def tune(
     labelling = _checkpoint_labelling(ckpt, labelling)
     dev = set(ckpt["split"].get("dev", []))
     if dev:
-        samples = [s for s in read_dataset(data) if s.name in dev]
-        if len(samples) != len(dev):
-            raise ValueError(f"{str(data)!r} holds {len(samples)} of the checkpoint's {len(dev)} dev images; tune "
-                             "on the data it was trained on")
+        samples = _named(read_dataset(data), dev, "the checkpoint's dev images", data, "tune on the data it was trained on")
     else:
         val = set(ckpt["split"]["val"])
         samples = [s for s in read_dataset(data) if s.name not in val]
@@ -256,6 +251,17 @@ def _model_file_segmenter(path, *, device, tta, **options) -> tuple[Segmenter, d
     if training.get("val_names") is None:
         return segment, None
     return segment, {"val": training["val_names"], "dev": training.get("dev_names", [])}
+
+
+def _named(samples: list, names, what: str, data, fix: str) -> list:
+    """The samples named in `names`, in dataset order; all of them, or a clear error (a score on some of a
+    split's images is not that split's score)."""
+    names = set(names)
+    picked = [s for s in samples if s.name in names]
+    if len(picked) != len(names):
+        found = "none" if not picked else f"only {len(picked)}"
+        raise ValueError(f"{str(data)!r} holds {found} of {what} ({len(names)}); {fix}")
+    return picked
 
 
 def _summaries(rows: list[dict]) -> dict[str, dict[str, float]]:
