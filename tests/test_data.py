@@ -150,6 +150,25 @@ def test_transforms_and_dataset():
     assert (wide[0][1][1] >= NucleiDataset(data, 1, 2, size=32, mode="center")[0][1][1]).all()
 
 
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_each_epoch_draws_new_crops_in_the_loaders_workers(workers):
+    """As `unetseg train` loads: persistent workers hold copies of the dataset made once, yet see set_epoch."""
+    from torch.utils.data import DataLoader
+    from unetseg.data.readers import Sample
+
+    data = [Sample(f"s{i}", s.image, s.labels) for i, s in enumerate(make_samples(3, (48, 40)))]
+    ds = NucleiDataset(data, 1, 2, size=24, augment=Augment(elastic=2.0, blur=1.0), samples_per_epoch=6)
+    loader = DataLoader(ds, batch_size=3, num_workers=workers, persistent_workers=workers > 0)
+    epochs = []
+    for epoch in (0, 1, 2, 1):
+        ds.set_epoch(epoch)
+        images = torch.cat([batch[0] for batch in loader])
+        assert torch.equal(images, torch.stack([ds[i][0] for i in range(6)]))  # the same in any process
+        epochs.append(images)
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
+    assert torch.equal(epochs[1], epochs[3])
+
+
 @pytest.mark.parametrize("width", [1, 2, 3])
 def test_contact_width_widens_the_boundary_target_where_nuclei_touch(width):
     """Two nuclei touching along a vertical line, a third apart: the boundary target covers the

@@ -51,13 +51,21 @@ class NucleiDataset(Dataset):
         self.samples, self.channels, self.out_channels = samples, channels, out_channels
         self.size, self.mode, self.augment, self.normalisation = size, mode, augment, normalisation
         self.samples_per_epoch = samples_per_epoch or len(samples)
-        self.seed, self.epoch, self.contact_width = seed, 0, contact_width
+        self.seed, self.contact_width = seed, contact_width
+        # in shared memory: a DataLoader's persistent workers hold copies of this dataset made once, and
+        # would otherwise draw the first epoch's crops and augmentations in every epoch
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.pixel_weights = pixel_weights
         # normalise once: percentiles over the whole image, not over a crop
         self.images = [normalisation(to_channels(s.image, channels)) for s in samples]
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Draws this epoch's crops and augmentations, in this process and in the loader's workers."""
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return self.samples_per_epoch
