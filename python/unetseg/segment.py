@@ -247,7 +247,7 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
     tta: test-time augmentation. The network runs on the eight symmetries of each image (four
         quarter turns, each also mirrored) and the probabilities, turned back, are averaged: eight
         times the network's time, for a more accurate map (on the DSB 2018 validation split the
-        default model's DSB score goes from 0.580 to 0.596; see docs/model_card.md).
+        default model's DSB score goes from 0.588 to 0.605; see docs/model_card.md).
     Returns one :class:`Segmentation` per image, in order.
     """
     if isinstance(model, Runner):
