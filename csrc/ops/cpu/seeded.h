@@ -12,10 +12,10 @@
 //          boundary covers it) is an object of its own, so the seeded mode never loses an object
 //          that plain labelling finds. Both are written run by run like plain labels; most
 //          components are one of these.
-//  growth  only components with two or more seeds are grown, pixel by pixel: rounds of a
-//          constrained dilation where every ring pixel (foreground, not seed) with a labelled
-//          neighbour takes the label of its labelled neighbour with the highest nucleus score
-//          (ties: the smaller label), all at once from the labels of the previous rounds (a Jacobi
+//  growth  only components with two or more seeds are grown: rounds of a constrained dilation
+//          where every ring pixel (foreground, not seed) with a labelled neighbour takes the label
+//          of its labelled neighbour with the highest nucleus score (ties: the smaller label), all
+//          at once from the labels of the previous rounds (found 64 pixels at a time; a Jacobi
 //          step, so the result does not depend on the visiting order and a data-parallel CUDA
 //          version can be bit-identical). Each pixel thus goes to the seed nearest to it along the
 //          foreground (geodesic distance), the nucleus score deciding between equally near seeds.
@@ -40,14 +40,19 @@ namespace unetseg::ccl {
 // Scratch space of one image, reused across calls.
 struct SeededScratch {
   // Bit images, words_per_row(width) words a row, with a zero row above and below the image: the
-  // ring pixels not yet labelled nor queued, and the labelled pixels (seeds, then grown pixels).
+  // ring pixels not yet labelled, and the labelled pixels (seeds, then grown pixels).
   std::vector<uint64_t> ring, labelled;
+  std::vector<uint64_t> front; // the pixels that a round of growth labels (rows as in `ring`)
+  std::vector<uint8_t> active, next; // per row (index row + 1): may hold front pixels this / next round
   int64_t words = 0;
 
   void resize(int64_t height, int64_t words_per_row) {
     words = words_per_row;
     ring.resize(static_cast<size_t>((height + 2) * words));
     labelled.resize(ring.size());
+    front.resize(ring.size());
+    active.resize(static_cast<size_t>(height + 2));
+    next.resize(active.size());
     std::fill(labelled.begin(), labelled.begin() + words, 0);
     std::fill(labelled.end() - words, labelled.end(), 0);
   }
@@ -57,8 +62,7 @@ struct SeededScratch {
   struct Pixel {
     int32_t row, col;
   };
-  std::vector<Pixel> grown; // ring pixels in the order growth reaches them, each round a range
-  std::vector<int32_t> chosen;
+  std::vector<Pixel> grown; // ring pixels in the order growth reaches them
   std::vector<ObjectStats> objects; // index: provisional label
   std::vector<int64_t> first;       // raster index of each object's first pixel
   std::vector<int32_t> order, renumber;
@@ -159,6 +163,7 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
   const Run* fg_runs = foreground.runs.data();
   int32_t* fg_labels = foreground.run_labels.data();
   const auto num_fg_runs = static_cast<int32_t>(foreground.runs.size());
+  const auto height = static_cast<int32_t>(foreground.row_offsets.size()) - 1;
 
   // Objects: seeds 1..S (in the raster order of their first pixel), then the components without a
   // seed. `object[c]` is component c's object, or -1 when c holds several seeds.
@@ -196,21 +201,19 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
     first[k] = std::min(first[k], int64_t{row} * width + col);
   };
   std::vector<Pixel>& grown = scratch.grown;
-  std::vector<int32_t>& chosen = scratch.chosen;
 
   // Components of one or no seed are objects as they are, summed from their runs. The runs of the
-  // others become ring bits (their pixels that are not seeds), and the ring pixels next to a seed
-  // the first frontier of growth, found a word at a time. `grown` gets room for every pixel of the
-  // components to grow (their ring and more: their seeds too), so the rounds below append without
-  // a capacity check.
+  // others become ring bits (their pixels that are not seeds), rows [lo, hi]. `grown` gets room for
+  // every pixel of the components to grow (their ring and more: their seeds too), so growth
+  // appends without a capacity check.
   int64_t to_grow = 0;
   for (int32_t i = 0; i < num_fg_runs; ++i) {
     if (object[fg_labels[i]] < 0) to_grow += fg_runs[i].end - fg_runs[i].start;
   }
   if (grown.size() < static_cast<size_t>(to_grow)) grown.resize(static_cast<size_t>(to_grow));
-  if (chosen.size() < grown.size()) chosen.resize(grown.size());
   Pixel* tail = grown.data();
   std::fill(scratch.ring.begin(), scratch.ring.end(), 0);
+  int32_t lo = INT32_MAX, hi = -1;
   for (int32_t i = 0; i < num_fg_runs; ++i) {
     const Run& r = fg_runs[i];
     const int32_t o = object[fg_labels[i]];
@@ -223,15 +226,11 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
       first[o] = std::min(first[o], int64_t{r.row} * width + r.start);
       continue;
     }
-    const uint64_t* mid = labelled + r.row * words;
+    lo = std::min(lo, r.row);
+    hi = std::max(hi, r.row);
+    const uint64_t* seed_bits = labelled + r.row * words;
     for (int32_t k = r.start >> 6; k <= (r.end - 1) >> 6; ++k) {
-      const uint64_t word = detail::range_bits(k, r.start, r.end) & ~mid[k];
-      uint64_t near = detail::spread(mid, words, k, false);
-      near |= eight_connected ? detail::spread(mid - words, words, k, true) | detail::spread(mid + words, words, k, true)
-                              : mid[k - words] | mid[k + words];
-      const uint64_t hits = word & near;
-      ring[r.row * words + k] |= word & ~hits;
-      for (uint64_t h = hits; h; h &= h - 1) *tail++ = {r.row, static_cast<int32_t>(k * 64 + __builtin_ctzll(h))};
+      ring[r.row * words + k] |= detail::range_bits(k, r.start, r.end) & ~seed_bits[k];
     }
   }
   // The seeds of those components, written with the seeds' labels.
@@ -251,47 +250,79 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
     std::fill(&at(r.row, r.start), &at(r.row, r.start) + (r.end - r.start), k);
   }
 
-  // Growth.
+  // Growth, in rounds, 64 pixels at a time: a round's front is the ring pixels next to a pixel
+  // labelled in earlier rounds; each front pixel takes the label of such a neighbour (between
+  // different labels the highest nucleus score wins, then the smaller label), read before any pixel
+  // of the round joins the labelled ones. Only rows next to the previous round's front are scanned.
+  uint64_t* front = scratch.front.data() + words; // row -1 and height unused
+  uint8_t* active = scratch.active.data() + 1;    // rows -1 .. height
+  uint8_t* next = scratch.next.data() + 1;
   int64_t offset[9]; // of each neighbour in `labels`
   for (int n = 0; n < 9; ++n) offset[n] = detail::kDr[n] * int64_t{width} + detail::kDc[n];
-  for (Pixel *frontier = grown.data(), *end = tail; frontier != end; frontier = end, end = tail) {
-    const auto size = static_cast<size_t>(end - frontier);
-    // Choose every label from the labels of earlier rounds...
-    for (size_t i = 0; i < size; ++i) {
-      const Pixel p = frontier[i];
-      const int32_t* at_p = &at(p.row, p.col);
-      const uint32_t m = detail::neighbour_bits(labelled, words, p.row, p.col, keep);
-      int32_t best = at_p[offset[__builtin_ctz(m)]];
-      bool one_label = true;
-      for (uint32_t rest = m & (m - 1); rest; rest &= rest - 1) one_label &= at_p[offset[__builtin_ctz(rest)]] == best;
-      if (!one_label) { // between different labels the highest nucleus score wins, then the smaller label
-        float best_score = 0.0f;
-        best = 0;
-        for (uint32_t rest = m; rest; rest &= rest - 1) {
-          const int n = __builtin_ctz(rest);
-          const int32_t l = at_p[offset[n]];
-          const float s = score(p.row + detail::kDr[n], p.col + detail::kDc[n]);
-          if (best == 0 || s > best_score || (s == best_score && l < best)) {
-            best = l;
-            best_score = s;
+  if (hi >= lo) std::fill(active + lo, active + hi + 1, 1);
+  for (bool more = hi >= lo; more;) {
+    more = false;
+    for (int32_t row = lo; row <= hi; ++row) {
+      if (!active[row]) continue;
+      const uint64_t* mid = labelled + row * words;
+      const uint64_t* ring_row = ring + row * words;
+      uint64_t* front_row = front + row * words;
+      uint64_t any = 0;
+      for (int32_t k = 0; k < words; ++k) {
+        uint64_t f = ring_row[k];
+        if (f) {
+          f &= eight_connected ? detail::spread(mid - words, words, k, true) | detail::spread(mid, words, k, false) |
+                                     detail::spread(mid + words, words, k, true)
+                               : mid[k - words] | mid[k + words] | detail::spread(mid, words, k, false);
+        }
+        front_row[k] = f;
+        any |= f;
+        for (; f; f &= f - 1) {
+          const int32_t col = k * 64 + __builtin_ctzll(f);
+          int32_t* at_p = &at(row, col);
+          const uint32_t m = detail::neighbour_bits(labelled, words, row, col, keep);
+          int32_t best = at_p[offset[__builtin_ctz(m)]];
+          bool one_label = true;
+          if (row > 0 && row < height - 1 && col > 0 && col < width - 1) { // all 8 in the image: no branch per neighbour
+            for (int n = 0; n < 9; ++n) one_label &= !(m >> n & 1u) | (at_p[offset[n]] == best);
+          } else {
+            for (uint32_t rest = m & (m - 1); rest; rest &= rest - 1) one_label &= at_p[offset[__builtin_ctz(rest)]] == best;
           }
+          if (!one_label) {
+            float best_score = 0.0f;
+            best = 0;
+            for (uint32_t rest = m; rest; rest &= rest - 1) {
+              const int n = __builtin_ctz(rest);
+              const int32_t l = at_p[offset[n]];
+              const float sc = score(row + detail::kDr[n], col + detail::kDc[n]);
+              if (best == 0 || sc > best_score || (sc == best_score && l < best)) {
+                best = l;
+                best_score = sc;
+              }
+            }
+          }
+          *at_p = best; // read by no other pixel of this round: its labelled bit is not set yet
+          add_pixel(best, row, col);
+          *tail++ = {row, col};
         }
       }
-      chosen[i] = best;
+      active[row] = any != 0; // now: this round's front is not empty
     }
-    // ...then commit them all and queue the ring pixels they touch.
-    for (size_t i = 0; i < size; ++i) {
-      const Pixel p = frontier[i];
-      at(p.row, p.col) = chosen[i];
-      labelled[p.row * words + (p.col >> 6)] |= uint64_t{1} << (p.col & 63);
-      add_pixel(chosen[i], p.row, p.col);
-      for (uint32_t m = detail::neighbour_bits(ring, words, p.row, p.col, keep); m; m &= m - 1) {
-        const int b = __builtin_ctz(m);
-        const int32_t r = p.row + detail::kDr[b], c = p.col + detail::kDc[b];
-        ring[r * words + (c >> 6)] &= ~(uint64_t{1} << (c & 63));
-        *tail++ = {r, c};
+    // The round's front joins the labelled pixels; the rows next to it may hold the next front.
+    std::fill(next + lo - 1, next + hi + 2, 0);
+    for (int32_t row = lo; row <= hi; ++row) {
+      if (!active[row]) continue;
+      uint64_t* mid = labelled + row * words;
+      uint64_t* ring_row = ring + row * words;
+      const uint64_t* front_row = front + row * words;
+      for (int32_t k = 0; k < words; ++k) {
+        mid[k] |= front_row[k];
+        ring_row[k] &= ~front_row[k];
       }
+      next[row - 1] = next[row] = next[row + 1] = 1;
+      more = true;
     }
+    std::swap(active, next);
   }
 
   // Numbering: raster order of first pixels, after min_area.
