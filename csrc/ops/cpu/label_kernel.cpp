@@ -298,7 +298,7 @@ void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t c
             const RowReader<scalar_t> reader = nucleus(strip.image, bytes.data());
             const RowReader<scalar_t> boundary{reader.image + channel_stride, b.stride_h, b.stride_w,
                                                tb, width, bytes.data()};
-            uint64_t* seeds = scratch[strip.image].labelled_row(0);
+            uint64_t* seeds = scratch[strip.image].seed_row(0);
             auto score_sum = [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); };
             ccl::reset(strip);
             ccl::reset(seed_strip);

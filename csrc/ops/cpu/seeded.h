@@ -39,30 +39,32 @@ namespace unetseg::ccl {
 
 // Scratch space of one image, reused across calls.
 struct SeededScratch {
-  // Bit images, words_per_row(width) words a row, with a zero row above and below the image: the
-  // ring pixels not yet labelled, and the labelled pixels (seeds, then grown pixels).
-  std::vector<uint64_t> ring, labelled;
-  std::vector<uint64_t> front; // the pixels that a round of growth labels (rows as in `ring`)
-  std::vector<uint8_t> active, next; // per row (index row + 1): may hold front pixels this / next round
+  // The seed bits of the image, written by the scan: words_per_row(width) words a row.
+  std::vector<uint64_t> seeds;
   int64_t words = 0;
 
   void resize(int64_t height, int64_t words_per_row) {
     words = words_per_row;
-    ring.resize(static_cast<size_t>((height + 2) * words));
-    labelled.resize(ring.size());
-    front.resize(ring.size());
-    active.resize(static_cast<size_t>(height + 2));
-    next.resize(active.size());
-    std::fill(labelled.begin(), labelled.begin() + words, 0);
-    std::fill(labelled.end() - words, labelled.end(), 0);
+    seeds.resize(static_cast<size_t>(height * words));
   }
-  uint64_t* ring_row(int32_t row) { return ring.data() + (row + 1) * words; }
-  uint64_t* labelled_row(int32_t row) { return labelled.data() + (row + 1) * words; }
+  uint64_t* seed_row(int32_t row) { return seeds.data() + row * words; }
+
+  // Growth works on one component at a time, in its bounding box (whole words), with bit images
+  // of the box and a zero row above and below: its ring pixels not yet labelled, its labelled
+  // pixels (seeds, then grown pixels), the pixels a round labels; and per row of the box, whether
+  // it may hold pixels of this round or the next.
+  std::vector<uint64_t> ring, labelled, front;
+  std::vector<uint8_t> active, next;
 
   struct Pixel {
     int32_t row, col;
   };
   std::vector<Pixel> grown; // ring pixels in the order growth reaches them
+  struct Box {
+    int32_t row_begin, row_end, word_begin, word_end;
+  };
+  std::vector<Box> boxes;                    // per foreground component to grow
+  std::vector<int32_t> run_begin, comp_runs; // the runs of each component to grow, grouped
   std::vector<ObjectStats> objects; // index: provisional label
   std::vector<int64_t> first;       // raster index of each object's first pixel
   std::vector<int32_t> order, renumber;
@@ -155,15 +157,11 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
                         bool eight_connected, int64_t min_area, Score&& score, ScoreSum&& score_sum,
                         int32_t* labels, std::vector<double>* stats) {
   using Pixel = SeededScratch::Pixel;
-  const int64_t words = words_per_row(width);
   const uint32_t keep = eight_connected ? detail::kEightNeighbours : detail::kFourNeighbours;
-  uint64_t* ring = scratch.ring_row(0); // rows -1 and height are zero
-  uint64_t* labelled = scratch.labelled_row(0);
   auto at = [&](int32_t row, int32_t col) -> int32_t& { return labels[int64_t{row} * width + col]; };
   const Run* fg_runs = foreground.runs.data();
   int32_t* fg_labels = foreground.run_labels.data();
   const auto num_fg_runs = static_cast<int32_t>(foreground.runs.size());
-  const auto height = static_cast<int32_t>(foreground.row_offsets.size()) - 1;
 
   // Objects: seeds 1..S (in the raster order of their first pixel), then the components without a
   // seed. `object[c]` is component c's object, or -1 when c holds several seeds.
@@ -203,20 +201,18 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
   std::vector<Pixel>& grown = scratch.grown;
 
   // Components of one or no seed are objects as they are, summed from their runs. The runs of the
-  // others become ring bits (their pixels that are not seeds), rows [lo, hi]. `grown` gets room for
-  // every pixel of the components to grow (their ring and more: their seeds too), so growth
-  // appends without a capacity check.
+  // others are grouped by component (a counting sort), with each one's bounding box. `grown` gets
+  // room for every pixel of the components to grow (their ring and more: their seeds too), so
+  // growth appends without a capacity check.
+  std::vector<SeededScratch::Box>& boxes = scratch.boxes;
+  std::vector<int32_t>& run_begin = scratch.run_begin;
+  std::vector<int32_t>& comp_runs = scratch.comp_runs;
+  boxes.resize(static_cast<size_t>(num_components) + 1);
+  run_begin.assign(static_cast<size_t>(num_components) + 2, 0);
   int64_t to_grow = 0;
   for (int32_t i = 0; i < num_fg_runs; ++i) {
-    if (object[fg_labels[i]] < 0) to_grow += fg_runs[i].end - fg_runs[i].start;
-  }
-  if (grown.size() < static_cast<size_t>(to_grow)) grown.resize(static_cast<size_t>(to_grow));
-  Pixel* tail = grown.data();
-  std::fill(scratch.ring.begin(), scratch.ring.end(), 0);
-  int32_t lo = INT32_MAX, hi = -1;
-  for (int32_t i = 0; i < num_fg_runs; ++i) {
     const Run& r = fg_runs[i];
-    const int32_t o = object[fg_labels[i]];
+    const int32_t c = fg_labels[i], o = object[c];
     if (o > 0) {
       if (with_scores) {
         objects[o].add_run(r, foreground.score_sums[i]);
@@ -226,13 +222,22 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
       first[o] = std::min(first[o], int64_t{r.row} * width + r.start);
       continue;
     }
-    lo = std::min(lo, r.row);
-    hi = std::max(hi, r.row);
-    const uint64_t* seed_bits = labelled + r.row * words;
-    for (int32_t k = r.start >> 6; k <= (r.end - 1) >> 6; ++k) {
-      ring[r.row * words + k] |= detail::range_bits(k, r.start, r.end) & ~seed_bits[k];
-    }
+    SeededScratch::Box& box = boxes[c];
+    if (run_begin[c + 1]++ == 0) box = {r.row, r.row, r.start >> 6, (r.end - 1) >> 6};
+    box.row_end = r.row; // runs come in raster order
+    box.word_begin = std::min(box.word_begin, r.start >> 6);
+    box.word_end = std::max(box.word_end, (r.end - 1) >> 6);
+    to_grow += r.end - r.start;
   }
+  for (int32_t c = 1; c <= num_components + 1; ++c) run_begin[c] += run_begin[c - 1];
+  comp_runs.resize(static_cast<size_t>(run_begin[num_components + 1]));
+  for (int32_t i = 0; i < num_fg_runs; ++i) {
+    const int32_t c = fg_labels[i];
+    if (object[c] < 0) comp_runs[run_begin[c]++] = i; // run_begin[c] ends at component c + 1's start
+  }
+  if (grown.size() < static_cast<size_t>(to_grow)) grown.resize(static_cast<size_t>(to_grow));
+  Pixel* tail = grown.data();
+
   // The seeds of those components, written with the seeds' labels.
   std::vector<int32_t>& grown_seed_runs = scratch.grown_seed_runs;
   grown_seed_runs.clear();
@@ -250,79 +255,100 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
     std::fill(&at(r.row, r.start), &at(r.row, r.start) + (r.end - r.start), k);
   }
 
-  // Growth, in rounds, 64 pixels at a time: a round's front is the ring pixels next to a pixel
-  // labelled in earlier rounds; each front pixel takes the label of such a neighbour (between
-  // different labels the highest nucleus score wins, then the smaller label), read before any pixel
-  // of the round joins the labelled ones. Only rows next to the previous round's front are scanned.
-  uint64_t* front = scratch.front.data() + words; // row -1 and height unused
-  uint8_t* active = scratch.active.data() + 1;    // rows -1 .. height
-  uint8_t* next = scratch.next.data() + 1;
+  // Growth, one component at a time in its box (which stays in cache through its rounds), in
+  // rounds, 64 pixels at a time: a round's front is the ring pixels next to a pixel labelled in
+  // earlier rounds; each front pixel takes the label of such a neighbour (between different labels
+  // the highest nucleus score wins, then the smaller label), read before any pixel of the round
+  // joins the labelled ones. Only rows next to the previous round's front are scanned. Other
+  // components' seeds copied into the box do no harm: they are never neighbours of this one's ring.
   int64_t offset[9]; // of each neighbour in `labels`
   for (int n = 0; n < 9; ++n) offset[n] = detail::kDr[n] * int64_t{width} + detail::kDc[n];
-  if (hi >= lo) std::fill(active + lo, active + hi + 1, 1);
-  for (bool more = hi >= lo; more;) {
-    more = false;
-    for (int32_t row = lo; row <= hi; ++row) {
-      if (!active[row]) continue;
-      const uint64_t* mid = labelled + row * words;
-      const uint64_t* ring_row = ring + row * words;
-      uint64_t* front_row = front + row * words;
-      uint64_t any = 0;
-      for (int32_t k = 0; k < words; ++k) {
-        uint64_t f = ring_row[k];
-        if (f) {
-          f &= eight_connected ? detail::spread(mid - words, words, k, true) | detail::spread(mid, words, k, false) |
-                                     detail::spread(mid + words, words, k, true)
-                               : mid[k - words] | mid[k + words] | detail::spread(mid, words, k, false);
-        }
-        front_row[k] = f;
-        any |= f;
-        for (; f; f &= f - 1) {
-          const int32_t col = k * 64 + __builtin_ctzll(f);
-          int32_t* at_p = &at(row, col);
-          const uint32_t m = detail::neighbour_bits(labelled, words, row, col, keep);
-          int32_t best = at_p[offset[__builtin_ctz(m)]];
-          bool one_label = true;
-          if (row > 0 && row < height - 1 && col > 0 && col < width - 1) { // all 8 in the image: no branch per neighbour
-            for (int n = 0; n < 9; ++n) one_label &= !(m >> n & 1u) | (at_p[offset[n]] == best);
-          } else {
-            for (uint32_t rest = m & (m - 1); rest; rest &= rest - 1) one_label &= at_p[offset[__builtin_ctz(rest)]] == best;
+  for (int32_t c = 1; c <= num_components; ++c) {
+    if (object[c] > 0) continue;
+    const SeededScratch::Box box = boxes[c];
+    const int32_t rows = box.row_end - box.row_begin + 1, nk = box.word_end - box.word_begin + 1;
+    const int32_t lo = box.row_begin, k0 = box.word_begin, col0 = k0 * 64;
+    const auto size = static_cast<size_t>(rows + 2) * static_cast<size_t>(nk);
+    scratch.ring.assign(size, 0);
+    scratch.labelled.resize(size);
+    scratch.front.resize(size);
+    scratch.active.assign(static_cast<size_t>(rows) + 2, 1);
+    scratch.next.resize(static_cast<size_t>(rows) + 2);
+    uint64_t* ring = scratch.ring.data() + nk; // box row 0 = image row lo
+    uint64_t* labelled = scratch.labelled.data() + nk;
+    uint64_t* front = scratch.front.data() + nk;
+    uint8_t* active = scratch.active.data() + 1;
+    uint8_t* next = scratch.next.data() + 1;
+    std::fill_n(labelled - nk, nk, 0);
+    std::fill_n(labelled + int64_t{rows} * nk, nk, 0);
+    for (int32_t row = 0; row < rows; ++row) std::copy_n(scratch.seed_row(lo + row) + k0, nk, labelled + row * nk);
+    for (int32_t j = run_begin[c - 1]; j < run_begin[c]; ++j) {
+      const Run& r = fg_runs[comp_runs[j]];
+      const int32_t row = r.row - lo;
+      for (int32_t k = r.start >> 6; k <= (r.end - 1) >> 6; ++k) {
+        ring[row * nk + k - k0] |= detail::range_bits(k, r.start, r.end) & ~labelled[row * nk + k - k0];
+      }
+    }
+    for (bool more = true; more;) {
+      more = false;
+      for (int32_t row = 0; row < rows; ++row) {
+        if (!active[row]) continue;
+        const uint64_t* mid = labelled + row * nk;
+        const uint64_t* ring_row = ring + row * nk;
+        uint64_t* front_row = front + row * nk;
+        uint64_t any = 0;
+        for (int32_t k = 0; k < nk; ++k) {
+          uint64_t f = ring_row[k];
+          if (f) {
+            f &= eight_connected ? detail::spread(mid - nk, nk, k, true) | detail::spread(mid, nk, k, false) |
+                                       detail::spread(mid + nk, nk, k, true)
+                                 : mid[k - nk] | mid[k + nk] | detail::spread(mid, nk, k, false);
           }
-          if (!one_label) {
-            float best_score = 0.0f;
-            best = 0;
-            for (uint32_t rest = m; rest; rest &= rest - 1) {
-              const int n = __builtin_ctz(rest);
-              const int32_t l = at_p[offset[n]];
-              const float sc = score(row + detail::kDr[n], col + detail::kDc[n]);
-              if (best == 0 || sc > best_score || (sc == best_score && l < best)) {
-                best = l;
-                best_score = sc;
+          front_row[k] = f;
+          any |= f;
+          for (; f; f &= f - 1) {
+            const int32_t col = k * 64 + __builtin_ctzll(f), image_row = lo + row, image_col = col0 + col;
+            int32_t* at_p = &at(image_row, image_col);
+            const uint32_t m = detail::neighbour_bits(labelled, nk, row, col, keep);
+            int32_t best = at_p[offset[__builtin_ctz(m)]];
+            bool one_label = true;
+            for (uint32_t rest = m & (m - 1); rest; rest &= rest - 1) one_label &= at_p[offset[__builtin_ctz(rest)]] == best;
+            if (!one_label) {
+              float best_score = 0.0f;
+              best = 0;
+              for (uint32_t rest = m; rest; rest &= rest - 1) {
+                const int n = __builtin_ctz(rest);
+                const int32_t l = at_p[offset[n]];
+                const float sc = score(image_row + detail::kDr[n], image_col + detail::kDc[n]);
+                if (best == 0 || sc > best_score || (sc == best_score && l < best)) {
+                  best = l;
+                  best_score = sc;
+                }
               }
             }
+            *at_p = best; // read by no other pixel of this round: its labelled bit is not set yet
+            add_pixel(best, image_row, image_col);
+            *tail++ = {image_row, image_col};
           }
-          *at_p = best; // read by no other pixel of this round: its labelled bit is not set yet
-          add_pixel(best, row, col);
-          *tail++ = {row, col};
         }
+        active[row] = any != 0; // now: this round's front is not empty
       }
-      active[row] = any != 0; // now: this round's front is not empty
-    }
-    // The round's front joins the labelled pixels; the rows next to it may hold the next front.
-    std::fill(next + lo - 1, next + hi + 2, 0);
-    for (int32_t row = lo; row <= hi; ++row) {
-      if (!active[row]) continue;
-      uint64_t* mid = labelled + row * words;
-      uint64_t* ring_row = ring + row * words;
-      const uint64_t* front_row = front + row * words;
-      for (int32_t k = 0; k < words; ++k) {
-        mid[k] |= front_row[k];
-        ring_row[k] &= ~front_row[k];
+      // The round's front joins the labelled pixels; the rows next to it may hold the next front.
+      std::fill(next - 1, next + rows + 1, 0);
+      for (int32_t row = 0; row < rows; ++row) {
+        if (!active[row]) continue;
+        uint64_t* mid = labelled + row * nk;
+        uint64_t* ring_row = ring + row * nk;
+        const uint64_t* front_row = front + row * nk;
+        for (int32_t k = 0; k < nk; ++k) {
+          mid[k] |= front_row[k];
+          ring_row[k] &= ~front_row[k];
+        }
+        next[row - 1] = next[row] = next[row + 1] = 1;
+        more = true;
       }
-      next[row - 1] = next[row] = next[row + 1] = 1;
-      more = true;
+      std::swap(active, next);
     }
-    std::swap(active, next);
   }
 
   // Numbering: raster order of first pixels, after min_area.
