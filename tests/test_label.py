@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -283,3 +288,12 @@ def test_torchscript_roundtrip(tmp_path):
     ref_labels, ref_counts = label_batch(torch.sigmoid(logits), 0.5, 8, 2)
     np.testing.assert_array_equal(labels.numpy(), ref_labels)
     np.testing.assert_array_equal(counts.numpy(), ref_counts)
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("nm") is None, reason="reads ELF symbols with nm")
+def test_cpu_kernels_are_built_with_openmp():
+    """at::parallel_for is a header template: code built without OpenMP runs every parallel_for on one
+    thread, whatever torch.set_num_threads says (as libunetseg did until session 15)."""
+    lib = Path(unetseg.__file__).parent / "libunetseg.so"
+    symbols = subprocess.run(["nm", "-D", "--undefined-only", str(lib)], capture_output=True, text=True, check=True)
+    assert "GOMP_parallel" in symbols.stdout, f"{lib} calls no OpenMP: its CPU kernels run on one thread"
