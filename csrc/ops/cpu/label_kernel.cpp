@@ -309,19 +309,40 @@ void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t c
             }
           }
         });
-        merge_and_number(strips, workspace->images, b, strips_per_image, eight_connected, 0, nullptr, with_stats);
-        merge_and_number(seed_strips, workspace->seed_images, b, strips_per_image, eight_connected, 0, nullptr,
-                         false);
-        at::parallel_for(0, b.n, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
-            const RowReader<scalar_t> reader = nucleus(i, nullptr);
-            count[i] = ccl::grow_and_number(
-                workspace->images[i], workspace->seed_images[i], scratch[i], width, eight_connected,
-                min_area, [&](int32_t row, int32_t col) { return reader.score(row, col); },
-                [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); }, out + i * b.h * b.w,
-                with_stats ? &image_stats[i] : nullptr);
+        // The foreground's and the seeds' runs of every image merged and numbered, all at once.
+        workspace->images.resize(static_cast<size_t>(b.n));
+        workspace->seed_images.resize(static_cast<size_t>(b.n));
+        at::parallel_for(0, 2 * b.n, 1, [&](int64_t begin, int64_t end) {
+          std::vector<const ccl::Strip*> own(static_cast<size_t>(strips_per_image));
+          for (int64_t task = begin; task < end; ++task) {
+            const int64_t i = task / 2;
+            const bool fg = task % 2 == 0;
+            for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &(fg ? strips : seed_strips)[i * strips_per_image + s];
+            ccl::merge_and_number(fg ? workspace->images[i] : workspace->seed_images[i], own.data(), strips_per_image,
+                                  eight_connected, 0, nullptr, fg && with_stats);
           }
         });
+        // Growth: images in parallel, or the groups of components of a single image.
+        auto grow = [&](int64_t i, int32_t max_groups) {
+          const RowReader<scalar_t> reader = nucleus(i, nullptr);
+          count[i] = ccl::grow_and_number(
+              workspace->images[i], workspace->seed_images[i], scratch[i], width, eight_connected, min_area,
+              max_groups, [&](int32_t row, int32_t col) { return reader.score(row, col); },
+              [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); },
+              [](int32_t n, auto&& fn) {
+                at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+                  for (int64_t g = begin; g < end; ++g) fn(static_cast<int32_t>(g));
+                });
+              },
+              out + i * b.h * b.w, with_stats ? &image_stats[i] : nullptr);
+        };
+        if (b.n == 1) { // outside any parallel region, so that the groups can run at once
+          grow(0, at::get_num_threads());
+        } else {
+          at::parallel_for(0, b.n, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) grow(i, 1);
+          });
+        }
         write_labels(strips, workspace->images, b, out);
       }),
       at::kFloat, at::kHalf, at::kBFloat16, at::kByte, at::kBool);

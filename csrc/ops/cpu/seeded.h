@@ -52,9 +52,12 @@ struct SeededScratch {
   // Growth works on one component at a time, in its bounding box (whole words), with bit images
   // of the box and a zero row above and below: its ring pixels not yet labelled, its labelled
   // pixels (seeds, then grown pixels), the pixels a round labels; and per row of the box, whether
-  // it may hold pixels of this round or the next.
-  std::vector<uint64_t> ring, labelled, front;
-  std::vector<uint8_t> active, next;
+  // it may hold pixels of this round or the next. One set per group of components grown at once.
+  struct Buffers {
+    std::vector<uint64_t> ring, labelled, front;
+    std::vector<uint8_t> active, next;
+  };
+  std::vector<Buffers> buffers;
 
   struct Pixel {
     int32_t row, col;
@@ -62,14 +65,16 @@ struct SeededScratch {
   std::vector<Pixel> grown; // ring pixels in the order growth reaches them
   struct Box {
     int32_t row_begin, row_end, word_begin, word_end;
+    int64_t pixels;
   };
   std::vector<Box> boxes;                    // per foreground component to grow
   std::vector<int32_t> run_begin, comp_runs; // the runs of each component to grow, grouped
+  std::vector<int32_t> group_begin;          // the first component of each group
+  std::vector<int64_t> group_begin_pixel, group_end_pixel; // each group's range of `grown`
   std::vector<ObjectStats> objects; // index: provisional label
   std::vector<int64_t> first;       // raster index of each object's first pixel
   std::vector<int32_t> order, renumber;
   std::vector<int32_t> object, seed_component; // per foreground component / per seed
-  std::vector<int32_t> grown_seed_runs;        // the seed runs in components of several seeds
 };
 
 // The seed bits of one row (`foreground & below`, below: the bits of `boundary < t_b`).
@@ -152,10 +157,11 @@ inline int32_t run_at(const Run* runs, int32_t begin, int32_t end, int32_t col) 
 // `foreground.run_labels` holds every other run's final label (0: removed by min_area) and -1 on the
 // runs written here, for write_rows. Returns the object count; fills `stats` with count *
 // kNumStatsColumns values when non-null.
-template <class Score, class ScoreSum>
+template <class Score, class ScoreSum, class ParallelFor>
 int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScratch& scratch, int32_t width,
-                        bool eight_connected, int64_t min_area, Score&& score, ScoreSum&& score_sum,
-                        int32_t* labels, std::vector<double>* stats) {
+                        bool eight_connected, int64_t min_area, int32_t max_groups, Score&& score,
+                        ScoreSum&& score_sum, ParallelFor&& parallel_for, int32_t* labels,
+                        std::vector<double>* stats) {
   using Pixel = SeededScratch::Pixel;
   const uint32_t keep = eight_connected ? detail::kEightNeighbours : detail::kFourNeighbours;
   auto at = [&](int32_t row, int32_t col) -> int32_t& { return labels[int64_t{row} * width + col]; };
@@ -223,8 +229,9 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
       continue;
     }
     SeededScratch::Box& box = boxes[c];
-    if (run_begin[c + 1]++ == 0) box = {r.row, r.row, r.start >> 6, (r.end - 1) >> 6};
+    if (run_begin[c + 1]++ == 0) box = {r.row, r.row, r.start >> 6, (r.end - 1) >> 6, 0};
     box.row_end = r.row; // runs come in raster order
+    box.pixels += r.end - r.start;
     box.word_begin = std::min(box.word_begin, r.start >> 6);
     box.word_end = std::max(box.word_end, (r.end - 1) >> 6);
     to_grow += r.end - r.start;
@@ -236,24 +243,38 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
     if (object[c] < 0) comp_runs[run_begin[c]++] = i; // run_begin[c] ends at component c + 1's start
   }
   if (grown.size() < static_cast<size_t>(to_grow)) grown.resize(static_cast<size_t>(to_grow));
-  Pixel* tail = grown.data();
 
-  // The seeds of those components, written with the seeds' labels.
-  std::vector<int32_t>& grown_seed_runs = scratch.grown_seed_runs;
-  grown_seed_runs.clear();
-  for (size_t i = 0; i < seeds.runs.size(); ++i) {
-    const int32_t k = seeds.run_labels[i];
-    if (object[seed_component[k]] > 0) continue;
-    const Run& r = seeds.runs[i];
-    grown_seed_runs.push_back(static_cast<int32_t>(i));
-    if (with_scores) {
-      objects[k].add_run(r, score_sum(r.row, r.start, r.end));
-    } else {
-      objects[k].area += r.end - r.start;
+  // Groups of consecutive components of about equal pixel counts, grown at once by
+  // `parallel_for(n, fn)` (fn(0) ... fn(n - 1), in any order or concurrently): components never
+  // touch, so a group reads and writes only its own pixels, objects and range of `grown`.
+  constexpr int64_t kGroupPixels = 2048; // less growth than this in a group is not worth a thread
+  const auto num_groups = static_cast<int32_t>(
+      to_grow == 0 ? 0 : std::clamp<int64_t>(to_grow / kGroupPixels, 1, std::max(max_groups, 1)));
+  std::vector<int32_t>& group_begin = scratch.group_begin;
+  std::vector<int64_t>& group_begin_pixel = scratch.group_begin_pixel;
+  std::vector<int64_t>& group_end_pixel = scratch.group_end_pixel;
+  group_begin.assign(static_cast<size_t>(num_groups) + 1, num_components + 1);
+  group_begin_pixel.assign(static_cast<size_t>(num_groups) + 1, to_grow);
+  group_end_pixel.resize(static_cast<size_t>(num_groups));
+  int64_t before = 0;
+  for (int32_t c = 1, g = -1; c <= num_components; ++c) {
+    if (object[c] > 0) continue;
+    for (const auto to = static_cast<int32_t>(before * num_groups / to_grow); g < to;) {
+      ++g;
+      group_begin[g] = c; // a group skipped over (one component outweighs it) is empty
+      group_begin_pixel[g] = before;
     }
-    first[k] = std::min(first[k], int64_t{r.row} * width + r.start);
-    std::fill(&at(r.row, r.start), &at(r.row, r.start) + (r.end - r.start), k);
+    before += boxes[c].pixels;
   }
+  if (scratch.buffers.size() < static_cast<size_t>(num_groups)) scratch.buffers.resize(static_cast<size_t>(num_groups));
+
+  // The seed runs of group g's components: fn(run index, seed label) for each.
+  auto for_group_seeds = [&](int32_t g, auto&& fn) {
+    for (size_t i = 0; i < seeds.runs.size(); ++i) {
+      const int32_t k = seeds.run_labels[i], c = seed_component[k];
+      if (object[c] < 0 && c >= group_begin[g] && c < group_begin[g + 1]) fn(i, k);
+    }
+  };
 
   // Growth, one component at a time in its box (which stays in cache through its rounds), in
   // rounds, 64 pixels at a time: a round's front is the ring pixels next to a pixel labelled in
@@ -263,22 +284,35 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
   // components' seeds copied into the box do no harm: they are never neighbours of this one's ring.
   int64_t offset[9]; // of each neighbour in `labels`
   for (int n = 0; n < 9; ++n) offset[n] = detail::kDr[n] * int64_t{width} + detail::kDc[n];
-  for (int32_t c = 1; c <= num_components; ++c) {
+  parallel_for(num_groups, [&](int32_t g) {
+  for_group_seeds(g, [&](size_t i, int32_t k) { // written with the seeds' labels
+    const Run& r = seeds.runs[i];
+    if (with_scores) {
+      objects[k].add_run(r, score_sum(r.row, r.start, r.end));
+    } else {
+      objects[k].area += r.end - r.start;
+    }
+    first[k] = std::min(first[k], int64_t{r.row} * width + r.start);
+    std::fill_n(&at(r.row, r.start), r.end - r.start, k);
+  });
+  SeededScratch::Buffers& buffers = scratch.buffers[g];
+  Pixel* tail = grown.data() + group_begin_pixel[g];
+  for (int32_t c = group_begin[g]; c < group_begin[g + 1]; ++c) {
     if (object[c] > 0) continue;
     const SeededScratch::Box box = boxes[c];
     const int32_t rows = box.row_end - box.row_begin + 1, nk = box.word_end - box.word_begin + 1;
     const int32_t lo = box.row_begin, k0 = box.word_begin, col0 = k0 * 64;
     const auto size = static_cast<size_t>(rows + 2) * static_cast<size_t>(nk);
-    scratch.ring.assign(size, 0);
-    scratch.labelled.resize(size);
-    scratch.front.resize(size);
-    scratch.active.assign(static_cast<size_t>(rows) + 2, 1);
-    scratch.next.resize(static_cast<size_t>(rows) + 2);
-    uint64_t* ring = scratch.ring.data() + nk; // box row 0 = image row lo
-    uint64_t* labelled = scratch.labelled.data() + nk;
-    uint64_t* front = scratch.front.data() + nk;
-    uint8_t* active = scratch.active.data() + 1;
-    uint8_t* next = scratch.next.data() + 1;
+    buffers.ring.assign(size, 0);
+    buffers.labelled.resize(size);
+    buffers.front.resize(size);
+    buffers.active.assign(static_cast<size_t>(rows) + 2, 1);
+    buffers.next.resize(static_cast<size_t>(rows) + 2);
+    uint64_t* ring = buffers.ring.data() + nk; // box row 0 = image row lo
+    uint64_t* labelled = buffers.labelled.data() + nk;
+    uint64_t* front = buffers.front.data() + nk;
+    uint8_t* active = buffers.active.data() + 1;
+    uint8_t* next = buffers.next.data() + 1;
     std::fill_n(labelled - nk, nk, 0);
     std::fill_n(labelled + int64_t{rows} * nk, nk, 0);
     for (int32_t row = 0; row < rows; ++row) std::copy_n(scratch.seed_row(lo + row) + k0, nk, labelled + row * nk);
@@ -350,6 +384,8 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
       std::swap(active, next);
     }
   }
+  group_end_pixel[g] = tail - grown.data();
+  });
 
   // Numbering: raster order of first pixels, after min_area.
   std::vector<int32_t>& order = scratch.order;
@@ -363,12 +399,16 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
     if (objects[k].area >= min_area) renumber[k] = ++kept;
   }
   // The grown components' pixels are final here; write_rows writes the rest.
-  for (const int32_t i : grown_seed_runs) {
-    const Run& r = seeds.runs[i];
-    const int32_t k = seeds.run_labels[i];
-    if (renumber[k] != k) std::fill(&at(r.row, r.start), &at(r.row, r.start) + (r.end - r.start), renumber[k]);
-  }
-  for (const Pixel* p = grown.data(); p != tail; ++p) at(p->row, p->col) = renumber[at(p->row, p->col)];
+  parallel_for(num_groups, [&](int32_t g) {
+    for_group_seeds(g, [&](size_t i, int32_t k) {
+      const Run& r = seeds.runs[i];
+      if (renumber[k] != k) std::fill_n(&at(r.row, r.start), r.end - r.start, renumber[k]);
+    });
+    for (int64_t i = group_begin_pixel[g]; i < group_end_pixel[g]; ++i) {
+      const Pixel p = grown[i];
+      at(p.row, p.col) = renumber[at(p.row, p.col)];
+    }
+  });
   for (int32_t i = 0; i < num_fg_runs; ++i) {
     const int32_t o = object[fg_labels[i]];
     fg_labels[i] = o > 0 ? renumber[o] : -1;
