@@ -62,7 +62,7 @@ struct SeededScratch {
   struct Pixel {
     int32_t row, col;
   };
-  std::vector<Pixel> grown; // ring pixels in the order growth reaches them
+  std::vector<Pixel> grown; // ring pixels in the order growth reaches them, a range a group
   struct Box {
     int32_t row_begin, row_end, word_begin, word_end;
     int64_t pixels;
@@ -254,7 +254,7 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
   std::vector<int64_t>& group_begin_pixel = scratch.group_begin_pixel;
   std::vector<int64_t>& group_end_pixel = scratch.group_end_pixel;
   group_begin.assign(static_cast<size_t>(num_groups) + 1, num_components + 1);
-  group_begin_pixel.assign(static_cast<size_t>(num_groups) + 1, to_grow);
+  group_begin_pixel.resize(static_cast<size_t>(num_groups));
   group_end_pixel.resize(static_cast<size_t>(num_groups));
   int64_t before = 0;
   for (int32_t c = 1, g = -1; c <= num_components; ++c) {
@@ -284,21 +284,7 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
   // components' seeds copied into the box do no harm: they are never neighbours of this one's ring.
   int64_t offset[9]; // of each neighbour in `labels`
   for (int n = 0; n < 9; ++n) offset[n] = detail::kDr[n] * int64_t{width} + detail::kDc[n];
-  parallel_for(num_groups, [&](int32_t g) {
-  for_group_seeds(g, [&](size_t i, int32_t k) { // written with the seeds' labels
-    const Run& r = seeds.runs[i];
-    if (with_scores) {
-      objects[k].add_run(r, score_sum(r.row, r.start, r.end));
-    } else {
-      objects[k].area += r.end - r.start;
-    }
-    first[k] = std::min(first[k], int64_t{r.row} * width + r.start);
-    std::fill_n(&at(r.row, r.start), r.end - r.start, k);
-  });
-  SeededScratch::Buffers& buffers = scratch.buffers[g];
-  Pixel* tail = grown.data() + group_begin_pixel[g];
-  for (int32_t c = group_begin[g]; c < group_begin[g + 1]; ++c) {
-    if (object[c] > 0) continue;
+  auto grow_component = [&](int32_t c, SeededScratch::Buffers& buffers, Pixel*& tail) {
     const SeededScratch::Box box = boxes[c];
     const int32_t rows = box.row_end - box.row_begin + 1, nk = box.word_end - box.word_begin + 1;
     const int32_t lo = box.row_begin, k0 = box.word_begin, col0 = k0 * 64;
@@ -383,8 +369,23 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
       }
       std::swap(active, next);
     }
-  }
-  group_end_pixel[g] = tail - grown.data();
+  };
+  parallel_for(num_groups, [&](int32_t g) {
+    for_group_seeds(g, [&](size_t i, int32_t k) { // written with the seeds' labels
+      const Run& r = seeds.runs[i];
+      if (with_scores) {
+        objects[k].add_run(r, score_sum(r.row, r.start, r.end));
+      } else {
+        objects[k].area += r.end - r.start;
+      }
+      first[k] = std::min(first[k], int64_t{r.row} * width + r.start);
+      std::fill_n(&at(r.row, r.start), r.end - r.start, k);
+    });
+    Pixel* tail = grown.data() + group_begin_pixel[g];
+    for (int32_t c = group_begin[g]; c < group_begin[g + 1]; ++c) {
+      if (object[c] < 0) grow_component(c, scratch.buffers[g], tail);
+    }
+    group_end_pixel[g] = tail - grown.data();
   });
 
   // Numbering: raster order of first pixels, after min_area.
