@@ -193,6 +193,13 @@ def test_one_image_grown_in_parallel_groups(threads, connectivity, min_area):
     np.testing.assert_array_equal(labels.numpy(), ref_labels)
     np.testing.assert_array_equal(counts.numpy(), ref_counts)
     assert_stats_match_regionprops(ref_labels[None], counts[None], stats, scores[0].numpy()[None])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # any grouping gives the same numbers, the mean scores too, bit for bit
+        one = unetseg.seeded_label_stats(scores, 0.5, 0.5, connectivity, min_area)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one.labels, labels) and torch.equal(one.stats, stats)
 
 
 @pytest.mark.parametrize("shape", [(0, 2, 5, 5), (3, 2, 0, 5), (2, 5, 0), (2, 0, 0)])
