@@ -186,7 +186,7 @@ def test_stats_match_regionprops(threads, n, h, w, connectivity, min_area, dtype
 def test_one_image_grown_in_parallel_groups(threads, connectivity, min_area):
     """One 400 x 500 image with about 97,000 pixels in 138 components of several seeds: with 7
     threads they are grown in 7 groups at once (at least 2048 pixels a group). Labels and
-    statistics as the reference's, as with one thread."""
+    statistics as the reference's, and bit for bit as with one thread."""
     scores = two_channel(np.random.default_rng(11), (400, 500), 0.5, 1.5, 0.3)
     labels, counts, stats = unetseg.seeded_label_stats(scores, 0.5, 0.5, connectivity, min_area)
     ref_labels, ref_counts = seeded_batch(scores, 0.5, 0.5, connectivity, min_area)

@@ -19,6 +19,7 @@
 #endif
 
 #include <algorithm>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -161,19 +162,28 @@ int64_t plan_strips(std::vector<ccl::Strip>& strips, const ImageBatch& b) {
   return per_image;
 }
 
-// Step 2-3 of ccl.h after the scan: merges and numbers every image's runs (statistics into
-// `image_stats` when non-null; run score sums kept when `keep_scores`).
-void merge_and_number(const std::vector<ccl::Strip>& strips, std::vector<ccl::ImageRuns>& images,
-                      const ImageBatch& b, int64_t strips_per_image, bool eight_connected, int64_t min_area,
-                      std::vector<std::vector<double>>* image_stats, bool keep_scores) {
-  images.resize(static_cast<size_t>(b.n));
+// One run table of a call: the strips of every image and, out, the merged runs of every image.
+struct RunTable {
+  const std::vector<ccl::Strip>* strips;
+  std::vector<ccl::ImageRuns>* images;
+  bool keep_scores; // keep the runs' score sums
+};
+
+// Step 2-3 of ccl.h after the scan: merges and numbers every image's runs of every table, all
+// tables and images at once (statistics of the first table into `image_stats` when non-null).
+void merge_and_number(std::initializer_list<RunTable> tables, const ImageBatch& b, int64_t strips_per_image,
+                      bool eight_connected, int64_t min_area, std::vector<std::vector<double>>* image_stats) {
+  for (const RunTable& table : tables) table.images->resize(static_cast<size_t>(b.n));
   if (image_stats) image_stats->resize(static_cast<size_t>(b.n));
-  at::parallel_for(0, b.n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      std::vector<const ccl::Strip*> own(static_cast<size_t>(strips_per_image));
-      for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &strips[i * strips_per_image + s];
-      ccl::merge_and_number(images[i], own.data(), strips_per_image, eight_connected, min_area,
-                            image_stats ? &(*image_stats)[i] : nullptr, keep_scores);
+  const auto num_tables = static_cast<int64_t>(tables.size());
+  at::parallel_for(0, num_tables * b.n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const ccl::Strip*> own(static_cast<size_t>(strips_per_image));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t k = task % num_tables, i = task / num_tables;
+      const RunTable& table = tables.begin()[k];
+      for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &(*table.strips)[i * strips_per_image + s];
+      ccl::merge_and_number((*table.images)[i], own.data(), strips_per_image, eight_connected, min_area,
+                            k == 0 && image_stats ? &(*image_stats)[i] : nullptr, table.keep_scores);
     }
   });
 }
@@ -241,8 +251,8 @@ void label_kernel_impl(const at::Tensor& scores, const ImageBatch& b, double thr
       at::kFloat, at::kHalf, at::kBFloat16, at::kByte, at::kBool);
 
   std::vector<std::vector<double>>& image_stats = workspace->stats;
-  merge_and_number(strips, workspace->images, b, strips_per_image, eight_connected, min_area,
-                   with_stats ? &image_stats : nullptr, false);
+  merge_and_number({{&strips, &workspace->images, false}}, b, strips_per_image, eight_connected, min_area,
+                   with_stats ? &image_stats : nullptr);
   write_labels(strips, workspace->images, b, labels.data_ptr<int32_t>());
 
   int64_t* count = counts.data_ptr<int64_t>();
@@ -310,18 +320,8 @@ void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t c
           }
         });
         // The foreground's and the seeds' runs of every image merged and numbered, all at once.
-        workspace->images.resize(static_cast<size_t>(b.n));
-        workspace->seed_images.resize(static_cast<size_t>(b.n));
-        at::parallel_for(0, 2 * b.n, 1, [&](int64_t begin, int64_t end) {
-          std::vector<const ccl::Strip*> own(static_cast<size_t>(strips_per_image));
-          for (int64_t task = begin; task < end; ++task) {
-            const int64_t i = task / 2;
-            const bool fg = task % 2 == 0;
-            for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &(fg ? strips : seed_strips)[i * strips_per_image + s];
-            ccl::merge_and_number(fg ? workspace->images[i] : workspace->seed_images[i], own.data(), strips_per_image,
-                                  eight_connected, 0, nullptr, fg && with_stats);
-          }
-        });
+        merge_and_number({{&strips, &workspace->images, with_stats}, {&seed_strips, &workspace->seed_images, false}},
+                         b, strips_per_image, eight_connected, 0, nullptr);
         // Growth: images in parallel, or the groups of components of a single image.
         auto grow = [&](int64_t i, int32_t max_groups) {
           const RowReader<scalar_t> reader = nucleus(i, nullptr);
