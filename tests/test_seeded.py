@@ -202,6 +202,24 @@ def test_one_image_grown_in_parallel_groups(threads, connectivity, min_area):
     assert torch.equal(one.labels, labels) and torch.equal(one.stats, stats)
 
 
+@pytest.mark.parametrize("size", [200, 520])
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_one_component_of_many_seeds(size, connectivity):
+    """One foreground component (10% holes) cut by a grid of boundary lines into seeds 40 pixels
+    apart: 25 seeds at 200 x 200 are grown with one bit image each; 169 at 520 x 520 would need
+    too many such images and are grown pixel by pixel. Both as the reference, seams included."""
+    rng = np.random.default_rng(size)
+    nucleus = rng.uniform(0.45, 1.0, (size, size)).astype(np.float32)
+    boundary = np.zeros((size, size), np.float32)
+    boundary[::40] = boundary[:, ::40] = 1.0
+    boundary[rng.random((size, size)) < 0.02] = 1.0
+    scores = torch.from_numpy(np.stack([nucleus, boundary]))
+    labels, counts = unetseg.seeded_label(scores, 0.5, 0.5, connectivity)
+    ref_labels, ref_counts = seeded_batch(scores, 0.5, 0.5, connectivity)
+    np.testing.assert_array_equal(labels.numpy(), ref_labels)
+    assert counts.item() == ref_counts.item() >= (size // 40) ** 2
+
+
 @pytest.mark.parametrize("shape", [(0, 2, 5, 5), (3, 2, 0, 5), (2, 5, 0), (2, 0, 0)])
 def test_zero_sized(shape):
     labels, counts, stats = unetseg.seeded_label_stats(torch.zeros(shape))

@@ -19,12 +19,14 @@
 //          step, so the result does not depend on the visiting order and a data-parallel CUDA
 //          version can be bit-identical). Each pixel thus goes to the seed nearest to it along the
 //          foreground (geodesic distance), the nucleus score deciding between equally near seeds.
+//          Each seed grows in its own bit image, 64 pixels at a time; only pixels reached by two
+//          seeds in the same round (the seams) look at scores, pixel by pixel.
 //  number  objects are renumbered 1..K in the raster order of their first pixel (the convention of
 //          plain labelling) after dropping those with fewer than min_area pixels; the statistics
-//          are summed from runs and grown pixels, never from a rescan of the image.
+//          are summed from runs (the grown objects' too), never from a rescan of the image.
 //
 // Work is that of plain labelling twice over the runs (foreground and seeds) plus one extra read of
-// the boundary channel, and per pixel only for the ring of components that hold several seeds
+// the boundary channel, and 64 pixels at a time for the ring of components that hold several seeds
 // (about a quarter of the ring on DSB 2018 predictions).
 #pragma once
 
@@ -50,27 +52,35 @@ struct SeededScratch {
   uint64_t* seed_row(int32_t row) { return seeds.data() + row * words; }
 
   // Growth works on one component at a time, in its bounding box (whole words), with bit images
-  // of the box and a zero row above and below: its ring pixels not yet labelled, its labelled
-  // pixels (seeds, then grown pixels), the pixels a round labels; and per row of the box, whether
-  // it may hold pixels of this round or the next. One set per group of components grown at once.
+  // of the box and a zero row above and below. One set per group of components grown at once.
+  struct Span {
+    int32_t lo, hi;             // a seed's rows that may hold its pixels
+    int32_t front_lo, front_hi; // the rows its front of this round was computed on
+    bool active;                // it grew in the last round
+  };
+  struct LabelledRun {
+    int32_t row, start, end, label;
+  };
   struct Buffers {
-    std::vector<uint64_t> ring, labelled, front;
-    std::vector<uint8_t> active, next;
+    std::vector<uint64_t> ring;              // the component's pixels not labelled yet
+    std::vector<uint64_t> grown, front;      // per seed: its pixels, its front of the round
+    std::vector<uint64_t> seen, multi, zero; // pixels in one front / in two or more
+    std::vector<Span> spans;
+    std::vector<uint64_t> labelled;          // pixel by pixel: the labelled pixels
+    std::vector<uint8_t> active, next;       // pixel by pixel: rows that may hold the front
+    std::vector<LabelledRun> runs;           // the grown objects, labelled with provisional labels
   };
   std::vector<Buffers> buffers;
 
-  struct Pixel {
-    int32_t row, col;
-  };
-  std::vector<Pixel> grown; // ring pixels in the order growth reaches them, a range a group
   struct Box {
     int32_t row_begin, row_end, word_begin, word_end;
     int64_t pixels;
   };
-  std::vector<Box> boxes;                    // per foreground component to grow
-  std::vector<int32_t> run_begin, comp_runs; // the runs of each component to grow, grouped
-  std::vector<int32_t> group_begin;          // the first component of each group
-  std::vector<int64_t> group_begin_pixel, group_end_pixel; // each group's range of `grown`
+  std::vector<Box> boxes;                            // per foreground component to grow
+  std::vector<int32_t> run_begin, comp_runs;         // the runs of each component to grow, grouped
+  std::vector<int32_t> seed_begin, comp_seeds;       // the seeds of each component to grow, grouped
+  std::vector<int32_t> seed_run_begin, seed_runs;    // the runs of each of those seeds, grouped
+  std::vector<int32_t> group_begin;                  // the first component of each group
   std::vector<ObjectStats> objects; // index: provisional label
   std::vector<int64_t> first;       // raster index of each object's first pixel
   std::vector<int32_t> order, renumber;
@@ -120,6 +130,31 @@ inline uint32_t neighbour_bits(const uint64_t* bits, int64_t words, int32_t row,
   return (window3(r - words, words, col) | window3(r, words, col) << 3 | window3(r + words, words, col) << 6) & keep;
 }
 
+// The same from three row pointers (the rows above, at and below `col`'s row).
+inline uint32_t neighbour_bits3(const uint64_t* up, const uint64_t* mid, const uint64_t* down, int64_t words,
+                                int32_t col, uint32_t keep) {
+  return (window3(up, words, col) | window3(mid, words, col) << 3 | window3(down, words, col) << 6) & keep;
+}
+
+// fn(start, end) for each run of set bits of a bit row of `words` words, left to right.
+template <class Fn>
+inline void for_each_run(const uint64_t* bits, int32_t words, Fn&& fn) {
+  uint64_t carry = 0;
+  int32_t start = 0;
+  bool inside = false;
+  for (int32_t k = 0; k < words; ++k) {
+    const uint64_t word = bits[k];
+    for (uint64_t edges = word ^ ((word << 1) | carry); edges; edges &= edges - 1) {
+      const int32_t x = k * 64 + __builtin_ctzll(edges);
+      if (inside) fn(start, x);
+      start = x;
+      inside = !inside;
+    }
+    carry = word >> 63;
+  }
+  if (inside) fn(start, words * 64);
+}
+
 // Word k of a bit row dilated by one pixel left and right (with the centre when `centre`).
 inline uint64_t spread(const uint64_t* row, int64_t words, int64_t k, bool centre) {
   uint64_t w = (row[k] << 1) | (row[k] >> 1);
@@ -129,6 +164,10 @@ inline uint64_t spread(const uint64_t* row, int64_t words, int64_t k, bool centr
 }
 
 } // namespace detail
+
+// A component's seeds are grown with one bit image each while they take at most this many words
+// together (2 MiB: L2-sized); beyond that, pixel by pixel.
+constexpr int64_t kSeedPlaneWords = int64_t{1} << 18;
 
 namespace detail {
 
@@ -148,11 +187,11 @@ inline int32_t run_at(const Run* runs, int32_t begin, int32_t end, int32_t col) 
 
 // Growth and numbering of one image. On entry `foreground` and `seeds` hold the labelled runs of
 // the foreground and of the seeds (merge_and_number with min_area 0; the foreground's score_sums
-// filled when `stats`), and `scratch.labelled` the seed bits. A foreground component with no seed is an object
+// filled when `stats`), and `scratch.seeds` the seed bits. A foreground component with no seed is an object
 // of its own (its seeds were all boundary: e.g. a nucleus so small that its boundary covers it), so
 // the seeded mode never loses an object that plain labelling finds; one with a single seed is that
-// seed's object, whole. Only components with two or more seeds are grown, pixel by pixel, and
-// written here into `labels` (row-major, `width` elements a row). `score(row, col)` is the nucleus
+// seed's object, whole. Only components with two or more seeds are grown, and written here into
+// `labels` (row-major, `width` elements a row). `score(row, col)` is the nucleus
 // score of a pixel, `score_sum(row, start, end)` the sum over a run. On return
 // `foreground.run_labels` holds every other run's final label (0: removed by min_area) and -1 on the
 // runs written here, for write_rows. Returns the object count; fills `stats` with count *
@@ -162,7 +201,6 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
                         bool eight_connected, int64_t min_area, int32_t max_groups, Score&& score,
                         ScoreSum&& score_sum, ParallelFor&& parallel_for, int32_t* labels,
                         std::vector<double>* stats) {
-  using Pixel = SeededScratch::Pixel;
   const uint32_t keep = eight_connected ? detail::kEightNeighbours : detail::kFourNeighbours;
   auto at = [&](int32_t row, int32_t col) -> int32_t& { return labels[int64_t{row} * width + col]; };
   const Run* fg_runs = foreground.runs.data();
@@ -196,20 +234,9 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
   objects.assign(static_cast<size_t>(count) + 1, ObjectStats{});
   first.assign(static_cast<size_t>(count) + 1, INT64_MAX);
   const bool with_scores = stats != nullptr;
-  auto add_pixel = [&](int32_t k, int32_t row, int32_t col) {
-    if (with_scores) {
-      objects[k].add_pixel(row, col, static_cast<double>(score(row, col)));
-    } else {
-      ++objects[k].area; // labels alone need only the area (min_area) and the first pixel
-    }
-    first[k] = std::min(first[k], int64_t{row} * width + col);
-  };
-  std::vector<Pixel>& grown = scratch.grown;
 
   // Components of one or no seed are objects as they are, summed from their runs. The runs of the
-  // others are grouped by component (a counting sort), with each one's bounding box. `grown` gets
-  // room for every pixel of the components to grow (their ring and more: their seeds too), so
-  // growth appends without a capacity check.
+  // others are grouped by component (a counting sort), with each one's bounding box.
   std::vector<SeededScratch::Box>& boxes = scratch.boxes;
   std::vector<int32_t>& run_begin = scratch.run_begin;
   std::vector<int32_t>& comp_runs = scratch.comp_runs;
@@ -242,59 +269,230 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
     const int32_t c = fg_labels[i];
     if (object[c] < 0) comp_runs[run_begin[c]++] = i; // run_begin[c] ends at component c + 1's start
   }
-  if (grown.size() < static_cast<size_t>(to_grow)) grown.resize(static_cast<size_t>(to_grow));
+  // The seeds of each component to grow, grouped by component, and the runs of each such seed,
+  // grouped by seed (counting sorts, ending the same way).
+  std::vector<int32_t>& seed_begin = scratch.seed_begin;
+  std::vector<int32_t>& comp_seeds = scratch.comp_seeds;
+  std::vector<int32_t>& seed_run_begin = scratch.seed_run_begin;
+  std::vector<int32_t>& seed_runs = scratch.seed_runs;
+  seed_begin.assign(static_cast<size_t>(num_components) + 2, 0);
+  seed_run_begin.assign(static_cast<size_t>(num_seeds) + 2, 0);
+  if (to_grow > 0) {
+    auto grown_seed = [&](int32_t k) { return object[seed_component[k]] < 0; };
+    for (int32_t k = 1; k <= num_seeds; ++k) {
+      if (grown_seed(k)) ++seed_begin[seed_component[k] + 1];
+    }
+    for (int32_t c = 1; c <= num_components + 1; ++c) seed_begin[c] += seed_begin[c - 1];
+    comp_seeds.resize(static_cast<size_t>(seed_begin[num_components + 1]));
+    for (int32_t k = 1; k <= num_seeds; ++k) {
+      if (grown_seed(k)) comp_seeds[seed_begin[seed_component[k]]++] = k;
+    }
+    for (size_t i = 0; i < seeds.runs.size(); ++i) {
+      if (grown_seed(seeds.run_labels[i])) ++seed_run_begin[seeds.run_labels[i] + 1];
+    }
+    for (int32_t k = 1; k <= num_seeds + 1; ++k) seed_run_begin[k] += seed_run_begin[k - 1];
+    seed_runs.resize(static_cast<size_t>(seed_run_begin[num_seeds + 1]));
+    for (size_t i = 0; i < seeds.runs.size(); ++i) {
+      const int32_t k = seeds.run_labels[i];
+      if (grown_seed(k)) seed_runs[seed_run_begin[k]++] = static_cast<int32_t>(i);
+    }
+  }
 
   // Groups of consecutive components of about equal pixel counts, grown at once by
   // `parallel_for(n, fn)` (fn(0) ... fn(n - 1), in any order or concurrently): components never
-  // touch, so a group reads and writes only its own pixels, objects and range of `grown`.
+  // touch, so a group reads and writes only its own pixels, objects and buffers.
   constexpr int64_t kGroupPixels = 2048; // less growth than this in a group is not worth a thread
   const auto num_groups = static_cast<int32_t>(
       to_grow == 0 ? 0 : std::clamp<int64_t>(to_grow / kGroupPixels, 1, std::max(max_groups, 1)));
   std::vector<int32_t>& group_begin = scratch.group_begin;
-  std::vector<int64_t>& group_begin_pixel = scratch.group_begin_pixel;
-  std::vector<int64_t>& group_end_pixel = scratch.group_end_pixel;
   group_begin.assign(static_cast<size_t>(num_groups) + 1, num_components + 1);
-  group_begin_pixel.resize(static_cast<size_t>(num_groups));
-  group_end_pixel.resize(static_cast<size_t>(num_groups));
   int64_t before = 0;
   for (int32_t c = 1, g = -1; c <= num_components; ++c) {
     if (object[c] > 0) continue;
     for (const auto to = static_cast<int32_t>(before * num_groups / to_grow); g < to;) {
-      ++g;
-      group_begin[g] = c; // a group skipped over (one component outweighs it) is empty
-      group_begin_pixel[g] = before;
+      group_begin[++g] = c; // a group skipped over (one component outweighs it) is empty
     }
     before += boxes[c].pixels;
   }
   if (scratch.buffers.size() < static_cast<size_t>(num_groups)) scratch.buffers.resize(static_cast<size_t>(num_groups));
 
-  // The seed runs of group g's components: fn(run index, seed label) for each.
-  auto for_group_seeds = [&](int32_t g, auto&& fn) {
-    for (size_t i = 0; i < seeds.runs.size(); ++i) {
-      const int32_t k = seeds.run_labels[i], c = seed_component[k];
-      if (object[c] < 0 && c >= group_begin[g] && c < group_begin[g + 1]) fn(i, k);
+  // A grown object's run: into the group's list (written with the final label at the end) and the
+  // object's sums.
+  auto emit = [&](SeededScratch::Buffers& buffers, int32_t row, int32_t start, int32_t end, int32_t k) {
+    buffers.runs.push_back({row, start, end, k});
+    if (with_scores) {
+      objects[k].add_run(Run{row, start, end, 0}, score_sum(row, start, end));
+    } else {
+      objects[k].area += end - start;
     }
+    first[k] = std::min(first[k], int64_t{row} * width + start);
   };
 
-  // Growth, one component at a time in its box (which stays in cache through its rounds), in
-  // rounds, 64 pixels at a time: a round's front is the ring pixels next to a pixel labelled in
-  // earlier rounds; each front pixel takes the label of such a neighbour (between different labels
-  // the highest nucleus score wins, then the smaller label), read before any pixel of the round
-  // joins the labelled ones. Only rows next to the previous round's front are scanned. Other
-  // components' seeds copied into the box do no harm: they are never neighbours of this one's ring.
+  // Growth, one component at a time in its bounding box (whole words, with a zero row above and
+  // below; it stays in cache through the component's rounds), in rounds. A round's front is the
+  // ring pixels next to a pixel labelled in earlier rounds; each front pixel takes the label of such
+  // a neighbour (between different labels the highest nucleus score wins, then the smaller label),
+  // all read before any pixel of the round joins the labelled ones.
   int64_t offset[9]; // of each neighbour in `labels`
   for (int n = 0; n < 9; ++n) offset[n] = detail::kDr[n] * int64_t{width} + detail::kDc[n];
-  auto grow_component = [&](int32_t c, SeededScratch::Buffers& buffers, Pixel*& tail) {
+  auto grow_component = [&](int32_t c, SeededScratch::Buffers& buffers) {
     const SeededScratch::Box box = boxes[c];
     const int32_t rows = box.row_end - box.row_begin + 1, nk = box.word_end - box.word_begin + 1;
     const int32_t lo = box.row_begin, k0 = box.word_begin, col0 = k0 * 64;
-    const auto size = static_cast<size_t>(rows + 2) * static_cast<size_t>(nk);
-    buffers.ring.assign(size, 0);
-    buffers.labelled.resize(size);
-    buffers.front.resize(size);
+    const int64_t plane = int64_t{rows + 2} * nk; // words of one bit image of the box
+    const int32_t* kseed = comp_seeds.data() + seed_begin[c - 1];
+    const int32_t num = seed_begin[c] - seed_begin[c - 1]; // >= 2
+    auto seed_run = [&](int32_t j) -> const Run& { return seeds.runs[seed_runs[j]]; };
+    // The ring: the component's pixels that are not seeds.
+    buffers.ring.assign(static_cast<size_t>(plane), 0);
+    uint64_t* ring = buffers.ring.data() + nk; // box row 0 = image row lo
+    auto set_run = [&](uint64_t* bits, const Run& r, bool on) {
+      uint64_t* row = bits + int64_t{r.row - lo} * nk - k0;
+      for (int32_t k = r.start >> 6; k <= (r.end - 1) >> 6; ++k) {
+        row[k] = on ? row[k] | detail::range_bits(k, r.start, r.end) : row[k] & ~detail::range_bits(k, r.start, r.end);
+      }
+    };
+    for (int32_t j = run_begin[c - 1]; j < run_begin[c]; ++j) set_run(ring, fg_runs[comp_runs[j]], true);
+    for (int32_t s = 0; s < num; ++s) {
+      for (int32_t j = seed_run_begin[kseed[s] - 1]; j < seed_run_begin[kseed[s]]; ++j) set_run(ring, seed_run(j), false);
+    }
+
+    if (int64_t{num} * plane <= kSeedPlaneWords) {
+      // One bit image per seed, grown 64 pixels at a time: a front pixel next to one seed's pixels
+      // only is that seed's without looking at it; only pixels next to several seeds' (the seams,
+      // found as bits set in two seeds' fronts) compare scores. Each seed's images are valid on
+      // its row span, which widens by at most a row each way a round.
+      buffers.grown.resize(static_cast<size_t>(num * plane));
+      buffers.front.resize(static_cast<size_t>(num * plane));
+      buffers.seen.assign(static_cast<size_t>(plane), 0);
+      buffers.multi.assign(static_cast<size_t>(plane), 0);
+      buffers.zero.assign(static_cast<size_t>(nk), 0);
+      buffers.spans.resize(static_cast<size_t>(num));
+      auto grown_row = [&](int32_t s, int32_t row) { return buffers.grown.data() + s * plane + (row + 1) * nk; };
+      auto front_row = [&](int32_t s, int32_t row) { return buffers.front.data() + s * plane + (row + 1) * nk; };
+      auto spans = buffers.spans.data();
+      auto read_row = [&](int32_t s, int32_t row) -> const uint64_t* {
+        return row >= spans[s].lo && row <= spans[s].hi ? grown_row(s, row) : buffers.zero.data();
+      };
+      for (int32_t s = 0; s < num; ++s) {
+        const int32_t b = seed_run_begin[kseed[s] - 1], e = seed_run_begin[kseed[s]];
+        spans[s] = {seed_run(b).row - lo, seed_run(e - 1).row - lo, 0, -1, true};
+        std::fill(grown_row(s, spans[s].lo), grown_row(s, spans[s].hi + 1), 0);
+        for (int32_t j = b; j < e; ++j) set_run(grown_row(s, 0), seed_run(j), true);
+      }
+      uint64_t* seen = buffers.seen.data() + nk;
+      uint64_t* multi = buffers.multi.data() + nk;
+      for (;;) {
+        int32_t union_lo = rows, union_hi = -1;
+        uint64_t seams = 0;
+        for (int32_t s = 0; s < num; ++s) {
+          SeededScratch::Span& span = spans[s];
+          if (!span.active) continue;
+          span.front_lo = std::max(span.lo - 1, 0);
+          span.front_hi = std::min(span.hi + 1, rows - 1);
+          uint64_t any = 0;
+          for (int32_t row = span.front_lo; row <= span.front_hi; ++row) {
+            const uint64_t *up = read_row(s, row - 1), *mid = read_row(s, row), *down = read_row(s, row + 1);
+            const uint64_t* ring_row = ring + row * nk;
+            uint64_t* f_row = front_row(s, row);
+            uint64_t* seen_row = seen + row * nk;
+            uint64_t* multi_row = multi + row * nk;
+            for (int32_t k = 0; k < nk; ++k) {
+              uint64_t f = ring_row[k];
+              if (f) {
+                f &= eight_connected ? detail::spread(up, nk, k, true) | detail::spread(mid, nk, k, false) |
+                                           detail::spread(down, nk, k, true)
+                                     : up[k] | down[k] | detail::spread(mid, nk, k, false);
+              }
+              f_row[k] = f;
+              const uint64_t twice = seen_row[k] & f;
+              multi_row[k] |= twice;
+              seams |= twice;
+              seen_row[k] |= f;
+              any |= f;
+            }
+          }
+          span.active = any != 0;
+          if (span.active) {
+            union_lo = std::min(union_lo, span.front_lo);
+            union_hi = std::max(union_hi, span.front_hi);
+          }
+        }
+        if (union_hi < 0) break;
+        if (seams) { // each seam pixel goes to one seed: the rule, from the seeds' labelled neighbours
+          for (int32_t row = union_lo; row <= union_hi; ++row) {
+            for (int32_t k = 0; k < nk; ++k) {
+              for (uint64_t m = multi[row * nk + k]; m; m &= m - 1) {
+                const uint64_t bit = m & (~m + 1);
+                const int32_t col = k * 64 + __builtin_ctzll(m);
+                int32_t winner = -1;
+                float best = 0.0f;
+                for (int32_t s = 0; s < num; ++s) {
+                  const SeededScratch::Span& span = spans[s];
+                  if (!span.active || row < span.front_lo || row > span.front_hi || !(front_row(s, row)[k] & bit)) continue;
+                  float top = 0.0f;
+                  bool have = false;
+                  for (uint32_t n = detail::neighbour_bits3(read_row(s, row - 1), read_row(s, row), read_row(s, row + 1),
+                                                            nk, col, keep);
+                       n; n &= n - 1) {
+                    const int d = __builtin_ctz(n);
+                    const float sc = score(lo + row + detail::kDr[d], col0 + col + detail::kDc[d]);
+                    if (!have || sc > top) top = sc;
+                    have = true;
+                  }
+                  if (winner < 0 || top > best) { // seeds in label order: a tie keeps the smaller label
+                    winner = s;
+                    best = top;
+                  }
+                }
+                for (int32_t s = 0; s < num; ++s) {
+                  const SeededScratch::Span& span = spans[s];
+                  if (s != winner && span.active && row >= span.front_lo && row <= span.front_hi) front_row(s, row)[k] &= ~bit;
+                }
+              }
+            }
+          }
+        }
+        for (int32_t s = 0; s < num; ++s) { // the fronts join their seeds' pixels
+          SeededScratch::Span& span = spans[s];
+          if (!span.active) continue;
+          for (int32_t row = span.front_lo; row <= span.front_hi; ++row) {
+            uint64_t* g_row = grown_row(s, row);
+            const uint64_t* f_row = front_row(s, row);
+            if (row < span.lo || row > span.hi) {
+              std::copy_n(f_row, nk, g_row);
+            } else {
+              for (int32_t k = 0; k < nk; ++k) g_row[k] |= f_row[k];
+            }
+          }
+          span.lo = std::min(span.lo, span.front_lo);
+          span.hi = std::max(span.hi, span.front_hi);
+        }
+        for (int32_t row = union_lo; row <= union_hi; ++row) {
+          for (int32_t k = 0; k < nk; ++k) {
+            ring[row * nk + k] &= ~seen[row * nk + k];
+            seen[row * nk + k] = multi[row * nk + k] = 0;
+          }
+        }
+      }
+      for (int32_t s = 0; s < num; ++s) {
+        for (int32_t row = spans[s].lo; row <= spans[s].hi; ++row) {
+          detail::for_each_run(grown_row(s, row), nk, [&](int32_t start, int32_t end) {
+            emit(buffers, lo + row, col0 + start, col0 + end, kseed[s]);
+          });
+        }
+      }
+      return;
+    }
+
+    // Many seeds in a large box (one bit image per seed would not fit in cache): one bit image of
+    // the labelled pixels and the labels themselves, the rule applied pixel by pixel. Only rows
+    // next to the previous round's front are scanned. Other components' seeds copied into the box
+    // do no harm: they are never neighbours of this one's ring.
+    buffers.labelled.resize(static_cast<size_t>(plane));
+    buffers.front.resize(static_cast<size_t>(plane));
     buffers.active.assign(static_cast<size_t>(rows) + 2, 1);
     buffers.next.resize(static_cast<size_t>(rows) + 2);
-    uint64_t* ring = buffers.ring.data() + nk; // box row 0 = image row lo
     uint64_t* labelled = buffers.labelled.data() + nk;
     uint64_t* front = buffers.front.data() + nk;
     uint8_t* active = buffers.active.data() + 1;
@@ -302,11 +500,10 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
     std::fill_n(labelled - nk, nk, 0);
     std::fill_n(labelled + int64_t{rows} * nk, nk, 0);
     for (int32_t row = 0; row < rows; ++row) std::copy_n(scratch.seed_row(lo + row) + k0, nk, labelled + row * nk);
-    for (int32_t j = run_begin[c - 1]; j < run_begin[c]; ++j) {
-      const Run& r = fg_runs[comp_runs[j]];
-      const int32_t row = r.row - lo;
-      for (int32_t k = r.start >> 6; k <= (r.end - 1) >> 6; ++k) {
-        ring[row * nk + k - k0] |= detail::range_bits(k, r.start, r.end) & ~labelled[row * nk + k - k0];
+    for (int32_t s = 0; s < num; ++s) {
+      for (int32_t j = seed_run_begin[kseed[s] - 1]; j < seed_run_begin[kseed[s]]; ++j) {
+        const Run& r = seed_run(j);
+        std::fill_n(&at(r.row, r.start), r.end - r.start, kseed[s]);
       }
     }
     for (bool more = true; more;) {
@@ -347,8 +544,6 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
               }
             }
             *at_p = best; // read by no other pixel of this round: its labelled bit is not set yet
-            add_pixel(best, image_row, image_col);
-            *tail++ = {image_row, image_col};
           }
         }
         active[row] = any != 0; // now: this round's front is not empty
@@ -369,23 +564,20 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
       }
       std::swap(active, next);
     }
+    for (int32_t j = run_begin[c - 1]; j < run_begin[c]; ++j) { // the component's runs, cut where the label changes
+      const Run& r = fg_runs[comp_runs[j]];
+      const int32_t* row = &at(r.row, 0);
+      for (int32_t start = r.start, end; start < r.end; start = end) {
+        for (end = start + 1; end < r.end && row[end] == row[start];) ++end;
+        emit(buffers, r.row, start, end, row[start]);
+      }
+    }
   };
   parallel_for(num_groups, [&](int32_t g) {
-    for_group_seeds(g, [&](size_t i, int32_t k) { // written with the seeds' labels
-      const Run& r = seeds.runs[i];
-      if (with_scores) {
-        objects[k].add_run(r, score_sum(r.row, r.start, r.end));
-      } else {
-        objects[k].area += r.end - r.start;
-      }
-      first[k] = std::min(first[k], int64_t{r.row} * width + r.start);
-      std::fill_n(&at(r.row, r.start), r.end - r.start, k);
-    });
-    Pixel* tail = grown.data() + group_begin_pixel[g];
+    scratch.buffers[g].runs.clear();
     for (int32_t c = group_begin[g]; c < group_begin[g + 1]; ++c) {
-      if (object[c] < 0) grow_component(c, scratch.buffers[g], tail);
+      if (object[c] < 0) grow_component(c, scratch.buffers[g]);
     }
-    group_end_pixel[g] = tail - grown.data();
   });
 
   // Numbering: raster order of first pixels, after min_area.
@@ -399,15 +591,10 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
   for (const int32_t k : order) {
     if (objects[k].area >= min_area) renumber[k] = ++kept;
   }
-  // The grown components' pixels are final here; write_rows writes the rest.
+  // The grown components' pixels are written here; write_rows writes the rest.
   parallel_for(num_groups, [&](int32_t g) {
-    for_group_seeds(g, [&](size_t i, int32_t k) {
-      const Run& r = seeds.runs[i];
-      if (renumber[k] != k) std::fill_n(&at(r.row, r.start), r.end - r.start, renumber[k]);
-    });
-    for (int64_t i = group_begin_pixel[g]; i < group_end_pixel[g]; ++i) {
-      const Pixel p = grown[i];
-      at(p.row, p.col) = renumber[at(p.row, p.col)];
+    for (const SeededScratch::LabelledRun& r : scratch.buffers[g].runs) {
+      std::fill_n(&at(r.row, r.start), r.end - r.start, renumber[r.label]);
     }
   });
   for (int32_t i = 0; i < num_fg_runs; ++i) {
