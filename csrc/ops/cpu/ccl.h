@@ -60,7 +60,7 @@ enum StatsColumn : int {
   kNumStatsColumns
 };
 
-// Per-object sums from which the statistics columns are computed, fed by runs or single pixels.
+// Per-object sums from which the statistics columns are computed, fed by runs.
 struct ObjectStats {
   int64_t area = 0, sum_row = 0, sum_col2 = 0; // sum_col2: twice the column sum (exact for runs)
   int32_t min_row = INT32_MAX, min_col = INT32_MAX, max_row = -1, max_col = -1;
@@ -76,17 +76,6 @@ struct ObjectStats {
     min_col = std::min(min_col, r.start);
     max_col = std::max(max_col, r.end - 1);
     score += score_sum;
-  }
-
-  void add_pixel(int32_t row, int32_t col, double value) {
-    ++area;
-    sum_row += row;
-    sum_col2 += 2 * int64_t{col};
-    min_row = std::min(min_row, row);
-    max_row = std::max(max_row, row);
-    min_col = std::min(min_col, col);
-    max_col = std::max(max_col, col);
-    score += value;
   }
 
   // kNumStatsColumns values.
