@@ -4,6 +4,7 @@ import csv
 import json
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -39,7 +40,8 @@ def reference(model, npz, names, **options):
 
 
 @pytest.mark.parametrize("options", [{}, {"threshold": 0.3, "min_area": 0, "labelling": "plain"},
-                                     {"boundary_threshold": 0.7, "tta": True}], ids=["defaults", "plain", "tta"])
+                                     {"boundary_threshold": 0.7, "tta": True}, {"precision": "bfloat16"}],
+                         ids=["defaults", "plain", "tta", "bfloat16"])
 def test_model_file_is_scored_as_the_runner_segments(exported, npz, tmp_path, options):
     path, val_names = exported
     result = evaluate(path, npz, tmp_path, progress=False, **options)
@@ -78,6 +80,30 @@ def test_model_file_options_reach_the_runner(exported, npz):
     plain = evaluate(path, npz, labelling="plain", threshold=0.3, progress=False)["all"]
     assert plain != evaluate(path, npz, progress=False)["all"]
     assert plain != evaluate(path, npz, labelling="plain", threshold=0.6, progress=False)["all"]
+
+
+def test_precision_of_a_checkpoint_and_bad_precisions(exported, npz, tmp_path, capsys):
+    """A checkpoint runs under torch.autocast in bfloat16: it scores what it scores in float32 within
+    a few percent of pixels (a random model, thresholded at its median), and differently enough to
+    show the option reached the network. Unknown or CPU float16 precisions are clear errors."""
+    names = [s.name for s in read_dataset(npz)]
+    ckpt = make_checkpoint(out_channels=2, seed=5)
+    ckpt["split"] = {"train": names[4:], "val": names[:4], "seed": 0}
+    torch.save(ckpt, tmp_path / "best.pt")
+    from unetseg.train import model_from_checkpoint, predict
+
+    with torch.no_grad():  # a random model: half of the first image is foreground at this threshold
+        t = float(np.median(predict(model_from_checkpoint(ckpt), read_dataset(npz)[0].image, ckpt)[0]))
+    f32 = evaluate(tmp_path / "best.pt", npz, threshold=t, split="all", progress=False)["all"]
+    bf16 = evaluate(tmp_path / "best.pt", npz, threshold=t, split="all", precision="bfloat16", progress=False)["all"]
+    assert bf16 != f32 and abs(bf16["pixel_accuracy"] - f32["pixel_accuracy"]) < 0.05
+    for model in (tmp_path / "best.pt", exported[0]):
+        with pytest.raises(ValueError, match="float16 needs a CUDA device"):
+            evaluate(model, npz, device="cpu", precision="float16", progress=False)
+    with pytest.raises(ValueError, match="unknown precision 'float64'; expected float32, bfloat16 or float16"):
+        evaluate(tmp_path / "best.pt", npz, precision="float64", progress=False)
+    with pytest.raises(SystemExit, match="float16 needs a CUDA device"):
+        main(["evaluate", str(exported[0]), str(npz), "--device", "cpu", "--precision", "float16"])
 
 
 def test_default_model(npz, capsys):

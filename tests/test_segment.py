@@ -281,6 +281,21 @@ def test_postprocessing_defaults_travel_in_the_model_file(rgb_model, tmp_path):
         export(rgb_model[1], tmp_path / "bad.pt", boundary_threshold=2)
 
 
+def test_cli_segment_precision(tmp_path, model_file):
+    image = synthetic_nuclei((48, 56), seed=4).image
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "im.png"), image)
+    image = read_image(tmp_path / "im.png")
+    args = ["segment", str(tmp_path / "im.png"), "-m", str(model_file[0]), "--device", "cpu"]
+    assert main(args + ["-o", str(tmp_path / "out"), "--precision", "bfloat16"]) == 0
+    want = unetseg.segment_batch([image], model_file[0], precision="bfloat16")[0]
+    np.testing.assert_array_equal(read_image(tmp_path / "out" / "im_labels.png"), want.labels)
+    assert unetseg.segment_batch([image], model_file[0], precision="bfloat16")[0] is not want  # cached runner
+    with pytest.raises(SystemExit, match="unetseg segment: .*float16 needs a CUDA device; use float32 or bfloat16"):
+        main(args + ["-o", str(tmp_path / "bad"), "--precision", "float16"])
+
+
 def test_cli_segment_tta(tmp_path, model_file):
     image = synthetic_nuclei((48, 56), seed=4).image
     import cv2

@@ -133,6 +133,9 @@ def test_an_interrupted_run_resumes(rgb_model, slide, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "open_slide", lambda s, **kw: counting)
     with pytest.raises(ValueError, match="cannot resume: .* other settings \\(band_height\\)"):
         segment_slide(str(slide[0]), out, runner, resume=True, progress=False, **{**options, "band_height": 64})
+    with pytest.raises(ValueError, match="cannot resume: .* other settings \\(precision\\)"):
+        segment_slide(str(slide[0]), out, unetseg.Runner(rgb_model[0], precision="bfloat16"), resume=True,
+                      progress=False, **options)
     result = segment_slide(str(slide[0]), out, runner, resume=True, progress=False, **options)
     assert min(reads) == 2 * 32 - runner.halo  # bands 0 and 1 were not read again
     assert result.count == want.count

@@ -35,6 +35,7 @@ def evaluate(
     boundary_threshold: float | None = None,
     device: str = "auto",
     tta: bool = False,
+    precision: str = "float32",
     overlays: int = 8,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
@@ -51,6 +52,8 @@ def evaluate(
         the model's defaults (for a checkpoint: its threshold, min_area 0, boundary_threshold 0.5);
         "auto" labelling is seeded for nucleus + boundary models, else plain.
     tta: probabilities averaged over each image's eight turns and mirrors (test-time augmentation).
+    precision: the network's: "float32", "bfloat16" or (CUDA) "float16", as :class:`unetseg.Runner`
+        (a checkpoint runs under torch.autocast then).
 
     Returns {"all": summary, "<kind>": summary, ...}; with `output`, also writes per_image.csv and
     summary.json there (atomically), and in ``output/overlays`` pictures of the `overlays` images
@@ -69,7 +72,7 @@ def evaluate(
     if not Path(model).is_file():
         raise FileNotFoundError(f"{str(model)!r}: no such checkpoint or model file")
     options = dict(threshold=threshold, min_area=min_area, labelling=labelling,
-                   boundary_threshold=boundary_threshold, device=device, tta=tta)
+                   boundary_threshold=boundary_threshold, device=device, tta=tta, precision=precision)
     segment, splits = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
     samples = read_dataset(data)
     if split != "all":
@@ -120,7 +123,7 @@ def _write_overlays(folder: Path, worst: list) -> None:
 Segmenter = Callable[[np.ndarray], np.ndarray]
 
 
-def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_threshold, device, tta
+def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_threshold, device, tta, precision
                           ) -> tuple[Segmenter, dict[str, list[str]]]:
     from .train import load_checkpoint, model_from_checkpoint, predict, resolve_device
 
@@ -131,12 +134,24 @@ def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_thre
     boundary_threshold = ckpt.get("boundary_threshold", 0.5) if boundary_threshold is None else boundary_threshold
     min_area = 0 if min_area is None else min_area
     labelling = _checkpoint_labelling(ckpt, labelling)
+    autocast = _autocast(device, precision)
 
     def segment(image: np.ndarray) -> np.ndarray:
-        prob = torch.from_numpy(predict(network, image, ckpt, device, tta=tta))
+        with autocast:
+            prob = torch.from_numpy(predict(network, image, ckpt, device, tta=tta))
         return _label(prob, labelling, threshold, boundary_threshold, min_area)
 
     return segment, {"val": ckpt["split"]["val"], "dev": ckpt["split"].get("dev", [])}
+
+
+def _autocast(device: torch.device, precision: str):
+    """The network's precision for a checkpoint, with the runner's choices and errors."""
+    dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"unknown precision {precision!r}; expected float32, bfloat16 or float16")
+    if precision == "float16" and device.type != "cuda":
+        raise ValueError("precision float16 needs a CUDA device; use float32 or bfloat16 on the CPU")
+    return torch.autocast(device.type, dtype=dtypes[precision], enabled=dtypes[precision] is not None)
 
 
 def _checkpoint_labelling(ckpt: dict, labelling: str) -> str:
@@ -238,10 +253,11 @@ def tune(
     return {"images": [s.name for s in samples], "grid": grid}
 
 
-def _model_file_segmenter(path, *, device, tta, **options) -> tuple[Segmenter, dict[str, list[str]] | None]:
+def _model_file_segmenter(path, *, device, tta, precision, **options
+                          ) -> tuple[Segmenter, dict[str, list[str]] | None]:
     from .segment import Runner
 
-    runner = Runner(path, device=device)
+    runner = Runner(path, device=device, precision=precision)
     options = runner.resolve(**options)  # the model's defaults, checked before any image is read
 
     def segment(image: np.ndarray) -> np.ndarray:

@@ -81,6 +81,7 @@ class _Work:
         with np.load(self.state, allow_pickle=False) as z:
             state = {k: z[k] for k in z.files}
         saved = json.loads(str(state["fingerprint"]))
+        saved.setdefault("precision", "float32")  # runs saved before the option existed
         if saved != fingerprint:
             changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
             raise ValueError(f"cannot resume: the interrupted run in {self.folder} used other settings "
@@ -106,7 +107,7 @@ def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 
                   labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
                   min_area: int | None = None, connectivity: int = 8, labels_format: str = "ome-tiff",
                   table_format: str = "csv", geojson: bool = True, resume: bool = False,
-                  progress: bool = True) -> SlideResult:
+                  precision: str = "float32", progress: bool = True) -> SlideResult:
     """Segments nuclei in a whole slide, streamed in row bands; writes labels, an object table and
     polygons into the folder ``output`` (see the module's docstring) and returns a :class:`SlideResult`.
 
@@ -117,7 +118,8 @@ def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 
         tile side within them. Memory grows with band_height x block_width, not with the slide; a
         block's halo is only tile context, so a band of ``tile_size`` rows (the default) costs the
         network no more than a taller one, and blocks a multiple of ``tile_size`` wide cut no tiles.
-    tta, labelling, threshold, boundary_threshold, min_area, connectivity: as :func:`unetseg.segment_batch`.
+    tta, precision, labelling, threshold, boundary_threshold, min_area, connectivity: as
+        :func:`unetseg.segment_batch`.
     labels_format: "ome-tiff" or "zarr"; table_format: "csv" or "parquet" (needs pyarrow).
     resume: go on with an interrupted run in the same output folder (same slide and settings).
     The labels equal those of segmenting the whole slide at once with the same normalisation.
@@ -133,7 +135,8 @@ def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 
             import pyarrow  # noqa: F401
         except ImportError:
             raise ImportError("table_format 'parquet' needs pyarrow: pip install pyarrow (or use 'csv')") from None
-    runner = model if isinstance(model, Runner) else Runner(model, device=device, batch_size=batch_size)
+    runner = model if isinstance(model, Runner) else Runner(model, device=device, batch_size=batch_size,
+                                                            precision=precision)
     options = _resolve(runner, labelling, threshold, boundary_threshold, min_area, connectivity)
     multiple = int(runner.metadata["size_multiple"])
     if min(band_height, block_width, tile_size) < 1:
@@ -162,7 +165,7 @@ def _run(reader, runner, options, output, block, tile_size, tta, labels_format, 
         "slide": str(Path(slide).resolve()) if isinstance(slide, (str, os.PathLike)) else reader.description,
         "shape": [h, w], "level": level, "channel": channel, "model": str(runner.path.resolve()),
         "model_bytes": runner.path.stat().st_size, "band_height": block[0], "block_width": block[1],
-        "tile_size": tile_size, "tta": tta, **options,
+        "tile_size": tile_size, "tta": tta, "precision": runner.precision, **options,
     }
     labeller = StreamLabeller(w, labelling=options["labelling"], threshold=options["threshold"],
                               boundary_threshold=options["boundary_threshold"],
