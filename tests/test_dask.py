@@ -52,3 +52,14 @@ def test_grid_chunks():
 def test_bad_arrays(client):
     with pytest.raises(ValueError, match=r"expected a dask array \(H, W\) or \(H, W, C\) with C in 1..4, got shape \(2, 3, 40, 40\)"):
         udask.segment(da.zeros((2, 3, 40, 40), dtype=np.uint8))
+
+
+def test_precision_reaches_the_workers(client, image):
+    """bfloat16 (by name, or by a Runner given as the model) runs on the workers: the lazy
+    probabilities are those of a bfloat16 runner in one process, not the float32 ones."""
+    p32 = unetseg.Runner(device="cpu").predict([image], tile_size=0)[0]
+    p16 = unetseg.Runner(device="cpu", precision="bfloat16").predict([image], tile_size=0)[0]
+    for model, options in ((None, {"precision": "bfloat16"}), (unetseg.Runner(precision="bfloat16"), {})):
+        lazy = np.moveaxis(udask.probabilities(da.from_array(image, chunks=(100, 120)), model, **options).compute(), -1, 0)
+        assert np.abs(lazy - p16).max() < np.abs(lazy - p32).max()
+        assert np.abs(lazy - p16).mean() < 1e-3

@@ -28,17 +28,18 @@ from .segment import ObjectTable, Runner, Segmentation, default_model_path
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_runner(path: str, device: str) -> Runner:
+def _worker_runner(path: str, device: str, precision: str) -> Runner:
     """One Runner per worker process (the C++ runner is thread-safe), loaded on first use."""
-    return Runner(path, device=device, batch_size=4)
+    return Runner(path, device=device, batch_size=4, precision=precision)
 
 
-def _predict_block(block, *, model, device, tile_size, ranges, halo, core_rows, core_cols, block_info=None):
+def _predict_block(block, *, model, device, precision, tile_size, ranges, halo, core_rows, core_cols,
+                   block_info=None):
     """The network on one chunk with its overlap; returns the chunk's core, (h, w, out_channels)."""
     i, j = block_info[None]["chunk-location"][:2]
     top = halo if i > 0 and len(core_rows) > 1 else 0
     left = halo if j > 0 and len(core_cols) > 1 else 0
-    probs = _worker_runner(model, device).predict([np.asarray(block)], tile_size=tile_size, normalisation=ranges)[0]
+    probs = _worker_runner(model, device, precision).predict([np.asarray(block)], tile_size=tile_size, normalisation=ranges)[0]
     core = probs[:, top : top + core_rows[i], left : left + core_cols[j]]
     return np.ascontiguousarray(np.moveaxis(core, 0, -1))
 
@@ -57,23 +58,26 @@ def _grid_chunks(chunks: tuple[int, ...], multiple: int, halo: int) -> tuple[int
     return tuple(out)
 
 
-def _client_runner(model) -> Runner:
-    """The model on the client (metadata, halo, normalisation); workers load their own from its path."""
+def _client_runner(model, precision: str) -> Runner:
+    """The model on the client (metadata, halo, normalisation); workers load their own from its path,
+    in its precision."""
     if isinstance(model, Runner):
         return model
-    return Runner(Path(model).resolve() if model is not None else default_model_path(), device="cpu")
+    return Runner(Path(model).resolve() if model is not None else default_model_path(), device="cpu",
+                  precision=precision)
 
 
 def probabilities(array, model: str | os.PathLike | Runner | None = None, *, device: str = "cpu",
-                  tile_size: int = 1024, normalisation=None):
+                  tile_size: int = 1024, normalisation=None, precision: str = "float32"):
     """The network's probabilities of a dask array (H, W) or (H, W, C), lazily: a dask array
     (H, W, out_channels) float32 computed chunk by chunk with overlap on the workers.
-    normalisation: (low, high) ranges; default: from a subsample of the array (as segment_slide)."""
+    normalisation: (low, high) ranges; default: from a subsample of the array (as segment_slide).
+    precision: the network's (as :class:`unetseg.Runner`; a Runner given as `model` brings its own)."""
     import dask.array as da
 
     from .slide.readers import thumbnail_step
 
-    runner = _client_runner(model)
+    runner = _client_runner(model, precision)
     path = str(runner.path.resolve())
     array = da.asarray(array)
     if array.ndim == 2:
@@ -91,7 +95,8 @@ def probabilities(array, model: str | os.PathLike | Runner | None = None, *, dev
     depth = {0: halo if len(array.chunks[0]) > 1 else 0, 1: halo if len(array.chunks[1]) > 1 else 0, 2: 0}
     return da.map_overlap(
         _predict_block, array, depth=depth, boundary="none", trim=False, dtype=np.float32,
-        chunks=(array.chunks[0], array.chunks[1], (out_channels,)), model=path, device=device, tile_size=tile_size,
+        chunks=(array.chunks[0], array.chunks[1], (out_channels,)), model=path, device=device, precision=runner.precision,
+        tile_size=tile_size,
         ranges=(list(normalisation[0]), list(normalisation[1])), halo=halo, core_rows=array.chunks[0],
         core_cols=array.chunks[1], meta=np.empty((0, 0, 0), np.float32),
     )
@@ -99,7 +104,7 @@ def probabilities(array, model: str | os.PathLike | Runner | None = None, *, dev
 
 def segment(array, model: str | os.PathLike | Runner | None = None, *, device: str = "cpu", tile_size: int = 1024,
             labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
-            min_area: int | None = None, connectivity: int = 8, normalisation=None,
+            min_area: int | None = None, connectivity: int = 8, normalisation=None, precision: str = "float32",
             progress: bool = False) -> Segmentation:
     """Segments nuclei in a dask array (H, W) or (H, W, C) with the network on the dask workers (use
     it inside a ``dask.distributed.Client``); returns one :class:`unetseg.Segmentation` equal to
@@ -110,7 +115,7 @@ def segment(array, model: str | os.PathLike | Runner | None = None, *, device: s
     from .slide.pipeline import _resolve
     from .slide.stream import StreamLabeller, raster_numbering
 
-    runner = _client_runner(model)
+    runner = _client_runner(model, precision)
     options = _resolve(runner, labelling, threshold, boundary_threshold, min_area, connectivity)
     probs = probabilities(array, runner, device=device, tile_size=tile_size, normalisation=normalisation)
     h, w = probs.shape[:2]
