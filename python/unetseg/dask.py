@@ -39,7 +39,8 @@ def _predict_block(block, *, model, device, precision, tile_size, ranges, halo, 
     i, j = block_info[None]["chunk-location"][:2]
     top = halo if i > 0 and len(core_rows) > 1 else 0
     left = halo if j > 0 and len(core_cols) > 1 else 0
-    probs = _worker_runner(model, device, precision).predict([np.asarray(block)], tile_size=tile_size, normalisation=ranges)[0]
+    runner = _worker_runner(model, device, precision)
+    probs = runner.predict([np.asarray(block)], tile_size=tile_size, normalisation=ranges)[0]
     core = probs[:, top : top + core_rows[i], left : left + core_cols[j]]
     return np.ascontiguousarray(np.moveaxis(core, 0, -1))
 
@@ -95,9 +96,8 @@ def probabilities(array, model: str | os.PathLike | Runner | None = None, *, dev
     depth = {0: halo if len(array.chunks[0]) > 1 else 0, 1: halo if len(array.chunks[1]) > 1 else 0, 2: 0}
     return da.map_overlap(
         _predict_block, array, depth=depth, boundary="none", trim=False, dtype=np.float32,
-        chunks=(array.chunks[0], array.chunks[1], (out_channels,)), model=path, device=device, precision=runner.precision,
-        tile_size=tile_size,
-        ranges=(list(normalisation[0]), list(normalisation[1])), halo=halo, core_rows=array.chunks[0],
+        chunks=(array.chunks[0], array.chunks[1], (out_channels,)), model=path, device=device,
+        precision=runner.precision, tile_size=tile_size, ranges=(list(normalisation[0]), list(normalisation[1])), halo=halo, core_rows=array.chunks[0],
         core_cols=array.chunks[1], meta=np.empty((0, 0, 0), np.float32),
     )
 
