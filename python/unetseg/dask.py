@@ -97,8 +97,8 @@ def probabilities(array, model: str | os.PathLike | Runner | None = None, *, dev
     return da.map_overlap(
         _predict_block, array, depth=depth, boundary="none", trim=False, dtype=np.float32,
         chunks=(array.chunks[0], array.chunks[1], (out_channels,)), model=path, device=device,
-        precision=runner.precision, tile_size=tile_size, ranges=(list(normalisation[0]), list(normalisation[1])), halo=halo, core_rows=array.chunks[0],
-        core_cols=array.chunks[1], meta=np.empty((0, 0, 0), np.float32),
+        precision=runner.precision, tile_size=tile_size, ranges=(list(normalisation[0]), list(normalisation[1])),
+        halo=halo, core_rows=array.chunks[0], core_cols=array.chunks[1], meta=np.empty((0, 0, 0), np.float32),
     )
 
 
