@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -161,6 +162,14 @@ inline uint64_t spread(const uint64_t* row, int64_t words, int64_t k, bool centr
   if (k > 0) w |= row[k - 1] >> 63;
   if (k + 1 < words) w |= row[k + 1] << 63;
   return centre ? w | row[k] : w;
+}
+
+// Word k of the neighbours of a bit row's pixels (its rows above and below given too), under 8- or
+// 4-connectivity.
+inline uint64_t dilate(const uint64_t* up, const uint64_t* mid, const uint64_t* down, int64_t words, int64_t k,
+                       bool eight_connected) {
+  return eight_connected ? spread(up, words, k, true) | spread(mid, words, k, false) | spread(down, words, k, true)
+                         : up[k] | down[k] | spread(mid, words, k, false);
 }
 
 } // namespace detail
@@ -374,6 +383,9 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
       auto read_row = [&](int32_t s, int32_t row) -> const uint64_t* {
         return row >= spans[s].lo && row <= spans[s].hi ? grown_row(s, row) : buffers.zero.data();
       };
+      auto in_front = [&](int32_t s, int32_t row) { // this round's front of s covers the row
+        return spans[s].active && row >= spans[s].front_lo && row <= spans[s].front_hi;
+      };
       for (int32_t s = 0; s < num; ++s) {
         const int32_t b = seed_run_begin[kseed[s] - 1], e = seed_run_begin[kseed[s]];
         spans[s] = {seed_run(b).row - lo, seed_run(e - 1).row - lo, 0, -1, true};
@@ -399,11 +411,7 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
             uint64_t* multi_row = multi + row * nk;
             for (int32_t k = 0; k < nk; ++k) {
               uint64_t f = ring_row[k];
-              if (f) {
-                f &= eight_connected ? detail::spread(up, nk, k, true) | detail::spread(mid, nk, k, false) |
-                                           detail::spread(down, nk, k, true)
-                                     : up[k] | down[k] | detail::spread(mid, nk, k, false);
-              }
+              if (f) f &= detail::dilate(up, mid, down, nk, k, eight_connected);
               f_row[k] = f;
               const uint64_t twice = seen_row[k] & f;
               multi_row[k] |= twice;
@@ -428,17 +436,14 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
                 int32_t winner = -1;
                 float best = 0.0f;
                 for (int32_t s = 0; s < num; ++s) {
-                  const SeededScratch::Span& span = spans[s];
-                  if (!span.active || row < span.front_lo || row > span.front_hi || !(front_row(s, row)[k] & bit)) continue;
-                  float top = 0.0f;
-                  bool have = false;
+                  if (!in_front(s, row) || !(front_row(s, row)[k] & bit)) continue;
+                  // The best score among s's labelled neighbours (there is one: the pixel is in s's front).
+                  float top = -std::numeric_limits<float>::infinity();
                   for (uint32_t n = detail::neighbour_bits3(read_row(s, row - 1), read_row(s, row), read_row(s, row + 1),
                                                             nk, col, keep);
                        n; n &= n - 1) {
                     const int d = __builtin_ctz(n);
-                    const float sc = score(lo + row + detail::kDr[d], col0 + col + detail::kDc[d]);
-                    if (!have || sc > top) top = sc;
-                    have = true;
+                    top = std::max(top, score(lo + row + detail::kDr[d], col0 + col + detail::kDc[d]));
                   }
                   if (winner < 0 || top > best) { // seeds in label order: a tie keeps the smaller label
                     winner = s;
@@ -446,8 +451,7 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
                   }
                 }
                 for (int32_t s = 0; s < num; ++s) {
-                  const SeededScratch::Span& span = spans[s];
-                  if (s != winner && span.active && row >= span.front_lo && row <= span.front_hi) front_row(s, row)[k] &= ~bit;
+                  if (s != winner && in_front(s, row)) front_row(s, row)[k] &= ~bit;
                 }
               }
             }
@@ -516,11 +520,7 @@ int64_t grow_and_number(ImageRuns& foreground, const ImageRuns& seeds, SeededScr
         uint64_t any = 0;
         for (int32_t k = 0; k < nk; ++k) {
           uint64_t f = ring_row[k];
-          if (f) {
-            f &= eight_connected ? detail::spread(mid - nk, nk, k, true) | detail::spread(mid, nk, k, false) |
-                                       detail::spread(mid + nk, nk, k, true)
-                                 : mid[k - nk] | mid[k + nk] | detail::spread(mid, nk, k, false);
-          }
+          if (f) f &= detail::dilate(mid - nk, mid, mid + nk, nk, k, eight_connected);
           front_row[k] = f;
           any |= f;
           for (; f; f &= f - 1) {
