@@ -82,7 +82,7 @@ def test_model_file_options_reach_the_runner(exported, npz):
     assert plain != evaluate(path, npz, labelling="plain", threshold=0.6, progress=False)["all"]
 
 
-def test_precision_of_a_checkpoint_and_bad_precisions(exported, npz, tmp_path, capsys):
+def test_precision_of_a_checkpoint_and_bad_precisions(exported, npz, tmp_path):
     """A checkpoint runs under torch.autocast in bfloat16: it scores what it scores in float32 within
     a few percent of pixels (a random model, thresholded at its median), and differently enough to
     show the option reached the network. Unknown or CPU float16 precisions are clear errors."""

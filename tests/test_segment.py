@@ -281,12 +281,16 @@ def test_postprocessing_defaults_travel_in_the_model_file(rgb_model, tmp_path):
         export(rgb_model[1], tmp_path / "bad.pt", boundary_threshold=2)
 
 
-def test_cli_segment_precision(tmp_path, model_file):
-    image = synthetic_nuclei((48, 56), seed=4).image
+def written_image(tmp_path):
+    """A small synthetic image written as tmp_path/im.png, and as read back."""
     import cv2
 
-    cv2.imwrite(str(tmp_path / "im.png"), image)
-    image = read_image(tmp_path / "im.png")
+    cv2.imwrite(str(tmp_path / "im.png"), synthetic_nuclei((48, 56), seed=4).image)
+    return read_image(tmp_path / "im.png")
+
+
+def test_cli_segment_precision(tmp_path, model_file):
+    image = written_image(tmp_path)
     args = ["segment", str(tmp_path / "im.png"), "-m", str(model_file[0]), "--device", "cpu"]
     assert main(args + ["-o", str(tmp_path / "out"), "--precision", "bfloat16"]) == 0
     want = unetseg.segment_batch([image], model_file[0], precision="bfloat16")[0]
@@ -296,11 +300,7 @@ def test_cli_segment_precision(tmp_path, model_file):
 
 
 def test_cli_segment_tta(tmp_path, model_file):
-    image = synthetic_nuclei((48, 56), seed=4).image
-    import cv2
-
-    cv2.imwrite(str(tmp_path / "im.png"), image)
-    image = read_image(tmp_path / "im.png")
+    image = written_image(tmp_path)
     t = float(np.median(unetseg.Runner(model_file[0]).predict([image])[0]))  # a random model: half is foreground
     wants = []
     for flag, tta in (([], False), (["--tta"], True)):
