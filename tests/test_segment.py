@@ -291,10 +291,13 @@ def written_image(tmp_path):
 
 def test_cli_segment_precision(tmp_path, model_file):
     image = written_image(tmp_path)
-    args = ["segment", str(tmp_path / "im.png"), "-m", str(model_file[0]), "--device", "cpu"]
+    t = float(np.median(unetseg.Runner(model_file[0]).predict([image])[0]))  # a random model: half is foreground
+    args = ["segment", str(tmp_path / "im.png"), "-m", str(model_file[0]), "--device", "cpu", "-t", str(t)]
     assert main(args + ["-o", str(tmp_path / "out"), "--precision", "bfloat16"]) == 0
-    want = unetseg.segment_batch([image], model_file[0], precision="bfloat16")[0]
+    want = unetseg.segment_batch([image], model_file[0], threshold=t, precision="bfloat16")[0]
     np.testing.assert_array_equal(read_image(tmp_path / "out" / "im_labels.png"), want.labels)
+    f32 = unetseg.segment_batch([image], model_file[0], threshold=t)[0]
+    assert not np.array_equal(f32.labels, want.labels)  # the flag reached the runner
     with pytest.raises(SystemExit, match="unetseg segment: .*float16 needs a CUDA device; use float32 or bfloat16"):
         main(args + ["-o", str(tmp_path / "bad"), "--precision", "float16"])
 
