@@ -25,7 +25,7 @@ def make_checkpoint(architecture="unet", in_channels=1, out_channels=1, seed=0, 
     statistics are randomised so that folding them into the convolutions is exercised."""
     from unetseg.data import Normalisation
     from unetseg.models import build_model
-    from unetseg.train import CHECKPOINT_FORMAT
+    from unetseg.checkpoint import CHECKPOINT_FORMAT
 
     if architecture == "unet":
         options = {"base_width": 4, "depth": 2, "batch_norm": True, **options}

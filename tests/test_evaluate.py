@@ -90,7 +90,8 @@ def test_precision_of_a_checkpoint_and_bad_precisions(exported, npz, tmp_path):
     ckpt = make_checkpoint(out_channels=2, seed=5)
     ckpt["split"] = {"train": names[4:], "val": names[:4], "seed": 0}
     torch.save(ckpt, tmp_path / "best.pt")
-    from unetseg.train import model_from_checkpoint, predict
+    from unetseg.checkpoint import model_from_checkpoint
+    from unetseg.predict import predict
 
     with torch.no_grad():  # a random model: half of the first image is foreground at this threshold
         t = float(np.median(predict(model_from_checkpoint(ckpt), read_dataset(npz)[0].image, ckpt)[0]))

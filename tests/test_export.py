@@ -13,7 +13,7 @@ from conftest import make_checkpoint
 from unetseg.cli import main
 from unetseg.data import Normalisation, read_image, synthetic_nuclei, to_channels
 from unetseg.export import FORMAT_VERSION, METADATA_FILE, export, load, read_metadata
-from unetseg.train import model_from_checkpoint
+from unetseg.checkpoint import model_from_checkpoint
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018_stage1_train"
 

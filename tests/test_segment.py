@@ -13,7 +13,8 @@ from unetseg.cli import main
 from unetseg.data import read_image, synthetic_nuclei
 from unetseg.export import export, read_metadata
 from unetseg.segment import default_model_path
-from unetseg.train import model_from_checkpoint, predict
+from unetseg.checkpoint import model_from_checkpoint
+from unetseg.predict import predict
 
 
 def _images():

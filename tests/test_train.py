@@ -8,7 +8,8 @@ import torch
 from unetseg.cli import main
 from unetseg.evaluate import evaluate
 from unetseg.data import read_dataset
-from unetseg.train import TrainConfig, load_checkpoint, loss_fn, make_augment, split_by_kind, train
+from unetseg.checkpoint import load_checkpoint
+from unetseg.train import TrainConfig, loss_fn, make_augment, split_by_kind, train
 
 
 def config(npz, out, **kw):

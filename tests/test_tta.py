@@ -8,7 +8,8 @@ from test_segment import threshold_away_from
 
 import unetseg
 from unetseg.data import synthetic_nuclei
-from unetseg.train import model_from_checkpoint, predict
+from unetseg.checkpoint import model_from_checkpoint
+from unetseg.predict import predict
 
 SYMMETRIES = [(turns, mirror) for turns in range(4) for mirror in (False, True)]
 
@@ -54,7 +55,7 @@ def test_tta_tiled_equals_untiled(runner, h, w, tile, seed):
 
 
 def test_training_predict_matches_the_runner(runner, rgb_model):
-    # `unetseg evaluate` scores checkpoints with unetseg.train.predict: its TTA is the runner's.
+    # `unetseg evaluate` scores checkpoints with unetseg.predict.predict: its TTA is the runner's.
     multiple = runner.metadata["size_multiple"]
     image = _image(5 * multiple, 7 * multiple, 1)
     model = model_from_checkpoint(rgb_model[1]).eval()

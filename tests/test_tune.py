@@ -10,7 +10,8 @@ from unetseg.cli import main
 from unetseg.data import read_dataset
 from unetseg.evaluate import tune
 from unetseg.ops import label, seeded_label
-from unetseg.train import model_from_checkpoint, predict
+from unetseg.checkpoint import model_from_checkpoint
+from unetseg.predict import predict
 
 from conftest import make_checkpoint
 

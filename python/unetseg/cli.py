@@ -88,14 +88,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     options = parse(args.model_options, "--model-options", {"base_width": 16, "depth": 4, "batch_norm": True})
     config = TrainConfig(
-        data=str(args.data), output=str(args.output), architecture=args.architecture, model_options=options,
+        data=[str(d) for d in args.data] if len(args.data) > 1 else str(args.data[0]), output=str(args.output), architecture=args.architecture, model_options=options,
         in_channels=args.in_channels, out_channels=args.out_channels, crop=args.crop, batch_size=args.batch_size,
         epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
         workers=args.workers, device=args.device, imagenet_weights=args.imagenet_weights, resume=args.resume,
         samples_per_epoch=args.samples_per_epoch, contact_width=args.contact_width, init_weights=args.init_weights,
         separation_weight=args.separation_weight, separation_sigma=args.separation_sigma,
         small_object_area=args.small_object_area, dev_fraction=args.dev_fraction,
-        augment_options=parse(args.augment_options, "--augment-options", {}),
+        augment_options=parse(args.augment_options, "--augment-options", {}), precision=args.precision,
+        diameter=args.diameter, balanced=not args.no_balance, skip_invalid=args.skip_invalid,
+        sampling_weights=parse(args.sampling_weights, "--sampling-weights", {}),
     )
     try:
         train(config)
@@ -176,7 +178,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .io import collect_images, write_csv, write_image, write_labels
     from .ops import STATS_COLUMNS
     from .segment import Runner, default_model_path
-    from .train import overlay
+    from .io import overlay
 
     if args.samples == bool(args.inputs):
         raise SystemExit("unetseg segment: give INPUTS (files, folders or globs), or --samples for the bundled samples")
@@ -386,8 +388,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a U-Net (BCE + Dice, Adam, plateau LR schedule, early stopping). Writes best.pt, "
                        "last.pt, metrics.csv, training_curves.png and validation overlays to OUTPUT; --resume continues "
                        "an interrupted run from last.pt.")
-    p.add_argument("data", type=Path, help="dataset: DSB 2018 folder, images/+labels/ or images/+masks/ folders, or .npz")
+    p.add_argument("data", type=Path, nargs="+", help="one or more datasets: DSB 2018 folders, images/+labels/ or "
+                   "images/+masks/ folders, or .npz files (with several, image names become DATASET/NAME)")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/unet"), help="run folder (default runs/unet)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="auto (default): bfloat16 autocast + channels_last where the CPU (AVX512-BF16, AMX) or GPU "
+                   "computes bfloat16 natively (about 4x faster on such CPUs), else float32; float16: CUDA only")
+    p.add_argument("--diameter", type=float, metavar="PX",
+                   help="canonical nucleus diameter: every image is resized so that its nuclei's median diameter is "
+                   "PX pixels, and the model file records it so inference rescales images to it (default: no "
+                   "rescaling)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="leave out, with a warning, image/label pairs whose sizes differ (default: stop with an error)")
+    p.add_argument("--no-balance", action="store_true",
+                   help="one crop of each training image in turn, instead of crops balanced by dataset and kind with "
+                   "large images drawn more often")
+    p.add_argument("--sampling-weights", metavar="JSON",
+                   help='factors on the balanced shares, by dataset or "dataset:kind", e.g. \'{"tnbc": 0.5}\'')
     p.add_argument("--architecture", choices=("unet", "mobilenetv2_unet"), default="unet")
     p.add_argument("--model-options", help='JSON constructor options, e.g. \'{"base_width": 32, "depth": 4}\'')
     p.add_argument("--in-channels", type=int, choices=(1, 3), default=3, help="image channels the model takes")

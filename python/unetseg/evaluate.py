@@ -45,7 +45,7 @@ def evaluate(
 
     model: a training checkpoint (``best.pt``), a model file from ``unetseg export``, or None (or
         "default") for the bundled default model. A checkpoint's probabilities come from
-        unetseg.train.predict and its instances from the fused ops: unetseg.ops.label on the nucleus
+        unetseg.predict.predict and its instances from the fused ops: unetseg.ops.label on the nucleus
         map ("plain") or unetseg.ops.seeded_label on nucleus + boundary ("seeded"). A model file is
         run by the C++ runner, whole images, as users get it.
     threshold, min_area, labelling, boundary_threshold: as :func:`unetseg.segment_batch`; None takes
@@ -108,7 +108,7 @@ def evaluate(
 
 def _write_overlays(folder: Path, worst: list) -> None:
     """Pictures of (sample, predicted labels), named by rank so that they list worst first."""
-    from .train import write_overlay
+    from .io import write_overlay
 
     folder.mkdir(exist_ok=True)
     written = set()
@@ -125,7 +125,10 @@ Segmenter = Callable[[np.ndarray], np.ndarray]
 
 def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_threshold, device, tta, precision
                           ) -> tuple[Segmenter, dict[str, list[str]]]:
-    from .train import load_checkpoint, model_from_checkpoint, predict, resolve_device
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .device import autocast as device_autocast
+    from .device import resolve_device, resolve_precision
+    from .predict import predict
 
     ckpt = load_checkpoint(path)
     network = model_from_checkpoint(ckpt)
@@ -134,7 +137,7 @@ def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_thre
     boundary_threshold = ckpt.get("boundary_threshold", 0.5) if boundary_threshold is None else boundary_threshold
     min_area = 0 if min_area is None else min_area
     labelling = _checkpoint_labelling(ckpt, labelling)
-    autocast = _autocast(device, precision)
+    autocast = device_autocast(device, resolve_precision(precision, device))
 
     def segment(image: np.ndarray) -> np.ndarray:
         with autocast:
@@ -142,16 +145,6 @@ def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_thre
         return _label(prob, labelling, threshold, boundary_threshold, min_area)
 
     return segment, {"val": ckpt["split"]["val"], "dev": ckpt["split"].get("dev", [])}
-
-
-def _autocast(device: torch.device, precision: str):
-    """The network's precision for a checkpoint, with the runner's choices and errors."""
-    dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"unknown precision {precision!r}; expected float32, bfloat16 or float16")
-    if precision == "float16" and device.type != "cuda":
-        raise ValueError("precision float16 needs a CUDA device; use float32 or bfloat16 on the CPU")
-    return torch.autocast(device.type, dtype=dtypes[precision], enabled=dtypes[precision] is not None)
 
 
 def _checkpoint_labelling(ckpt: dict, labelling: str) -> str:
@@ -205,7 +198,9 @@ def tune(
     """
     from tqdm.auto import tqdm
 
-    from .train import load_checkpoint, model_from_checkpoint, predict, resolve_device
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .device import resolve_device
+    from .predict import predict
 
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"{str(checkpoint)!r}: no such checkpoint")

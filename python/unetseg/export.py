@@ -127,7 +127,7 @@ def export(checkpoint: str | os.PathLike | dict, output: str | os.PathLike, *, t
 
     The file is written atomically: an existing ``output`` is only replaced by a complete file.
     """
-    from .train import load_checkpoint, model_from_checkpoint
+    from .checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)

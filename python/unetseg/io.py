@@ -104,3 +104,25 @@ def write_csv(path: str | os.PathLike, header: list[str], rows) -> None:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray | None = None) -> np.ndarray:
+    """An RGB uint8 picture: the image in gray, predicted outlines in magenta, true ones in green."""
+    from skimage.segmentation import find_boundaries
+
+    from .data import Normalisation, to_channels
+
+    gray = np.clip(Normalisation()(to_channels(image, 1))[..., 0], 0, 1)
+    rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=2)
+    if true is not None:
+        rgb[find_boundaries(true, mode="inner")] = (0, 220, 0)
+    rgb[find_boundaries(pred, mode="inner")] = (255, 0, 255)
+    return rgb
+
+
+def write_overlay(path: Path, image: np.ndarray, pred: np.ndarray, true: np.ndarray | None = None) -> None:
+    """Writes :func:`overlay` as a PNG file, atomically."""
+    import cv2
+
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), overlay(image, pred, true)[..., ::-1])

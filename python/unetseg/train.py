@@ -17,18 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import Augment, Normalisation, NucleiDataset, PixelWeights, read_dataset
+from .data import Augment, Normalisation, NucleiDataset, PixelWeights, read_datasets
+from .data.dataset import stratum
 from .data.readers import Sample
-from .io import atomic_path
+from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint, save_atomic
+from .device import autocast, resolve_device, resolve_precision
+from .io import atomic_path, write_overlay
 from .models import build_model
-
-CHECKPOINT_FORMAT = 1
-
+from .predict import predict
 
 @dataclass
 class TrainConfig:
-    data: str
-    """a dataset path (see unetseg.data.read_dataset)"""
+    data: str | list[str]
+    """a dataset path, or several (see unetseg.data.read_datasets)"""
     output: str = "runs/unet"
     architecture: str = "unet"
     model_options: dict[str, Any] = field(default_factory=lambda: {"base_width": 16, "depth": 4, "batch_norm": True})
@@ -66,14 +67,19 @@ class TrainConfig:
     init_weights: str | None = None
     """start from this checkpoint's weights (fine-tuning; fresh optimizer and schedule). The split
     comes from `seed` as in any run: keep the checkpoint's seed so its validation images stay unseen"""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
-    return torch.device(device)
+    precision: str = "auto"
+    """"float32", "bfloat16" (autocast, channels_last; float32 weights and loss) or "auto": bfloat16
+    on a CPU with native bfloat16 (AVX512-BF16, AMX) or a bfloat16 GPU, else float32"""
+    diameter: float | None = None
+    """canonical nucleus diameter (pixels): each image is resized so that its nuclei's median diameter
+    becomes this, and the model file records it (inference rescales to it); None: no rescaling"""
+    balanced: bool = True
+    """each epoch draws its crops balanced by dataset and kind, images in proportion to their area
+    (unetseg.data.sampling_probabilities); False: one crop of each training image in turn"""
+    sampling_weights: dict[str, float] = field(default_factory=dict)
+    """factors on the balanced shares, by dataset name or "dataset:kind" stratum"""
+    skip_invalid: bool = False
+    """leave out (with a warning) image/label pairs of different sizes instead of stopping"""
 
 
 def make_augment(options: dict[str, Any]) -> Augment:
@@ -87,18 +93,25 @@ def make_augment(options: dict[str, Any]) -> Augment:
 
 
 def split_by_kind(samples: list[Sample], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """A validation split by image, stratified by kind, fixed by the seed: names (train, val)."""
+    """A held-out split, stratified by dataset and kind, fixed by the seed: names (train, held out).
+    Whole groups (tiles of one source image, ``Sample.group``) fall on one side. Each dataset's split
+    is drawn on its own (the seed's generator restarted per dataset), so a dataset splits the same
+    whether it is trained on alone or with others."""
     if not 0 < fraction < 1:
         raise ValueError(f"the held-out fraction must lie in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
     train, val = [], []
-    for kind in sorted({s.kind for s in samples}):
-        names = sorted(s.name for s in samples if s.kind == kind)
-        rng.shuffle(names)
-        k = int(round(fraction * len(names))) if len(names) > 1 else 0
-        k = max(k, 1) if len(names) > 1 else k
-        val += names[:k]
-        train += names[k:]
+    previous = None
+    for name in sorted({stratum(s) for s in samples}):
+        members = [s for s in samples if stratum(s) == name]
+        if members[0].dataset != previous:
+            rng, previous = np.random.default_rng(seed), members[0].dataset
+        groups = sorted({s.split_group for s in members})
+        rng.shuffle(groups)
+        k = int(round(fraction * len(groups))) if len(groups) > 1 else 0
+        k = max(k, 1) if len(groups) > 1 else k
+        held = set(groups[:k])
+        val += [s.name for s in members if s.split_group in held]
+        train += [s.name for s in members if s.split_group not in held]
     if not train or not val:
         raise ValueError(f"{len(samples)} images cannot be split into training and validation")
     return sorted(train), sorted(val)
@@ -136,31 +149,6 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Loads a unetseg checkpoint with weights_only=True (no code runs from the file)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable unetseg checkpoint ({e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a unetseg checkpoint of format {CHECKPOINT_FORMAT}")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
-    model = build_model(ckpt["model"]["architecture"], **ckpt["model"]["options"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
-
-
 def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     """Trains a model as `config` says; returns the final checkpoint dict (best weights in best.pt)."""
     from tqdm.auto import tqdm
@@ -176,11 +164,15 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    precision = resolve_precision(config.precision, device)
+    if rank == 0 and config.precision == "auto":
+        why = "native bfloat16 on this device" if precision == "bfloat16" else "no native bfloat16 on this device"
+        print(f"precision auto: {precision} ({why})", flush=True)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
-    samples = samples if samples is not None else read_dataset(config.data)
+    samples = samples if samples is not None else read_datasets(config.data, config.skip_invalid)
     if config.max_images:
         samples = samples[: config.max_images]
     train_names, val_names = split_by_kind(samples, config.val_fraction, config.seed)
@@ -202,7 +194,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
                              f"{ {'architecture': config.architecture, 'options': options} }: use the same "
                              "--architecture, --model-options and channels")
         model.load_state_dict(init["state_dict"])
-    model.to(device)
+    # channels_last: oneDNN's fast convolution layout on the CPU (and tensor cores' on GPUs)
+    model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_patience)
     history: list[dict] = []
@@ -221,10 +214,14 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
 
     train_set = NucleiDataset([by_name[n] for n in train_names], config.in_channels, config.out_channels, config.crop,
                               "crop", augment, normalisation, config.samples_per_epoch, config.seed,
-                              config.contact_width, pixel_weights)
+                              config.contact_width, pixel_weights, config.diameter, config.balanced,
+                              config.sampling_weights)
     val_set = NucleiDataset([by_name[n] for n in val_names], config.in_channels, config.out_channels, config.crop,
                             "center", None, normalisation, None, config.seed,
-                            config.contact_width, pixel_weights)
+                            config.contact_width, pixel_weights, config.diameter)
+    if len(train_set) < config.batch_size:
+        raise ValueError(f"an epoch of {len(train_set)} crops is less than one batch of {config.batch_size}: no "
+                         "training step would run; lower the batch size or raise samples_per_epoch")
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, seed=config.seed) if world > 1 else None
     loader_args = dict(batch_size=config.batch_size, num_workers=config.workers, persistent_workers=config.workers > 0,
                        pin_memory=device.type == "cuda")
@@ -232,8 +229,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
                               generator=torch.Generator().manual_seed(config.seed), **loader_args)
     val_loader = DataLoader(val_set, shuffle=False, **loader_args)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    # float16 needs loss scaling; bfloat16 has float32's range and does not
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "float16")
     meta = {
         "format": CHECKPOINT_FORMAT,
         "model": {"architecture": config.architecture, "options": options},
@@ -244,7 +241,9 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         "normalisation": normalisation.to_dict(),
         "config": asdict(config),
         "split": {"train": train_names, "val": val_names, "dev": dev_names, "seed": config.seed},
-        "training_data": str(config.data),
+        "training_data": str(config.data) if isinstance(config.data, (str, os.PathLike)) else [str(d) for d in config.data],
+        "diameter": config.diameter,
+        "precision": precision,
     }
 
     for epoch in range(start_epoch, config.epochs):
@@ -255,8 +254,9 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         t0, total, n = time.perf_counter(), 0.0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=rank != 0)
         for images, target in bar:
-            images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            with torch.autocast(device.type, enabled=amp):
+            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+            target = target.to(device, non_blocking=True)
+            with autocast(device, precision):
                 loss = loss_fn(net(images), target, config.boundary_weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -265,7 +265,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
             total, n = total + loss.item() * len(images), n + len(images)
             bar.set_postfix(loss=f"{total / n:.4f}")
         train_time = time.perf_counter() - t0
-        val = validate(model, val_loader, device, config.boundary_weight)
+        with autocast(device, precision):
+            val = validate(model, val_loader, device, config.boundary_weight)
         scheduler.step(val["val_loss"])
         row = {"epoch": epoch + 1, "train_loss": total / max(n, 1), **val, "lr": optimizer.param_groups[0]["lr"],
                "epoch_seconds": train_time}
@@ -277,8 +278,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
                     "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best_val_loss": best,
                     "epochs_without_improvement": stale, "validation": val}
             if improved:
-                _save_atomic(ckpt, out / "best.pt")
-            _save_atomic(ckpt, out / "last.pt")
+                save_atomic(ckpt, out / "best.pt")
+            save_atomic(ckpt, out / "last.pt")
             write_history(history, out)
             print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {val['val_loss']:.4f}, "
                   f"val dice {val['val_dice']:.3f}, val DSB {val['val_dsb_score']:.3f}, {train_time:.0f} s"
@@ -301,7 +302,7 @@ def validate(model: torch.nn.Module, loader: DataLoader, device: torch.device, b
     model.eval()
     losses, dices, scores = [], [], []
     for images, target in loader:
-        logits = model(images.to(device)).float()
+        logits = model(images.to(device, memory_format=torch.channels_last)).float()
         losses.append(loss_fn(logits, target.to(device), boundary_weight).item() * len(images))
         prob = torch.sigmoid(logits[:, 0]).cpu()
         pred = label(prob, 0.5).labels.numpy()
@@ -341,52 +342,6 @@ def write_history(history: list[dict], out: Path) -> None:
     with atomic_path(out / "training_curves.png") as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, image: np.ndarray, ckpt: dict, device: str | torch.device = "cpu",
-            tta: bool = False) -> np.ndarray:
-    """Probabilities (out_channels, H, W) float32 of one whole image (H, W[, C]) of any size. With
-    ``tta``, the mean over the image's eight turns and mirrors, each turned back (as the runner's
-    test-time augmentation)."""
-    from .data import to_channels
-
-    norm = Normalisation(**ckpt["normalisation"])
-    x = norm(to_channels(image, ckpt["in_channels"]))
-    x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(device)
-    model = model.to(device)
-    if not tta:
-        return torch.sigmoid(model(x).float())[0].cpu().numpy()
-    total = None
-    for turns in range(4):
-        for mirror in (False, True):
-            y = torch.rot90(x, turns, (2, 3))
-            p = torch.sigmoid(model(y.flip(3) if mirror else y).float())
-            p = torch.rot90(p.flip(3) if mirror else p, -turns, (2, 3))
-            total = p if total is None else total + p
-    return (total / 8)[0].cpu().numpy()
-
-
-def overlay(image: np.ndarray, pred: np.ndarray, true: np.ndarray | None = None) -> np.ndarray:
-    """An RGB uint8 picture: the image in gray, predicted outlines in magenta, true ones in green."""
-    from skimage.segmentation import find_boundaries
-
-    from .data import to_channels
-
-    gray = np.clip(Normalisation()(to_channels(image, 1))[..., 0], 0, 1)
-    rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=2)
-    if true is not None:
-        rgb[find_boundaries(true, mode="inner")] = (0, 220, 0)
-    rgb[find_boundaries(pred, mode="inner")] = (255, 0, 255)
-    return rgb
-
-
-def write_overlay(path: Path, image: np.ndarray, pred: np.ndarray, true: np.ndarray | None = None) -> None:
-    """Writes :func:`overlay` as a PNG file, atomically."""
-    import cv2
-
-    with atomic_path(path) as tmp:
-        cv2.imwrite(str(tmp), overlay(image, pred, true)[..., ::-1])
 
 
 def save_overlays(model, samples: list[Sample], ckpt: dict, folder: Path) -> None:

@@ -7,7 +7,45 @@ import torch
 from torch.utils.data import Dataset
 
 from .readers import Sample
-from .transforms import Augment, Normalisation, PixelWeights, pad_to, random_crop, resize, targets, to_channels
+from .transforms import (Augment, Normalisation, PixelWeights, median_diameter, pad_to, random_crop, rescale, resize,
+                         targets, to_channels)
+
+# Rescaling to the canonical diameter stays within these factors: an image whose labels give an
+# outlandish diameter (a few fragments, one huge blob) is not blown up or crushed.
+MIN_RESCALE, MAX_RESCALE = 1 / 8, 4.0
+
+
+def stratum(sample: Sample) -> str:
+    """The sampling and split stratum of an image: ``<dataset>:<kind>``."""
+    return f"{sample.dataset}:{sample.kind}"
+
+
+def sampling_probabilities(samples: list[Sample], areas: list[int], weights: dict[str, float] | None = None
+                           ) -> np.ndarray:
+    """Per-image probabilities of a balanced epoch: each stratum (dataset and kind) gets an equal share
+    times its weight, and within a stratum an image is drawn in proportion to its area, so a large
+    image gives several crops and neither image count nor image size lets a set dominate.
+
+    `weights` maps a dataset name (all its kinds) or a ``dataset:kind`` stratum to a factor (default 1);
+    a name that matches nothing is an error."""
+    weights = dict(weights or {})
+    strata = [stratum(s) for s in samples]
+    known = set(strata) | {s.dataset for s in samples}
+    unknown = sorted(set(weights) - known)
+    if unknown:
+        raise ValueError(f"sampling weights name {unknown}, which are neither datasets nor dataset:kind strata of "
+                         f"the training images; known: {sorted(known)}")
+    if any(not np.isfinite(w) or w < 0 for w in weights.values()):
+        raise ValueError(f"sampling weights must be finite and >= 0, got {weights}")
+    p = np.zeros(len(samples))
+    for name in sorted(set(strata)):
+        members = [i for i, s in enumerate(strata) if s == name]
+        share = weights.get(name, weights.get(samples[members[0]].dataset, 1.0))
+        area = np.asarray([areas[i] for i in members], np.float64)
+        p[members] = share * area / area.sum()
+    if p.sum() <= 0:
+        raise ValueError(f"sampling weights {weights} leave nothing to sample")
+    return p / p.sum()
 
 
 class NucleiDataset(Dataset):
@@ -28,6 +66,12 @@ class NucleiDataset(Dataset):
         contact_width: see :func:`targets`.
         pixel_weights: a :class:`PixelWeights`: the target gains a last channel, the per-pixel BCE weights
             of the crop's labels, which ``unetseg.train.loss_fn`` uses.
+        diameter: the canonical nucleus diameter in pixels: each image is resized so that the median
+            diameter of its nuclei (:func:`median_diameter`) becomes this (by a factor within
+            [MIN_RESCALE, MAX_RESCALE]); None: images stay as they are.
+        balanced: items draw their image at random with :func:`sampling_probabilities` (balanced by
+            dataset and kind, large images more often); False: item i is image i modulo the count.
+        sampling_weights: see :func:`sampling_probabilities`.
     """
 
     def __init__(
@@ -43,6 +87,9 @@ class NucleiDataset(Dataset):
         seed: int = 0,
         contact_width: int = 0,
         pixel_weights: PixelWeights | None = None,
+        diameter: float | None = None,
+        balanced: bool = False,
+        sampling_weights: dict[str, float] | None = None,
     ):
         if mode not in ("crop", "center", "resize"):
             raise ValueError(f"mode must be 'crop', 'center' or 'resize', got {mode!r}")
@@ -58,6 +105,17 @@ class NucleiDataset(Dataset):
         self.pixel_weights = pixel_weights
         # normalise once: percentiles over the whole image, not over a crop
         self.images = [normalisation(to_channels(s.image, channels)) for s in samples]
+        self.labels = [s.labels for s in samples]
+        if diameter is not None:
+            if not (np.isfinite(diameter) and diameter > 0):
+                raise ValueError(f"diameter must be a positive number of pixels, got {diameter}")
+            for i, labels in enumerate(self.labels):
+                d = median_diameter(labels)
+                factor = 1.0 if not np.isfinite(d) else float(np.clip(diameter / d, MIN_RESCALE, MAX_RESCALE))
+                self.images[i], self.labels[i] = rescale(self.images[i], labels, factor)
+        self.probabilities = None
+        if balanced:
+            self.probabilities = sampling_probabilities(samples, [lab.size for lab in self.labels], sampling_weights)
 
     @property
     def epoch(self) -> int:
@@ -71,9 +129,12 @@ class NucleiDataset(Dataset):
         return self.samples_per_epoch
 
     def __getitem__(self, index: int):
-        i = index % len(self.samples)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, labels = self.images[i], self.samples[i].labels
+        if self.probabilities is None:
+            i = index % len(self.samples)
+        else:
+            i = int(rng.choice(len(self.samples), p=self.probabilities))
+        image, labels = self.images[i], self.labels[i]
         if self.mode == "resize":
             image, labels = resize(image, labels, self.size)
         else:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -30,6 +33,15 @@ class Sample:
     labels: np.ndarray
     """(H, W) int32 instance labels, 0 background"""
     kind: str = "unknown"
+    dataset: str = ""
+    """the dataset it came from (its folder or file name)"""
+    group: str = ""
+    """images of one group (tiles of one source image) always fall on the same side of a split;
+    empty: the image is its own group"""
+
+    @property
+    def split_group(self) -> str:
+        return self.group or self.name
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -97,21 +109,34 @@ def read_dsb2018(root: str | os.PathLike) -> list[Sample]:
     return samples
 
 
-def read_label_folders(root: str | os.PathLike) -> list[Sample]:
-    """``images/`` + ``labels/`` folders of the same file names; kinds from ``manifest.csv`` if any."""
+_TILE_NAME = re.compile(r"^(.+)_\d{3}$")
+
+
+def read_label_folders(root: str | os.PathLike, skip_invalid: bool = False) -> list[Sample]:
+    """``images/`` + ``labels/`` folders of the same file names; kinds from ``manifest.csv`` if any.
+
+    Groups (kept on one side of a split): a manifest ``group`` column where there is one; otherwise,
+    when every name has the form ``<image>_<NNN>`` (three-digit tile numbers, as CoNSeP's tiles), the
+    tiles of one ``<image>``, since tiles of one image overlap."""
     root = Path(root)
-    kinds = {}
+    rows = {}
     if (root / "manifest.csv").exists():
         with open(root / "manifest.csv", newline="") as f:
-            kinds = {row["id"]: row.get("kind", "unknown") for row in csv.DictReader(f)}
-    samples = read_pairs(root / "images", root / "labels")
-    for s in samples:
-        s.kind = kinds.get(s.name, s.kind)
+            rows = {row["id"]: row for row in csv.DictReader(f)}
+    samples = read_pairs(root / "images", root / "labels", skip_invalid)
+    tiles = [_TILE_NAME.match(s.name) for s in samples]
+    for s, tile in zip(samples, tiles):
+        row = rows.get(s.name, {})
+        s.kind = row.get("kind") or s.kind
+        s.group = row.get("group") or (tile.group(1) if all(tiles) else "")
     return samples
 
 
-def read_pairs(images_dir: str | os.PathLike, masks_dir: str | os.PathLike) -> list[Sample]:
-    """Images and masks in two folders, matched by file name (stem); masks binary or instance labels."""
+def read_pairs(images_dir: str | os.PathLike, masks_dir: str | os.PathLike, skip_invalid: bool = False
+               ) -> list[Sample]:
+    """Images and masks in two folders, matched by file name (stem); masks binary or instance labels.
+    A pair whose image and mask differ in size is an error, or with `skip_invalid` left out with a
+    warning naming it."""
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     for d in (images_dir, masks_dir):
         if not d.is_dir():
@@ -127,7 +152,13 @@ def read_pairs(images_dir: str | os.PathLike, masks_dir: str | os.PathLike) -> l
     for name, path in images.items():
         image = read_image(path)
         labels = _instances(read_image(masks[name]), masks[name])
-        _check_same_size(image, labels, name)
+        try:
+            _check_same_size(image, labels, str(path))
+        except ValueError as e:
+            if not skip_invalid:
+                raise ValueError(f"{e}; fix the pair, or skip such pairs (train --skip-invalid)") from None
+            warnings.warn(f"skipped: {e}", stacklevel=2)
+            continue
         samples.append(Sample(name, image, labels))
     return samples
 
@@ -151,17 +182,52 @@ def read_npz(path: str | os.PathLike) -> list[Sample]:
     return samples
 
 
-def read_dataset(path: str | os.PathLike) -> list[Sample]:
-    """Any supported layout, recognised from what is there."""
+def read_datasets(paths: str | os.PathLike | Sequence[str | os.PathLike], skip_invalid: bool = False
+                  ) -> list[Sample]:
+    """One or several datasets (:func:`read_dataset` each). With several, each image's name becomes
+    ``<dataset>/<name>`` (the dataset's folder or file name), so names stay unique."""
+    if isinstance(paths, (str, os.PathLike)):
+        return read_dataset(paths, skip_invalid)
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no dataset given: expected one or more dataset paths")
+    names = [dataset_name(p) for p in paths]
+    if len(set(names)) != len(names):
+        raise ValueError(f"datasets must have different folder names, got {names}")
+    if len(paths) == 1:
+        return read_dataset(paths[0], skip_invalid)
+    samples = []
+    for path, name in zip(paths, names):
+        for s in read_dataset(path, skip_invalid):
+            s.name = f"{name}/{s.name}"
+            s.group = f"{name}/{s.group}" if s.group else ""
+            samples.append(s)
+    return samples
+
+
+def dataset_name(path: str | os.PathLike) -> str:
+    path = Path(path)
+    return path.stem if path.suffix == ".npz" else path.resolve().name
+
+
+def read_dataset(path: str | os.PathLike, skip_invalid: bool = False) -> list[Sample]:
+    """Any supported layout, recognised from what is there (`skip_invalid`: see :func:`read_pairs`)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder")
+    samples = _read_layout(path, skip_invalid)
+    for s in samples:
+        s.dataset = dataset_name(path)
+    return samples
+
+
+def _read_layout(path: Path, skip_invalid: bool) -> list[Sample]:
     if path.suffix == ".npz":
         return read_npz(path)
     if (path / "images").is_dir() and (path / "labels").is_dir():
-        return read_label_folders(path)
+        return read_label_folders(path, skip_invalid)
     if (path / "images").is_dir() and (path / "masks").is_dir():
-        return read_pairs(path / "images", path / "masks")
+        return read_pairs(path / "images", path / "masks", skip_invalid)
     if path.is_dir() and any((p / "images").is_dir() for p in path.iterdir() if p.is_dir()):
         return read_dsb2018(path)
     raise ValueError(

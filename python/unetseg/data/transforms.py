@@ -142,6 +142,29 @@ def pad_to(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray
     return image, labels
 
 
+def median_diameter(labels: np.ndarray) -> float:
+    """The median equivalent diameter (``sqrt(4 area / pi)``, pixels) of the objects of instance
+    labels (H, W); NaN when there are none. The nucleus size a model's ``diameter`` refers to, as
+    Cellpose's ``diameter`` does."""
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(np.median(np.sqrt(4 * areas / np.pi))) if len(areas) else float("nan")
+
+
+def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, C) image (area-averaged when shrinking, bilinear when enlarging) and its labels
+    (nearest) resized by `factor`."""
+    if factor == 1:
+        return image, labels
+    h, w = labels.shape
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    method = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, size, interpolation=method)
+    if resized.ndim == 2:
+        resized = resized[..., None]
+    return resized, cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+
+
 def random_crop(image, labels, size: int, rng: np.random.Generator):
     image, labels = pad_to(image, labels, size)
     y = rng.integers(0, image.shape[0] - size + 1)

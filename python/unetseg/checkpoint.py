@@ -1,0 +1,39 @@
+"""Training checkpoints: the one place that reads and writes them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import atomic_path
+from .models import build_model
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Loads a unetseg checkpoint with weights_only=True (no code runs from the file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable unetseg checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a unetseg checkpoint of format {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+    model = build_model(ckpt["model"]["architecture"], **ckpt["model"]["options"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
