@@ -92,7 +92,7 @@ def test_reader_errors(tmp_path):
     with pytest.raises(ValueError, match=r"1 images have no mask .* \['b'\]"):
         read_dataset(tmp_path / "p")
     cv2.imwrite(str(tmp_path / "p" / "masks" / "b.png"), np.zeros((10, 10), np.uint8))
-    with pytest.raises(ValueError, match="a: the image is 64x48 but its mask is 10x10"):
+    with pytest.raises(ValueError, match="a.png: the image is 64x48 but its mask is 10x10; fix the pair, or skip"):
         read_dataset(tmp_path / "p")
     (tmp_path / "p" / "images" / "a.png").write_bytes(b"broken")
     with pytest.raises(ValueError, match="cannot read .*a.png as an image"):
