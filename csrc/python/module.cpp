@@ -3,7 +3,6 @@
 // It binds the C++ Runner only: unetseg.segment_batch / unetseg.Runner wrap it in Python.
 #include <torch/csrc/utils/pybind.h>
 
-#include <array>
 #include <optional>
 #include <string>
 #include <vector>
@@ -16,26 +15,57 @@
 
 namespace py = pybind11;
 
-namespace {
-
-using Ranges = std::optional<std::pair<std::vector<double>, std::vector<double>>>;
-
-// The tiling and normalisation fields shared by segment and predict.
-unetseg::SegmentOptions with_tiles(unetseg::SegmentOptions o, std::optional<int64_t> tile_size,
-                                   std::optional<int64_t> halo, const Ranges& normalisation) {
-  o.tile_size = tile_size;
-  o.halo = halo;
-  if (normalisation) {
-    o.normalisation = unetseg::Normalisation{normalisation->first, normalisation->second};
-  }
-  return o;
-}
-
-} // namespace
-
 PYBIND11_MODULE(_C, m) {
   m.doc() = "unetseg native core: the C++ Runner (ops are in torch.ops.unetseg)";
   m.attr("__version__") = UNETSEG_VERSION;
+
+  // Options travel as these classes with named fields (never as positional lists), so a field
+  // added to or moved in the C++ struct cannot shift another.
+  py::class_<unetseg::Normalisation>(m, "Normalisation")
+      .def(py::init([](std::vector<double> low, std::vector<double> high) {
+             return unetseg::Normalisation{std::move(low), std::move(high)};
+           }),
+           py::arg("low"), py::arg("high"))
+      .def_readwrite("low", &unetseg::Normalisation::low)
+      .def_readwrite("high", &unetseg::Normalisation::high);
+
+  py::class_<unetseg::SegmentOptions>(m, "SegmentOptions")
+      .def(py::init<>())
+      .def_readwrite("threshold", &unetseg::SegmentOptions::threshold)
+      .def_readwrite("min_area", &unetseg::SegmentOptions::min_area)
+      .def_readwrite("connectivity", &unetseg::SegmentOptions::connectivity)
+      .def_readwrite("labelling", &unetseg::SegmentOptions::labelling)
+      .def_readwrite("boundary_threshold", &unetseg::SegmentOptions::boundary_threshold)
+      .def_readwrite("tile_size", &unetseg::SegmentOptions::tile_size)
+      .def_readwrite("halo", &unetseg::SegmentOptions::halo)
+      .def_readwrite("normalisation", &unetseg::SegmentOptions::normalisation)
+      .def_readwrite("context_top", &unetseg::SegmentOptions::context_top)
+      .def_readwrite("context_bottom", &unetseg::SegmentOptions::context_bottom)
+      .def_readwrite("context_left", &unetseg::SegmentOptions::context_left)
+      .def_readwrite("context_right", &unetseg::SegmentOptions::context_right)
+      .def_readwrite("tta", &unetseg::SegmentOptions::tta)
+      .def_readwrite("diameter", &unetseg::SegmentOptions::diameter);
+
+  py::class_<unetseg::ResolvedOptions>(m, "ResolvedOptions")
+      .def_readonly("threshold", &unetseg::ResolvedOptions::threshold)
+      .def_readonly("boundary_threshold", &unetseg::ResolvedOptions::boundary_threshold)
+      .def_readonly("min_area", &unetseg::ResolvedOptions::min_area)
+      .def_readonly("labelling", &unetseg::ResolvedOptions::labelling);
+
+  py::class_<unetseg::ModelInfo>(m, "ModelInfo")
+      .def_readonly("format_version", &unetseg::ModelInfo::format_version)
+      .def_readonly("architecture", &unetseg::ModelInfo::architecture)
+      .def_readonly("in_channels", &unetseg::ModelInfo::in_channels)
+      .def_readonly("out_channels", &unetseg::ModelInfo::out_channels)
+      .def_readonly("outputs", &unetseg::ModelInfo::outputs)
+      .def_readonly("size_multiple", &unetseg::ModelInfo::size_multiple)
+      .def_readonly("threshold", &unetseg::ModelInfo::threshold)
+      .def_readonly("labelling", &unetseg::ModelInfo::labelling)
+      .def_readonly("boundary_threshold", &unetseg::ModelInfo::boundary_threshold)
+      .def_readonly("min_area", &unetseg::ModelInfo::min_area)
+      .def_readonly("halo", &unetseg::ModelInfo::halo)
+      .def_readonly("diameter", &unetseg::ModelInfo::diameter)
+      .def_readonly("json", &unetseg::ModelInfo::json);
 
   py::class_<unetseg::Runner>(m, "Runner")
       .def(py::init([](const std::string& model, const std::string& device,
@@ -45,46 +75,21 @@ PYBIND11_MODULE(_C, m) {
            }),
            py::arg("model"), py::arg("device") = "auto", py::arg("precision") = "float32",
            py::arg("batch_size") = 8)
-      .def_property_readonly("metadata_json", [](const unetseg::Runner& r) { return r.info().json; })
+      .def_property_readonly("info", &unetseg::Runner::info, py::return_value_policy::reference_internal)
       .def_property_readonly("device", [](const unetseg::Runner& r) { return r.device().str(); })
       .def_property_readonly("batch_size", [](const unetseg::Runner& r) { return r.options().batch_size; })
-      .def_property_readonly("labelling", [](const unetseg::Runner& r) { return r.info().labelling; })
       .def_property_readonly("precision", [](const unetseg::Runner& r) { return r.options().precision; })
-      .def_property_readonly("halo", [](const unetseg::Runner& r) { return r.info().halo; })
-      .def(
-          "resolve",
-          [](const unetseg::Runner& r, std::optional<double> threshold, std::optional<int64_t> min_area,
-             const std::string& labelling, std::optional<double> boundary_threshold) {
-            const auto o = r.resolve({threshold, min_area, 8, labelling, boundary_threshold});
-            py::dict d;
-            d["labelling"] = o.labelling;
-            d["threshold"] = o.threshold;
-            d["boundary_threshold"] = o.boundary_threshold;
-            d["min_area"] = o.min_area;
-            return d;
-          },
-          py::arg("threshold") = py::none(), py::arg("min_area") = py::none(), py::arg("labelling") = "auto",
-          py::arg("boundary_threshold") = py::none())
+      .def("resolve", &unetseg::Runner::resolve, py::arg("options"))
       .def(
           "normalisation",
           [](const unetseg::Runner& r, const at::Tensor& image) {
-            unetseg::Normalisation n;
-            {
-              py::gil_scoped_release nogil;
-              n = r.normalisation(image);
-            }
-            return py::make_tuple(n.low, n.high);
+            py::gil_scoped_release nogil;
+            return r.normalisation(image);
           },
           py::arg("image"))
       .def(
           "segment",
-          [](const unetseg::Runner& r, const std::vector<at::Tensor>& images,
-             std::optional<double> threshold, std::optional<int64_t> min_area, int64_t connectivity,
-             const std::string& labelling, std::optional<double> boundary_threshold,
-             std::optional<int64_t> tile_size, std::optional<int64_t> halo, const Ranges& normalisation, bool tta) {
-            auto options = with_tiles({threshold, min_area, connectivity, labelling, boundary_threshold}, tile_size,
-                                      halo, normalisation);
-            options.tta = tta;
+          [](const unetseg::Runner& r, const std::vector<at::Tensor>& images, const unetseg::SegmentOptions& options) {
             std::vector<unetseg::Segmentation> results;
             {
               py::gil_scoped_release nogil;
@@ -92,28 +97,16 @@ PYBIND11_MODULE(_C, m) {
             }
             py::list out;
             for (auto& s : results) {
-              out.append(py::make_tuple(s.labels, s.count, s.objects));
+              out.append(py::make_tuple(s.labels, s.count, s.objects, s.diameter));
             }
             return out;
           },
-          py::arg("images"), py::arg("threshold") = py::none(), py::arg("min_area") = py::none(),
-          py::arg("connectivity") = 8, py::arg("labelling") = "auto",
-          py::arg("boundary_threshold") = py::none(), py::arg("tile_size") = py::none(),
-          py::arg("halo") = py::none(), py::arg("normalisation") = py::none(), py::arg("tta") = false)
+          py::arg("images"), py::arg("options"))
       .def(
           "predict",
-          [](const unetseg::Runner& r, const std::vector<at::Tensor>& images, std::optional<int64_t> tile_size,
-             std::optional<int64_t> halo, const Ranges& normalisation, std::array<int64_t, 4> context, bool tta) {
-            auto options = with_tiles({}, tile_size, halo, normalisation);
-            options.tta = tta;
-            options.context_top = context[0];
-            options.context_bottom = context[1];
-            options.context_left = context[2];
-            options.context_right = context[3];
+          [](const unetseg::Runner& r, const std::vector<at::Tensor>& images, const unetseg::SegmentOptions& options) {
             py::gil_scoped_release nogil;
             return r.predict(images, options);
           },
-          py::arg("images"), py::arg("tile_size") = py::none(), py::arg("halo") = py::none(),
-          py::arg("normalisation") = py::none(), py::arg("context") = std::array<int64_t, 4>{0, 0, 0, 0},
-          py::arg("tta") = false);
+          py::arg("images"), py::arg("options"));
 }

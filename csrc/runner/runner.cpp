@@ -12,7 +12,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <utility>
@@ -56,6 +58,9 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
     info.boundary_threshold = j.value("boundary_threshold", 0.5);
     info.min_area = j.value("min_area", int64_t{0});
     info.halo = j.value("halo", int64_t{-1});  // -1: not in the file; measured at load
+    if (j.contains("diameter") && !j.at("diameter").is_null()) {
+      info.diameter = j.at("diameter").get<double>();
+    }
   } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK_VALUE(false, "unetseg.Runner: '", path, "' has unreadable metadata (", kMetadataFile,
                       "): ", e.what());
@@ -69,6 +74,8 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
                     "unetseg.Runner: '", path, "' has outputs that do not start with 'nucleus'");
   TORCH_CHECK_VALUE(info.size_multiple >= 1, "unetseg.Runner: '", path, "' has size_multiple ",
                     info.size_multiple);
+  TORCH_CHECK_VALUE(std::isfinite(info.diameter) && info.diameter >= 0, "unetseg.Runner: '", path,
+                    "' has canonical diameter ", info.diameter, "; expected a positive number of pixels");
   TORCH_CHECK_VALUE(info.labelling == "plain" || info.labelling == "seeded", "unetseg.Runner: '", path,
                     "' asks for labelling '", info.labelling, "'; this unetseg knows 'plain' and 'seeded'");
   TORCH_CHECK_VALUE(info.labelling == "plain" || info.out_channels >= 2, "unetseg.Runner: '", path,
@@ -138,6 +145,30 @@ bool has_kernel(const char* op, const at::Tensor& tensor) {
 }
 
 int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+// The median equivalent diameter, sqrt(4 area / pi), of a segmentation's objects; 0 when it has none.
+double median_diameter(const Segmentation& s) {
+  if (s.count == 0) {
+    return 0.0;
+  }
+  const at::Tensor area = s.objects.select(1, stats::kArea).contiguous();
+  std::vector<double> a(area.const_data_ptr<double>(), area.const_data_ptr<double>() + s.count);
+  const auto mid = a.begin() + std::ptrdiff_t(a.size() / 2);
+  std::nth_element(a.begin(), mid, a.end());
+  double median = *mid;
+  if (a.size() % 2 == 0) {
+    median = (median + *std::max_element(a.begin(), mid)) / 2;
+  }
+  return std::sqrt(4.0 * median / M_PI);
+}
+
+// (1, C, H, W) float resized to (h, w): bilinear, antialiased when shrinking (as cv2's INTER_AREA
+// in training, an average over each output pixel's footprint).
+at::Tensor resize(const at::Tensor& x, int64_t h, int64_t w) {
+  const bool shrink = h < x.size(2) || w < x.size(3);
+  return shrink ? at::_upsample_bilinear2d_aa(x, {h, w}, /*align_corners=*/false)
+                : at::upsample_bilinear2d(x, {h, w}, /*align_corners=*/false);
+}
 
 // One tile: the rows/cols [y0, y1) x [x0, x1) fed to the network, and the core [cy0, cy1) x
 // [cx0, cx1) kept from its output.
@@ -316,6 +347,126 @@ struct Runner::Impl {
     }
   }
 
+  // Labels probabilities (B, out_channels, H, W) on the device: one Segmentation per image.
+  std::vector<Segmentation> label(const at::Tensor& probs, const ResolvedOptions& r, int64_t connectivity) const {
+    // Labelled where the probabilities are; on the CPU when this build has no CUDA kernels.
+    const bool seeded = r.labelling == "seeded";
+    const at::Tensor maps = seeded ? probs.narrow(1, 0, 2) : probs.select(1, 0);
+    const at::Tensor here =
+        has_kernel(seeded ? "unetseg::seeded_label_stats" : "unetseg::label_stats", maps) ? maps : maps.cpu();
+    auto [labels, counts, stats] =
+        seeded ? seeded_label_stats(here, r.threshold, r.boundary_threshold, connectivity, r.min_area)
+               : label_stats(here, r.threshold, connectivity, r.min_area);
+    labels = labels.cpu();
+    counts = counts.cpu();
+    stats = stats.cpu();
+    std::vector<Segmentation> out(size_t(probs.size(0)));
+    int64_t offset = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      Segmentation& s = out[i];
+      s.labels = labels[int64_t(i)];
+      s.count = counts[int64_t(i)].item<int64_t>();
+      s.objects = stats.narrow(0, offset, s.count);
+      s.diameter = info.diameter;
+      offset += s.count;
+    }
+    return out;
+  }
+
+  // Every image at its own scale, images of equal size batched.
+  std::vector<Segmentation> segment_native(const std::vector<at::Tensor>& hwc, const SegmentOptions& opt,
+                                           const ResolvedOptions& r) const {
+    std::vector<Segmentation> out(hwc.size());
+    probabilities(hwc, opt, [&](const std::vector<size_t>& which, const at::Tensor& probs) {
+      auto segs = label(probs, r, opt.connectivity);
+      for (size_t i = 0; i < which.size(); ++i) {
+        out[which[i]] = std::move(segs[i]);
+      }
+    });
+    return out;
+  }
+
+  // The side lengths of an (h, w) image resized by `factor`, checked against kMaxRescaledPixels.
+  std::pair<int64_t, int64_t> scaled_size(int64_t h, int64_t w, double factor) const {
+    const int64_t sh = std::max<int64_t>(1, std::llround(double(h) * factor));
+    const int64_t sw = std::max<int64_t>(1, std::llround(double(w) * factor));
+    TORCH_CHECK_VALUE(sh * sw <= kMaxRescaledPixels, "unetseg.Runner: a nucleus diameter of ",
+                      info.diameter / factor, " pixels resizes a ", h, " x ", w, " image by ", factor, " to ", sh,
+                      " x ", sw, " pixels, more than the ", kMaxRescaledPixels,
+                      " allowed; give a larger diameter, or segment the image as a slide");
+    return {sh, sw};
+  }
+
+  // The probabilities (1, out_channels, H, W), on the device, of one image (H, W, C) seen by the
+  // network at `factor` times its size (normalised with the ranges of the image itself), resized
+  // back to the image's grid.
+  at::Tensor scaled_probabilities(const at::Tensor& hwc, double factor, const SegmentOptions& opt) const {
+    const int64_t h = hwc.size(0), w = hwc.size(1);
+    const auto [sh, sw] = scaled_size(h, w, factor);
+    SegmentOptions o = opt;
+    if (!o.normalisation) {
+      o.normalisation = runner::image_ranges(hwc, info);
+    }
+    const at::Tensor x = resize(hwc.to(at::kFloat).permute({2, 0, 1}).unsqueeze(0), sh, sw);
+    at::Tensor probs;
+    probabilities({x[0].permute({1, 2, 0}).contiguous()}, o,
+                  [&](const std::vector<size_t>&, const at::Tensor& p) { probs = p; });
+    return resize(probs, h, w);
+  }
+
+  Segmentation segment_scaled(const at::Tensor& hwc, double factor, const SegmentOptions& opt,
+                              const ResolvedOptions& r) const {
+    Segmentation s = std::move(label(scaled_probabilities(hwc, factor, opt), r, opt.connectivity)[0]);
+    s.diameter = info.diameter / factor;
+    return s;
+  }
+
+  // The factor for a given diameter, checked; 1 for models without a canonical diameter when none is given.
+  std::optional<double> given_factor(const SegmentOptions& opt) const {
+    if (!opt.diameter) {
+      return std::nullopt;
+    }
+    const double d = *opt.diameter;
+    TORCH_CHECK_VALUE(info.diameter > 0, "unetseg.Runner: diameter ", d,
+                      " given, but this model has no canonical nucleus diameter (it was trained without "
+                      "rescaling); leave diameter unset");
+    TORCH_CHECK_VALUE(std::isfinite(d) && d > 0, "unetseg.Runner: diameter must be a positive number of pixels "
+                                                 "(the images' median nucleus diameter), got ", d);
+    const double factor = info.diameter / d;
+    TORCH_CHECK_VALUE(factor >= kMinRescale && factor <= kMaxRescale, "unetseg.Runner: diameter ", d,
+                      " pixels would resize images by ", factor, ", outside [", kMinRescale, ", ", kMaxRescale,
+                      "] of the model's canonical diameter ", info.diameter, "; expected a diameter between ",
+                      info.diameter / kMaxRescale, " and ", info.diameter / kMinRescale, " pixels");
+    TORCH_CHECK_VALUE(opt.context_top == 0 && opt.context_bottom == 0 && opt.context_left == 0 &&
+                          opt.context_right == 0,
+                      "unetseg.Runner: a diameter cannot be combined with context rows or columns (slide "
+                      "blocks run at their own scale)");
+    return factor;
+  }
+
+  // Each image segmented at the scale of its estimated diameter (see runner.h): starts from
+  // `native`, the images at their own scale.
+  void estimate_and_rescale(const std::vector<at::Tensor>& hwc, const SegmentOptions& opt, const ResolvedOptions& r,
+                            std::vector<Segmentation>& segs) const {
+    for (size_t i = 0; i < hwc.size(); ++i) {
+      const double area = double(hwc[i].size(0)) * double(hwc[i].size(1));
+      const double largest = std::min(kMaxRescale, std::sqrt(double(kMaxRescaledPixels) / area));
+      double factor = 1.0;
+      for (int pass = 0; pass < 2; ++pass) {
+        const double d = median_diameter(segs[i]);
+        if (d <= 0) {
+          break;
+        }
+        const double next = std::clamp(info.diameter / d, kMinRescale, std::max(1.0, largest));
+        if (std::abs(std::log(next / factor)) <= std::log(kDiameterTolerance)) {
+          break;
+        }
+        factor = next;
+        segs[i] = segment_scaled(hwc[i], factor, opt, r);
+      }
+    }
+  }
+
   // The halo when the file does not say: the receptive-field radius measured by perturbation (an
   // impulse at the centre of a random input; the output changes wherever the impulse is seen).
   int64_t measure_halo() const {
@@ -405,11 +556,32 @@ const RunnerOptions& Runner::options() const { return impl_->options; }
 std::vector<at::Tensor> Runner::predict(const std::vector<at::Tensor>& images, const SegmentOptions& options) const {
   c10::InferenceMode guard;
   const auto hwc = impl_->checked(images);
+  const Impl& impl = *impl_;
+  const std::optional<double> given = impl.given_factor(options);
+  const bool context = options.context_top || options.context_bottom || options.context_left || options.context_right;
+  std::vector<double> factors(hwc.size(), given.value_or(1.0));
+  if (impl.info.diameter > 0 && !given && !context) {
+    // the scale segment() would choose, found by segmenting (the estimate needs the nuclei)
+    const auto segs = segment(images, options);
+    for (size_t i = 0; i < segs.size(); ++i) {
+      factors[i] = impl.info.diameter / segs[i].diameter;
+    }
+  }
   std::vector<at::Tensor> out(images.size());
-  impl_->probabilities(hwc, options, [&](const std::vector<size_t>& which, const at::Tensor& probs) {
+  std::vector<at::Tensor> native;
+  std::vector<size_t> native_index;
+  for (size_t i = 0; i < hwc.size(); ++i) {
+    if (factors[i] == 1.0) {
+      native.push_back(hwc[i]);
+      native_index.push_back(i);
+    } else {
+      out[i] = impl.scaled_probabilities(hwc[i], factors[i], options)[0].cpu().contiguous();
+    }
+  }
+  impl.probabilities(native, options, [&](const std::vector<size_t>& which, const at::Tensor& probs) {
     const at::Tensor cpu = probs.cpu();
     for (size_t i = 0; i < which.size(); ++i) {
-      out[which[i]] = cpu[int64_t(i)].contiguous();
+      out[native_index[which[i]]] = cpu[int64_t(i)].contiguous();
     }
   });
   return out;
@@ -446,28 +618,20 @@ std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
   const ResolvedOptions r = resolve(options);
   c10::InferenceMode guard;
   const auto hwc = impl_->checked(images);
-  std::vector<Segmentation> out(images.size());
-  impl_->probabilities(hwc, options, [&](const std::vector<size_t>& which, const at::Tensor& probs) {
-    // Labelled where the probabilities are; on the CPU when this build has no CUDA kernels.
-    const bool seeded = r.labelling == "seeded";
-    const at::Tensor maps = seeded ? probs.narrow(1, 0, 2) : probs.select(1, 0);
-    const at::Tensor here =
-        has_kernel(seeded ? "unetseg::seeded_label_stats" : "unetseg::label_stats", maps) ? maps : maps.cpu();
-    auto [labels, counts, stats] =
-        seeded ? seeded_label_stats(here, r.threshold, r.boundary_threshold, options.connectivity, r.min_area)
-               : label_stats(here, r.threshold, options.connectivity, r.min_area);
-    labels = labels.cpu();
-    counts = counts.cpu();
-    stats = stats.cpu();
-    int64_t offset = 0;
-    for (size_t i = 0; i < which.size(); ++i) {
-      Segmentation& s = out[which[i]];
-      s.labels = labels[int64_t(i)];
-      s.count = counts[int64_t(i)].item<int64_t>();
-      s.objects = stats.narrow(0, offset, s.count);
-      offset += s.count;
+  const Impl& impl = *impl_;
+  const std::optional<double> factor = impl.given_factor(options);
+  if (factor && *factor != 1.0) {
+    std::vector<Segmentation> out;
+    for (const auto& image : hwc) {
+      out.push_back(impl.segment_scaled(image, *factor, options, r));
     }
-  });
+    return out;
+  }
+  std::vector<Segmentation> out = impl.segment_native(hwc, options, r);
+  const bool context = options.context_top || options.context_bottom || options.context_left || options.context_right;
+  if (impl.info.diameter > 0 && !factor && !context) {
+    impl.estimate_and_rescale(hwc, options, r, out);
+  }
   return out;
 }
 

@@ -66,6 +66,8 @@ def metadata_from_checkpoint(ckpt: dict, model: torch.nn.Module, *, threshold: f
         "boundary_threshold": float(boundary_threshold),
         "min_area": int(min_area),
         "halo": receptive_field_halo(model, int(ckpt["in_channels"]), int(getattr(model, "multiple", 1))),
+        # canonical nucleus diameter (pixels) the network was trained at; the runner rescales images to it
+        "diameter": ckpt.get("diameter"),
         "training_data": _training_data(ckpt),
         "epoch": ckpt.get("epoch"),
         "validation": ckpt.get("validation"),
@@ -102,7 +104,8 @@ def _training_data(ckpt: dict) -> dict | None:
         return None
     split = ckpt.get("split") or {}
     return {
-        "dataset": Path(str(ckpt["training_data"])).name,
+        "dataset": ([Path(str(d)).name for d in ckpt["training_data"]] if isinstance(ckpt["training_data"], list)
+                    else Path(str(ckpt["training_data"])).name),
         "train_images": len(split.get("train", [])),
         "val_images": len(split.get("val", [])),
         "split_seed": split.get("seed"),

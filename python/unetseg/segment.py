@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Literal, Union
 
 import numpy as np
 import torch
@@ -85,11 +86,33 @@ class ObjectTable:
 @dataclass(frozen=True)
 class Segmentation:
     """One image's result: ``labels`` int32 (H, W) (0 background, objects 1..count in raster order),
-    ``count`` and the per-object table ``objects``."""
+    ``count``, the per-object table ``objects``, and ``diameter``: the nucleus diameter in pixels the
+    image was segmented at (given or estimated; 0 for models without a canonical diameter)."""
 
     labels: np.ndarray
     count: int
     objects: ObjectTable
+    diameter: float = 0.0
+
+
+Diameter = Union[float, Literal["auto"], None]
+
+
+def _options(*, threshold=None, min_area=None, connectivity=8, labelling="auto", boundary_threshold=None,
+             tile_size=None, halo=None, normalisation=None, context=(0, 0, 0, 0), tta=False,
+             diameter: Diameter = "auto") -> _C.SegmentOptions:
+    """The C++ runner's SegmentOptions, field by field by name."""
+    o = _C.SegmentOptions()
+    o.threshold, o.min_area, o.connectivity, o.labelling = threshold, min_area, connectivity, labelling
+    o.boundary_threshold, o.tile_size, o.halo, o.tta = boundary_threshold, tile_size, halo, tta
+    if normalisation is not None:
+        o.normalisation = _C.Normalisation(list(normalisation[0]), list(normalisation[1]))
+    o.context_top, o.context_bottom, o.context_left, o.context_right = context
+    if diameter is not None and diameter != "auto":
+        if isinstance(diameter, str) or not isinstance(diameter, (int, float)):
+            raise ValueError(f"diameter must be a number of pixels or 'auto', got {diameter!r}")
+        o.diameter = float(diameter)
+    return o
 
 
 def _as_tensor(image, index: int) -> torch.Tensor:
@@ -142,7 +165,7 @@ class Runner:
         self.path = path
         self._runner = _C.Runner(str(path), device=device, precision=precision, batch_size=batch_size)
         self.precision = precision
-        self.metadata: dict = json.loads(self._runner.metadata_json)
+        self.metadata: dict = json.loads(self._runner.info.json)
 
     @property
     def device(self) -> str:
@@ -160,30 +183,43 @@ class Runner:
     @property
     def halo(self) -> int:
         """The tile halo in pixels: the network's receptive-field radius (see :func:`segment_batch`)."""
-        return self._runner.halo
+        return self._runner.info.halo
+
+    @property
+    def diameter(self) -> float:
+        """The canonical nucleus diameter (pixels) the model was trained at; 0: it has none and images
+        are never rescaled."""
+        return self._runner.info.diameter
 
     def normalisation(self, image) -> tuple[list[float], list[float]]:
         """The per-channel (low, high) ranges the runner would normalise ``image`` with: percentiles
         of the whole image. Pass them as ``normalisation=`` to normalise pieces of a large image the
         same way (:mod:`unetseg.slide` does, from a subsample of the slide)."""
-        return self._runner.normalisation(_as_tensor(image, 0))
+        n = self._runner.normalisation(_as_tensor(image, 0))
+        return n.low, n.high
 
     def resolve(self, *, threshold: float | None = None, min_area: int | None = None, labelling: str = "auto",
                 boundary_threshold: float | None = None) -> dict:
         """The post-processing :meth:`segment` applies for these options, the model's defaults filled
         in and checked: {"labelling", "threshold", "boundary_threshold", "min_area"}."""
-        return self._runner.resolve(threshold, min_area, labelling, boundary_threshold)
+        r = self._runner.resolve(_options(threshold=threshold, min_area=min_area, labelling=labelling,
+                                          boundary_threshold=boundary_threshold))
+        return {"labelling": r.labelling, "threshold": r.threshold, "boundary_threshold": r.boundary_threshold,
+                "min_area": r.min_area}
 
     @property
     def labelling(self) -> str:
         """The model's default labelling: "plain", or "seeded" for nucleus + boundary models."""
-        return self._runner.labelling
+        return self._runner.info.labelling
 
     def segment(self, images, *, threshold: float | None = None, min_area: int | None = None,
                 connectivity: int = 8, labelling: str = "auto", boundary_threshold: float | None = None,
                 tile_size: int | None = None, halo: int | None = None, normalisation=None, tta: bool = False,
-                progress: bool = False) -> list[Segmentation]:
+                diameter: Diameter = "auto", progress: bool = False) -> list[Segmentation]:
         """Segments images (see :func:`segment_batch`)."""
+        options = _options(threshold=threshold, min_area=min_area, connectivity=connectivity, labelling=labelling,
+                           boundary_threshold=boundary_threshold, tile_size=tile_size, halo=halo,
+                           normalisation=normalisation, tta=tta, diameter=diameter)
         items = _as_list(images)
         results: list[Segmentation] = []
         step = self.batch_size
@@ -195,10 +231,8 @@ class Runner:
         try:
             for start in range(0, len(items), step):
                 chunk = [_as_tensor(im, start + i) for i, im in enumerate(items[start : start + step])]
-                for labels, count, objects in self._runner.segment(chunk, threshold, min_area, connectivity, labelling,
-                                                                      boundary_threshold, tile_size, halo,
-                                                                      normalisation, tta):
-                    results.append(Segmentation(labels.numpy(), int(count), ObjectTable(objects.numpy())))
+                for labels, count, objects, used in self._runner.segment(chunk, options):
+                    results.append(Segmentation(labels.numpy(), int(count), ObjectTable(objects.numpy()), used))
                 if bar is not None:
                     bar.update(len(chunk))
         finally:
@@ -207,19 +241,22 @@ class Runner:
         return results
 
     def predict(self, images, *, tile_size: int | None = None, halo: int | None = None,
-                normalisation=None, context: tuple[int, ...] = (0, 0), tta: bool = False) -> list[np.ndarray]:
+                normalisation=None, context: tuple[int, ...] = (0, 0), tta: bool = False,
+                diameter: Diameter = "auto") -> list[np.ndarray]:
         """The network's probabilities, float32 (out_channels, H, W) per image (tiling and
         normalisation as in :meth:`segment`). ``context=(top, bottom)`` or ``(top, bottom, left,
         right)``: rows and columns at the edges of each image that the network only sees (a block of
         a slide read with its halo); the output then has H - top - bottom rows and W - left - right
-        columns, and tiles cover just those. ``tta``: test-time augmentation (see
-        :func:`segment_batch`)."""
+        columns, and tiles cover just those. ``tta``: test-time augmentation, ``diameter``: the
+        scale (see :func:`segment_batch`; "auto" segments each image to estimate it)."""
         if len(context) not in (2, 4):
             raise ValueError(f"context must be (top, bottom) or (top, bottom, left, right), got {tuple(context)}")
         context = tuple(int(c) for c in context) + (0, 0)[: 4 - len(context)]
         items = _as_list(images)
         tensors = [_as_tensor(im, i) for i, im in enumerate(items)]
-        return [p.numpy() for p in self._runner.predict(tensors, tile_size, halo, normalisation, context, tta)]
+        options = _options(tile_size=tile_size, halo=halo, normalisation=normalisation, context=context, tta=tta,
+                           diameter=diameter)
+        return [p.numpy() for p in self._runner.predict(tensors, options)]
 
 
 @functools.lru_cache(maxsize=4)
@@ -231,7 +268,8 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
                   device: str = "auto", threshold: float | None = None, batch_size: int | None = None,
                   tile_size: int | None = None, min_area: int | None = None, labelling: str = "auto",
                   boundary_threshold: float | None = None, halo: int | None = None, tta: bool = False,
-                  precision: str = "float32", progress: bool = False) -> list[Segmentation]:
+                  precision: str = "float32", diameter: Diameter = "auto", progress: bool = False
+                  ) -> list[Segmentation]:
     """Segments nuclei in a batch of images with a U-Net and the fused threshold + labelling op.
 
     images: a list of numpy arrays, torch tensors or file paths (each (H, W) or (H, W, C), uint8,
@@ -255,6 +293,12 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
         default model's DSB score goes from 0.588 to 0.605; see docs/model_card.md).
     precision: the network's, as :class:`Runner` ("bfloat16": about 1.9x faster on CPUs with native
         bfloat16, same scores; ignored when `model` is a Runner, which has its own).
+    diameter: the images' median nucleus diameter in pixels, for models trained at a canonical
+        diameter (``Runner.diameter``, the bundled model's included): each image is resized by
+        canonical / diameter for the network, and the probabilities resized back before labelling,
+        so labels are at the image's resolution. "auto" (default): estimated per image from a first
+        pass (no extra cost when it is within 25% of the canonical diameter). Models without a
+        canonical diameter never rescale and refuse a number.
     Returns one :class:`Segmentation` per image, in order.
     """
     if isinstance(model, Runner):
@@ -264,4 +308,4 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
         runner = _cached_runner(str(path.resolve()), device, batch_size or 8, precision)  # Runner checks the file
     return runner.segment(images, threshold=threshold, min_area=min_area, labelling=labelling,
                           boundary_threshold=boundary_threshold, tile_size=tile_size, halo=halo, tta=tta,
-                          progress=progress)
+                          diameter=diameter, progress=progress)

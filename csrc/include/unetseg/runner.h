@@ -18,6 +18,14 @@
 // the network's receptive field and tiles start on its pooling grid). The normalisation is always
 // computed on the whole image, never per tile.
 //
+// Scale: a model trained at a canonical nucleus diameter (ModelInfo::diameter, in pixels) sees each
+// image resized so that its nuclei have that diameter: SegmentOptions::diameter gives the images'
+// median nucleus diameter, or, unset, it is estimated per image (a pass at the image's own scale,
+// the median diameter of the nuclei found, then a pass at the scale that gives, repeated once more
+// if the estimate still moved by more than kDiameterTolerance; an estimate within that tolerance of
+// the canonical diameter costs nothing extra). The probabilities are resized back to the image's
+// own grid before labelling, so labels and objects are always at the image's resolution.
+//
 // Thread safety: all methods are const and may be called from several host threads at once on one
 // Runner (each call uses its own buffers; the network is shared read-only).
 #pragma once
@@ -51,6 +59,8 @@ struct ModelInfo {
   double boundary_threshold = 0.5;   // default boundary threshold of the seeded labelling
   int64_t min_area = 0;              // default: objects with fewer pixels are removed
   int64_t halo = 0;                  // tile halo: receptive-field radius rounded up to size_multiple
+  double diameter = 0.0;             // canonical nucleus diameter (pixels) it was trained at; 0: none,
+                                     // images are never rescaled
   std::string json;
 };
 
@@ -69,6 +79,14 @@ struct Normalisation {
 // kAutoTile pixels; tile_size N > 0 tiles images with a side longer than N; 0 never tiles.
 constexpr int64_t kAutoTile = 1024;
 constexpr int64_t kAutoTileArea = 2048 * 2048;
+
+// Rescaling: factors (canonical / image diameter) stay within [kMinRescale, kMaxRescale], as in
+// training; an image is not rescaled to more than kMaxRescaledPixels; an estimated diameter within a
+// factor kDiameterTolerance of the scale already used is taken as it is.
+constexpr double kMinRescale = 1.0 / 8.0;
+constexpr double kMaxRescale = 4.0;
+constexpr int64_t kMaxRescaledPixels = int64_t{1} << 28;
+constexpr double kDiameterTolerance = 1.25;
 
 struct SegmentOptions {
   std::optional<double> threshold;           // probability threshold; default: the model's
@@ -89,6 +107,11 @@ struct SegmentOptions {
   // turns, each also mirrored) and the probabilities, turned back, are averaged. Eight times the
   // network's work, for a smoother and more accurate map (docs/model_card.md has the figures).
   bool tta = false;
+  // The images' median nucleus diameter in pixels, for models with a canonical diameter
+  // (ModelInfo::diameter): each image is resized by canonical / diameter. Unset: estimated per image
+  // (see the top of this file); blocks with context rows or columns (slides) then run at their own
+  // scale. A model without a canonical diameter refuses a value.
+  std::optional<double> diameter;
 };
 
 // SegmentOptions with the model's defaults filled in and checked: what segment() labels with.
@@ -103,6 +126,8 @@ struct Segmentation {
   at::Tensor labels;   // int32 (H, W) on the CPU: 0 background, objects 1..count in raster order
   int64_t count = 0;
   at::Tensor objects;  // float64 (count, stats::kNumColumns) on the CPU (see ops.h); row k: label k+1
+  double diameter = 0.0;  // the nucleus diameter the image was segmented at (given or estimated);
+                          // 0 for models without a canonical diameter
 };
 
 class Runner {

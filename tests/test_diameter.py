@@ -1,0 +1,102 @@
+"""Scale: models trained at a canonical nucleus diameter see each image resized to it (given or
+estimated), and the probabilities resized back before labelling."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import unetseg
+from unetseg.data import synthetic_nuclei
+from unetseg.export import export
+
+from conftest import make_checkpoint
+
+CANONICAL = 12.0
+
+
+@pytest.fixture(scope="module")
+def scaled_model(tmp_path_factory):
+    """A small RGB nucleus + boundary U-Net with a canonical diameter."""
+    ckpt = make_checkpoint(in_channels=3, out_channels=2, seed=2)
+    ckpt["diameter"] = CANONICAL
+    path = tmp_path_factory.mktemp("models") / "scaled.pt"
+    export(ckpt, path)
+    return unetseg.Runner(path, device="cpu")
+
+
+def image(size=(70, 90), seed=0):
+    return synthetic_nuclei(size, seed=seed, radius=(4, 8)).image
+
+
+def resized(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The runner's resize: bilinear, antialiased when shrinking."""
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=h < x.shape[2])
+
+
+@pytest.mark.parametrize("diameter", [6.0, 12.0, 30.0])
+def test_given_diameter_equals_resize_predict_resize_back(scaled_model, diameter):
+    im = image()
+    h, w = im.shape[:2]
+    factor = CANONICAL / diameter
+    sh, sw = max(1, round(h * factor)), max(1, round(w * factor))
+    ranges = scaled_model.normalisation(im)
+    x = resized(torch.from_numpy(np.atleast_3d(im)).float().permute(2, 0, 1)[None], sh, sw)[0].permute(1, 2, 0).contiguous()
+    # the network on the resized image, normalised with the ranges of the image itself
+    probs = scaled_model.predict([x], normalisation=ranges, diameter=CANONICAL, tile_size=0)[0]
+    back = resized(torch.from_numpy(probs)[None], h, w)[0]
+    expected = unetseg.seeded_label(back, threshold=0.5, boundary_threshold=0.5)[0].numpy()
+    seg = scaled_model.segment([im], diameter=diameter, tile_size=0)[0]
+    assert seg.labels.shape == (h, w) and seg.diameter == pytest.approx(diameter)
+    np.testing.assert_array_equal(seg.labels, expected)
+    np.testing.assert_allclose(scaled_model.predict([im], diameter=diameter, tile_size=0)[0], back.numpy(), atol=1e-6)
+
+
+def test_auto_diameter_is_the_given_one_it_settled_on(scaled_model):
+    for seed in range(3):
+        im = image(seed=seed)
+        auto = scaled_model.segment([im])[0]
+        assert auto.diameter > 0
+        given = scaled_model.segment([im], diameter=auto.diameter)[0]
+        np.testing.assert_array_equal(auto.labels, given.labels)
+
+
+def test_tiles_at_another_scale_equal_the_untiled_result(scaled_model):
+    im = image((150, 170), seed=4)
+    untiled = scaled_model.segment([im], diameter=6.0, tile_size=0)[0]
+    tiled = scaled_model.segment([im], diameter=6.0, tile_size=64)[0]
+    np.testing.assert_array_equal(tiled.labels, untiled.labels)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (0, "diameter must be a positive number of pixels"),
+    (-3, "diameter must be a positive number of pixels"),
+    (math.nan, "diameter must be a positive number of pixels"),
+    (1.0, r"outside \[0.125, 4\]"),
+    (500.0, r"outside \[0.125, 4\]"),
+    ("big", "diameter must be a number of pixels or 'auto', got 'big'"),
+])
+def test_bad_diameters_are_refused_with_the_value(scaled_model, bad, message):
+    with pytest.raises(ValueError, match=message):
+        scaled_model.segment([image()], diameter=bad)
+
+
+def test_a_diameter_that_makes_the_image_too_large_is_refused(scaled_model):
+    big = np.zeros((9000, 9000), np.uint8)
+    with pytest.raises(ValueError, match="more than the 268435456 allowed"):
+        scaled_model.segment([big], diameter=4.0)
+
+
+def test_models_without_a_canonical_diameter_never_rescale(runner):
+    assert runner.diameter == 0
+    im = image()
+    seg = runner.segment([im])[0]
+    assert seg.diameter == 0
+    with pytest.raises(ValueError, match="has no canonical nucleus diameter"):
+        runner.segment([im], diameter=10)
+
+
+def test_the_metadata_records_the_diameter(scaled_model):
+    assert scaled_model.diameter == CANONICAL and scaled_model.metadata["diameter"] == CANONICAL
