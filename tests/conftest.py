@@ -90,7 +90,8 @@ def rgb_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def runner(rgb_model):
-    """A CPU runner of `rgb_model`, batches of 3 (so some calls split into several batches)."""
+    """A float32 CPU runner of `rgb_model` (comparable with the eager model), batches of 3 (so some
+    calls split into several batches)."""
     import unetseg
 
-    return unetseg.Runner(rgb_model[0], device="cpu", batch_size=3)
+    return unetseg.Runner(rgb_model[0], device="cpu", batch_size=3, precision="float32")

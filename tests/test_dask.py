@@ -57,7 +57,7 @@ def test_bad_arrays(client):
 def test_precision_reaches_the_workers(client, image):
     """bfloat16 (by name, or by a Runner given as the model) runs on the workers: the lazy
     probabilities are those of a bfloat16 runner in one process, not the float32 ones."""
-    p32 = unetseg.Runner(device="cpu").predict([image], tile_size=0)[0]
+    p32 = unetseg.Runner(device="cpu", precision="float32").predict([image], tile_size=0)[0]
     p16 = unetseg.Runner(device="cpu", precision="bfloat16").predict([image], tile_size=0)[0]
     for model, options in ((None, {"precision": "bfloat16"}), (unetseg.Runner(precision="bfloat16"), {})):
         lazy = np.moveaxis(udask.probabilities(da.from_array(image, chunks=(100, 120)), model, **options).compute(), -1, 0)

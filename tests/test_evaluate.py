@@ -95,13 +95,13 @@ def test_precision_of_a_checkpoint_and_bad_precisions(exported, npz, tmp_path):
 
     with torch.no_grad():  # a random model: half of the first image is foreground at this threshold
         t = float(np.median(predict(model_from_checkpoint(ckpt), read_dataset(npz)[0].image, ckpt)[0]))
-    f32 = evaluate(tmp_path / "best.pt", npz, threshold=t, split="all", progress=False)["all"]
+    f32 = evaluate(tmp_path / "best.pt", npz, threshold=t, split="all", precision="float32", progress=False)["all"]
     bf16 = evaluate(tmp_path / "best.pt", npz, threshold=t, split="all", precision="bfloat16", progress=False)["all"]
     assert bf16 != f32 and abs(bf16["pixel_accuracy"] - f32["pixel_accuracy"]) < 0.05
     for model in (tmp_path / "best.pt", exported[0]):
         with pytest.raises(ValueError, match="float16 needs a CUDA device"):
             evaluate(model, npz, device="cpu", precision="float16", progress=False)
-    with pytest.raises(ValueError, match="unknown precision 'float64'; expected float32, bfloat16 or float16"):
+    with pytest.raises(ValueError, match="unknown precision 'float64'; expected"):
         evaluate(tmp_path / "best.pt", npz, precision="float64", progress=False)
     with pytest.raises(SystemExit, match="float16 needs a CUDA device"):
         main(["evaluate", str(exported[0]), str(npz), "--device", "cpu", "--precision", "float16"])

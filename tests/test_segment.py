@@ -34,7 +34,7 @@ def _images():
 @pytest.mark.parametrize("which", ["model_file", "rgb_model"])
 def test_runner_probabilities_equal_the_python_pipeline(which, request):
     path, ckpt = request.getfixturevalue(which)
-    runner = unetseg.Runner(path, device="cpu")
+    runner = unetseg.Runner(path, device="cpu", precision="float32")
     eager = model_from_checkpoint(ckpt)
     images = _images()
     with torch.no_grad():
@@ -219,7 +219,7 @@ def test_bad_model_files(tmp_path, model_file):
 
 def test_bfloat16_precision_is_close(model_file):
     images = [synthetic_nuclei((64, 64), seed=3).image]
-    p32 = unetseg.Runner(model_file[0]).predict(images)[0]
+    p32 = unetseg.Runner(model_file[0], precision="float32").predict(images)[0]
     p16 = unetseg.Runner(model_file[0], precision="bfloat16").predict(images)[0]
     assert np.abs(p32 - p16).max() < 0.05
     with pytest.raises(ValueError, match="float16 needs a CUDA device"):
@@ -297,7 +297,7 @@ def test_cli_segment_precision(tmp_path, model_file):
     assert main(args + ["-o", str(tmp_path / "out"), "--precision", "bfloat16"]) == 0
     want = unetseg.segment_batch([image], model_file[0], threshold=t, precision="bfloat16")[0]
     np.testing.assert_array_equal(read_image(tmp_path / "out" / "im_labels.png"), want.labels)
-    f32 = unetseg.segment_batch([image], model_file[0], threshold=t)[0]
+    f32 = unetseg.segment_batch([image], model_file[0], threshold=t, precision="float32")[0]
     assert not np.array_equal(f32.labels, want.labels)  # the flag reached the runner
     with pytest.raises(SystemExit, match="unetseg segment: .*float16 needs a CUDA device; use float32 or bfloat16"):
         main(args + ["-o", str(tmp_path / "bad"), "--precision", "float16"])

@@ -116,7 +116,7 @@ class FailingReader(SlideReader):
 def test_an_interrupted_run_resumes(rgb_model, slide, tmp_path, monkeypatch):
     from unetseg.slide import pipeline
 
-    runner = unetseg.Runner(rgb_model[0])
+    runner = unetseg.Runner(rgb_model[0], precision="float32")
     options = dict(threshold=0.5, labelling="plain", band_height=32, block_width=112)  # 3 blocks a band
     want = segment_slide(slide[0], tmp_path / "straight", runner, progress=False, **options)
     out = tmp_path / "out"

@@ -73,7 +73,7 @@ PYBIND11_MODULE(_C, m) {
              py::gil_scoped_release nogil;
              return unetseg::Runner(model, unetseg::RunnerOptions{device, precision, batch_size});
            }),
-           py::arg("model"), py::arg("device") = "auto", py::arg("precision") = "float32",
+           py::arg("model"), py::arg("device") = "auto", py::arg("precision") = "auto",
            py::arg("batch_size") = 8)
       .def_property_readonly("info", &unetseg::Runner::info, py::return_value_policy::reference_internal)
       .def_property_readonly("device", [](const unetseg::Runner& r) { return r.device().str(); })

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/cpu/Utils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
@@ -100,7 +101,22 @@ c10::Device resolve_device(const std::string& name) {
   return device;
 }
 
+// Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16): without it, autocast to
+// bfloat16 is emulated and slower than float32. ATen's cpuinfo answers, as torch's own kernels ask.
+bool cpu_has_native_bfloat16() {
+  const auto caps = at::cpu::get_cpu_capabilities();
+  const auto has = [&](const char* name) {
+    const auto it = caps.find(name);
+    return it != caps.end() && it->second.isBool() && it->second.toBool();
+  };
+  return has("avx512_bf16") || has("amx_bf16");
+}
+
+// "auto": bfloat16 on a CPU with native bfloat16 and on CUDA devices, else float32.
 c10::ScalarType resolve_precision(const std::string& name, const c10::Device& device) {
+  if (name == "auto") {
+    return device.is_cuda() || cpu_has_native_bfloat16() ? at::kBFloat16 : at::kFloat;
+  }
   if (name == "float32") {
     return at::kFloat;
   }
@@ -108,10 +124,14 @@ c10::ScalarType resolve_precision(const std::string& name, const c10::Device& de
     return at::kBFloat16;
   }
   TORCH_CHECK_VALUE(name == "float16", "unetseg.Runner: unknown precision '", name,
-                    "'; expected float32, bfloat16 or float16");
+                    "'; expected auto, float32, bfloat16 or float16");
   TORCH_CHECK_VALUE(device.is_cuda(), "unetseg.Runner: precision float16 needs a CUDA device; use "
                                       "float32 or bfloat16 on the CPU");
   return at::kHalf;
+}
+
+std::string precision_name(c10::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? "bfloat16" : dtype == at::kHalf ? "float16" : "float32";
 }
 
 // Mixed precision for one forward on this thread (autocast state is thread-local).
@@ -531,6 +551,7 @@ Runner::Runner(const std::string& model_path, const RunnerOptions& options) {
   impl->options = options;
   impl->device = resolve_device(options.device);
   impl->precision = resolve_precision(options.precision, impl->device);
+  impl->options.precision = precision_name(impl->precision);  // what runs: "auto" resolved
   torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
   try {
     impl->module = torch::jit::load(model_path, impl->device, extra);

@@ -12,6 +12,15 @@ from .io import atomic_path
 from .models import build_model
 
 CHECKPOINT_FORMAT = 1
+DEFAULT_CHECKPOINT = "default_model.ckpt"
+
+
+def default_checkpoint_path() -> Path:
+    """The bundled default model's training checkpoint (weights and training metadata, no optimizer
+    state): what ``unetseg train --init-weights default`` fine-tunes."""
+    from importlib import resources
+
+    return Path(str(resources.files("unetseg").joinpath("assets", DEFAULT_CHECKPOINT)))
 
 
 def save_atomic(obj: Any, path: Path) -> None:

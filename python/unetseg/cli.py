@@ -88,7 +88,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     options = parse(args.model_options, "--model-options", {"base_width": 16, "depth": 4, "batch_norm": True})
     config = TrainConfig(
-        data=[str(d) for d in args.data] if len(args.data) > 1 else str(args.data[0]), output=str(args.output), architecture=args.architecture, model_options=options,
+        data=[str(d) for d in args.data] if len(args.data) > 1 else str(args.data[0]), output=str(args.output),
+        architecture=args.architecture, model_options=options,
         in_channels=args.in_channels, out_channels=args.out_channels, crop=args.crop, batch_size=args.batch_size,
         epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
         workers=args.workers, device=args.device, imagenet_weights=args.imagenet_weights, resume=args.resume,
@@ -114,7 +115,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(args.model, args.data, args.output, split=args.split, threshold=args.threshold,
                           min_area=args.min_area, labelling=args.labelling,
                           boundary_threshold=args.boundary_threshold, device=args.device, tta=args.tta,
-                          precision=args.precision, overlays=args.overlays)
+                          precision=args.precision, overlays=args.overlays, diameter=args.diameter,
+                          scale=args.scale)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg evaluate: {e}") from None
     print(format_summary(result))
@@ -171,77 +173,40 @@ def _sample_images() -> list[Path]:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from .data import read_image
-    from .io import collect_images, write_csv, write_image, write_labels
-    from .ops import STATS_COLUMNS
+    from .files import input_images, segment_files
     from .segment import Runner, default_model_path
-    from .io import overlay
 
     if args.samples == bool(args.inputs):
         raise SystemExit("unetseg segment: give INPUTS (files, folders or globs), or --samples for the bundled samples")
     try:
-        paths = _sample_images() if args.samples else collect_images(args.inputs)
+        paths = _sample_images() if args.samples else input_images(args.inputs)
         runner = Runner(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
+        runner.resolve(threshold=args.threshold, min_area=args.min_area, labelling=args.labelling,
+                       boundary_threshold=args.boundary_threshold)  # bad options stop here, before any work
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise SystemExit(f"unetseg segment: {e}") from None
+    if not paths:
+        raise SystemExit(f"unetseg segment: {' '.join(map(str, args.inputs))} hold only unetseg's own outputs "
+                         "(*_labels.png, *_overlay.png); give the images")
     model = args.model or f"the bundled default model ({default_model_path().name})"
-    print(f"segmenting {len(paths)} image(s) with {model} on {runner.device}; writing to {args.output}/")
-    args.output.mkdir(parents=True, exist_ok=True)
-    rows, summary, failed = [], [], []
-    names: set[str] = set()
+    print(f"segmenting {len(paths)} image(s) with {model} on {runner.device} in {runner.precision}; "
+          f"writing to {args.output}/")
     options = dict(threshold=args.threshold, min_area=args.min_area, labelling=args.labelling,
-                   boundary_threshold=args.boundary_threshold, tile_size=args.tile_size, tta=args.tta)
-    bar = tqdm(total=len(paths), unit="img", desc="segment")
-    for start in range(0, len(paths), runner.batch_size):
-        pairs = []
-        for path in paths[start : start + runner.batch_size]:
-            try:
-                pairs.append((path, read_image(path)))
-            except ValueError as e:
-                failed.append((path, str(e)))
-        done = []
-        try:
-            done = list(zip(pairs, runner.segment([im for _, im in pairs], **options)))
-        except (ValueError, TypeError, RuntimeError):  # some image is bad: find which, keep the rest
-            for path, image in pairs:
-                try:
-                    done.append(((path, image), runner.segment([image], **options)[0]))
-                except (ValueError, TypeError, RuntimeError) as e:
-                    failed.append((path, str(e).splitlines()[0]))
-        for (path, image), seg in done:
-            name = path.stem
-            while name in names:
-                name += "_"
-            names.add(name)
-            suffix = ".png" if seg.count <= 65535 else ".tif"
-            write_labels(args.output / f"{name}_labels{suffix}", seg.labels)
-            if not args.no_overlays:
-                write_image(args.output / f"{name}_overlay.png", overlay(image, seg.labels))
-            for label, row in zip(seg.objects.label, seg.objects.table):
-                rows.append([name, int(label), int(row[0]), *(int(v) for v in row[1:5]),
-                             f"{row[5]:.2f}", f"{row[6]:.2f}", f"{row[7]:.4f}"])
-            area = seg.objects.area
-            summary.append((name, image.shape, seg.count, float(np.median(area)) if len(area) else 0.0))
-        bar.update(len(paths[start : start + runner.batch_size]))
-    bar.close()
-    write_csv(args.output / "objects.csv", ["image", "label", *STATS_COLUMNS], rows)
-    write_csv(args.output / "summary.csv", ["image", "height", "width", "count", "median_area"],
-              [[n, sh[0], sh[1], c, f"{a:.1f}"] for n, sh, c, a in summary])
-    print(f"\n{'image':<32} {'size':>11} {'nuclei':>7} {'median area':>12}")
-    for name, shape, count, area in summary[:20]:
-        print(f"{name[:32]:<32} {f'{shape[0]}x{shape[1]}':>11} {count:>7} {area:>10.0f} px")
-    if len(summary) > 20:
-        print(f"... and {len(summary) - 20} more (all in summary.csv)")
-    total = sum(c for _, _, c, _ in summary)
-    print(f"{total} nuclei in {len(summary)} image(s). Labels (*_labels.png, 16-bit; .tif above 65535 objects)"
-          f"{', overlays (*_overlay.png)' if not args.no_overlays else ''}, objects.csv and summary.csv are in "
-          f"{args.output}/")
-    for path, why in failed:
+                   boundary_threshold=args.boundary_threshold, tile_size=args.tile_size, tta=args.tta,
+                   diameter=args.diameter)
+    result = segment_files(paths, args.output, runner, overlays=not args.no_overlays, **options)
+    print(f"\n{'image':<32} {'size':>11} {'nuclei':>7} {'median area':>12} {'diameter':>9}")
+    for s in result.images[:20]:
+        print(f"{s.name[:32]:<32} {f'{s.shape[0]}x{s.shape[1]}':>11} {s.count:>7} {s.median_area:>10.0f} px "
+              f"{s.diameter:>6.1f} px")
+    if len(result.images) > 20:
+        print(f"... and {len(result.images) - 20} more (all in summary.csv)")
+    print(f"{result.count} nuclei in {len(result.images)} image(s). Labels (*_labels.png, 16-bit; .tif above 65535 "
+          f"objects){', overlays (*_overlay.png)' if not args.no_overlays else ''}, objects.csv and summary.csv are "
+          f"in {args.output}/")
+    for path, why in result.failed:
         print(f"skipped {path}: {why}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if result.failed else 0
 
 
 def _cmd_segment_slide(args: argparse.Namespace) -> int:
@@ -298,10 +263,30 @@ def _add_labelling_options(p: argparse.ArgumentParser) -> None:
 
 def _add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    p.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="the network's precision (default float32). bfloat16 runs it under autocast: on CPUs with "
-                   "native bfloat16 (AVX512-BF16, AMX) about 1.9x faster with the same scores on the DSB 2018 "
-                   "validation split (benchmarks/README.md); float16 needs a CUDA device")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="the network's precision. auto (default): bfloat16 on CPUs with native bfloat16 (AVX512-BF16, "
+                   "AMX) and on CUDA, else float32. bfloat16 runs it under autocast: on such CPUs about 2x faster than "
+                   "float32 with the same scores on the DSB 2018 validation split (benchmarks/README.md); float16 "
+                   "needs a CUDA device")
+
+
+def _diameter(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'auto', got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'auto', got {text!r}")
+    return value
+
+
+def _add_diameter_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--diameter", type=_diameter, default="auto", metavar="PX|auto",
+                   help="the images' median nucleus diameter in pixels, for models trained at a canonical diameter "
+                   "(the bundled one): images are resized to it for the network and labels come back at full "
+                   "resolution; auto (default): estimated per image")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, help="tile images with a side longer than this (default: images over "
                    "2048x2048 pixels are tiled by 1024; 0: never)")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay pictures")
+    _add_diameter_option(p)
     p.set_defaults(run=_cmd_segment)
 
     p = sub.add_parser(
@@ -421,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--imagenet-weights", help="torchvision mobilenet_v2 ImageNet weights file (mobilenetv2_unet)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
-    p.add_argument("--init-weights", help="start from the weights of this checkpoint (fine-tuning; fresh optimizer "
-                   "and schedule; same architecture and options)")
+    p.add_argument("--init-weights", metavar="CKPT|default",
+                   help="start from the weights of this checkpoint, or `default` for the bundled model's (fine-tuning; "
+                   "fresh optimizer and schedule; same architecture and options)")
     p.add_argument("--contact-width", type=int, default=0,
                    help="2-channel models: the boundary target also covers nucleus pixels within this many pixels "
                    "of another nucleus, so touching nuclei get a wider cut (default 0: inner boundaries only)")
@@ -455,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "`unetseg export` (run by the C++ runner, as `unetseg segment` runs it), or `default` for "
                        "the bundled model.")
     p.add_argument("model", help="checkpoint, model file, or `default`")
-    p.add_argument("data", type=Path, help="labelled dataset: DSB 2018 folder, images/+labels/ or images/+masks/ "
+    p.add_argument("data", type=Path, nargs="+", help="labelled datasets: DSB 2018 folder, images/+labels/ or images/+masks/ "
                    "folders, or .npz")
     p.add_argument("-o", "--output", type=Path, help="write per_image.csv, summary.json and overlays/ here")
     p.add_argument("--overlays", type=int, default=8, metavar="N",
@@ -469,6 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoints)")
     _add_labelling_options(p)
     _add_device_options(p)
+    _add_diameter_option(p)
+    p.add_argument("--scale", type=float, default=1.0, metavar="F",
+                   help="resize every image and its labels by F first (e.g. 0.5, 2, 3): scores on nuclei of another "
+                   "size than the data's, to check a model's diameter handling (default 1)")
     p.set_defaults(run=_cmd_evaluate)
 
     p = sub.add_parser("tune", help="choose a checkpoint's thresholds and min_area on its dev (else training) "

@@ -69,7 +69,7 @@ def _client_runner(model, precision: str) -> Runner:
 
 
 def probabilities(array, model: str | os.PathLike | Runner | None = None, *, device: str = "cpu",
-                  tile_size: int = 1024, normalisation=None, precision: str = "float32"):
+                  tile_size: int = 1024, normalisation=None, precision: str = "auto"):
     """The network's probabilities of a dask array (H, W) or (H, W, C), lazily: a dask array
     (H, W, out_channels) float32 computed chunk by chunk with overlap on the workers.
     normalisation: (low, high) ranges; default: from a subsample of the array (as segment_slide).
@@ -104,7 +104,7 @@ def probabilities(array, model: str | os.PathLike | Runner | None = None, *, dev
 
 def segment(array, model: str | os.PathLike | Runner | None = None, *, device: str = "cpu", tile_size: int = 1024,
             labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
-            min_area: int | None = None, connectivity: int = 8, normalisation=None, precision: str = "float32",
+            min_area: int | None = None, connectivity: int = 8, normalisation=None, precision: str = "auto",
             progress: bool = False) -> Segmentation:
     """Segments nuclei in a dask array (H, W) or (H, W, C) with the network on the dask workers (use
     it inside a ``dask.distributed.Client``); returns one :class:`unetseg.Segmentation` equal to

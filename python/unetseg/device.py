@@ -4,7 +4,6 @@ for the Python side (training, checkpoint evaluation); the C++ runner applies th
 from __future__ import annotations
 
 import functools
-import platform
 from typing import Literal
 
 import torch
@@ -30,31 +29,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 @functools.cache
 def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX-BF16 on x86, read from
-    /proc/cpuinfo; Arm's BF16 extension). Without it bfloat16 is emulated and slower than float32."""
-    machine = platform.machine().lower()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set()
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags.update(line.split(":", 1)[1].split())
-    except OSError:
-        return False
-    if machine in ("x86_64", "amd64"):
-        return bool(flags & {"avx512_bf16", "amx_bf16"})
-    return "bf16" in flags
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX-BF16). Without it bfloat16
+    is emulated and slower than float32. ATen's cpuinfo answers, as in the C++ runner."""
+    caps = torch._C._cpu._get_cpu_capability()
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"``: bfloat16 on a CPU with native bfloat16 or a bfloat16-capable GPU, else float32;
-    other names are checked (float16 needs CUDA)."""
+    """``"auto"``: bfloat16 on a CPU with native bfloat16 and on CUDA (as the C++ runner), else
+    float32; other names are checked (float16 needs CUDA)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        if device.type == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-        return "bfloat16" if cpu_has_native_bfloat16() else "float32"
+        return "bfloat16" if device.type == "cuda" or cpu_has_native_bfloat16() else "float32"
     if precision == "float16" and device.type != "cuda":
         raise ValueError("precision float16 needs a CUDA device; use float32 or bfloat16 on the CPU")
     return precision

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from . import metrics
-from .data import read_dataset
+from .data import Sample, read_dataset, read_datasets
+from .data.transforms import median_diameter, rescale
 from .export import is_model_file
 from .io import atomic_path
 
@@ -35,7 +36,9 @@ def evaluate(
     boundary_threshold: float | None = None,
     device: str = "auto",
     tta: bool = False,
-    precision: str = "float32",
+    precision: str = "auto",
+    diameter: float | str | None = "auto",
+    scale: float = 1.0,
     overlays: int = 8,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
@@ -52,10 +55,18 @@ def evaluate(
         the model's defaults (for a checkpoint: its threshold, min_area 0, boundary_threshold 0.5);
         "auto" labelling is seeded for nucleus + boundary models, else plain.
     tta: probabilities averaged over each image's eight turns and mirrors (test-time augmentation).
-    precision: the network's: "float32", "bfloat16" or (CUDA) "float16", as :class:`unetseg.Runner`
+    precision: the network's: "auto" (bfloat16 where the device computes it natively), "float32",
+        "bfloat16" or (CUDA) "float16", as :class:`unetseg.Runner`
         (a checkpoint runs under torch.autocast then).
+    diameter: for models with a canonical diameter: the images' nucleus diameter in pixels, or "auto":
+        a model file estimates it per image as :func:`unetseg.segment_batch` does; a checkpoint takes
+        each image's median labelled diameter (the scale training validates at).
+    scale: every image and its labels are first resized by this factor (images bilinear, labels
+        nearest): how the model copes with nuclei of another size than the data's.
+    data: one dataset or several (as ``unetseg train`` takes them).
 
-    Returns {"all": summary, "<kind>": summary, ...}; with `output`, also writes per_image.csv and
+    Returns {"all": summary, "<kind>": summary, ..., "<dataset>": summary, "<dataset>:<kind>": summary,
+    ...} (datasets when there are several, their kinds when a dataset has several); with `output`, also writes per_image.csv and
     summary.json there (atomically), and in ``output/overlays`` pictures of the `overlays` images
     that scored worst (DSB score), worst first: predicted outlines in magenta, true ones in green.
     """
@@ -65,6 +76,8 @@ def evaluate(
         raise ValueError(f"split must be 'val', 'dev' or 'all', got {split!r}")
     if overlays < 0:
         raise ValueError(f"overlays is a number of pictures (>= 0), got {overlays}")
+    if not (np.isfinite(scale) and 0 < scale <= 8):
+        raise ValueError(f"scale is a resize factor in (0, 8], got {scale}")
     if model is None or str(model) == "default":
         from .segment import default_model_path
 
@@ -72,9 +85,10 @@ def evaluate(
     if not Path(model).is_file():
         raise FileNotFoundError(f"{str(model)!r}: no such checkpoint or model file")
     options = dict(threshold=threshold, min_area=min_area, labelling=labelling,
-                   boundary_threshold=boundary_threshold, device=device, tta=tta, precision=precision)
+                   boundary_threshold=boundary_threshold, device=device, tta=tta, precision=precision,
+                   diameter=diameter)
     segment, splits = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
-    samples = read_dataset(data)
+    samples = read_datasets(data)
     if split != "all":
         what = {"val": "validation", "dev": "dev"}[split]
         if splits is None:
@@ -87,8 +101,12 @@ def evaluate(
     rows = []
     worst: list[tuple[float, int, np.ndarray]] = []  # a heap of the `overlays` lowest scores: (-score, i, labels)
     for i, s in enumerate(tqdm(samples, desc="evaluate", disable=not progress)):
-        pred = segment(s.image)
-        rows.append({"image": s.name, "kind": s.kind, **metrics.image_metrics(s.labels, pred)})
+        if scale != 1:
+            image, labels = rescale(np.atleast_3d(s.image), s.labels, scale)
+            s = Sample(s.name, image, labels, s.kind, s.dataset, s.group)
+            samples[i] = s
+        pred = segment(s)
+        rows.append({"image": s.name, "dataset": s.dataset, "kind": s.kind, **metrics.image_metrics(s.labels, pred)})
         if output is not None and overlays > 0:
             heapq.heappush(worst, (-rows[-1]["dsb_score"], -i, pred))
             if len(worst) > overlays:
@@ -120,11 +138,11 @@ def _write_overlays(folder: Path, worst: list) -> None:
         stale.unlink()
 
 
-Segmenter = Callable[[np.ndarray], np.ndarray]
+Segmenter = Callable[[Sample], np.ndarray]
 
 
-def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_threshold, device, tta, precision
-                          ) -> tuple[Segmenter, dict[str, list[str]]]:
+def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_threshold, device, tta, precision,
+                          diameter) -> tuple[Segmenter, dict[str, list[str]]]:
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .device import autocast as device_autocast
     from .device import resolve_device, resolve_precision
@@ -139,12 +157,25 @@ def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_thre
     labelling = _checkpoint_labelling(ckpt, labelling)
     autocast = device_autocast(device, resolve_precision(precision, device))
 
-    def segment(image: np.ndarray) -> np.ndarray:
+    def segment(sample: Sample) -> np.ndarray:
+        factor = _checkpoint_factor(ckpt, sample, diameter)
         with autocast:
-            prob = torch.from_numpy(predict(network, image, ckpt, device, tta=tta))
+            prob = torch.from_numpy(predict(network, sample.image, ckpt, device, tta=tta, factor=factor))
         return _label(prob, labelling, threshold, boundary_threshold, min_area)
 
     return segment, {"val": ckpt["split"]["val"], "dev": ckpt["split"].get("dev", [])}
+
+
+def _checkpoint_factor(ckpt: dict, sample: Sample, diameter: float | str | None = "auto") -> float:
+    """The resize factor for a checkpoint with a canonical diameter: canonical / the given diameter,
+    or for "auto" / the image's median labelled diameter (the scale training validates at)."""
+    from .data.dataset import MAX_RESCALE, MIN_RESCALE
+
+    canonical = ckpt.get("diameter")
+    if not canonical:
+        return 1.0
+    d = median_diameter(sample.labels) if diameter in (None, "auto") else float(diameter)
+    return float(np.clip(canonical / d, MIN_RESCALE, MAX_RESCALE)) if np.isfinite(d) and d > 0 else 1.0
 
 
 def _checkpoint_labelling(ckpt: dict, labelling: str) -> str:
@@ -218,23 +249,23 @@ def tune(
     labelling = _checkpoint_labelling(ckpt, labelling)
     dev = set(ckpt["split"].get("dev", []))
     if dev:
-        samples = _named(read_dataset(data), dev, "the checkpoint's dev images", data, "tune on the data it was trained on")
+        samples = _named(read_datasets(data), dev, "the checkpoint's dev images", data, "tune on the data it was trained on")
     else:
         val = set(ckpt["split"]["val"])
-        samples = [s for s in read_dataset(data) if s.name not in val]
+        samples = [s for s in read_datasets(data) if s.name not in val]
         if not samples:
             raise ValueError(f"every image of {str(data)!r} is one of the checkpoint's validation images; tune on "
                              "the data it was trained on")
         rng = np.random.default_rng(seed)
         samples = [samples[i] for i in rng.choice(len(samples), min(images, len(samples)), replace=False)]
     network, device = model_from_checkpoint(ckpt), resolve_device(device)
-    probs = [torch.from_numpy(predict(network, s.image, ckpt, device, tta=tta))
+    probs = [torch.from_numpy(predict(network, s.image, ckpt, device, tta=tta, factor=_checkpoint_factor(ckpt, s)))
              for s in tqdm(samples, desc="predict", disable=not progress)]
     grid = []
     configs = [(t, tb, a) for t in thresholds for tb in (boundary_thresholds if labelling == "seeded" else [None])
                for a in min_areas]
     for t, tb, area in tqdm(configs, desc="score", disable=not progress):
-        rows = [{"kind": s.kind, **metrics.image_metrics(s.labels, _label(p, labelling, t, tb, area))}
+        rows = [{"dataset": s.dataset, "kind": s.kind, **metrics.image_metrics(s.labels, _label(p, labelling, t, tb, area))}
                 for s, p in zip(samples, probs)]
         summaries = _summaries(rows)
         overall = summaries.pop("all")
@@ -248,15 +279,15 @@ def tune(
     return {"images": [s.name for s in samples], "grid": grid}
 
 
-def _model_file_segmenter(path, *, device, tta, precision, **options
+def _model_file_segmenter(path, *, device, tta, precision, diameter, **options
                           ) -> tuple[Segmenter, dict[str, list[str]] | None]:
     from .segment import Runner
 
     runner = Runner(path, device=device, precision=precision)
     options = runner.resolve(**options)  # the model's defaults, checked before any image is read
 
-    def segment(image: np.ndarray) -> np.ndarray:
-        return runner.segment([image], tta=tta, **options)[0].labels
+    def segment(sample: Sample) -> np.ndarray:
+        return runner.segment([sample.image], tta=tta, diameter=diameter, **options)[0].labels
 
     training = runner.metadata.get("training_data") or {}
     if training.get("val_names") is None:
@@ -276,11 +307,19 @@ def _named(samples: list, names, what: str, data, fix: str) -> list:
 
 
 def _summaries(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """{"all": summary, "<kind>": summary, ...} of per-image metric rows (each with its "kind")."""
-    result = {"all": metrics.summarise(rows)}
+    """{"all": summary, "<kind>": summary, ..., "<dataset>": summary, "<dataset>:<kind>": summary, ...}
+    of per-image metric rows (each with its "dataset" and "kind"): datasets when there are several,
+    a dataset's kinds when it has several."""
+    groups = {"all": rows}
     for kind in sorted({r["kind"] for r in rows}):
-        result[kind] = metrics.summarise([r for r in rows if r["kind"] == kind])
-    return result
+        groups[kind] = [r for r in rows if r["kind"] == kind]
+    datasets = sorted({r["dataset"] for r in rows})
+    for dataset in datasets if len(datasets) > 1 else []:
+        groups[dataset] = [r for r in rows if r["dataset"] == dataset]
+        kinds = sorted({r["kind"] for r in groups[dataset]})
+        for kind in kinds if len(kinds) > 1 else []:
+            groups[f"{dataset}:{kind}"] = [r for r in groups[dataset] if r["kind"] == kind]
+    return {name: metrics.summarise(group) for name, group in groups.items()}
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

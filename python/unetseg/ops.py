@@ -25,6 +25,11 @@ STATS_COLUMNS: tuple[str, ...] = (
     "mean_score",
 )
 
+#: Columns of every object table users get (``ObjectTable.to_pandas()``, ``objects.csv`` of
+#: ``unetseg segment``, slides and dask): the label, then the statistics above with the op's score
+#: named for what the runner labels, the nucleus probability.
+OBJECT_COLUMNS: tuple[str, ...] = ("label", *STATS_COLUMNS[:-1], "mean_probability")
+
 
 class Labels(NamedTuple):
     labels: torch.Tensor

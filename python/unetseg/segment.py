@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import _C
-from .ops import STATS_COLUMNS
+from .ops import OBJECT_COLUMNS
 
 DEFAULT_MODEL = "default_model.pt"
 
@@ -33,19 +33,22 @@ def default_model_path() -> Path:
 class ObjectTable:
     """Per-object measurements of one image; row k is label k + 1.
 
-    ``table`` is float64 (count, 8) with columns :data:`STATS_COLUMNS`; the bbox is [min, max) like
-    skimage's regionprops, the centroid is in (row, col) pixels, mean_score is the mean nucleus
-    probability over the object.
+    ``table`` is float64 (count, 8) with the op's columns (:data:`unetseg.ops.STATS_COLUMNS`); the
+    bbox is [min, max) like skimage's regionprops, the centroid is in (row, col) pixels,
+    mean_probability is the mean nucleus probability over the object. :meth:`columns` and
+    :meth:`to_pandas` name them as every object table does (:data:`unetseg.ops.OBJECT_COLUMNS`).
+    ``first_label``: the label of row 0 (1 for an image; slides number on).
     """
 
     table: np.ndarray
+    first_label: int = 1
 
     def __len__(self) -> int:
         return self.table.shape[0]
 
     @property
     def label(self) -> np.ndarray:
-        return np.arange(1, len(self) + 1, dtype=np.int32)
+        return np.arange(self.first_label, self.first_label + len(self), dtype=np.int32)
 
     @property
     def area(self) -> np.ndarray:
@@ -62,17 +65,16 @@ class ObjectTable:
         return self.table[:, 5:7]
 
     @property
-    def mean_score(self) -> np.ndarray:
+    def mean_probability(self) -> np.ndarray:
         return self.table[:, 7]
 
+    mean_score = mean_probability  # the op's name for it
+
     def columns(self) -> dict[str, np.ndarray]:
-        cols = {"label": self.label, "area": self.area}
+        """{name: column} in :data:`unetseg.ops.OBJECT_COLUMNS` order; integers as int64 (label int32)."""
         bbox = self.bbox
-        for i, name in enumerate(STATS_COLUMNS[1:5]):
-            cols[name] = bbox[:, i]
-        cols["centroid_row"], cols["centroid_col"] = self.centroid[:, 0], self.centroid[:, 1]
-        cols["mean_score"] = self.mean_score
-        return cols
+        values = (self.label, self.area, *bbox.T, self.centroid[:, 0], self.centroid[:, 1], self.mean_probability)
+        return dict(zip(OBJECT_COLUMNS, values))
 
     def to_pandas(self):
         """The table as a pandas DataFrame (needs pandas)."""
@@ -150,21 +152,23 @@ def _as_list(images) -> list:
 
 
 class Runner:
-    """A loaded model, for repeated calls: ``Runner(model=None, device="auto", precision="float32",
+    """A loaded model, for repeated calls: ``Runner(model=None, device="auto", precision="auto",
     batch_size=8)``. ``model=None`` is the bundled default model. Safe to share between threads.
 
-    precision: "float32"; "bfloat16" (CPU or CUDA) runs the network under autocast: on CPUs with
-    native bfloat16 (AVX512-BF16, AMX) about 1.9x faster with the same scores on the DSB 2018
+    precision: "auto" (default): bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX) and on
+    CUDA, float32 elsewhere; ``Runner.precision`` says which. "bfloat16" runs the network under
+    autocast: on such CPUs about 2x faster than "float32" with the same scores on the DSB 2018
     validation split (benchmarks/README.md); "float16": CUDA only."""
 
-    def __init__(self, model: str | os.PathLike | None = None, *, device: str = "auto", precision: str = "float32",
+    def __init__(self, model: str | os.PathLike | None = None, *, device: str = "auto", precision: str = "auto",
                  batch_size: int = 8):
         path = Path(model) if model is not None else default_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"model file {str(path)!r} does not exist")
         self.path = path
         self._runner = _C.Runner(str(path), device=device, precision=precision, batch_size=batch_size)
-        self.precision = precision
+        self.precision: str = self._runner.precision
+        """the precision the network runs in ("auto" resolved): "float32", "bfloat16" or "float16"."""
         self.metadata: dict = json.loads(self._runner.info.json)
 
     @property
@@ -268,7 +272,7 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
                   device: str = "auto", threshold: float | None = None, batch_size: int | None = None,
                   tile_size: int | None = None, min_area: int | None = None, labelling: str = "auto",
                   boundary_threshold: float | None = None, halo: int | None = None, tta: bool = False,
-                  precision: str = "float32", diameter: Diameter = "auto", progress: bool = False
+                  precision: str = "auto", diameter: Diameter = "auto", progress: bool = False
                   ) -> list[Segmentation]:
     """Segments nuclei in a batch of images with a U-Net and the fused threshold + labelling op.
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from .data import Augment, Normalisation, NucleiDataset, PixelWeights, read_datasets
 from .data.dataset import stratum
 from .data.readers import Sample
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint, save_atomic
+from .checkpoint import CHECKPOINT_FORMAT, default_checkpoint_path, load_checkpoint, model_from_checkpoint, save_atomic
 from .device import autocast, resolve_device, resolve_precision
 from .io import atomic_path, write_overlay
 from .models import build_model
@@ -65,8 +65,9 @@ class TrainConfig:
     max_images: int | None = None
     resume: bool = False
     init_weights: str | None = None
-    """start from this checkpoint's weights (fine-tuning; fresh optimizer and schedule). The split
-    comes from `seed` as in any run: keep the checkpoint's seed so its validation images stay unseen"""
+    """start from this checkpoint's weights (fine-tuning; fresh optimizer and schedule); "default": the
+    bundled default model's. The split comes from `seed` as in any run: keep the checkpoint's seed so
+    its validation images stay unseen"""
     precision: str = "auto"
     """"float32", "bfloat16" (autocast, channels_last; float32 weights and loss) or "auto": bfloat16
     on a CPU with native bfloat16 (AVX512-BF16, AMX) or a bfloat16 GPU, else float32"""
@@ -188,7 +189,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     if config.imagenet_weights:
         model.load_imagenet_weights(config.imagenet_weights)
     if config.init_weights and not config.resume:
-        init = load_checkpoint(config.init_weights)
+        init = load_checkpoint(default_checkpoint_path() if config.init_weights == "default" else config.init_weights)
         if init["model"] != {"architecture": config.architecture, "options": options}:
             raise ValueError(f"--init-weights {config.init_weights} holds a {init['model']} model; this run builds "
                              f"{ {'architecture': config.architecture, 'options': options} }: use the same "

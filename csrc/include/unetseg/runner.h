@@ -66,7 +66,10 @@ struct ModelInfo {
 
 struct RunnerOptions {
   std::string device = "auto";        // "cpu", "cuda", "cuda:N", or "auto" (CUDA when available)
-  std::string precision = "float32";  // network precision: "float32", "bfloat16" or "float16" (CUDA)
+  // Network precision: "auto" (bfloat16 on CPUs with native bfloat16, AVX512-BF16 or AMX, and on
+  // CUDA; float32 elsewhere), "float32", "bfloat16" or "float16" (CUDA). Runner::options() reports
+  // the one chosen.
+  std::string precision = "auto";
   int64_t batch_size = 8;             // images per network call (images of equal size are batched)
 };
 

@@ -36,13 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_path
+from ..segment import ObjectTable
 from .readers import SlideReader, open_slide
 from .stream import StreamLabeller, raster_numbering
 
 PARTIAL = ".unetseg-partial"
 OBJECT_FIELDS = 10  # provisional id, first pixel, then the 8 statistics
-TABLE_COLUMNS = ("label", "area", "min_row", "min_col", "max_row", "max_col", "centroid_row", "centroid_col",
-                 "mean_probability")
 
 
 @dataclass
@@ -107,7 +106,7 @@ def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 
                   labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
                   min_area: int | None = None, connectivity: int = 8, labels_format: str = "ome-tiff",
                   table_format: str = "csv", geojson: bool = True, resume: bool = False,
-                  precision: str = "float32", progress: bool = True) -> SlideResult:
+                  precision: str = "auto", progress: bool = True) -> SlideResult:
     """Segments nuclei in a whole slide, streamed in row bands; writes labels, an object table and
     polygons into the folder ``output`` (see the module's docstring) and returns a :class:`SlideResult`.
 
@@ -296,14 +295,7 @@ def _write_outputs(work, output, reader, runner, options, ranges, labels_format,
         shutil.rmtree(old, ignore_errors=True)
 
     order = np.argsort(lut[ids], kind="stable")
-    table = objects[order]
-    columns = {"label": np.arange(1, count + 1, dtype=np.int32), "area": table[:, 2].astype(np.int64)}
-    for j, name in enumerate(TABLE_COLUMNS[2:6]):
-        columns[name] = table[:, 3 + j].astype(np.int64)
-    columns["centroid_row"], columns["centroid_col"], columns["mean_probability"] = table[:, 7], table[:, 8], table[:, 9]
-    import pandas as pd
-
-    frame = pd.DataFrame(columns)
+    frame = ObjectTable(objects[order][:, 2:10]).to_pandas()
     table_path = output / f"objects.{table_format}"
     with atomic_path(table_path) as tmp:
         if table_format == "csv":

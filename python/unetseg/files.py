@@ -1,0 +1,122 @@
+"""``segment_files``: image files in, a folder of labels, overlays and tables out (what ``unetseg
+segment`` runs; :func:`unetseg.slide.segment_slide` is its twin for one large slide)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .io import collect_images, overlay, write_csv, write_image, write_labels
+from .ops import OBJECT_COLUMNS
+from .segment import Runner, Segmentation
+
+#: Name endings of the files segment_files writes per image: never read back as inputs.
+OUTPUT_SUFFIXES = ("_labels.png", "_labels.tif", "_overlay.png")
+
+
+@dataclass
+class ImageSummary:
+    name: str
+    """the output name (the file's stem, made unique)"""
+    path: Path
+    shape: tuple[int, ...]
+    count: int
+    median_area: float
+    diameter: float
+
+
+@dataclass
+class FilesResult:
+    output: Path
+    images: list[ImageSummary] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    """(path, why) of each image that could not be read or segmented"""
+
+    @property
+    def count(self) -> int:
+        return sum(s.count for s in self.images)
+
+
+def input_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """:func:`unetseg.io.collect_images` without the files segment_files writes (so segmenting a
+    folder into itself twice does not segment its own outputs)."""
+    return [p for p in collect_images(inputs) if not p.name.endswith(OUTPUT_SUFFIXES)]
+
+
+def segment_files(paths: list[Path], output: str | os.PathLike, runner: Runner, *, overlays: bool = True,
+                  progress: bool = True, **options) -> FilesResult:
+    """Segments image files into `output`: per image ``NAME_labels.png`` (16-bit; ``.tif`` above 65535
+    nuclei) and ``NAME_overlay.png``, and ``objects.csv`` (one row per nucleus, columns
+    :data:`unetseg.ops.OBJECT_COLUMNS` after ``image``) and ``summary.csv`` (one row per image), all
+    written atomically. Images that cannot be read or segmented are skipped and listed in
+    ``failed``; the others are batched by ``runner.batch_size``. `options`: as :meth:`Runner.segment`.
+    """
+    from tqdm.auto import tqdm
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    result = FilesResult(output)
+    rows: list[list] = []
+    names: set[str] = set()
+    with tqdm(total=len(paths), unit="img", desc="segment", disable=not progress) as bar:
+        for start in range(0, len(paths), runner.batch_size):
+            chunk = paths[start : start + runner.batch_size]
+            for (path, image), seg in _segment_chunk(chunk, runner, options, result.failed):
+                name = _unique(path.stem, names)
+                _write_image_outputs(output, name, image, seg, overlays)
+                columns = seg.objects.columns()
+                rows += [[name, *(_cell(c[k]) for c in columns.values())] for k in range(seg.count)]
+                area = seg.objects.area
+                result.images.append(ImageSummary(name, path, image.shape, seg.count,
+                                                  float(np.median(area)) if len(area) else 0.0, seg.diameter))
+            bar.update(len(chunk))
+    write_csv(output / "objects.csv", ["image", *OBJECT_COLUMNS], rows)
+    write_csv(output / "summary.csv", ["image", "height", "width", "count", "median_area", "diameter"],
+              [[s.name, s.shape[0], s.shape[1], s.count, f"{s.median_area:.1f}", f"{s.diameter:.1f}"]
+               for s in result.images])
+    return result
+
+
+def _segment_chunk(paths: list[Path], runner: Runner, options: dict, failed: list
+                   ) -> list[tuple[tuple[Path, np.ndarray], Segmentation]]:
+    """Reads and segments a batch of files; a bad file is recorded in `failed` and the rest go on."""
+    from .data import read_image
+
+    pairs = []
+    for path in paths:
+        try:
+            pairs.append((path, read_image(path)))
+        except ValueError as e:
+            failed.append((path, str(e)))
+    try:
+        return list(zip(pairs, runner.segment([im for _, im in pairs], **options)))
+    except (ValueError, TypeError, RuntimeError):  # some image is bad: find which, keep the rest
+        done = []
+        for path, image in pairs:
+            try:
+                done.append(((path, image), runner.segment([image], **options)[0]))
+            except (ValueError, TypeError, RuntimeError) as e:
+                failed.append((path, str(e).splitlines()[0]))
+        return done
+
+
+def _write_image_outputs(output: Path, name: str, image: np.ndarray, seg: Segmentation, overlays: bool) -> None:
+    suffix = ".png" if seg.count <= 65535 else ".tif"
+    write_labels(output / f"{name}_labels{suffix}", seg.labels)
+    if overlays:
+        write_image(output / f"{name}_overlay.png", overlay(image, seg.labels))
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
+def _cell(value) -> str:
+    """A table cell: integers as they are, coordinates and probabilities to 4 decimals."""
+    return str(int(value)) if isinstance(value, (int, np.integer)) else f"{value:.4f}"
