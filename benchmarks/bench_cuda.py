@@ -52,7 +52,8 @@ def gpu_ms(fn, repeats: int) -> float:
 def make_maps(sizes: list[int]) -> dict[str, torch.Tensor]:
     maps = {f"{s}x{s}": torch.from_numpy(synthetic_nuclei((s, s), seed=s).probability) for s in sizes}
     maps["256x256x256"] = torch.from_numpy(
-        np.stack([synthetic_nuclei((256, 256), seed=1000 + i).probability for i in range(256)]))
+        np.stack([synthetic_nuclei((256, 256), seed=1000 + i).probability for i in range(256)])
+    )
     return maps
 
 
@@ -63,8 +64,11 @@ def competitors(scores: torch.Tensor):
     images = scores if scores.dim() == 3 else scores[None]
     out = [
         ("unetseg label (out=)", lambda: unetseg.label(scores, THRESHOLD, out=(labels, counts)), None),
-        ("unetseg label", lambda: unetseg.label(scores, THRESHOLD),
-         lambda: unetseg.label(scores, THRESHOLD).counts.tolist()),
+        (
+            "unetseg label",
+            lambda: unetseg.label(scores, THRESHOLD),
+            lambda: unetseg.label(scores, THRESHOLD).counts.tolist(),
+        ),
         ("unetseg label_stats", lambda: unetseg.label_stats(scores, THRESHOLD), None),
         ("memory floor (read f32, write i32)", lambda: labels.copy_(scores.view(torch.int32)), None),
     ]
@@ -134,6 +138,7 @@ def seeded_table(sizes: list[int], repeats: int) -> list[tuple]:
 
 def segment_table(repeats: int, images: int = 32, size: int = 1024) -> list[tuple]:
     from bench_segment import checkpoint_like_default, normalised_batch
+
     from unetseg.export import export
 
     checkpoint, model = checkpoint_like_default()
@@ -162,11 +167,21 @@ def segment_table(repeats: int, images: int = 32, size: int = 1024) -> list[tupl
             for labelling in ("plain", "seeded"):
                 ms = gpu_ms(lambda: runner.segment(batch, labelling=labelling), repeats)
                 probs = torch.from_numpy(np.stack(runner.predict(batch[:8]))).cuda()
-                op = (lambda: unetseg.label_stats(probs[:, 0], THRESHOLD)) if labelling == "plain" else \
-                    (lambda: unetseg.seeded_label_stats(probs[:, :2], THRESHOLD))
+                op = (
+                    (lambda: unetseg.label_stats(probs[:, 0], THRESHOLD))
+                    if labelling == "plain"
+                    else (lambda: unetseg.seeded_label_stats(probs[:, :2], THRESHOLD))
+                )
                 op_ms = gpu_ms(op, repeats) * images / 8
-                rows.append((f"segment_batch {precision}, {labelling} labelling", ms, pixels / ms / 1e3,
-                             starter_ms / ms, 100 * op_ms / ms))
+                rows.append(
+                    (
+                        f"segment_batch {precision}, {labelling} labelling",
+                        ms,
+                        pixels / ms / 1e3,
+                        starter_ms / ms,
+                        100 * op_ms / ms,
+                    )
+                )
     rows.append(("starter pipeline (eager float32, OpenCV)", starter_ms, pixels / starter_ms / 1e3, 1.0, float("nan")))
     return rows
 
@@ -178,11 +193,15 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
     args = parser.parse_args()
     if not torch.cuda.is_available() or not torch._C._dispatch_has_kernel_for_dispatch_key("unetseg::label", "CUDA"):
-        sys.exit("bench_cuda: needs a CUDA GPU and unetseg built against a torch with CUDA "
-                 f"(torch {torch.__version__}, cuda available: {torch.cuda.is_available()})")
+        sys.exit(
+            "bench_cuda: needs a CUDA GPU and unetseg built against a torch with CUDA "
+            f"(torch {torch.__version__}, cuda available: {torch.cuda.is_available()})"
+        )
     sys.path.insert(0, str(Path(__file__).parent))
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-          f"unetseg {unetseg.__version__}")
+    print(
+        f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"unetseg {unetseg.__version__}"
+    )
     rows = label_table(args.sizes, args.repeats)
     if args.markdown:
         print("| map | objects | method | ms | Gpx/s | vs unetseg |\n|---|---:|---|---:|---:|---:|")
@@ -191,8 +210,10 @@ def main() -> None:
     else:
         for r in rows:
             print(f"{r[0]:>12} {r[1]:>7} {r[2]:<40} {r[3]:9.3f} ms {r[4]:7.1f} Gpx/s {r[5]:7.2f}x")
-    print("| nucleus + boundary map | objects | label_stats ms | seeded_label_stats ms | seeded / plain |\n"
-          "|---|---:|---:|---:|---:|")
+    print(
+        "| nucleus + boundary map | objects | label_stats ms | seeded_label_stats ms | seeded / plain |\n"
+        "|---|---:|---:|---:|---:|"
+    )
     for r in seeded_table(args.sizes, args.repeats):
         print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.2f}x |")
     seg = segment_table(max(3, args.repeats // 10))

@@ -18,9 +18,9 @@ import numpy as np
 import scipy.ndimage as ndi
 import skimage.measure
 import torch
+from common import cpu_name, median_seconds
 
 import unetseg
-from common import cpu_name, median_seconds
 from unetseg.data import synthetic_nuclei
 
 THRESHOLD = 0.5
@@ -91,8 +91,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    print(f"# {cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
-          f"OpenCV {cv2.__version__}, unetseg {unetseg.__version__}")
+    print(
+        f"# {cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
+        f"OpenCV {cv2.__version__}, unetseg {unetseg.__version__}"
+    )
     rows = []
     for name, m in make_maps(args.sizes, 32, 256).items():
         check_agreement(m)

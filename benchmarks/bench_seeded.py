@@ -23,9 +23,9 @@ import numpy as np
 import scipy.ndimage as ndi
 import skimage.segmentation
 import torch
+from common import cpu_name, interleaved_median_seconds
 
 import unetseg
-from common import cpu_name, interleaved_median_seconds
 from unetseg.data import synthetic_nuclei
 
 THRESHOLD = 0.5
@@ -53,7 +53,10 @@ def predicted_maps(model: str, images: list[str]) -> tuple[list[np.ndarray], tup
     if runner.metadata["out_channels"] < 2:
         raise SystemExit(f"{model} has no boundary output; give a nucleus + boundary model")
     options = runner.resolve(labelling="seeded")
-    return [p[:2] for p in runner.predict(collect_images(images))], (options["threshold"], options["boundary_threshold"])
+    return [p[:2] for p in runner.predict(collect_images(images))], (
+        options["threshold"],
+        options["boundary_threshold"],
+    )
 
 
 def bench_predicted(maps: list[np.ndarray], thresholds: tuple[float, float], repeats: int) -> None:
@@ -65,18 +68,27 @@ def bench_predicted(maps: list[np.ndarray], thresholds: tuple[float, float], rep
     for t, tb in dict.fromkeys([(THRESHOLD, THRESHOLD), thresholds]):
         plain = seeded = 0.0
         for s in scores:
-            times = interleaved_median_seconds({
-                "plain": lambda: unetseg.label_stats(s[0], t),
-                "seeded": lambda: unetseg.seeded_label_stats(s, t, tb),
-            }, repeats)
+            times = interleaved_median_seconds(
+                {
+                    "plain": lambda: unetseg.label_stats(s[0], t),
+                    "seeded": lambda: unetseg.seeded_label_stats(s, t, tb),
+                },
+                repeats,
+            )
             plain += 1e3 * times["plain"]
             seeded += 1e3 * times["seeded"]
         plain_objects = sum(unetseg.label(s[0], t).counts.item() for s in scores)
         seeded_objects = sum(unetseg.seeded_label(s, t, tb).counts.item() for s in scores)
         name = f"{t:g} / {tb:g}" + (" (the model's)" if (t, tb) == thresholds else "")
-        print(f"| {name} | unetseg label_stats (plain) | {plain_objects} | {plain:.2f} | {pixels / plain / 1e3:.0f} | 1.00x |")
-        print(f"| {name} | unetseg seeded_label_stats | {seeded_objects} | {seeded:.2f} | {pixels / seeded / 1e3:.0f} | "
-              f"{seeded / plain:.2f}x |", flush=True)
+        print(
+            f"| {name} | unetseg label_stats (plain) | {plain_objects} | {plain:.2f} "
+            f"| {pixels / plain / 1e3:.0f} | 1.00x |"
+        )
+        print(
+            f"| {name} | unetseg seeded_label_stats | {seeded_objects} | {seeded:.2f} | {pixels / seeded / 1e3:.0f} | "
+            f"{seeded / plain:.2f}x |",
+            flush=True,
+        )
 
 
 def skimage_watershed(image: np.ndarray) -> np.ndarray:
@@ -118,8 +130,10 @@ def main() -> None:
         times = {method: 1e3 * t for method, t in interleaved_median_seconds(dict(methods), args.repeats).items()}
         plain, seeded = times[methods[0][0]], times[methods[1][0]]
         for method, ms in times.items():
-            print(f"| {name} | {plain_objects} | {seeded_objects} | {method} | {ms:.2f} | "
-                  f"{nucleus.numel() / ms / 1e3:.0f} | {ms / plain:.2f}x | {ms / seeded:.2f}x |")
+            print(
+                f"| {name} | {plain_objects} | {seeded_objects} | {method} | {ms:.2f} | "
+                f"{nucleus.numel() / ms / 1e3:.0f} | {ms / plain:.2f}x | {ms / seeded:.2f}x |"
+            )
 
 
 if __name__ == "__main__":

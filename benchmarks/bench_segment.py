@@ -27,14 +27,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from common import cpu_name, median_seconds
 
 import unetseg
-from common import cpu_name, median_seconds
 from unetseg.data import Normalisation, synthetic_nuclei, to_channels
 from unetseg.export import export, quiet_jit, read_metadata
 from unetseg.models import build_model
 from unetseg.segment import default_model_path
-
 
 timeit = median_seconds
 
@@ -44,9 +43,14 @@ def checkpoint_like_default() -> dict:
     torch.manual_seed(0)
     model = build_model(meta["architecture"], **meta["options"]).eval()
     return {
-        "format": 1, "model": {"architecture": meta["architecture"], "options": meta["options"]},
-        "in_channels": meta["in_channels"], "out_channels": meta["out_channels"], "output_meaning": meta["outputs"],
-        "threshold": 0.5, "normalisation": meta["normalisation"], "state_dict": model.state_dict(),
+        "format": 1,
+        "model": {"architecture": meta["architecture"], "options": meta["options"]},
+        "in_channels": meta["in_channels"],
+        "out_channels": meta["out_channels"],
+        "output_meaning": meta["outputs"],
+        "threshold": 0.5,
+        "normalisation": meta["normalisation"],
+        "state_dict": model.state_dict(),
     }, model
 
 
@@ -75,8 +79,15 @@ def onnx_pipeline(model, channels, size, threads):
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, channels, size, size),), buf, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, channels, size, size),),
+            buf,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            dynamo=False,
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -123,7 +134,9 @@ def main() -> None:
         ours = timeit(lambda: runner.segment(images), args.repeats)
         runner16 = unetseg.Runner(tmp / "model.pt", device="cpu", batch_size=batch, precision="bfloat16")
         ours16 = timeit(lambda: runner16.segment(images), args.repeats)
-        batches = [torch.from_numpy(normalised_batch(images[s : s + batch], channels)) for s in range(0, len(images), batch)]
+        batches = [
+            torch.from_numpy(normalised_batch(images[s : s + batch], channels)) for s in range(0, len(images), batch)
+        ]
 
         def network_only():
             with torch.inference_mode():
@@ -137,16 +150,22 @@ def main() -> None:
         rows.append((name, len(images) / ours, mpx / ours, ours, starter, ort_time, net, ours16))
 
     cpu = cpu_name()
-    print(f"# segment_batch, {ckpt['model']['architecture']} {ckpt['model']['options']}; {cpu}; "
-          f"{args.threads} threads; torch {torch.__version__}; median of {args.repeats}\n")
-    header = ("| images | unetseg img/s | unetseg Mpx/s | unetseg ms | starter ms (ratio) | ONNX Runtime + OpenCV ms (ratio) "
-              "| network alone ms | outside network | unetseg bfloat16 ms (float32 / it; starter, ONNX Runtime / it) |")
+    print(
+        f"# segment_batch, {ckpt['model']['architecture']} {ckpt['model']['options']}; {cpu}; "
+        f"{args.threads} threads; torch {torch.__version__}; median of {args.repeats}\n"
+    )
+    header = (
+        "| images | unetseg img/s | unetseg Mpx/s | unetseg ms | starter ms (ratio) | ONNX Runtime + OpenCV ms (ratio) "
+        "| network alone ms | outside network | unetseg bfloat16 ms (float32 / it; starter, ONNX Runtime / it) |"
+    )
     print(header)
     print("|---|---|---|---|---|---|---|---|---|")
     for name, ips, mpxs, ours, starter, ort_time, net, ours16 in rows:
-        print(f"| {name} | {ips:.2f} | {mpxs:.2f} | {ours * 1e3:.0f} | {starter * 1e3:.0f} ({starter / ours:.2f}x) | "
-              f"{ort_time * 1e3:.0f} ({ort_time / ours:.2f}x) | {net * 1e3:.0f} | {(ours - net) / ours:.1%} | "
-              f"{ours16 * 1e3:.0f} ({ours / ours16:.2f}x; {starter / ours16:.2f}x, {ort_time / ours16:.2f}x) |")
+        print(
+            f"| {name} | {ips:.2f} | {mpxs:.2f} | {ours * 1e3:.0f} | {starter * 1e3:.0f} ({starter / ours:.2f}x) | "
+            f"{ort_time * 1e3:.0f} ({ort_time / ours:.2f}x) | {net * 1e3:.0f} | {(ours - net) / ours:.1%} | "
+            f"{ours16 * 1e3:.0f} ({ours / ours16:.2f}x; {starter / ours16:.2f}x, {ort_time / ours16:.2f}x) |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import cpu_name
 
 
@@ -43,7 +42,6 @@ def field(size: int) -> np.ndarray:
 def starter(model, image: np.ndarray) -> int:
     import cv2
     import torch
-
     from bench_segment import normalised_batch
 
     x = torch.from_numpy(normalised_batch([image], 3))
@@ -54,16 +52,15 @@ def starter(model, image: np.ndarray) -> int:
 
 def bench_tiles(sizes: list[int], untiled_limit: int) -> None:
     import torch
+    from bench_segment import checkpoint_like_default
 
     import unetseg
-    from bench_segment import checkpoint_like_default
 
     runner = unetseg.Runner(device="cpu")
     _, eager = checkpoint_like_default()
     runner.segment([field(512)], tile_size=256)  # warm-up
     print(f"\n## Large tiles (default model, seeded labelling; {cpu_name()}, {torch_threads()} threads)\n")
-    print("| tile | tiled s | tiled Mpx/s | untiled s | tiled / untiled throughput | starter s (ratio) | "
-          "labelling |")
+    print("| tile | tiled s | tiled Mpx/s | untiled s | tiled / untiled throughput | starter s (ratio) | labelling |")
     print("|---|---|---|---|---|---|---|")
     for size in sizes:
         image = field(size)
@@ -88,8 +85,9 @@ def bench_tiles(sizes: list[int], untiled_limit: int) -> None:
         fmt = lambda v: f"{v:.1f}" if v is not None else "does not fit"  # noqa: E731
         ratio = f"{untiled / tiled:.2f}x" if untiled else "-"
         st = f"{starter_s:.1f} ({starter_s / tiled:.2f}x)" if starter_s else "does not fit"
-        print(f"| {size}² | {tiled:.1f} | {mpx / tiled:.2f} | {fmt(untiled)} | {ratio} | {st} | {share:.1%} |",
-              flush=True)
+        print(
+            f"| {size}² | {tiled:.1f} | {mpx / tiled:.2f} | {fmt(untiled)} | {ratio} | {st} | {share:.1%} |", flush=True
+        )
 
 
 def label_like_runner(runner, prob):
@@ -118,8 +116,17 @@ def write_slide(path: Path, size: int) -> None:
             for c in range(0, size, 512):
                 yield base[r % 2048 : r % 2048 + 512, c % 2048 : c % 2048 + 512]
 
-    tifffile.imwrite(path, tiles(), shape=(size, size), dtype=np.uint8, tile=(512, 512), bigtiff=True, ome=True,
-                     compression="zlib", metadata={"axes": "YX"})
+    tifffile.imwrite(
+        path,
+        tiles(),
+        shape=(size, size),
+        dtype=np.uint8,
+        tile=(512, 512),
+        bigtiff=True,
+        ome=True,
+        compression="zlib",
+        metadata={"axes": "YX"},
+    )
 
 
 def peak_rss() -> int:
@@ -146,26 +153,44 @@ def child(slide: str, output: str, band_height: int, block_width: int) -> None:
 
 def bench_slides(sizes: list[int], workdir: Path, band_height: int, block_width: int) -> None:
     print(f"\n## Streamed slides (segment_slide, blocks {band_height} x {block_width}, tiles 1024; {cpu_name()})\n")
-    print("| slide | wall s | Mpx/s | nuclei | peak RSS | peak / first slide's | read | network | labelling + stitching "
-          "| writing |")
+    print(
+        "| slide | wall s | Mpx/s | nuclei | peak RSS | peak / first slide's | read | network | labelling + stitching "
+        "| writing |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     first = None
     for size in sizes:
         slide = workdir / f"slide_{size}.ome.tif"
         if not slide.exists():
             write_slide(slide, size)
-        out = subprocess.run([sys.executable, __file__, "--child", str(slide), str(workdir / f"out_{size}"),
-                              "--band-height", str(band_height), "--block-width", str(block_width)],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(slide),
+                str(workdir / f"out_{size}"),
+                "--band-height",
+                str(band_height),
+                "--block-width",
+                str(block_width),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         s = r["seconds"]
         total = sum(s.values())
         share = lambda k: f"{s[k] / total:.1%}"  # noqa: E731
         first = first or r["rss"]
-        print(f"| {size}² | {r['wall']:.0f} | {size * size / 1e6 / r['wall']:.2f} | {r['count']} | "
-              f"{r['rss'] / 2**30:.2f} GiB | {r['rss'] / first:.2f}x | {share('read')} | {share('network')} | "
-              f"{share('labelling')} | "
-              f"{(s['write'] + s['normalisation']) / total:.1%} |", flush=True)
+        print(
+            f"| {size}² | {r['wall']:.0f} | {size * size / 1e6 / r['wall']:.2f} | {r['count']} | "
+            f"{r['rss'] / 2**30:.2f} GiB | {r['rss'] / first:.2f}x | {share('read')} | {share('network')} | "
+            f"{share('labelling')} | "
+            f"{(s['write'] + s['normalisation']) / total:.1%} |",
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -26,8 +26,13 @@ def recover(path: str) -> dict:
     model = build_model("unet", **meta["options"]).eval()
     consts = [n for n in frozen.graph.nodes() if n.kind() in ("aten::conv2d", "aten::conv_transpose2d")]
     convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-    norms = {id(seq[i]): seq[i + 1] for seq in model.modules() if isinstance(seq, torch.nn.Sequential)
-             for i in range(len(seq) - 1) if isinstance(seq[i + 1], torch.nn.BatchNorm2d)}
+    norms = {
+        id(seq[i]): seq[i + 1]
+        for seq in model.modules()
+        if isinstance(seq, torch.nn.Sequential)
+        for i in range(len(seq) - 1)
+        if isinstance(seq[i + 1], torch.nn.BatchNorm2d)
+    }
     if len(consts) != len(convs):
         raise SystemExit(f"{path}: {len(consts)} convolutions in the file, {len(convs)} in the model")
     with torch.no_grad():
@@ -47,9 +52,14 @@ def recover(path: str) -> dict:
         error = (model(x) - frozen(x)).abs().max().item()
     if error > 1e-4:
         raise SystemExit(f"{path}: the recovered network differs from the file's by {error}")
-    return {"format": CHECKPOINT_FORMAT, "model": {"architecture": "unet", "options": meta["options"]},
-            "state_dict": model.state_dict(), "in_channels": meta["in_channels"],
-            "out_channels": meta["out_channels"], "normalisation": meta["normalisation"]}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": {"architecture": "unet", "options": meta["options"]},
+        "state_dict": model.state_dict(),
+        "in_channels": meta["in_channels"],
+        "out_channels": meta["out_channels"],
+        "normalisation": meta["normalisation"],
+    }
 
 
 if __name__ == "__main__":

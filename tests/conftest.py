@@ -23,9 +23,9 @@ def threads(request):
 def make_checkpoint(architecture="unet", in_channels=1, out_channels=1, seed=0, **options) -> dict:
     """A training checkpoint (the format unetseg.train writes) of a freshly initialised model; BN
     statistics are randomised so that folding them into the convolutions is exercised."""
+    from unetseg.checkpoint import CHECKPOINT_FORMAT
     from unetseg.data import Normalisation
     from unetseg.models import build_model
-    from unetseg.checkpoint import CHECKPOINT_FORMAT
 
     if architecture == "unet":
         options = {"base_width": 4, "depth": 2, "batch_norm": True, **options}
@@ -61,8 +61,12 @@ def npz(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("data") / "synthetic.npz"
     samples = [synthetic_nuclei((48, 48), seed=i, radius=(3, 6)) for i in range(12)]
-    np.savez_compressed(path, images=np.stack([s.image for s in samples]), masks=np.stack([s.labels for s in samples]),
-                        kinds=np.array(["a", "b"] * 6))
+    np.savez_compressed(
+        path,
+        images=np.stack([s.image for s in samples]),
+        masks=np.stack([s.labels for s in samples]),
+        kinds=np.array(["a", "b"] * 6),
+    )
     return path
 
 

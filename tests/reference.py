@@ -6,7 +6,6 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
-
 STRUCTURE = {8: np.ones((3, 3), bool), 4: ndi.generate_binary_structure(2, 1)}
 
 
@@ -29,7 +28,9 @@ def label_batch(scores: torch.Tensor, threshold: float, connectivity: int = 8, m
     foreground = (scores > threshold).numpy()
     batch = foreground.reshape((-1,) + foreground.shape[-2:])
     out = [label_one(image, connectivity, min_area) for image in batch]
-    labels = np.stack([l for l, _ in out]).reshape(foreground.shape) if out else np.zeros(foreground.shape, np.int32)
+    labels = (
+        np.stack([lab for lab, _ in out]).reshape(foreground.shape) if out else np.zeros(foreground.shape, np.int32)
+    )
     return labels, np.array([c for _, c in out], np.int64)
 
 
@@ -83,7 +84,9 @@ def seeded_one(
     return renumber[labels], len(keep)
 
 
-def seeded_batch(scores: torch.Tensor, threshold: float, boundary_threshold: float, connectivity: int = 8, min_area: int = 0):
+def seeded_batch(
+    scores: torch.Tensor, threshold: float, boundary_threshold: float, connectivity: int = 8, min_area: int = 0
+):
     """The reference for unetseg.ops.seeded_label on (2, H, W) or (N, 2, H, W): torch's comparisons
     (the op's documented rule: foreground `nucleus > threshold`, seeds also `boundary <
     boundary_threshold`), then seeded_one per image."""
@@ -94,11 +97,13 @@ def seeded_batch(scores: torch.Tensor, threshold: float, boundary_threshold: flo
     shape = foreground.shape
     flat = [a.reshape((-1,) + shape[-2:]) for a in (foreground, seeds, score)]
     out = [seeded_one(f, s, v, connectivity, min_area) for f, s, v in zip(*flat)]
-    labels = np.stack([l for l, _ in out]).reshape(shape) if out else np.zeros(shape, np.int32)
+    labels = np.stack([lab for lab, _ in out]).reshape(shape) if out else np.zeros(shape, np.int32)
     return labels, np.array([c for _, c in out], np.int64)
 
 
-def assert_stats_match_regionprops(ref_labels: np.ndarray, counts: torch.Tensor, stats: torch.Tensor, intensity: np.ndarray) -> None:
+def assert_stats_match_regionprops(
+    ref_labels: np.ndarray, counts: torch.Tensor, stats: torch.Tensor, intensity: np.ndarray
+) -> None:
     """Each image's rows of an op's stats table equal skimage's regionprops of the reference labels
     (area, bbox, centroid; mean of `intensity`, the scores the op was given, as float32)."""
     import skimage.measure

@@ -28,7 +28,23 @@ def test_label_bundled_map(capsys, tmp_path):
 def test_label_a_user_map_with_options(capsys, tmp_path):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "map.npy", rng.random((64, 80), dtype=np.float32))
-    assert main(["label", str(tmp_path / "map.npy"), "-t", "0.7", "-c", "4", "--min-area", "3", "-o", str(tmp_path / "l.tif")]) == 0
+    assert (
+        main(
+            [
+                "label",
+                str(tmp_path / "map.npy"),
+                "-t",
+                "0.7",
+                "-c",
+                "4",
+                "--min-area",
+                "3",
+                "-o",
+                str(tmp_path / "l.tif"),
+            ]
+        )
+        == 0
+    )
     expected = unetseg.label(torch.from_numpy(np.load(tmp_path / "map.npy")), 0.7, 4, 3)
     assert f"{expected.counts.item()} objects" in capsys.readouterr().out
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "l.tif"), expected.labels.numpy())

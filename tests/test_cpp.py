@@ -21,9 +21,19 @@ pytestmark = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is 
 def build(project: Path, build_dir: Path) -> Path:
     prefix = f"{unetseg.cmake_prefix_path};{torch.utils.cmake_prefix_path}"
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    for cmd in (["cmake", "-S", str(project), "-B", str(build_dir), f"-DCMAKE_PREFIX_PATH={prefix}",
-                 "-DCMAKE_BUILD_TYPE=Release", *generator],
-                ["cmake", "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2)]):
+    for cmd in (
+        [
+            "cmake",
+            "-S",
+            str(project),
+            "-B",
+            str(build_dir),
+            f"-DCMAKE_PREFIX_PATH={prefix}",
+            "-DCMAKE_BUILD_TYPE=Release",
+            *generator,
+        ],
+        ["cmake", "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2)],
+    ):
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return build_dir
@@ -49,14 +59,18 @@ def test_embedding_example_equals_segment_batch(tmp_path):
     bf = synthetic_nuclei((128, 128), kind="brightfield", seed=5).image
     for name, image in [("gray8.pgm", fl), ("gray16.pgm", fl.astype(np.uint16) * 257), ("rgb.ppm", bf)]:
         _write_netpbm(tmp_path / name, image)
-        done = subprocess.run([str(exe), str(default_model_path()), str(tmp_path / name), str(tmp_path / "labels.npy")],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [str(exe), str(default_model_path()), str(tmp_path / name), str(tmp_path / "labels.npy")],
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr
         want = unetseg.segment_batch([image])[0]
         np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), want.labels)
         table = np.loadtxt(done.stdout.splitlines()[1:], delimiter=",", ndmin=2)
         assert len(table) == want.count > 0
         np.testing.assert_allclose(table[:, 1:], want.objects.table, rtol=1e-5)
-    done = subprocess.run([str(exe), str(default_model_path()), str(tmp_path / "missing.pgm"), "x.npy"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [str(exe), str(default_model_path()), str(tmp_path / "missing.pgm"), "x.npy"], capture_output=True, text=True
+    )
     assert done.returncode == 1 and "cannot open" in done.stderr

@@ -44,9 +44,23 @@ def test_there_are_cuda_sources():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
 def test_cuda_sources_compile_for_sm80_and_sm90(source, tmp_path):
-    command = ["nvcc", "-std=c++17", "-O3", "-Werror", "all-warnings",
-               "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
-               "-Xcompiler", "-Wall,-Wextra", "-c", str(source), "-o", str(tmp_path / "out.o")]
+    command = [
+        "nvcc",
+        "-std=c++17",
+        "-O3",
+        "-Werror",
+        "all-warnings",
+        "-gencode",
+        "arch=compute_80,code=sm_80",
+        "-gencode",
+        "arch=compute_90,code=sm_90",
+        "-Xcompiler",
+        "-Wall,-Wextra",
+        "-c",
+        str(source),
+        "-o",
+        str(tmp_path / "out.o"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -74,16 +88,40 @@ def emulated(tmp_path_factory):
     """The ctypes library of tests/cuda_emulation/emulate.cpp, built with the C++ compiler."""
     compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX").split()[0]
     library = tmp_path_factory.mktemp("emulation") / "emulate.so"
-    command = [compiler, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
-               str(ROOT / "tests/cuda_emulation/emulate.cpp"), "-o", str(library)]
+    command = [
+        compiler,
+        "-std=c++17",
+        "-O2",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-shared",
+        "-fPIC",
+        str(ROOT / "tests/cuda_emulation/emulate.cpp"),
+        "-o",
+        str(library),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     lib = ctypes.CDLL(str(library))
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.emulate_label.argtypes = [ptr, ctypes.c_int32, i64, i64, i64, ptr, f32, ctypes.c_int32, i64, ptr, ptr]
     lib.emulate_stats.argtypes = [ptr, ctypes.c_int32, i64, i64, i64, ptr, ptr, ptr, i64, ptr]
-    lib.emulate_seeded.argtypes = [ptr, ctypes.c_int32, i64, i64, i64, ptr, i64, f32, f32, ctypes.c_int32, i64,
-                                   ptr, ptr]
+    lib.emulate_seeded.argtypes = [
+        ptr,
+        ctypes.c_int32,
+        i64,
+        i64,
+        i64,
+        ptr,
+        i64,
+        f32,
+        f32,
+        ctypes.c_int32,
+        i64,
+        ptr,
+        ptr,
+    ]
     return lib
 
 
@@ -104,16 +142,36 @@ def emulate(lib, scores: torch.Tensor, threshold=0.5, connectivity=8, min_area=0
     (n, h, w), strides = _geometry(scores)
     labels = torch.empty(scores.shape, dtype=torch.int32)
     counts = torch.empty(n, dtype=torch.int64)
-    lib.emulate_label(scores.data_ptr(), SCORE_TYPES[scores.dtype], n, h, w, strides.ctypes.data,
-                      _rounded(threshold, scores.dtype), connectivity == 8, min_area, labels.data_ptr(),
-                      counts.data_ptr())
+    lib.emulate_label(
+        scores.data_ptr(),
+        SCORE_TYPES[scores.dtype],
+        n,
+        h,
+        w,
+        strides.ctypes.data,
+        _rounded(threshold, scores.dtype),
+        connectivity == 8,
+        min_area,
+        labels.data_ptr(),
+        counts.data_ptr(),
+    )
     if not stats:
         return labels, counts
     starts = (counts.cumsum(0) - counts).contiguous()
     objects = int(counts.sum())
     table = torch.empty((objects, len(STATS_COLUMNS)), dtype=torch.float64)
-    lib.emulate_stats(scores.data_ptr(), SCORE_TYPES[scores.dtype], n, h, w, strides.ctypes.data,
-                      labels.data_ptr(), starts.data_ptr(), objects, table.data_ptr())
+    lib.emulate_stats(
+        scores.data_ptr(),
+        SCORE_TYPES[scores.dtype],
+        n,
+        h,
+        w,
+        strides.ctypes.data,
+        labels.data_ptr(),
+        starts.data_ptr(),
+        objects,
+        table.data_ptr(),
+    )
     return labels, counts, table
 
 
@@ -123,9 +181,21 @@ def emulate_seeded(lib, scores: torch.Tensor, threshold=0.5, boundary_threshold=
     (n, h, w), strides = _geometry(nucleus)
     labels = torch.empty(nucleus.shape, dtype=torch.int32)
     counts = torch.empty(n, dtype=torch.int64)
-    lib.emulate_seeded(nucleus.data_ptr(), SCORE_TYPES[scores.dtype], n, h, w, strides.ctypes.data,
-                       scores.stride(-3), _rounded(threshold, scores.dtype), _rounded(boundary_threshold, scores.dtype),
-                       connectivity == 8, min_area, labels.data_ptr(), counts.data_ptr())
+    lib.emulate_seeded(
+        nucleus.data_ptr(),
+        SCORE_TYPES[scores.dtype],
+        n,
+        h,
+        w,
+        strides.ctypes.data,
+        scores.stride(-3),
+        _rounded(threshold, scores.dtype),
+        _rounded(boundary_threshold, scores.dtype),
+        connectivity == 8,
+        min_area,
+        labels.data_ptr(),
+        counts.data_ptr(),
+    )
     return labels, counts
 
 
@@ -136,8 +206,7 @@ def assert_stats_equal(got: torch.Tensor, want: torch.Tensor):
 
 
 @given(**BATCHES)
-def test_emulated_kernels_match_scipy(emulated, n, h, w, density, smooth, layout, connectivity, min_area,
-                                      dtype, seed):
+def test_emulated_kernels_match_scipy(emulated, n, h, w, density, smooth, layout, connectivity, min_area, dtype, seed):
     base = cast(blobby(np.random.default_rng(seed), (n, 2 * h + 1, 2 * w + 1), density, smooth), dtype)
     scores = in_layout(base, layout, h, w)
     threshold = 0 if dtype == torch.bool else (127.5 if dtype == torch.uint8 else 0.5)
@@ -208,8 +277,9 @@ def seeded_scores(n, h, w, density, smooth, boundary_density, layout, dtype, see
 
 
 @given(**SEEDED_BATCHES)
-def test_emulated_seeded_kernels_match_the_cpu_op(emulated, n, h, w, density, smooth, boundary_density, layout,
-                                                 connectivity, min_area, dtype, seed):
+def test_emulated_seeded_kernels_match_the_cpu_op(
+    emulated, n, h, w, density, smooth, boundary_density, layout, connectivity, min_area, dtype, seed
+):
     scores = seeded_scores(n, h, w, density, smooth, boundary_density, layout, dtype, seed)
     t, tb = thresholds(dtype)
     labels, counts = emulate_seeded(emulated, scores, t, tb, connectivity, min_area)
@@ -218,8 +288,12 @@ def test_emulated_seeded_kernels_match_the_cpu_op(emulated, n, h, w, density, sm
     assert torch.equal(labels, want.labels)
 
 
-@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 30), connectivity=st.sampled_from([4, 8]),
-       score_levels=st.sampled_from([2, 4, 256]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    count=st.integers(1, 30),
+    connectivity=st.sampled_from([4, 8]),
+    score_levels=st.sampled_from([2, 4, 256]),
+)
 def test_emulated_seeded_growth_ties_match_the_cpu_op(emulated, seed, count, connectivity, score_levels):
     """Touching nuclei with wide boundary bands, so growth runs many rounds, and nucleus scores of few
     distinct values, so the tie-break (the smaller seed) decides often."""
@@ -261,9 +335,13 @@ def test_emulated_seeded_nan_and_zero_sized(emulated):
 # ---- the CUDA op on a GPU -------------------------------------------------------------------------
 
 has_cuda_kernels = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "unetseg::label", "CUDA")
-gpu = pytest.mark.skipif(not has_cuda_kernels, reason="needs a CUDA GPU and unetseg built with CUDA "
-                         "(torch.cuda.is_available() is False or the CUDA kernels were not built)")
+    "unetseg::label", "CUDA"
+)
+gpu = pytest.mark.skipif(
+    not has_cuda_kernels,
+    reason="needs a CUDA GPU and unetseg built with CUDA "
+    "(torch.cuda.is_available() is False or the CUDA kernels were not built)",
+)
 
 
 def assert_same_on_cuda(op, scores: torch.Tensor, *args):
@@ -325,8 +403,9 @@ def test_cuda_on_a_non_default_stream_and_out_variant():
 @gpu
 @settings(max_examples=1000)
 @given(**SEEDED_BATCHES)
-def test_cuda_seeded_matches_cpu(n, h, w, density, smooth, boundary_density, layout, connectivity, min_area, dtype,
-                                 seed):
+def test_cuda_seeded_matches_cpu(
+    n, h, w, density, smooth, boundary_density, layout, connectivity, min_area, dtype, seed
+):
     scores = seeded_scores(n, h, w, density, smooth, boundary_density, layout, dtype, seed)
     assert_same_on_cuda(unetseg.seeded_label_stats, scores, *thresholds(dtype), connectivity, min_area)
 
@@ -339,8 +418,9 @@ def test_cuda_seeded_large_image_of_touching_nuclei(connectivity):
 
     rng = np.random.default_rng(connectivity)
     tiles = [touching_disks(rng, 256, 60) for _ in range(256)]
-    true = np.block([[tiles[16 * r + c] + 1000 * (16 * r + c) * (tiles[16 * r + c] > 0) for c in range(16)]
-                     for r in range(16)])
+    true = np.block(
+        [[tiles[16 * r + c] + 1000 * (16 * r + c) * (tiles[16 * r + c] > 0) for c in range(16)] for r in range(16)]
+    )
     band = ndi.binary_dilation(skimage.segmentation.find_boundaries(true, connectivity=2), iterations=1)
     nucleus = np.where(true > 0, rng.uniform(0.5, 1.0, true.shape), rng.uniform(0.0, 0.5, true.shape))
     scores = torch.from_numpy(np.stack([nucleus, band * rng.uniform(0.5, 1.0, true.shape)]).astype(np.float32))

@@ -15,8 +15,10 @@ import unetseg.dask as udask  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         yield client
 
 
@@ -31,8 +33,12 @@ def image():
 def test_dask_equals_one_process(client, image, labelling, chunks):
     runner = unetseg.Runner(device="cpu")
     probs = runner.predict([image], tile_size=0)[0]
-    options = dict(labelling=labelling, threshold=threshold_away_from([probs]),
-                   boundary_threshold=threshold_away_from([probs], 1), min_area=10)
+    options = dict(
+        labelling=labelling,
+        threshold=threshold_away_from([probs]),
+        boundary_threshold=threshold_away_from([probs], 1),
+        min_area=10,
+    )
     want = runner.segment([image], tile_size=0, **options)[0]
     got = udask.segment(da.from_array(image, chunks=chunks), **options)
     assert got.count == want.count > 30
@@ -50,7 +56,9 @@ def test_grid_chunks():
 
 
 def test_bad_arrays(client):
-    with pytest.raises(ValueError, match=r"expected a dask array \(H, W\) or \(H, W, C\) with C in 1..4, got shape \(2, 3, 40, 40\)"):
+    with pytest.raises(
+        ValueError, match=r"expected a dask array \(H, W\) or \(H, W, C\) with C in 1..4, got shape \(2, 3, 40, 40\)"
+    ):
         udask.segment(da.zeros((2, 3, 40, 40), dtype=np.uint8))
 
 
@@ -60,6 +68,8 @@ def test_precision_reaches_the_workers(client, image):
     p32 = unetseg.Runner(device="cpu", precision="float32").predict([image], tile_size=0)[0]
     p16 = unetseg.Runner(device="cpu", precision="bfloat16").predict([image], tile_size=0)[0]
     for model, options in ((None, {"precision": "bfloat16"}), (unetseg.Runner(precision="bfloat16"), {})):
-        lazy = np.moveaxis(udask.probabilities(da.from_array(image, chunks=(100, 120)), model, **options).compute(), -1, 0)
+        lazy = np.moveaxis(
+            udask.probabilities(da.from_array(image, chunks=(100, 120)), model, **options).compute(), -1, 0
+        )
         assert np.abs(lazy - p16).max() < np.abs(lazy - p32).max()
         assert np.abs(lazy - p16).mean() < 1e-3

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from unetseg.data import (
     Augment,
     NucleiDataset,
+    PixelWeights,
     read_dataset,
     read_dsb2018,
     read_label_folders,
     read_npz,
     read_pairs,
-    PixelWeights,
     separation_weights,
     small_object_weights,
     synthetic_nuclei,
@@ -107,7 +107,9 @@ def test_reader_errors(tmp_path):
         read_dsb2018(tmp_path / "dsb")
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/dsb2018_stage1_train is absent (not on users' machines)")
+@pytest.mark.skipif(
+    not SHARED.exists(), reason="../shared/data/dsb2018_stage1_train is absent (not on users' machines)"
+)
 def test_real_dsb_images_through_the_dsb_layout(tmp_path):
     """A small copy of the real data in the original DSB layout reads back to the same labels."""
     import csv
@@ -139,7 +141,9 @@ def test_transforms_and_dataset():
     t = targets(samples[1].labels, 2)
     assert t.shape == (2, 40, 30) and (t[1] <= t[0]).all() and t[1].sum() > 0
     for mode in ("crop", "center", "resize"):
-        ds = NucleiDataset(data, 1, 2, size=32, mode=mode, augment=Augment() if mode != "center" else None, samples_per_epoch=5)
+        ds = NucleiDataset(
+            data, 1, 2, size=32, mode=mode, augment=Augment() if mode != "center" else None, samples_per_epoch=5
+        )
         image, target = ds[3]
         assert image.shape == (1, 32, 32) and target.shape == (2, 32, 32) and image.dtype == torch.float32
         torch.testing.assert_close(ds[3][0], image)  # deterministic per (seed, epoch, index)
@@ -154,6 +158,7 @@ def test_transforms_and_dataset():
 def test_each_epoch_draws_new_crops_in_the_loaders_workers(workers):
     """As `unetseg train` loads: persistent workers hold copies of the dataset made once, yet see set_epoch."""
     from torch.utils.data import DataLoader
+
     from unetseg.data.readers import Sample
 
     data = [Sample(f"s{i}", s.image, s.labels) for i, s in enumerate(make_samples(3, (48, 40)))]
@@ -223,7 +228,9 @@ def test_separation_weights_match_the_exact_weight_map(shape, nuclei, w0, sigma,
         labels[y : y + rng.integers(1, 12), x : x + rng.integers(1, 12)] = k
     w = separation_weights(labels, w0, sigma)
     assert w.shape == shape and w.dtype == np.float32
-    np.testing.assert_allclose(w, reference_separation_weights(labels, w0, sigma), atol=w0 * np.exp(-8) + 1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        w, reference_separation_weights(labels, w0, sigma), atol=w0 * np.exp(-8) + 1e-5, rtol=1e-5
+    )
 
 
 def test_separation_weights_peak_where_nuclei_touch():
@@ -231,7 +238,7 @@ def test_separation_weights_peak_where_nuclei_touch():
     labels[5:15, 2:10], labels[5:15, 10:18], labels[5:15, 30:38] = 1, 2, 3
     w = separation_weights(labels, 10, 5)
     assert w[10, 9] == w[10, 10] == pytest.approx(1 + 10 * np.exp(-1 / 50))  # d1 = 0, d2 = 1 across the contact
-    assert w[10, 24] == pytest.approx(1 + 10 * np.exp(-(7 + 6) ** 2 / 50))  # in the gap: 7 pixels from 2, 6 from 3
+    assert w[10, 24] == pytest.approx(1 + 10 * np.exp(-((7 + 6) ** 2) / 50))  # in the gap: 7 pixels from 2, 6 from 3
     assert w[10, 5] < w[10, 9] and w[0, 39] < 1.01
     assert (separation_weights(labels * (labels == 1), 10, 5) == 1).all()  # one nucleus: nothing to separate
     assert (separation_weights(np.zeros((4, 4), np.int32)) == 1).all()
@@ -280,9 +287,13 @@ def test_pixel_weights_multiply_and_the_dataset_appends_them():
 
 
 @settings(deadline=None)
-@given(shape=st.tuples(st.integers(1, 40), st.integers(1, 40)), channels=st.sampled_from([1, 3]),
-       dtype=st.sampled_from([np.uint16, np.int32, np.int64]), std=st.sampled_from([0.0, 1.0, 3.0, 8.0]),
-       seed=st.integers(0, 2**16))
+@given(
+    shape=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    channels=st.sampled_from([1, 3]),
+    dtype=st.sampled_from([np.uint16, np.int32, np.int64]),
+    std=st.sampled_from([0.0, 1.0, 3.0, 8.0]),
+    seed=st.integers(0, 2**16),
+)
 def test_elastic_deform_matches_scipy_map_coordinates(shape, channels, dtype, std, seed):
     """Labels move as scipy moves them (nearest, mirrored borders) with the same field; the image
     (bilinear) follows, and a zero field is the identity."""
@@ -301,9 +312,12 @@ def test_elastic_deform_matches_scipy_map_coordinates(shape, channels, dtype, st
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     coords = np.stack([yy + dy, xx + dx])
     tie = (np.abs(coords - np.floor(coords) - 0.5) < 1e-6).any(axis=0)  # rounding conventions differ at x.5
-    np.testing.assert_array_equal(np.where(tie, 0, moved),
-                                  np.where(tie, 0, ndi.map_coordinates(labels, coords, order=0, mode="mirror")))
-    expected = np.stack([ndi.map_coordinates(image[..., c], coords, order=1, mode="mirror") for c in range(channels)], -1)
+    np.testing.assert_array_equal(
+        np.where(tie, 0, moved), np.where(tie, 0, ndi.map_coordinates(labels, coords, order=0, mode="mirror"))
+    )
+    expected = np.stack(
+        [ndi.map_coordinates(image[..., c], coords, order=1, mode="mirror") for c in range(channels)], -1
+    )
     np.testing.assert_allclose(warped, expected, atol=0.03)  # cv2 samples at 1/32 pixel
     if std == 0:
         np.testing.assert_array_equal(moved, labels)
@@ -316,15 +330,20 @@ def test_blur_and_channel_jitter():
     rng = np.random.default_rng(0)
     image = np.repeat(rng.random((64, 64, 1), dtype=np.float32), 3, axis=2)
     labels = np.zeros((64, 64), np.int32)
-    plain = Augment(flips=False, rotations=False, scale=(1.0, 1.0), brightness=0, contrast=0, gamma=None, noise=0,
-                    invert=0)
+    plain = Augment(
+        flips=False, rotations=False, scale=(1.0, 1.0), brightness=0, contrast=0, gamma=None, noise=0, invert=0
+    )
     out, _ = plain(image, labels, np.random.default_rng(1))
     np.testing.assert_array_equal(out, image)
     jittered, _ = Augment(**{**plain.__dict__, "channel_jitter": 0.1})(image, labels, np.random.default_rng(1))
     assert np.abs(jittered[..., 0] - jittered[..., 1]).max() > 0.01  # each channel its own gain and offset
     np.testing.assert_allclose(np.corrcoef(jittered[..., 0].ravel(), jittered[..., 2].ravel())[0, 1], 1, atol=1e-5)
-    roughness = [np.abs(np.diff(Augment(**{**plain.__dict__, "blur": 2.0})(image, labels, np.random.default_rng(s))[0],
-                                axis=0)).mean() for s in range(8)]
+    roughness = [
+        np.abs(
+            np.diff(Augment(**{**plain.__dict__, "blur": 2.0})(image, labels, np.random.default_rng(s))[0], axis=0)
+        ).mean()
+        for s in range(8)
+    ]
     assert min(roughness) < 0.5 * np.abs(np.diff(image, axis=0)).mean() < max(roughness)  # about half are blurred
     with pytest.raises(ValueError, match="augmentation elastic must be >= 0, got -2"):
         Augment(elastic=-2)

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_checkpoint
 
 import unetseg
 from unetseg.data import synthetic_nuclei
 from unetseg.export import export
-
-from conftest import make_checkpoint
 
 CANONICAL = 12.0
 
@@ -43,7 +42,11 @@ def test_given_diameter_equals_resize_predict_resize_back(scaled_model, diameter
     factor = CANONICAL / diameter
     sh, sw = max(1, round(h * factor)), max(1, round(w * factor))
     ranges = scaled_model.normalisation(im)
-    x = resized(torch.from_numpy(np.atleast_3d(im)).float().permute(2, 0, 1)[None], sh, sw)[0].permute(1, 2, 0).contiguous()
+    x = (
+        resized(torch.from_numpy(np.atleast_3d(im)).float().permute(2, 0, 1)[None], sh, sw)[0]
+        .permute(1, 2, 0)
+        .contiguous()
+    )
     # the network on the resized image, normalised with the ranges of the image itself
     probs = scaled_model.predict([x], normalisation=ranges, diameter=CANONICAL, tile_size=0)[0]
     back = resized(torch.from_numpy(probs)[None], h, w)[0]
@@ -70,14 +73,17 @@ def test_tiles_at_another_scale_equal_the_untiled_result(scaled_model):
     np.testing.assert_array_equal(tiled.labels, untiled.labels)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (0, "diameter must be a positive number of pixels"),
-    (-3, "diameter must be a positive number of pixels"),
-    (math.nan, "diameter must be a positive number of pixels"),
-    (1.0, r"outside \[0.125, 4\]"),
-    (500.0, r"outside \[0.125, 4\]"),
-    ("big", "diameter must be a number of pixels or 'auto', got 'big'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (0, "diameter must be a positive number of pixels"),
+        (-3, "diameter must be a positive number of pixels"),
+        (math.nan, "diameter must be a positive number of pixels"),
+        (1.0, r"outside \[0.125, 4\]"),
+        (500.0, r"outside \[0.125, 4\]"),
+        ("big", "diameter must be a number of pixels or 'auto', got 'big'"),
+    ],
+)
 def test_bad_diameters_are_refused_with_the_value(scaled_model, bad, message):
     with pytest.raises(ValueError, match=message):
         scaled_model.segment([image()], diameter=bad)

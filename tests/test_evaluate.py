@@ -7,16 +7,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import make_checkpoint
 
 import unetseg
 from unetseg import metrics
 from unetseg.cli import main
 from unetseg.data import read_dataset
 from unetseg.evaluate import evaluate
-from unetseg.segment import default_model_path
 from unetseg.export import METADATA_FILE, export, is_model_file, load, quiet_jit
-
-from conftest import make_checkpoint
+from unetseg.segment import default_model_path
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +38,16 @@ def reference(model, npz, names, **options):
     return metrics.summarise([metrics.image_metrics(s.labels, r.labels) for s, r in zip(samples, results)])
 
 
-@pytest.mark.parametrize("options", [{}, {"threshold": 0.3, "min_area": 0, "labelling": "plain"},
-                                     {"boundary_threshold": 0.7, "tta": True}, {"precision": "bfloat16"}],
-                         ids=["defaults", "plain", "tta", "bfloat16"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"threshold": 0.3, "min_area": 0, "labelling": "plain"},
+        {"boundary_threshold": 0.7, "tta": True},
+        {"precision": "bfloat16"},
+    ],
+    ids=["defaults", "plain", "tta", "bfloat16"],
+)
 def test_model_file_is_scored_as_the_runner_segments(exported, npz, tmp_path, options):
     path, val_names = exported
     result = evaluate(path, npz, tmp_path, progress=False, **options)
@@ -63,8 +69,9 @@ def test_dev_images_of_a_checkpoint_and_its_model_file(npz, tmp_path):
         evaluate(model, npz, tmp_path / model.stem, split="dev", progress=False)
         assert [r["image"] for r in csv.DictReader(open(tmp_path / model.stem / "per_image.csv"))] == names[3:6]
     assert load(tmp_path / "model.pt")[1]["training_data"]["dev_names"] == names[3:6]
-    assert (evaluate(tmp_path / "model.pt", npz, split="dev", min_area=0, progress=False)["all"]
-            == reference(tmp_path / "model.pt", npz, names[3:6], min_area=0))
+    assert evaluate(tmp_path / "model.pt", npz, split="dev", min_area=0, progress=False)["all"] == reference(
+        tmp_path / "model.pt", npz, names[3:6], min_area=0
+    )
     ckpt["split"]["val"] = names[:3] + ["not-in-npz"]  # a score on some of a split's images is not its score
     torch.save(ckpt, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match=r"holds only 3 of the model's validation images \(4\); use split='all'"):

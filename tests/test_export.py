@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import make_checkpoint
 
+from unetseg.checkpoint import model_from_checkpoint
 from unetseg.cli import main
 from unetseg.data import Normalisation, read_image, synthetic_nuclei, to_channels
 from unetseg.export import FORMAT_VERSION, METADATA_FILE, export, load, read_metadata
-from unetseg.checkpoint import model_from_checkpoint
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018_stage1_train"
 
@@ -41,8 +41,12 @@ def _check_parity(ckpt, images, tmp_path):
 )
 def test_exported_model_equals_eager_on_synthetic_images(tmp_path, architecture, in_channels, out_channels, options):
     ckpt = make_checkpoint(architecture, in_channels, out_channels, **options)
-    images = [synthetic_nuclei(shape, kind=kind, seed=i).image
-              for i, (shape, kind) in enumerate([((64, 64), "fluorescence"), ((37, 90), "brightfield"), ((130, 71), "fluorescence")])]
+    images = [
+        synthetic_nuclei(shape, kind=kind, seed=i).image
+        for i, (shape, kind) in enumerate(
+            [((64, 64), "fluorescence"), ((37, 90), "brightfield"), ((130, 71), "fluorescence")]
+        )
+    ]
     metadata = _check_parity(ckpt, images, tmp_path)
     assert metadata["architecture"] == architecture and metadata["in_channels"] == in_channels
     assert metadata["out_channels"] == out_channels and len(metadata["outputs"]) == out_channels

@@ -24,8 +24,9 @@ def test_several_datasets_get_prefixed_names_and_their_own_split(npz, tmp_path):
     shutil.copy(npz, other)
     alone = read_datasets(npz)
     both = read_datasets([npz, other])
-    assert [s.name for s in both] == ([f"synthetic/{s.name}" for s in alone] +
-                                      [f"other/{s.name}" for s in read_datasets(other)])
+    assert [s.name for s in both] == (
+        [f"synthetic/{s.name}" for s in alone] + [f"other/{s.name}" for s in read_datasets(other)]
+    )
     # a dataset splits the same alone as beside others
     _, val_alone = split_by_kind(alone, 0.3, 0)
     _, val_both = split_by_kind(both, 0.3, 0)
@@ -55,8 +56,10 @@ def test_label_folder_tiles_are_grouped(tmp_path):
 
 
 def test_balanced_sampling_gives_each_stratum_its_share():
-    samples = [sample(f"a{i}", "big") for i in range(90)] + [sample("b0", "small", size=(20, 20)),
-                                                            sample("b1", "small", size=(40, 40))]
+    samples = [sample(f"a{i}", "big") for i in range(90)] + [
+        sample("b0", "small", size=(20, 20)),
+        sample("b1", "small", size=(40, 40)),
+    ]
     areas = [s.labels.size for s in samples]
     p = sampling_probabilities(samples, areas)
     assert p[:90].sum() == pytest.approx(0.5) and p[90:].sum() == pytest.approx(0.5)
@@ -96,9 +99,20 @@ def test_precision_resolution():
 def test_training_on_two_datasets_records_diameter_and_precision(npz, tmp_path, precision):
     other = tmp_path / "other.npz"
     shutil.copy(npz, other)
-    config = TrainConfig(data=[str(npz), str(other)], output=str(tmp_path / "run"), in_channels=1, out_channels=2,
-                         model_options={"base_width": 4, "depth": 2, "batch_norm": True}, crop=32, batch_size=4,
-                         workers=0, epochs=1, precision=precision, diameter=8.0, samples_per_epoch=8)
+    config = TrainConfig(
+        data=[str(npz), str(other)],
+        output=str(tmp_path / "run"),
+        in_channels=1,
+        out_channels=2,
+        model_options={"base_width": 4, "depth": 2, "batch_norm": True},
+        crop=32,
+        batch_size=4,
+        workers=0,
+        epochs=1,
+        precision=precision,
+        diameter=8.0,
+        samples_per_epoch=8,
+    )
     ckpt = train(config)
     assert ckpt["precision"] == precision and ckpt["diameter"] == 8.0
     assert ckpt["history"][0]["train_loss"] > 0
@@ -107,7 +121,16 @@ def test_training_on_two_datasets_records_diameter_and_precision(npz, tmp_path, 
 
 
 def test_an_epoch_shorter_than_a_batch_is_an_error(npz, tmp_path):
-    config = TrainConfig(data=str(npz), output=str(tmp_path / "run"), in_channels=1, crop=32, batch_size=8,
-                         model_options={"base_width": 4, "depth": 2}, workers=0, epochs=1, samples_per_epoch=4)
+    config = TrainConfig(
+        data=str(npz),
+        output=str(tmp_path / "run"),
+        in_channels=1,
+        crop=32,
+        batch_size=8,
+        model_options={"base_width": 4, "depth": 2},
+        workers=0,
+        epochs=1,
+        samples_per_epoch=4,
+    )
     with pytest.raises(ValueError, match="an epoch of 4 crops is less than one batch of 8"):
         train(config)

@@ -12,11 +12,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import assert_stats_match_regionprops, label_batch
 
 import unetseg
 from unetseg.ops import STATS_COLUMNS
-
-from reference import assert_stats_match_regionprops, label_batch
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool]
 
@@ -238,7 +237,11 @@ def test_out_variant_non_contiguous():
         (torch.zeros(5, 5), {"connectivity": 6}, "connectivity must be 4 .* or 8 .*, got 6"),
         (torch.zeros(5, 5), {"min_area": -1}, "min_area must be >= 0 pixels, got -1"),
         (torch.zeros(5, 5), {"threshold": float("nan")}, "threshold must be a number, got nan"),
-        (torch.zeros(1, 1, dtype=torch.uint8).expand(46341, 46341), {}, "at most 2\\^31 - 1 pixels .* got 46341 x 46341"),
+        (
+            torch.zeros(1, 1, dtype=torch.uint8).expand(46341, 46341),
+            {},
+            "at most 2\\^31 - 1 pixels .* got 46341 x 46341",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(scores, kwargs, message):

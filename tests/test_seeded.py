@@ -10,15 +10,16 @@ import skimage.segmentation
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import assert_stats_match_regionprops, label_batch, seeded_batch
+from test_label import DTYPES, EDGE_CASES, blobby, cast
 
 import unetseg
 from unetseg.ops import STATS_COLUMNS
 
-from reference import assert_stats_match_regionprops, label_batch, seeded_batch
-from test_label import DTYPES, EDGE_CASES, blobby, cast
 
-
-def two_channel(rng: np.random.Generator, shape, density: float, smooth: float, boundary_density: float) -> torch.Tensor:
+def two_channel(
+    rng: np.random.Generator, shape, density: float, smooth: float, boundary_density: float
+) -> torch.Tensor:
     """(..., 2, H, W) scores in [0, 1): blob-shaped nuclei and an independent boundary map."""
     nucleus = blobby(rng, shape, density, smooth)
     boundary = blobby(rng, shape, boundary_density, smooth / 2)
@@ -141,7 +142,11 @@ def test_perfect_scores_recover_touching_nuclei(seed, count):
     for k in range(1, count + 1):
         obj = true == k
         core = seeds & obj
-        if core.any() and ndi.label(core, np.ones((3, 3)))[1] == 1 and (ndi.binary_dilation(core, np.ones((3, 3))) >= obj).all():
+        if (
+            core.any()
+            and ndi.label(core, np.ones((3, 3)))[1] == 1
+            and (ndi.binary_dilation(core, np.ones((3, 3))) >= obj).all()
+        ):
             assert len(np.unique(labels[obj])) == 1  # all of it in one object...
             recovered.append(labels[core][0])
     assert len(set(recovered)) == len(recovered)  # ...of its own
@@ -156,8 +161,9 @@ def test_perfect_scores_recover_touching_nuclei(seed, count):
     disagree = grown & (marker_of[labels] != ws)
     for a, b in set(zip(marker_of[labels[disagree]], ws[disagree])):
         where = disagree & (marker_of[labels] == a) & (ws == b)
-        np.testing.assert_array_equal(geodesic_distance(markers == a, true > 0)[where],
-                                      geodesic_distance(markers == b, true > 0)[where])
+        np.testing.assert_array_equal(
+            geodesic_distance(markers == a, true > 0)[where], geodesic_distance(markers == b, true > 0)[where]
+        )
     assert labels.max() >= label_batch(scores[0], 0.5)[0].max()  # never fewer objects than plain
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import unetseg
+from unetseg.checkpoint import model_from_checkpoint
 from unetseg.cli import main
 from unetseg.data import read_image, synthetic_nuclei
 from unetseg.export import export, read_metadata
-from unetseg.segment import default_model_path
-from unetseg.checkpoint import model_from_checkpoint
 from unetseg.predict import predict
+from unetseg.segment import default_model_path
 
 
 def _images():
@@ -97,7 +97,9 @@ def test_results_do_not_depend_on_batching_or_order(rgb_model):
     images = _images()
     single = unetseg.Runner(rgb_model[0], batch_size=1)
     probabilities = single.predict(images)
-    options = dict(threshold=threshold_away_from(probabilities), boundary_threshold=threshold_away_from(probabilities, 1))
+    options = dict(
+        threshold=threshold_away_from(probabilities), boundary_threshold=threshold_away_from(probabilities, 1)
+    )
     alone = [single.segment([im], **options)[0] for im in images]
     mixed = unetseg.Runner(rgb_model[0], batch_size=3).segment(images[::-1] + images, **options)
     for a, b, c in zip(alone, mixed[: len(images)][::-1], mixed[len(images) :]):
@@ -275,7 +277,9 @@ def test_postprocessing_defaults_travel_in_the_model_file(rgb_model, tmp_path):
         want = unetseg.seeded_label(torch.from_numpy(prob), 0.45, 0.55, 8, 12)
         np.testing.assert_array_equal(seg.labels, want.labels.numpy())
     for seg, prob in zip(runner.segment(images, min_area=0), runner.predict(images)):
-        np.testing.assert_array_equal(seg.labels, unetseg.seeded_label(torch.from_numpy(prob), 0.45, 0.55).labels.numpy())
+        np.testing.assert_array_equal(
+            seg.labels, unetseg.seeded_label(torch.from_numpy(prob), 0.45, 0.55).labels.numpy()
+        )
     with pytest.raises(ValueError, match="min_area must be >= 0 pixels, got -1"):
         export(rgb_model[1], tmp_path / "bad.pt", min_area=-1)
     with pytest.raises(ValueError, match=r"boundary_threshold must be a probability in \[0, 1\], got 2"):
@@ -309,7 +313,10 @@ def test_cli_segment_tta(tmp_path, model_file):
     wants = []
     for flag, tta in (([], False), (["--tta"], True)):
         out = tmp_path / f"out{tta}"
-        assert main(["segment", str(tmp_path / "im.png"), "-o", str(out), "-m", str(model_file[0]), "-t", str(t)] + flag) == 0
+        assert (
+            main(["segment", str(tmp_path / "im.png"), "-o", str(out), "-m", str(model_file[0]), "-t", str(t)] + flag)
+            == 0
+        )
         wants.append(unetseg.segment_batch([image], model_file[0], threshold=t, tta=tta)[0])
         np.testing.assert_array_equal(read_image(out / "im_labels.png"), wants[-1].labels)
     assert not np.array_equal(wants[0].labels, wants[1].labels)  # the flag reached the runner

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
-
 from test_segment import threshold_away_from
 
 import unetseg
@@ -40,19 +39,34 @@ def whole_image(runner, image, **options):
     """The runner on the whole image at once, at thresholds no probability is within 1e-6 of (tiles
     and bands round the network's floats differently, by ~1e-7)."""
     probs = runner.predict([image], tile_size=0, tta=options.get("tta", False))[0]
-    options = dict(threshold=threshold_away_from([probs]), boundary_threshold=threshold_away_from([probs], 1),
-                   **options)
+    options = dict(
+        threshold=threshold_away_from([probs]), boundary_threshold=threshold_away_from([probs], 1), **options
+    )
     return runner.segment([image], tile_size=0, **options)[0], options
 
 
-@pytest.mark.parametrize("band_height,block_width,tile_size,labelling",
-                         [(32, 64, 48, "seeded"), (96, 4096, 1000, "plain"), (1000, 96, 96, "seeded"),
-                          (1000, 4096, 96, "plain"), (48, 80, 1000, "plain")])
+@pytest.mark.parametrize(
+    "band_height,block_width,tile_size,labelling",
+    [
+        (32, 64, 48, "seeded"),
+        (96, 4096, 1000, "plain"),
+        (1000, 96, 96, "seeded"),
+        (1000, 4096, 96, "plain"),
+        (48, 80, 1000, "plain"),
+    ],
+)
 def test_slide_equals_the_whole_image(default_runner, slide, tmp_path, labelling, band_height, block_width, tile_size):
     want, options = whole_image(default_runner, slide[1], labelling=labelling, min_area=10)
-    result = segment_slide(slide[0], tmp_path / "out", default_runner, band_height=band_height,
-                           block_width=block_width, tile_size=tile_size,
-                           progress=False, **options)
+    result = segment_slide(
+        slide[0],
+        tmp_path / "out",
+        default_runner,
+        band_height=band_height,
+        block_width=block_width,
+        tile_size=tile_size,
+        progress=False,
+        **options,
+    )
     assert result.count == want.count > 30
     np.testing.assert_array_equal(tifffile.imread(result.labels), want.labels)
     table = pd.read_csv(result.table)
@@ -67,8 +81,16 @@ def test_slide_equals_the_whole_image(default_runner, slide, tmp_path, labelling
 def test_slide_with_tta_equals_the_whole_image(default_runner, slide, tmp_path):
     want, options = whole_image(default_runner, slide[1], tta=True)
     assert not np.array_equal(want.labels, whole_image(default_runner, slide[1])[0].labels)
-    result = segment_slide(slide[0], tmp_path / "out", default_runner, band_height=64, block_width=96, tile_size=48,
-                           progress=False, **options)
+    result = segment_slide(
+        slide[0],
+        tmp_path / "out",
+        default_runner,
+        band_height=64,
+        block_width=96,
+        tile_size=48,
+        progress=False,
+        **options,
+    )
     assert result.count == want.count > 30
     np.testing.assert_array_equal(tifffile.imread(result.labels), want.labels)
 
@@ -76,8 +98,16 @@ def test_slide_with_tta_equals_the_whole_image(default_runner, slide, tmp_path):
 def test_zarr_parquet_and_geojson(default_runner, slide, tmp_path):
     runner = default_runner
     want, options = whole_image(runner, slide[1])
-    result = segment_slide(slide[0], tmp_path, runner, band_height=48, labels_format="zarr", table_format="parquet",
-                           progress=False, **options)
+    result = segment_slide(
+        slide[0],
+        tmp_path,
+        runner,
+        band_height=48,
+        labels_format="zarr",
+        table_format="parquet",
+        progress=False,
+        **options,
+    )
     np.testing.assert_array_equal(zarr.open_array(str(result.labels), mode="r")[:], want.labels)
     assert len(pd.read_parquet(result.table)) == want.count
     features = json.loads(result.geojson.read_text())["features"]
@@ -88,7 +118,9 @@ def test_zarr_parquet_and_geojson(default_runner, slide, tmp_path):
         k = f["properties"]["label"]
         r0, c0, r1, c1 = want.objects.bbox[k - 1]
         assert f["properties"]["objectType"] == "detection" and (ring[0] == ring[-1]).all() and len(ring) >= 4
-        assert (ring[:, 0] > c0).all() and (ring[:, 0] < c1).all() and (ring[:, 1] > r0).all() and (ring[:, 1] < r1).all()
+        assert (
+            (ring[:, 0] > c0).all() and (ring[:, 0] < c1).all() and (ring[:, 1] > r0).all() and (ring[:, 1] < r1).all()
+        )
 
 
 class Interrupt(Exception):
@@ -134,8 +166,14 @@ def test_an_interrupted_run_resumes(rgb_model, slide, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="cannot resume: .* other settings \\(band_height\\)"):
         segment_slide(str(slide[0]), out, runner, resume=True, progress=False, **{**options, "band_height": 64})
     with pytest.raises(ValueError, match="cannot resume: .* other settings \\(precision\\)"):
-        segment_slide(str(slide[0]), out, unetseg.Runner(rgb_model[0], precision="bfloat16"), resume=True,
-                      progress=False, **options)
+        segment_slide(
+            str(slide[0]),
+            out,
+            unetseg.Runner(rgb_model[0], precision="bfloat16"),
+            resume=True,
+            progress=False,
+            **options,
+        )
     result = segment_slide(str(slide[0]), out, runner, resume=True, progress=False, **options)
     assert min(reads) == 2 * 32 - runner.halo  # bands 0 and 1 were not read again
     assert result.count == want.count
@@ -161,7 +199,9 @@ def test_readers(tmp_path):
     fluo = (rng.random((4, 90, 80)) * 60000).astype(np.uint16)
     tifffile.imwrite(tmp_path / "fluo.ome.tif", fluo, ome=True, metadata={"axes": "CYX"})
     np.testing.assert_array_equal(open_slide(tmp_path / "fluo.ome.tif", channel=2).read(5, 50), fluo[2, 5:50])
-    np.testing.assert_array_equal(open_slide(tmp_path / "fluo.ome.tif", channel=2).read(5, 50, 7, 9), fluo[2, 5:50, 7:9])
+    np.testing.assert_array_equal(
+        open_slide(tmp_path / "fluo.ome.tif", channel=2).read(5, 50, 7, 9), fluo[2, 5:50, 7:9]
+    )
     with pytest.raises(ValueError, match="has 4 channels .* choose the nuclear channel with channel=N"):
         open_slide(tmp_path / "fluo.ome.tif")
     with pytest.raises(ValueError, match="channel 7 asked for, but the slide has 4 channel"):
@@ -174,8 +214,9 @@ def test_readers(tmp_path):
     group = zarr.open_group(str(tmp_path / "ome.zarr"), mode="w")
     group.create_array("0", shape=fluo.shape, chunks=(1, 32, 32), dtype="u2")[:] = fluo
     group.create_array("1", shape=(4, 45, 40), chunks=(1, 32, 32), dtype="u2")[:] = fluo[:, ::2, ::2]
-    group.attrs["multiscales"] = [{"axes": [{"name": "c"}, {"name": "y"}, {"name": "x"}],
-                                   "datasets": [{"path": "0"}, {"path": "1"}]}]
+    group.attrs["multiscales"] = [
+        {"axes": [{"name": "c"}, {"name": "y"}, {"name": "x"}], "datasets": [{"path": "0"}, {"path": "1"}]}
+    ]
     np.testing.assert_array_equal(open_slide(tmp_path / "ome.zarr", level=1, channel=3).read(0, 45), fluo[3, ::2, ::2])
 
     np.save(tmp_path / "slide.npy", rgb)
@@ -211,8 +252,22 @@ def test_cli_segment_slide(model_file, slide, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["segment-slide", "--help"])
     assert e.value.code == 0 and "--resume" in capsys.readouterr().out
-    assert main(["segment-slide", str(slide[0]), "-o", str(tmp_path), "-m", str(model_file[0]), "--band-height", "100",
-                 "--no-geojson"]) == 0
+    assert (
+        main(
+            [
+                "segment-slide",
+                str(slide[0]),
+                "-o",
+                str(tmp_path),
+                "-m",
+                str(model_file[0]),
+                "--band-height",
+                "100",
+                "--no-geojson",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "nuclei in 333x301 pixels" in out and (tmp_path / "labels.ome.tif").is_file()
     assert not (tmp_path / "objects.geojson").exists()

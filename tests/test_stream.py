@@ -64,15 +64,24 @@ def assert_same(got, want):
 
 
 @settings(max_examples=200)
-@given(seed=st.integers(0, 10**6), h=st.integers(1, 90), w=st.integers(1, 70), blobs=st.integers(0, 40),
-       cuts=st.lists(st.integers(0, 90), max_size=8), col_cuts=st.lists(st.integers(1, 69), max_size=6),
-       labelling=st.sampled_from(["plain", "seeded"]), connectivity=st.sampled_from([4, 8]),
-       min_area=st.integers(0, 30), t=st.floats(0.2, 0.8))
+@given(
+    seed=st.integers(0, 10**6),
+    h=st.integers(1, 90),
+    w=st.integers(1, 70),
+    blobs=st.integers(0, 40),
+    cuts=st.lists(st.integers(0, 90), max_size=8),
+    col_cuts=st.lists(st.integers(1, 69), max_size=6),
+    labelling=st.sampled_from(["plain", "seeded"]),
+    connectivity=st.sampled_from([4, 8]),
+    min_area=st.integers(0, 30),
+    t=st.floats(0.2, 0.8),
+)
 def test_stream_equals_whole_map(seed, h, w, blobs, cuts, col_cuts, labelling, connectivity, min_area, t):
     scores = maps(seed, h, w, 2, blobs)
     cuts = [c for c in cuts if c <= h]  # empty bands included
-    options = dict(labelling=labelling, threshold=t, boundary_threshold=0.5, connectivity=connectivity,
-                   min_area=min_area)
+    options = dict(
+        labelling=labelling, threshold=t, boundary_threshold=0.5, connectivity=connectivity, min_area=min_area
+    )
     assert_same(stream(scores, cuts, col_cuts, **options), whole(scores, labelling, t, 0.5, connectivity, min_area))
 
 
@@ -96,8 +105,9 @@ def test_a_spiral_that_leaves_and_comes_back():
     for band in (1, 3, 5):
         for cuts in ([], list(range(band, 40, band))):
             assert_same(stream(scores, list(range(band, 40, band)), cuts), whole(scores, "plain", 0.5, 0.5, 8, 0))
-            assert_same(stream(scores.transpose(0, 2, 1), [], cuts), whole(scores.transpose(0, 2, 1), "plain", 0.5,
-                                                                           0.5, 8, 0))
+            assert_same(
+                stream(scores.transpose(0, 2, 1), [], cuts), whole(scores.transpose(0, 2, 1), "plain", 0.5, 0.5, 8, 0)
+            )
 
 
 def test_outlines_and_state():
@@ -123,10 +133,14 @@ def test_outlines_and_state():
 
 def test_bad_blocks():
     labeller = StreamLabeller(10, labelling="seeded")
-    with pytest.raises(ValueError, match=r"a block must be \(2\+, h, w\) scores with 1 <= w <= 10 .*got shape \(1, 4, 10\)"):
+    with pytest.raises(
+        ValueError, match=r"a block must be \(2\+, h, w\) scores with 1 <= w <= 10 .*got shape \(1, 4, 10\)"
+    ):
         labeller.feed(np.zeros((1, 4, 10), np.float32))
     labeller.feed(np.zeros((2, 4, 6), np.float32))
-    with pytest.raises(ValueError, match=r"1 <= w <= 4 \(the columns of this band still to come\), got shape \(2, 4, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"1 <= w <= 4 \(the columns of this band still to come\), got shape \(2, 4, 5\)"
+    ):
         labeller.feed(np.zeros((2, 4, 5), np.float32))
     with pytest.raises(ValueError, match=r"same rows and `last`: .* had 4 rows \(last=False\), got 3 \(last=False\)"):
         labeller.feed(np.zeros((2, 3, 4), np.float32))

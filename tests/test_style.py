@@ -15,5 +15,7 @@ RUFF = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.whi
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
 def test_ruff(command):
     result = subprocess.run([RUFF, *command, "."], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, f"ruff {' '.join(command)} found problems (fix: ruff {command[0]} .):\n" + (
-        result.stdout + result.stderr)[-4000:]
+    assert result.returncode == 0, (
+        f"ruff {' '.join(command)} found problems (fix: ruff {command[0]} .):\n"
+        + (result.stdout + result.stderr)[-4000:]
+    )

@@ -37,7 +37,9 @@ def test_tiled_equals_untiled(runner, h, w, tile, seed):
     untiled = runner.segment([image], tile_size=0, threshold=t, boundary_threshold=tb)[0]
     np.testing.assert_array_equal(got.labels, untiled.labels)
     plain = runner.segment([image], tile_size=tile, threshold=t, labelling="plain")[0]
-    np.testing.assert_array_equal(plain.labels, runner.segment([image], tile_size=0, threshold=t, labelling="plain")[0].labels)
+    np.testing.assert_array_equal(
+        plain.labels, runner.segment([image], tile_size=0, threshold=t, labelling="plain")[0].labels
+    )
 
 
 def test_large_images_are_tiled_automatically(model_file):
@@ -74,16 +76,25 @@ def test_fixed_normalisation(runner):
     np.testing.assert_array_equal(same, runner.predict([image])[0])
     # The given ranges are the ones used: shifting them equals shifting the image.
     shifted = runner.predict([image], normalisation=([v - 20 for v in low], [v - 20 for v in high]))[0]
-    np.testing.assert_allclose(shifted, runner.predict([image.astype(np.float32) + 20], normalisation=(low, high))[0],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        shifted, runner.predict([image.astype(np.float32) + 20], normalisation=(low, high))[0], atol=1e-6
+    )
     assert np.abs(shifted - same).max() > 1e-5
     # Tiles never normalise on their own: a tile of a bright corner keeps the whole image's ranges.
     np.testing.assert_allclose(runner.predict([image], tile_size=8, normalisation=(low, high))[0], same, atol=2e-6)
 
 
 @settings(max_examples=20)
-@given(h=st.integers(1, 200), w=st.integers(1, 200), tile=st.sampled_from([0, 8, 37, 64]), top=st.integers(0, 3),
-       bottom=st.integers(0, 40), left=st.integers(0, 3), right=st.integers(0, 40), seed=st.integers(0, 99))
+@given(
+    h=st.integers(1, 200),
+    w=st.integers(1, 200),
+    tile=st.sampled_from([0, 8, 37, 64]),
+    top=st.integers(0, 3),
+    bottom=st.integers(0, 40),
+    left=st.integers(0, 3),
+    right=st.integers(0, 40),
+    seed=st.integers(0, 99),
+)
 def test_context_is_seen_not_predicted(runner, h, w, tile, top, bottom, left, right, seed):
     """A block read with context rows and columns (the slide pipeline's halo) gives the pixels
     between them, as predicting the whole image does (context above and left on the pooling grid,
@@ -95,8 +106,9 @@ def test_context_is_seen_not_predicted(runner, h, w, tile, top, bottom, left, ri
     assert got.shape[1:] == (h, w)
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
     if left == right == 0:  # rows only
-        np.testing.assert_allclose(runner.predict([image], tile_size=tile, context=(top, bottom))[0], want,
-                                   atol=2e-6, rtol=0)
+        np.testing.assert_allclose(
+            runner.predict([image], tile_size=tile, context=(top, bottom))[0], want, atol=2e-6, rtol=0
+        )
 
 
 def test_tiling_errors(runner):
@@ -109,7 +121,9 @@ def test_tiling_errors(runner):
         runner.predict(image, context=(0, 0, 0, 40))
     with pytest.raises(ValueError, match=r"context rows and columns must be >= 0, got \(-1, 0, 0, 0\)"):
         runner.predict(image, context=(-1, 0))
-    with pytest.raises(ValueError, match=r"context must be \(top, bottom\) or \(top, bottom, left, right\), got \(1,\)"):
+    with pytest.raises(
+        ValueError, match=r"context must be \(top, bottom\) or \(top, bottom, left, right\), got \(1,\)"
+    ):
         runner.predict(image, context=(1,))
     with pytest.raises(ValueError, match="halo must be >= 0 pixels, got -4"):
         runner.predict(image, tile_size=16, halo=-4)

@@ -5,16 +5,24 @@ import csv
 import pytest
 import torch
 
-from unetseg.cli import main
-from unetseg.evaluate import evaluate
-from unetseg.data import read_dataset
 from unetseg.checkpoint import load_checkpoint
+from unetseg.cli import main
+from unetseg.data import read_dataset
+from unetseg.evaluate import evaluate
 from unetseg.train import TrainConfig, loss_fn, make_augment, split_by_kind, train
 
 
 def config(npz, out, **kw):
-    return TrainConfig(data=str(npz), output=str(out), model_options={"base_width": 4, "depth": 2, "batch_norm": True},
-                       in_channels=1, crop=32, batch_size=4, workers=0, **kw)
+    return TrainConfig(
+        data=str(npz),
+        output=str(out),
+        model_options={"base_width": 4, "depth": 2, "batch_norm": True},
+        in_channels=1,
+        crop=32,
+        batch_size=4,
+        workers=0,
+        **kw,
+    )
 
 
 def test_train_resume_and_evaluate(npz, tmp_path):
@@ -40,8 +48,31 @@ def test_train_resume_and_evaluate(npz, tmp_path):
 
 def test_cli_train_and_evaluate(npz, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main(["train", str(npz), "-o", str(out), "--epochs", "1", "--crop", "32", "--batch-size", "4", "--in-channels", "1",
-                 "--out-channels", "2", "--workers", "0", "--model-options", '{"base_width": 4, "depth": 2}']) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(npz),
+                "-o",
+                str(out),
+                "--epochs",
+                "1",
+                "--crop",
+                "32",
+                "--batch-size",
+                "4",
+                "--in-channels",
+                "1",
+                "--out-channels",
+                "2",
+                "--workers",
+                "0",
+                "--model-options",
+                '{"base_width": 4, "depth": 2}',
+            ]
+        )
+        == 0
+    )
     for labelling in ("auto", "plain", "seeded"):
         assert main(["evaluate", str(out / "best.pt"), str(npz), "--split", "all", "--labelling", labelling]) == 0
         assert "| all | 12 |" in capsys.readouterr().out
@@ -76,30 +107,79 @@ def test_loss_takes_pixel_weights_from_an_extra_target_channel():
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     weighted_bce = (bce * weights).sum(dim=(0, 2, 3)) / weights.sum()
     shift = weighted_bce - bce.mean(dim=(0, 2, 3))  # only the BCE term changes; Dice is unweighted
-    torch.testing.assert_close(loss_fn(logits, torch.cat([target, weights], 1), 2.0),
-                               loss_fn(logits, target, 2.0) + (shift[0] + 2 * shift[1]) / 3)
+    torch.testing.assert_close(
+        loss_fn(logits, torch.cat([target, weights], 1), 2.0),
+        loss_fn(logits, target, 2.0) + (shift[0] + 2 * shift[1]) / 3,
+    )
     with pytest.raises(ValueError, match="target has 4 channels for 2 outputs; expected 2 or 3"):
         loss_fn(logits, torch.cat([target, target], 1), 2.0)
 
 
 def test_pixel_weights_train_and_are_recorded(npz, tmp_path, capsys):
     out = tmp_path / "sep"
-    assert main(["train", str(npz), "-o", str(out), "--epochs", "1", "--crop", "32", "--batch-size", "4", "--in-channels",
-                 "1", "--out-channels", "2", "--workers", "0", "--model-options", '{"base_width": 4, "depth": 2}',
-                 "--separation-weight", "10", "--separation-sigma", "3", "--small-object-area", "150"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(npz),
+                "-o",
+                str(out),
+                "--epochs",
+                "1",
+                "--crop",
+                "32",
+                "--batch-size",
+                "4",
+                "--in-channels",
+                "1",
+                "--out-channels",
+                "2",
+                "--workers",
+                "0",
+                "--model-options",
+                '{"base_width": 4, "depth": 2}',
+                "--separation-weight",
+                "10",
+                "--separation-sigma",
+                "3",
+                "--small-object-area",
+                "150",
+            ]
+        )
+        == 0
+    )
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["config"]["separation_weight"] == 10 and ckpt["config"]["separation_sigma"] == 3
     assert ckpt["config"]["small_object_area"] == 150
     assert ckpt["history"][0]["val_loss"] > 0
     with pytest.raises(SystemExit, match="pixel weights need .* got separation=10.0, sigma=0.0, small_area=0.0"):
-        main(["train", str(npz), "-o", str(tmp_path / "bad"), "--out-channels", "2", "--separation-weight", "10",
-              "--separation-sigma", "0"])
+        main(
+            [
+                "train",
+                str(npz),
+                "-o",
+                str(tmp_path / "bad"),
+                "--out-channels",
+                "2",
+                "--separation-weight",
+                "10",
+                "--separation-sigma",
+                "0",
+            ]
+        )
 
 
 def test_init_weights_fine_tunes_from_a_checkpoint(npz, tmp_path):
     base = train(config(npz, tmp_path / "base", epochs=1, out_channels=2))
-    tuned = config(npz, tmp_path / "tuned", epochs=1, out_channels=2, contact_width=2,
-                   init_weights=str(tmp_path / "base" / "last.pt"), lr=0.0)
+    tuned = config(
+        npz,
+        tmp_path / "tuned",
+        epochs=1,
+        out_channels=2,
+        contact_width=2,
+        init_weights=str(tmp_path / "base" / "last.pt"),
+        lr=0.0,
+    )
     ckpt = train(tuned)
     for name, value in base["state_dict"].items():
         if name.endswith("num_batches_tracked") or "running_" in name:
@@ -107,7 +187,9 @@ def test_init_weights_fine_tunes_from_a_checkpoint(npz, tmp_path):
         torch.testing.assert_close(ckpt["state_dict"][name], value, msg=name)  # lr 0: the weights stayed
     assert ckpt["config"]["contact_width"] == 2 and len(ckpt["history"]) == 1
     with pytest.raises(ValueError, match="holds a .* model; this run builds"):
-        train(config(npz, tmp_path / "other", epochs=1, out_channels=1, init_weights=str(tmp_path / "base" / "last.pt")))
+        train(
+            config(npz, tmp_path / "other", epochs=1, out_channels=1, init_weights=str(tmp_path / "base" / "last.pt"))
+        )
     with pytest.raises(ValueError, match="contact_width must be >= 0 pixels, got -1"):
         train(config(npz, tmp_path / "neg", epochs=1, out_channels=2, contact_width=-1))
 
@@ -129,11 +211,37 @@ def test_dev_images_are_held_out_of_training_and_validation(npz, tmp_path):
 
 def test_augment_options_train_and_are_recorded(npz, tmp_path):
     out = tmp_path / "aug"
-    assert main(["train", str(npz), "-o", str(out), "--epochs", "1", "--crop", "32", "--batch-size", "4", "--in-channels",
-                 "1", "--workers", "0", "--model-options", '{"base_width": 4, "depth": 2}', "--augment-options",
-                 '{"elastic": 2, "blur": 1.0, "channel_jitter": 0.1, "scale": [0.8, 1.25]}']) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(npz),
+                "-o",
+                str(out),
+                "--epochs",
+                "1",
+                "--crop",
+                "32",
+                "--batch-size",
+                "4",
+                "--in-channels",
+                "1",
+                "--workers",
+                "0",
+                "--model-options",
+                '{"base_width": 4, "depth": 2}',
+                "--augment-options",
+                '{"elastic": 2, "blur": 1.0, "channel_jitter": 0.1, "scale": [0.8, 1.25]}',
+            ]
+        )
+        == 0
+    )
     assert load_checkpoint(out / "best.pt")["config"]["augment_options"] == {
-        "elastic": 2, "blur": 1.0, "channel_jitter": 0.1, "scale": [0.8, 1.25]}
+        "elastic": 2,
+        "blur": 1.0,
+        "channel_jitter": 0.1,
+        "scale": [0.8, 1.25],
+    }
     assert make_augment({"scale": [0.8, 1.25]}).scale == (0.8, 1.25)
     with pytest.raises(SystemExit, match=r"unknown augmentation option\(s\) \['elastc'\]; known: \['flips'"):
         main(["train", str(npz), "-o", str(tmp_path / "bad"), "--augment-options", '{"elastc": 2}'])

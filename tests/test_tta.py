@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from test_segment import threshold_away_from
 
 import unetseg
-from unetseg.data import synthetic_nuclei
 from unetseg.checkpoint import model_from_checkpoint
+from unetseg.data import synthetic_nuclei
 from unetseg.predict import predict
 
 SYMMETRIES = [(turns, mirror) for turns in range(4) for mirror in (False, True)]

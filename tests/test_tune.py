@@ -4,16 +4,15 @@ import csv
 
 import pytest
 import torch
+from conftest import make_checkpoint
 
 from unetseg import metrics
+from unetseg.checkpoint import model_from_checkpoint
 from unetseg.cli import main
 from unetseg.data import read_dataset
 from unetseg.evaluate import tune
 from unetseg.ops import label, seeded_label
-from unetseg.checkpoint import model_from_checkpoint
 from unetseg.predict import predict
-
-from conftest import make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +41,35 @@ def reference(ckpt, npz, names, t, tb, min_area, tta=False):
 @pytest.mark.parametrize("tta", [False, True], ids=["one-pass", "tta"])
 def test_grid_is_scored_on_training_images_only(checkpoint, npz, tmp_path, tta):
     path, ckpt = checkpoint
-    result = tune(path, npz, tmp_path / "grid.csv", images=5, thresholds=[0.4, 0.5], boundary_thresholds=[0.3, 0.6],
-                  min_areas=[0, 8], tta=tta, progress=False)
+    result = tune(
+        path,
+        npz,
+        tmp_path / "grid.csv",
+        images=5,
+        thresholds=[0.4, 0.5],
+        boundary_thresholds=[0.3, 0.6],
+        min_areas=[0, 8],
+        tta=tta,
+        progress=False,
+    )
     assert len(result["images"]) == 5 and not set(result["images"]) & set(ckpt["split"]["val"])
     grid = result["grid"]
     assert len(grid) == 8
     assert {(r["threshold"], r["boundary_threshold"], r["min_area"]) for r in grid} == {
-        (t, tb, a) for t in (0.4, 0.5) for tb in (0.3, 0.6) for a in (0, 8)}
+        (t, tb, a) for t in (0.4, 0.5) for tb in (0.3, 0.6) for a in (0, 8)
+    }
     assert [r["dsb_score"] for r in grid] == sorted((r["dsb_score"] for r in grid), reverse=True)
     for r in grid[:3]:
-        assert (r["dsb_score"], r["ap@0.50"]) == reference(ckpt, npz, result["images"], r["threshold"],
-                                                          r["boundary_threshold"], r["min_area"], tta)
+        assert (r["dsb_score"], r["ap@0.50"]) == reference(
+            ckpt, npz, result["images"], r["threshold"], r["boundary_threshold"], r["min_area"], tta
+        )
     assert {"dsb_score a", "dsb_score b", "ap@0.50 a", "ap@0.50 b"} <= set(grid[0])
     for kind in "ab":
         names = [n for n in result["images"] if n in {s.name for s in read_dataset(npz) if s.kind == kind}]
         r = grid[0]
         assert (r[f"dsb_score {kind}"], r[f"ap@0.50 {kind}"]) == reference(
-            ckpt, npz, names, r["threshold"], r["boundary_threshold"], r["min_area"], tta)
+            ckpt, npz, names, r["threshold"], r["boundary_threshold"], r["min_area"], tta
+        )
     rows = list(csv.DictReader(open(tmp_path / "grid.csv")))
     assert [float(r["dsb_score"]) for r in rows] == [r["dsb_score"] for r in grid]
 
@@ -84,12 +95,32 @@ def test_plain_labelling(checkpoint, npz):
 
 def test_cli_prints_the_grid_and_the_export_options(checkpoint, npz, tmp_path, capsys):
     path, _ = checkpoint
-    assert main(["tune", str(path), str(npz), "--images", "4", "--thresholds", "0.4,0.6", "--boundary-thresholds",
-                 "0.5", "--min-areas", "0,10", "-o", str(tmp_path / "g.csv")]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                str(path),
+                str(npz),
+                "--images",
+                "4",
+                "--thresholds",
+                "0.4,0.6",
+                "--boundary-thresholds",
+                "0.5",
+                "--min-areas",
+                "0,10",
+                "-o",
+                str(tmp_path / "g.csv"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     best = next(csv.DictReader(open(tmp_path / "g.csv")))
-    assert (f"--threshold {best['threshold']} --min-area {best['min_area']} --boundary-threshold "
-            f"{best['boundary_threshold']}") in out
+    assert (
+        f"--threshold {best['threshold']} --min-area {best['min_area']} --boundary-threshold "
+        f"{best['boundary_threshold']}"
+    ) in out
     assert f"unetseg export {path} -o model.pt" in out
     assert out.count("\n| ") == 5  # header and 4 rows
 
@@ -129,7 +160,9 @@ def _one_channel(folder):
 
 def test_dev_images_are_scored_when_the_checkpoint_has_them(checkpoint, npz, tmp_path):
     path, ckpt = checkpoint
-    with_dev = dict(ckpt, split={**ckpt["split"], "train": ckpt["split"]["train"][3:], "dev": ckpt["split"]["train"][:3]})
+    with_dev = dict(
+        ckpt, split={**ckpt["split"], "train": ckpt["split"]["train"][3:], "dev": ckpt["split"]["train"][:3]}
+    )
     dev_path = tmp_path / "dev.pt"
     torch.save(with_dev, dev_path)
     options = dict(thresholds=[0.5], boundary_thresholds=[0.5], progress=False)

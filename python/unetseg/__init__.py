@@ -6,8 +6,10 @@ threshold + connected-components kernel (``torch.ops.unetseg.*``, wrapped by :mo
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
-from . import _C  # noqa: F401  (registers torch.ops.unetseg.*)
-from . import ops
+from . import (
+    _C,  # noqa: F401  (registers torch.ops.unetseg.*)
+    ops,
+)
 from .ops import label, label_stats, seeded_label, seeded_label_stats
 from .segment import ObjectTable, Runner, Segmentation, segment_batch
 from .slide import open_slide, segment_slide
@@ -17,5 +19,18 @@ __version__: str = _C.__version__
 cmake_prefix_path: str = str(__import__("pathlib").Path(__file__).parent / "share" / "cmake")
 """For C++ hosts: ``-DCMAKE_PREFIX_PATH`` that lets ``find_package(unetseg)`` find this install."""
 
-__all__ = ["ObjectTable", "Runner", "Segmentation", "__version__", "cmake_prefix_path", "label", "label_stats", "ops", "seeded_label", "seeded_label_stats", "segment_batch",
-           "open_slide", "segment_slide"]
+__all__ = [
+    "ObjectTable",
+    "Runner",
+    "Segmentation",
+    "__version__",
+    "cmake_prefix_path",
+    "label",
+    "label_stats",
+    "ops",
+    "seeded_label",
+    "seeded_label_stats",
+    "segment_batch",
+    "open_slide",
+    "segment_slide",
+]

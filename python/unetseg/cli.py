@@ -28,7 +28,9 @@ def _read_probability_map(path: Path | None):
         except ValueError as e:
             raise SystemExit(f"unetseg label: {e}, or a .npy array") from None
     if image.ndim != 2:
-        raise SystemExit(f"unetseg label: expected a single-channel probability map, got shape {image.shape} from {path}")
+        raise SystemExit(
+            f"unetseg label: expected a single-channel probability map, got shape {image.shape} from {path}"
+        )
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255
     if image.dtype == np.uint16:
@@ -43,7 +45,11 @@ def _cmd_label(args: argparse.Namespace) -> int:
     import unetseg
 
     scores = torch.from_numpy(_read_probability_map(args.map))
-    source = args.map or f"the bundled map ({BUNDLED_MAP}, {scores.shape[1]}x{scores.shape[0]}, made by unetseg.data.synthetic_nuclei)"
+    source = (
+        args.map
+        or f"the bundled map ({BUNDLED_MAP}, {scores.shape[1]}x{scores.shape[0]}, "
+        "made by unetseg.data.synthetic_nuclei)"
+    )
     unetseg.label_stats(scores, args.threshold, args.connectivity, args.min_area)  # warm-up
     start = time.perf_counter()
     result = unetseg.label_stats(scores, args.threshold, args.connectivity, args.min_area)
@@ -51,12 +57,16 @@ def _cmd_label(args: argparse.Namespace) -> int:
     stats = result.stats.numpy()
     area = stats[:, 0]
     print(f"labelled {source}")
-    print(f"  threshold {args.threshold}, {args.connectivity}-connectivity, min_area {args.min_area}: "
-          f"{int(result.counts[0])} objects in {elapsed * 1e3:.2f} ms ({scores.numel() / elapsed / 1e6:.0f} Mpx/s, "
-          f"{torch.get_num_threads()} threads)")
+    print(
+        f"  threshold {args.threshold}, {args.connectivity}-connectivity, min_area {args.min_area}: "
+        f"{int(result.counts[0])} objects in {elapsed * 1e3:.2f} ms ({scores.numel() / elapsed / 1e6:.0f} Mpx/s, "
+        f"{torch.get_num_threads()} threads)"
+    )
     if len(area):
-        print(f"  area: median {np.median(area):.0f} px, min {area.min():.0f}, max {area.max():.0f}; "
-              f"foreground {area.sum() / scores.numel():.1%} of the image")
+        print(
+            f"  area: median {np.median(area):.0f} px, min {area.min():.0f}, max {area.max():.0f}; "
+            f"foreground {area.sum() / scores.numel():.1%} of the image"
+        )
         print("  largest objects:")
         print("    label    area   centroid (row, col)   bbox [r0, c0, r1, c1)   mean score")
         for k in np.argsort(-area, kind="stable")[:5]:
@@ -80,24 +90,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
         try:
             value = json.loads(text) if text else default
         except json.JSONDecodeError as e:
-            raise SystemExit(f"unetseg train: {flag} is not JSON ({e}): got {text!r}, expected a JSON object "
-                             "such as '{\"name\": 1}' (quote it for the shell)") from None
+            raise SystemExit(
+                f"unetseg train: {flag} is not JSON ({e}): got {text!r}, expected a JSON object "
+                "such as '{\"name\": 1}' (quote it for the shell)"
+            ) from None
         if not isinstance(value, dict):
             raise SystemExit(f"unetseg train: {flag} must be a JSON object, got {text!r}")
         return value
 
     options = parse(args.model_options, "--model-options", {"base_width": 16, "depth": 4, "batch_norm": True})
     config = TrainConfig(
-        data=[str(d) for d in args.data] if len(args.data) > 1 else str(args.data[0]), output=str(args.output),
-        architecture=args.architecture, model_options=options,
-        in_channels=args.in_channels, out_channels=args.out_channels, crop=args.crop, batch_size=args.batch_size,
-        epochs=args.epochs, lr=args.lr, patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
-        workers=args.workers, device=args.device, imagenet_weights=args.imagenet_weights, resume=args.resume,
-        samples_per_epoch=args.samples_per_epoch, contact_width=args.contact_width, init_weights=args.init_weights,
-        separation_weight=args.separation_weight, separation_sigma=args.separation_sigma,
-        small_object_area=args.small_object_area, dev_fraction=args.dev_fraction,
-        augment_options=parse(args.augment_options, "--augment-options", {}), precision=args.precision,
-        diameter=args.diameter, balanced=not args.no_balance, skip_invalid=args.skip_invalid,
+        data=[str(d) for d in args.data] if len(args.data) > 1 else str(args.data[0]),
+        output=str(args.output),
+        architecture=args.architecture,
+        model_options=options,
+        in_channels=args.in_channels,
+        out_channels=args.out_channels,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        lr=args.lr,
+        patience=args.patience,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        workers=args.workers,
+        device=args.device,
+        imagenet_weights=args.imagenet_weights,
+        resume=args.resume,
+        samples_per_epoch=args.samples_per_epoch,
+        contact_width=args.contact_width,
+        init_weights=args.init_weights,
+        separation_weight=args.separation_weight,
+        separation_sigma=args.separation_sigma,
+        small_object_area=args.small_object_area,
+        dev_fraction=args.dev_fraction,
+        augment_options=parse(args.augment_options, "--augment-options", {}),
+        precision=args.precision,
+        diameter=args.diameter,
+        balanced=not args.no_balance,
+        skip_invalid=args.skip_invalid,
         sampling_weights=parse(args.sampling_weights, "--sampling-weights", {}),
     )
     try:
@@ -112,11 +143,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_summary
 
     try:
-        result = evaluate(args.model, args.data, args.output, split=args.split, threshold=args.threshold,
-                          min_area=args.min_area, labelling=args.labelling,
-                          boundary_threshold=args.boundary_threshold, device=args.device, tta=args.tta,
-                          precision=args.precision, overlays=args.overlays, diameter=args.diameter,
-                          scale=args.scale)
+        result = evaluate(
+            args.model,
+            args.data,
+            args.output,
+            split=args.split,
+            threshold=args.threshold,
+            min_area=args.min_area,
+            labelling=args.labelling,
+            boundary_threshold=args.boundary_threshold,
+            device=args.device,
+            tta=args.tta,
+            precision=args.precision,
+            overlays=args.overlays,
+            diameter=args.diameter,
+            scale=args.scale,
+        )
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg evaluate: {e}") from None
     print(format_summary(result))
@@ -131,9 +173,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from .evaluate import tune
 
     try:
-        result = tune(args.checkpoint, args.data, args.output, images=args.images, seed=args.seed,
-                      thresholds=args.thresholds, boundary_thresholds=args.boundary_thresholds,
-                      min_areas=args.min_areas, labelling=args.labelling, device=args.device, tta=args.tta)
+        result = tune(
+            args.checkpoint,
+            args.data,
+            args.output,
+            images=args.images,
+            seed=args.seed,
+            thresholds=args.thresholds,
+            boundary_thresholds=args.boundary_thresholds,
+            min_areas=args.min_areas,
+            labelling=args.labelling,
+            device=args.device,
+            tta=args.tta,
+        )
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg tune: {e}") from None
     grid = result["grid"]
@@ -141,8 +193,18 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     print("| " + " | ".join(grid[0]) + " |")
     print("|" + "---:|" * len(grid[0]))
     for row in grid:
-        print("| " + " | ".join("-" if v is None else f"{v:.4f}" if isinstance(v, float) and k not in
-                                ("threshold", "boundary_threshold") else str(v) for k, v in row.items()) + " |")
+        print(
+            "| "
+            + " | ".join(
+                "-"
+                if v is None
+                else f"{v:.4f}"
+                if isinstance(v, float) and k not in ("threshold", "boundary_threshold")
+                else str(v)
+                for k, v in row.items()
+            )
+            + " |"
+        )
     best = grid[0]
     options = f"--threshold {best['threshold']} --min-area {best['min_area']}"
     if best["boundary_threshold"] is not None:
@@ -157,13 +219,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
     try:
-        metadata = export(args.checkpoint, args.output, threshold=args.threshold,
-                          boundary_threshold=args.boundary_threshold, min_area=args.min_area)
+        metadata = export(
+            args.checkpoint,
+            args.output,
+            threshold=args.threshold,
+            boundary_threshold=args.boundary_threshold,
+            min_area=args.min_area,
+        )
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg export: {e}") from None
-    print(f"wrote {args.output}: {metadata['architecture']}, {metadata['in_channels']} input channel(s), "
-          f"outputs {', '.join(metadata['outputs'])}, threshold {metadata['threshold']}, "
-          f"{metadata['labelling']} labelling, min_area {metadata['min_area']}")
+    print(
+        f"wrote {args.output}: {metadata['architecture']}, {metadata['in_channels']} input channel(s), "
+        f"outputs {', '.join(metadata['outputs'])}, threshold {metadata['threshold']}, "
+        f"{metadata['labelling']} labelling, min_area {metadata['min_area']}"
+    )
     return 0
 
 
@@ -181,29 +250,47 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     try:
         paths = _sample_images() if args.samples else input_images(args.inputs)
         runner = Runner(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
-        runner.resolve(threshold=args.threshold, min_area=args.min_area, labelling=args.labelling,
-                       boundary_threshold=args.boundary_threshold)  # bad options stop here, before any work
+        runner.resolve(
+            threshold=args.threshold,
+            min_area=args.min_area,
+            labelling=args.labelling,
+            boundary_threshold=args.boundary_threshold,
+        )  # bad options stop here, before any work
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise SystemExit(f"unetseg segment: {e}") from None
     if not paths:
-        raise SystemExit(f"unetseg segment: {' '.join(map(str, args.inputs))} hold only unetseg's own outputs "
-                         "(*_labels.png, *_overlay.png); give the images")
+        raise SystemExit(
+            f"unetseg segment: {' '.join(map(str, args.inputs))} hold only unetseg's own outputs "
+            "(*_labels.png, *_overlay.png); give the images"
+        )
     model = args.model or f"the bundled default model ({default_model_path().name})"
-    print(f"segmenting {len(paths)} image(s) with {model} on {runner.device} in {runner.precision}; "
-          f"writing to {args.output}/")
-    options = dict(threshold=args.threshold, min_area=args.min_area, labelling=args.labelling,
-                   boundary_threshold=args.boundary_threshold, tile_size=args.tile_size, tta=args.tta,
-                   diameter=args.diameter)
+    print(
+        f"segmenting {len(paths)} image(s) with {model} on {runner.device} in {runner.precision}; "
+        f"writing to {args.output}/"
+    )
+    options = dict(
+        threshold=args.threshold,
+        min_area=args.min_area,
+        labelling=args.labelling,
+        boundary_threshold=args.boundary_threshold,
+        tile_size=args.tile_size,
+        tta=args.tta,
+        diameter=args.diameter,
+    )
     result = segment_files(paths, args.output, runner, overlays=not args.no_overlays, **options)
     print(f"\n{'image':<32} {'size':>11} {'nuclei':>7} {'median area':>12} {'diameter':>9}")
     for s in result.images[:20]:
-        print(f"{s.name[:32]:<32} {f'{s.shape[0]}x{s.shape[1]}':>11} {s.count:>7} {s.median_area:>10.0f} px "
-              f"{s.diameter:>6.1f} px")
+        print(
+            f"{s.name[:32]:<32} {f'{s.shape[0]}x{s.shape[1]}':>11} {s.count:>7} {s.median_area:>10.0f} px "
+            f"{s.diameter:>6.1f} px"
+        )
     if len(result.images) > 20:
         print(f"... and {len(result.images) - 20} more (all in summary.csv)")
-    print(f"{result.count} nuclei in {len(result.images)} image(s). Labels (*_labels.png, 16-bit; .tif above 65535 "
-          f"objects){', overlays (*_overlay.png)' if not args.no_overlays else ''}, objects.csv and summary.csv are "
-          f"in {args.output}/")
+    print(
+        f"{result.count} nuclei in {len(result.images)} image(s). Labels (*_labels.png, 16-bit; .tif above 65535 "
+        f"objects){', overlays (*_overlay.png)' if not args.no_overlays else ''}, objects.csv and summary.csv are "
+        f"in {args.output}/"
+    )
     for path, why in result.failed:
         print(f"skipped {path}: {why}", file=sys.stderr)
     return 1 if result.failed else 0
@@ -217,19 +304,37 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
     print(f"segmenting {args.slide} with {model}; writing to {args.output}/")
     try:
         result = segment_slide(
-            args.slide, args.output, args.model, level=args.level, channel=args.channel, device=args.device,
-            batch_size=args.batch_size, band_height=args.band_height, block_width=args.block_width,
-            tile_size=args.tile_size, tta=args.tta, precision=args.precision,
-            labelling=args.labelling, threshold=args.threshold, boundary_threshold=args.boundary_threshold,
-            min_area=args.min_area, labels_format=args.labels_format, table_format=args.table_format,
-            geojson=not args.no_geojson, resume=args.resume, progress=True)
+            args.slide,
+            args.output,
+            args.model,
+            level=args.level,
+            channel=args.channel,
+            device=args.device,
+            batch_size=args.batch_size,
+            band_height=args.band_height,
+            block_width=args.block_width,
+            tile_size=args.tile_size,
+            tta=args.tta,
+            precision=args.precision,
+            labelling=args.labelling,
+            threshold=args.threshold,
+            boundary_threshold=args.boundary_threshold,
+            min_area=args.min_area,
+            labels_format=args.labels_format,
+            table_format=args.table_format,
+            geojson=not args.no_geojson,
+            resume=args.resume,
+            progress=True,
+        )
     except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
         raise SystemExit(f"unetseg segment-slide: {e}") from None
     h, w = result.shape
     total = sum(result.seconds.values())
     shares = ", ".join(f"{k} {v / total:.0%}" for k, v in result.seconds.items() if total > 0)
-    print(f"{result.count} nuclei in {h}x{w} pixels ({h * w / 1e6:.0f} Mpx) in {total:.0f} s "
-          f"({h * w / max(total, 1e-9) / 1e6:.2f} Mpx/s; {shares})")
+    print(
+        f"{result.count} nuclei in {h}x{w} pixels ({h * w / 1e6:.0f} Mpx) in {total:.0f} s "
+        f"({h * w / max(total, 1e-9) / 1e6:.2f} Mpx/s; {shares})"
+    )
     outputs = [result.labels, result.table] + ([result.geojson] if result.geojson else []) + [result.summary]
     print("wrote " + ", ".join(str(p) for p in outputs))
     return 0
@@ -239,35 +344,53 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.5,0.6,0.7; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, e.g. 0.5,0.6,0.7; got {text!r}"
+        ) from None
 
 
 def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, e.g. 0,10,20; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers separated by commas, e.g. 0,10,20; got {text!r}"
+        ) from None
 
 
 def _add_labelling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--labelling", choices=("auto", "plain", "seeded"), default="auto",
-                   help="plain: threshold + connected components; seeded: split touching nuclei with the boundary "
-                   "output (needs a nucleus + boundary model); auto (default): seeded for such models, else plain")
-    p.add_argument("--boundary-threshold", type=float,
-                   help="seeded labelling: seeds are nucleus pixels whose boundary probability is below this "
-                   "(default: the model's)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average the network's probabilities over the 8 turns and mirrors of "
-                   "each image (8x the network time; more accurate, see docs/model_card.md)")
+    p.add_argument(
+        "--labelling",
+        choices=("auto", "plain", "seeded"),
+        default="auto",
+        help="plain: threshold + connected components; seeded: split touching nuclei with the boundary "
+        "output (needs a nucleus + boundary model); auto (default): seeded for such models, else plain",
+    )
+    p.add_argument(
+        "--boundary-threshold",
+        type=float,
+        help="seeded labelling: seeds are nucleus pixels whose boundary probability is below this "
+        "(default: the model's)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the network's probabilities over the 8 turns and mirrors of "
+        "each image (8x the network time; more accurate, see docs/model_card.md)",
+    )
 
 
 def _add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                   help="the network's precision. auto (default): bfloat16 on CPUs with native bfloat16 (AVX512-BF16, "
-                   "AMX) and on CUDA, else float32. bfloat16 runs it under autocast: on such CPUs about 2x faster than "
-                   "float32 with the same scores on the DSB 2018 validation split (benchmarks/README.md); float16 "
-                   "needs a CUDA device")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="the network's precision. auto (default): bfloat16 on CPUs with native bfloat16 (AVX512-BF16, "
+        "AMX) and on CUDA, else float32. bfloat16 runs it under autocast: on such CPUs about 2x faster than "
+        "float32 with the same scores on the DSB 2018 validation split (benchmarks/README.md); float16 "
+        "needs a CUDA device",
+    )
 
 
 def _diameter(text: str) -> float | str:
@@ -283,10 +406,15 @@ def _diameter(text: str) -> float | str:
 
 
 def _add_diameter_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--diameter", type=_diameter, default="auto", metavar="PX|auto",
-                   help="the images' median nucleus diameter in pixels, for models trained at a canonical diameter "
-                   "(the bundled one): images are resized to it for the network and labels come back at full "
-                   "resolution; auto (default): estimated per image")
+    p.add_argument(
+        "--diameter",
+        type=_diameter,
+        default="auto",
+        metavar="PX|auto",
+        help="the images' median nucleus diameter in pixels, for models trained at a canonical diameter "
+        "(the bundled one): images are resized to it for the network and labels come back at full "
+        "resolution; auto (default): estimated per image",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,12 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write the labels here (16-bit PNG, or TIFF for >65535 objects)")
     p.set_defaults(run=_cmd_label)
 
-    p = sub.add_parser("segment", help="segment nuclei in images (files, folders, globs) with a model",
-                       description="Segment nuclei with a U-Net model file and the fused threshold + labelling op. Writes, "
-                       "per image, NAME_labels.png (16-bit label image; TIFF above 65535 objects) and NAME_overlay.png "
-                       "(outlines in magenta), plus objects.csv (one row per nucleus: area, bbox, centroid, mean "
-                       "probability) and summary.csv (count per image). Images: PNG/TIFF/JPEG, 8 or 16 bit, "
-                       "gray/RGB/RGBA.")
+    p = sub.add_parser(
+        "segment",
+        help="segment nuclei in images (files, folders, globs) with a model",
+        description="Segment nuclei with a U-Net model file and the fused threshold + labelling op. Writes, "
+        "per image, NAME_labels.png (16-bit label image; TIFF above 65535 objects) and NAME_overlay.png "
+        "(outlines in magenta), plus objects.csv (one row per nucleus: area, bbox, centroid, mean "
+        "probability) and summary.csv (count per image). Images: PNG/TIFF/JPEG, 8 or 16 bit, "
+        "gray/RGB/RGBA.",
+    )
     p.add_argument("inputs", nargs="*", help="image files, folders (their images) or glob patterns")
     p.add_argument("--samples", action="store_true", help="segment the bundled sample images instead")
     p.add_argument("-o", "--output", type=Path, default=Path("unetseg-out"), help="output folder (default unetseg-out)")
@@ -324,21 +455,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_labelling_options(p)
     _add_device_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per network call (default 8)")
-    p.add_argument("--tile-size", type=int, help="tile images with a side longer than this (default: images over "
-                   "2048x2048 pixels are tiled by 1024; 0: never)")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        help="tile images with a side longer than this (default: images over "
+        "2048x2048 pixels are tiled by 1024; 0: never)",
+    )
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay pictures")
     _add_diameter_option(p)
     p.set_defaults(run=_cmd_segment)
 
     p = sub.add_parser(
-        "segment-slide", help="segment a whole slide in row bands (TIFF/OME-TIFF, zarr, .npy, OpenSlide)",
+        "segment-slide",
+        help="segment a whole slide in row bands (TIFF/OME-TIFF, zarr, .npy, OpenSlide)",
         description="Segment nuclei in a slide of any size with bounded memory: the slide is read and segmented in "
         "row bands (tiles with a halo across each band), labelled with a carry across band edges so that nuclei on "
         "a seam are single objects, and written to OUTPUT/: labels.ome.tif (tiled BigTIFF, int32) or labels.zarr, "
         "objects.csv or .parquet (one row per nucleus), objects.geojson (polygons QuPath imports as detections) and "
-        "summary.json. An interrupted run goes on from its last finished band with --resume.")
-    p.add_argument("slide", help="TIFF/BigTIFF/OME-TIFF (tiled, pyramidal), .zarr / OME-Zarr, .npy, or an OpenSlide "
-                   "format (.svs, .ndpi, .mrxs; needs `pip install openslide-python openslide-bin`)")
+        "summary.json. An interrupted run goes on from its last finished band with --resume.",
+    )
+    p.add_argument(
+        "slide",
+        help="TIFF/BigTIFF/OME-TIFF (tiled, pyramidal), .zarr / OME-Zarr, .npy, or an OpenSlide "
+        "format (.svs, .ndpi, .mrxs; needs `pip install openslide-python openslide-bin`)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("-m", "--model", type=Path, help="model file from `unetseg export` (default: the bundled model)")
     p.add_argument("--level", type=int, default=0, help="pyramid level to segment (default 0, full resolution)")
@@ -346,8 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
     p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model's)")
     _add_labelling_options(p)
-    p.add_argument("--band-height", type=int, default=1024, help="rows of the blocks the slide is read in (default "
-                   "1024; memory grows with band height x block width, not with the slide)")
+    p.add_argument(
+        "--band-height",
+        type=int,
+        default=1024,
+        help="rows of the blocks the slide is read in (default "
+        "1024; memory grows with band height x block width, not with the slide)",
+    )
     p.add_argument("--block-width", type=int, default=4096, help="columns of those blocks (default 4096)")
     p.add_argument("--tile-size", type=int, default=1024, help="tile side within a block (default 1024)")
     p.add_argument("--labels-format", choices=("ome-tiff", "zarr"), default="ome-tiff")
@@ -358,39 +503,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
     p.set_defaults(run=_cmd_segment_slide)
 
-    p = sub.add_parser("export", help="export a training checkpoint to a TorchScript model file",
-                       description="Write a frozen TorchScript model file that carries its metadata (unetseg.json: "
-                       "architecture, channels, normalisation, outputs, threshold, training data, validation metrics); "
-                       "the C++ runner, `unetseg segment` and unetseg.segment_batch load it.")
+    p = sub.add_parser(
+        "export",
+        help="export a training checkpoint to a TorchScript model file",
+        description="Write a frozen TorchScript model file that carries its metadata (unetseg.json: "
+        "architecture, channels, normalisation, outputs, threshold, training data, validation metrics); "
+        "the C++ runner, `unetseg segment` and unetseg.segment_batch load it.",
+    )
     p.add_argument("checkpoint", type=Path, help="best.pt or last.pt from `unetseg train`")
     p.add_argument("-o", "--output", type=Path, required=True, help="model file to write (e.g. model.pt)")
-    p.add_argument("-t", "--threshold", type=float, help="default nucleus threshold stored in the file (default: the checkpoint's)")
-    p.add_argument("--boundary-threshold", type=float, default=0.5,
-                   help="default boundary threshold of seeded labelling (default 0.5)")
+    p.add_argument(
+        "-t", "--threshold", type=float, help="default nucleus threshold stored in the file (default: the checkpoint's)"
+    )
+    p.add_argument(
+        "--boundary-threshold",
+        type=float,
+        default=0.5,
+        help="default boundary threshold of seeded labelling (default 0.5)",
+    )
     p.add_argument("--min-area", type=int, default=0, help="default: remove objects with fewer pixels (default 0)")
     p.set_defaults(run=_cmd_export)
 
-    p = sub.add_parser("train", help="train a U-Net on a nuclei dataset",
-                       description="Train a U-Net (BCE + Dice, Adam, plateau LR schedule, early stopping). Writes best.pt, "
-                       "last.pt, metrics.csv, training_curves.png and validation overlays to OUTPUT; --resume continues "
-                       "an interrupted run from last.pt.")
-    p.add_argument("data", type=Path, nargs="+", help="one or more datasets: DSB 2018 folders, images/+labels/ or "
-                   "images/+masks/ folders, or .npz files (with several, image names become DATASET/NAME)")
+    p = sub.add_parser(
+        "train",
+        help="train a U-Net on a nuclei dataset",
+        description="Train a U-Net (BCE + Dice, Adam, plateau LR schedule, early stopping). Writes best.pt, "
+        "last.pt, metrics.csv, training_curves.png and validation overlays to OUTPUT; --resume continues "
+        "an interrupted run from last.pt.",
+    )
+    p.add_argument(
+        "data",
+        type=Path,
+        nargs="+",
+        help="one or more datasets: DSB 2018 folders, images/+labels/ or "
+        "images/+masks/ folders, or .npz files (with several, image names become DATASET/NAME)",
+    )
     p.add_argument("-o", "--output", type=Path, default=Path("runs/unet"), help="run folder (default runs/unet)")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                   help="auto (default): bfloat16 autocast + channels_last where the CPU (AVX512-BF16, AMX) or GPU "
-                   "computes bfloat16 natively (about 4x faster on such CPUs), else float32; float16: CUDA only")
-    p.add_argument("--diameter", type=float, metavar="PX",
-                   help="canonical nucleus diameter: every image is resized so that its nuclei's median diameter is "
-                   "PX pixels, and the model file records it so inference rescales images to it (default: no "
-                   "rescaling)")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="leave out, with a warning, image/label pairs whose sizes differ (default: stop with an error)")
-    p.add_argument("--no-balance", action="store_true",
-                   help="one crop of each training image in turn, instead of crops balanced by dataset and kind with "
-                   "large images drawn more often")
-    p.add_argument("--sampling-weights", metavar="JSON",
-                   help='factors on the balanced shares, by dataset or "dataset:kind", e.g. \'{"tnbc": 0.5}\'')
+    p.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="auto (default): bfloat16 autocast + channels_last where the CPU (AVX512-BF16, AMX) or GPU "
+        "computes bfloat16 natively (about 4x faster on such CPUs), else float32; float16: CUDA only",
+    )
+    p.add_argument(
+        "--diameter",
+        type=float,
+        metavar="PX",
+        help="canonical nucleus diameter: every image is resized so that its nuclei's median diameter is "
+        "PX pixels, and the model file records it so inference rescales images to it (default: no "
+        "rescaling)",
+    )
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="leave out, with a warning, image/label pairs whose sizes differ (default: stop with an error)",
+    )
+    p.add_argument(
+        "--no-balance",
+        action="store_true",
+        help="one crop of each training image in turn, instead of crops balanced by dataset and kind with "
+        "large images drawn more often",
+    )
+    p.add_argument(
+        "--sampling-weights",
+        metavar="JSON",
+        help='factors on the balanced shares, by dataset or "dataset:kind", e.g. \'{"tnbc": 0.5}\'',
+    )
     p.add_argument("--architecture", choices=("unet", "mobilenetv2_unet"), default="unet")
     p.add_argument("--model-options", help='JSON constructor options, e.g. \'{"base_width": 32, "depth": 4}\'')
     p.add_argument("--in-channels", type=int, choices=(1, 3), default=3, help="image channels the model takes")
@@ -407,80 +586,159 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--imagenet-weights", help="torchvision mobilenet_v2 ImageNet weights file (mobilenetv2_unet)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
-    p.add_argument("--init-weights", metavar="CKPT|default",
-                   help="start from the weights of this checkpoint, or `default` for the bundled model's (fine-tuning; "
-                   "fresh optimizer and schedule; same architecture and options)")
-    p.add_argument("--contact-width", type=int, default=0,
-                   help="2-channel models: the boundary target also covers nucleus pixels within this many pixels "
-                   "of another nucleus, so touching nuclei get a wider cut (default 0: inner boundaries only)")
-    p.add_argument("--separation-weight", type=float, default=0.0, metavar="W0",
-                   help="weight the loss where nuclei touch or nearly touch: Ronneberger's weight map, pixel weight "
-                   "1 + W0 * exp(-(d1 + d2)^2 / (2 sigma^2)) with d1, d2 the distances to the two nearest nuclei "
-                   "(the paper uses 10; default 0: off)")
-    p.add_argument("--separation-sigma", type=float, default=5.0, metavar="SIGMA",
-                   help="its width in pixels (default 5, as in the paper)")
-    p.add_argument("--small-object-area", type=float, default=0.0, metavar="A",
-                   help="weight each pixel of a nucleus smaller than A pixels by sqrt(A / its area) in the loss, so "
-                   "small nuclei, which the instance metrics count as much as big ones, are not cheap to miss "
-                   "(default 0: off)")
-    p.add_argument("--augment-options", metavar="JSON",
-                   help='augmentation beyond the defaults (flips, turns, scale 0.7-1.4, brightness, contrast, gamma, '
-                   'noise, inversion), as JSON fields of unetseg.data.Augment: e.g. \'{"elastic": 4, "blur": 1.5, '
-                   '"channel_jitter": 0.1}\' for an elastic deformation (pixels), Gaussian blur (sigma up to) and '
-                   'per-channel gain/offset jitter')
-    p.add_argument("--dev-fraction", type=float, default=0.0, metavar="F",
-                   help="hold out this fraction of the training images (by kind, fixed by --seed) as dev images: "
-                   "not trained on, scored by `unetseg tune` to choose thresholds and compare runs while the "
-                   "validation images stay unseen (with --init-weights, only if the initial model did not train "
-                   "on them either; default 0: none)")
+    p.add_argument(
+        "--init-weights",
+        metavar="CKPT|default",
+        help="start from the weights of this checkpoint, or `default` for the bundled model's (fine-tuning; "
+        "fresh optimizer and schedule; same architecture and options)",
+    )
+    p.add_argument(
+        "--contact-width",
+        type=int,
+        default=0,
+        help="2-channel models: the boundary target also covers nucleus pixels within this many pixels "
+        "of another nucleus, so touching nuclei get a wider cut (default 0: inner boundaries only)",
+    )
+    p.add_argument(
+        "--separation-weight",
+        type=float,
+        default=0.0,
+        metavar="W0",
+        help="weight the loss where nuclei touch or nearly touch: Ronneberger's weight map, pixel weight "
+        "1 + W0 * exp(-(d1 + d2)^2 / (2 sigma^2)) with d1, d2 the distances to the two nearest nuclei "
+        "(the paper uses 10; default 0: off)",
+    )
+    p.add_argument(
+        "--separation-sigma",
+        type=float,
+        default=5.0,
+        metavar="SIGMA",
+        help="its width in pixels (default 5, as in the paper)",
+    )
+    p.add_argument(
+        "--small-object-area",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help="weight each pixel of a nucleus smaller than A pixels by sqrt(A / its area) in the loss, so "
+        "small nuclei, which the instance metrics count as much as big ones, are not cheap to miss "
+        "(default 0: off)",
+    )
+    p.add_argument(
+        "--augment-options",
+        metavar="JSON",
+        help="augmentation beyond the defaults (flips, turns, scale 0.7-1.4, brightness, contrast, gamma, "
+        'noise, inversion), as JSON fields of unetseg.data.Augment: e.g. \'{"elastic": 4, "blur": 1.5, '
+        '"channel_jitter": 0.1}\' for an elastic deformation (pixels), Gaussian blur (sigma up to) and '
+        "per-channel gain/offset jitter",
+    )
+    p.add_argument(
+        "--dev-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="hold out this fraction of the training images (by kind, fixed by --seed) as dev images: "
+        "not trained on, scored by `unetseg tune` to choose thresholds and compare runs while the "
+        "validation images stay unseen (with --init-weights, only if the initial model did not train "
+        "on them either; default 0: none)",
+    )
     p.set_defaults(run=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="score a model on a labelled dataset (DSB score, AP, AJI, PQ, Dice...)",
-                       description="Segment the images of DATA with MODEL and score them against their labels: DSB "
-                       "2018 score, AP at IoU 0.5..0.95, AJI, PQ, Dice, IoU, pixel accuracy, count error; overall and "
-                       "per image kind. MODEL is a training checkpoint (runs/NAME/best.pt), a model file from "
-                       "`unetseg export` (run by the C++ runner, as `unetseg segment` runs it), or `default` for "
-                       "the bundled model.")
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model on a labelled dataset (DSB score, AP, AJI, PQ, Dice...)",
+        description="Segment the images of DATA with MODEL and score them against their labels: DSB "
+        "2018 score, AP at IoU 0.5..0.95, AJI, PQ, Dice, IoU, pixel accuracy, count error; overall and "
+        "per image kind. MODEL is a training checkpoint (runs/NAME/best.pt), a model file from "
+        "`unetseg export` (run by the C++ runner, as `unetseg segment` runs it), or `default` for "
+        "the bundled model.",
+    )
     p.add_argument("model", help="checkpoint, model file, or `default`")
-    p.add_argument("data", type=Path, nargs="+", help="labelled datasets: DSB 2018 folder, images/+labels/ or images/+masks/ "
-                   "folders, or .npz")
+    p.add_argument(
+        "data",
+        type=Path,
+        nargs="+",
+        help="labelled datasets: DSB 2018 folder, images/+labels/ or images/+masks/ folders, or .npz",
+    )
     p.add_argument("-o", "--output", type=Path, help="write per_image.csv, summary.json and overlays/ here")
-    p.add_argument("--overlays", type=int, default=8, metavar="N",
-                   help="with -o: pictures of the N images that scored worst, in OUTPUT/overlays (predicted "
-                   "outlines magenta, true ones green; default 8, 0: none)")
-    p.add_argument("--split", choices=("val", "dev", "all"), default="val",
-                   help="val (default): only the images the model was validated on, held out of its training; dev: "
-                   "only its dev images (train --dev-fraction), to compare runs without touching val; all")
+    p.add_argument(
+        "--overlays",
+        type=int,
+        default=8,
+        metavar="N",
+        help="with -o: pictures of the N images that scored worst, in OUTPUT/overlays (predicted "
+        "outlines magenta, true ones green; default 8, 0: none)",
+    )
+    p.add_argument(
+        "--split",
+        choices=("val", "dev", "all"),
+        default="val",
+        help="val (default): only the images the model was validated on, held out of its training; dev: "
+        "only its dev images (train --dev-fraction), to compare runs without touching val; all",
+    )
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
-    p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model file's; 0 for "
-                   "checkpoints)")
+    p.add_argument(
+        "--min-area", type=int, help="remove objects with fewer pixels (default: the model file's; 0 for checkpoints)"
+    )
     _add_labelling_options(p)
     _add_device_options(p)
     _add_diameter_option(p)
-    p.add_argument("--scale", type=float, default=1.0, metavar="F",
-                   help="resize every image and its labels by F first (e.g. 0.5, 2, 3): scores on nuclei of another "
-                   "size than the data's, to check a model's diameter handling (default 1)")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="resize every image and its labels by F first (e.g. 0.5, 2, 3): scores on nuclei of another "
+        "size than the data's, to check a model's diameter handling (default 1)",
+    )
     p.set_defaults(run=_cmd_evaluate)
 
-    p = sub.add_parser("tune", help="choose a checkpoint's thresholds and min_area on its dev (else training) "
-                       "images", description="Score every combination of nucleus threshold x boundary threshold x "
-                       "min_area (DSB score, AP@0.5, AJI, count error; DSB and AP@0.5 per image kind) on the "
-                       "checkpoint's dev images (`unetseg train --dev-fraction`) or, without them, on images of DATA "
-                       "drawn from those it was trained on; never its validation images. Print the grid best first "
-                       "with the `unetseg export` options of the best. The network runs once per image.")
+    p = sub.add_parser(
+        "tune",
+        help="choose a checkpoint's thresholds and min_area on its dev (else training) images",
+        description="Score every combination of nucleus threshold x boundary threshold x "
+        "min_area (DSB score, AP@0.5, AJI, count error; DSB and AP@0.5 per image kind) on the "
+        "checkpoint's dev images (`unetseg train --dev-fraction`) or, without them, on images of DATA "
+        "drawn from those it was trained on; never its validation images. Print the grid best first "
+        "with the `unetseg export` options of the best. The network runs once per image.",
+    )
     p.add_argument("checkpoint", type=Path, help="training checkpoint (runs/NAME/best.pt)")
     p.add_argument("data", type=Path, help="the labelled dataset it was trained on")
     p.add_argument("-o", "--output", type=Path, help="also write the grid to this CSV file")
-    p.add_argument("--images", type=int, default=80, help="training images to score when the checkpoint has no dev images (default 80)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=80,
+        help="training images to score when the checkpoint has no dev images (default 80)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the draw of images (default 1)")
-    p.add_argument("--thresholds", type=_floats, default=(0.5, 0.6, 0.7), metavar="T,T,...",
-                   help="nucleus thresholds to try (default 0.5,0.6,0.7)")
-    p.add_argument("--boundary-thresholds", type=_floats, default=(0.3, 0.5, 0.7), metavar="B,B,...",
-                   help="seeded labelling: boundary thresholds to try (default 0.3,0.5,0.7)")
-    p.add_argument("--min-areas", type=_ints, default=(20,), metavar="A,A,...",
-                   help="smallest object areas in pixels to try (default 20)")
-    p.add_argument("--labelling", choices=("auto", "plain", "seeded"), default="auto",
-                   help="auto (default): seeded for nucleus + boundary checkpoints, else plain")
+    p.add_argument(
+        "--thresholds",
+        type=_floats,
+        default=(0.5, 0.6, 0.7),
+        metavar="T,T,...",
+        help="nucleus thresholds to try (default 0.5,0.6,0.7)",
+    )
+    p.add_argument(
+        "--boundary-thresholds",
+        type=_floats,
+        default=(0.3, 0.5, 0.7),
+        metavar="B,B,...",
+        help="seeded labelling: boundary thresholds to try (default 0.3,0.5,0.7)",
+    )
+    p.add_argument(
+        "--min-areas",
+        type=_ints,
+        default=(20,),
+        metavar="A,A,...",
+        help="smallest object areas in pixels to try (default 20)",
+    )
+    p.add_argument(
+        "--labelling",
+        choices=("auto", "plain", "seeded"),
+        default="auto",
+        help="auto (default): seeded for nucleus + boundary checkpoints, else plain",
+    )
     p.add_argument("--tta", action="store_true", help="score test-time augmented probabilities (8 turns and mirrors)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.set_defaults(run=_cmd_tune)

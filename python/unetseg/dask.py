@@ -33,8 +33,7 @@ def _worker_runner(path: str, device: str, precision: str) -> Runner:
     return Runner(path, device=device, batch_size=4, precision=precision)
 
 
-def _predict_block(block, *, model, device, precision, tile_size, ranges, halo, core_rows, core_cols,
-                   block_info=None):
+def _predict_block(block, *, model, device, precision, tile_size, ranges, halo, core_rows, core_cols, block_info=None):
     """The network on one chunk with its overlap; returns the chunk's core, (h, w, out_channels)."""
     i, j = block_info[None]["chunk-location"][:2]
     top = halo if i > 0 and len(core_rows) > 1 else 0
@@ -64,12 +63,20 @@ def _client_runner(model, precision: str) -> Runner:
     in its precision."""
     if isinstance(model, Runner):
         return model
-    return Runner(Path(model).resolve() if model is not None else default_model_path(), device="cpu",
-                  precision=precision)
+    return Runner(
+        Path(model).resolve() if model is not None else default_model_path(), device="cpu", precision=precision
+    )
 
 
-def probabilities(array, model: str | os.PathLike | Runner | None = None, *, device: str = "cpu",
-                  tile_size: int = 1024, normalisation=None, precision: str = "auto"):
+def probabilities(
+    array,
+    model: str | os.PathLike | Runner | None = None,
+    *,
+    device: str = "cpu",
+    tile_size: int = 1024,
+    normalisation=None,
+    precision: str = "auto",
+):
     """The network's probabilities of a dask array (H, W) or (H, W, C), lazily: a dask array
     (H, W, out_channels) float32 computed chunk by chunk with overlap on the workers.
     normalisation: (low, high) ranges; default: from a subsample of the array (as segment_slide).
@@ -90,22 +97,46 @@ def probabilities(array, model: str | os.PathLike | Runner | None = None, *, dev
         step = thumbnail_step(h, w)
         normalisation = runner.normalisation(np.asarray(array[::step, ::step].compute()).squeeze(2))
     multiple, halo = int(runner.metadata["size_multiple"]), runner.halo
-    array = array.rechunk({0: _grid_chunks(array.chunks[0], multiple, halo),
-                           1: _grid_chunks(array.chunks[1], multiple, halo), 2: -1})
+    array = array.rechunk(
+        {0: _grid_chunks(array.chunks[0], multiple, halo), 1: _grid_chunks(array.chunks[1], multiple, halo), 2: -1}
+    )
     out_channels = int(runner.metadata["out_channels"])
     depth = {0: halo if len(array.chunks[0]) > 1 else 0, 1: halo if len(array.chunks[1]) > 1 else 0, 2: 0}
     return da.map_overlap(
-        _predict_block, array, depth=depth, boundary="none", trim=False, dtype=np.float32,
-        chunks=(array.chunks[0], array.chunks[1], (out_channels,)), model=path, device=device,
-        precision=runner.precision, tile_size=tile_size, ranges=(list(normalisation[0]), list(normalisation[1])),
-        halo=halo, core_rows=array.chunks[0], core_cols=array.chunks[1], meta=np.empty((0, 0, 0), np.float32),
+        _predict_block,
+        array,
+        depth=depth,
+        boundary="none",
+        trim=False,
+        dtype=np.float32,
+        chunks=(array.chunks[0], array.chunks[1], (out_channels,)),
+        model=path,
+        device=device,
+        precision=runner.precision,
+        tile_size=tile_size,
+        ranges=(list(normalisation[0]), list(normalisation[1])),
+        halo=halo,
+        core_rows=array.chunks[0],
+        core_cols=array.chunks[1],
+        meta=np.empty((0, 0, 0), np.float32),
     )
 
 
-def segment(array, model: str | os.PathLike | Runner | None = None, *, device: str = "cpu", tile_size: int = 1024,
-            labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
-            min_area: int | None = None, connectivity: int = 8, normalisation=None, precision: str = "auto",
-            progress: bool = False) -> Segmentation:
+def segment(
+    array,
+    model: str | os.PathLike | Runner | None = None,
+    *,
+    device: str = "cpu",
+    tile_size: int = 1024,
+    labelling: str = "auto",
+    threshold: float | None = None,
+    boundary_threshold: float | None = None,
+    min_area: int | None = None,
+    connectivity: int = 8,
+    normalisation=None,
+    precision: str = "auto",
+    progress: bool = False,
+) -> Segmentation:
     """Segments nuclei in a dask array (H, W) or (H, W, C) with the network on the dask workers (use
     it inside a ``dask.distributed.Client``); returns one :class:`unetseg.Segmentation` equal to
     segmenting the whole image in one process with the same normalisation. Options as

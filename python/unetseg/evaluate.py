@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .data import Sample, read_dataset, read_datasets
+from .data import Sample, read_datasets
 from .data.transforms import median_diameter, rescale
 from .export import is_model_file
 from .io import atomic_path
@@ -66,9 +66,10 @@ def evaluate(
     data: one dataset or several (as ``unetseg train`` takes them).
 
     Returns {"all": summary, "<kind>": summary, ..., "<dataset>": summary, "<dataset>:<kind>": summary,
-    ...} (datasets when there are several, their kinds when a dataset has several); with `output`, also writes per_image.csv and
-    summary.json there (atomically), and in ``output/overlays`` pictures of the `overlays` images
-    that scored worst (DSB score), worst first: predicted outlines in magenta, true ones in green.
+    ...} (datasets when there are several, their kinds when a dataset has several); with `output`, also
+    writes per_image.csv and summary.json there (atomically), and in ``output/overlays`` pictures of
+    the `overlays` images that scored worst (DSB score), worst first: predicted outlines in magenta,
+    true ones in green.
     """
     from tqdm.auto import tqdm
 
@@ -84,19 +85,31 @@ def evaluate(
         model = default_model_path()
     if not Path(model).is_file():
         raise FileNotFoundError(f"{str(model)!r}: no such checkpoint or model file")
-    options = dict(threshold=threshold, min_area=min_area, labelling=labelling,
-                   boundary_threshold=boundary_threshold, device=device, tta=tta, precision=precision,
-                   diameter=diameter)
+    options = dict(
+        threshold=threshold,
+        min_area=min_area,
+        labelling=labelling,
+        boundary_threshold=boundary_threshold,
+        device=device,
+        tta=tta,
+        precision=precision,
+        diameter=diameter,
+    )
     segment, splits = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
     samples = read_datasets(data)
     if split != "all":
         what = {"val": "validation", "dev": "dev"}[split]
         if splits is None:
-            raise ValueError(f"{str(model)!r} does not say which images it was validated on; use split='all'"
-                             if split == "val" else f"{str(model)!r} does not name its {what} images; use split='all'")
+            raise ValueError(
+                f"{str(model)!r} does not say which images it was validated on; use split='all'"
+                if split == "val"
+                else f"{str(model)!r} does not name its {what} images; use split='all'"
+            )
         if not splits.get(split):
-            raise ValueError(f"{str(model)!r} has no {what} images (train with --dev-fraction for dev images); "
-                             "use split='val' or 'all'")
+            raise ValueError(
+                f"{str(model)!r} has no {what} images (train with --dev-fraction for dev images); "
+                "use split='val' or 'all'"
+            )
         samples = _named(samples, splits[split], f"the model's {what} images", data, "use split='all'")
     rows = []
     worst: list[tuple[float, int, np.ndarray]] = []  # a heap of the `overlays` lowest scores: (-score, i, labels)
@@ -141,8 +154,9 @@ def _write_overlays(folder: Path, worst: list) -> None:
 Segmenter = Callable[[Sample], np.ndarray]
 
 
-def _checkpoint_segmenter(path, *, threshold, min_area, labelling, boundary_threshold, device, tta, precision,
-                          diameter) -> tuple[Segmenter, dict[str, list[str]]]:
+def _checkpoint_segmenter(
+    path, *, threshold, min_area, labelling, boundary_threshold, device, tta, precision, diameter
+) -> tuple[Segmenter, dict[str, list[str]]]:
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .device import autocast as device_autocast
     from .device import resolve_device, resolve_precision
@@ -179,7 +193,7 @@ def _checkpoint_factor(ckpt: dict, sample: Sample, diameter: float | str | None 
 
 
 def _checkpoint_labelling(ckpt: dict, labelling: str) -> str:
-    """"plain" or "seeded": `labelling` ("auto": seeded for nucleus + boundary models), checked."""
+    """ "plain" or "seeded": `labelling` ("auto": seeded for nucleus + boundary models), checked."""
     if labelling == "auto":
         labelling = "seeded" if ckpt["out_channels"] >= 2 else "plain"
     if labelling not in ("plain", "seeded"):
@@ -189,8 +203,9 @@ def _checkpoint_labelling(ckpt: dict, labelling: str) -> str:
     return labelling
 
 
-def _label(prob: torch.Tensor, labelling: str, threshold: float, boundary_threshold: float | None,
-           min_area: int) -> np.ndarray:
+def _label(
+    prob: torch.Tensor, labelling: str, threshold: float, boundary_threshold: float | None, min_area: int
+) -> np.ndarray:
     """Instance labels of one image's probabilities (channels, H, W) by the fused ops."""
     from .ops import label, seeded_label
 
@@ -236,12 +251,17 @@ def tune(
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"{str(checkpoint)!r}: no such checkpoint")
     if is_model_file(checkpoint):
-        raise ValueError(f"{str(checkpoint)!r} is an exported model file; tune its training checkpoint "
-                         "(runs/NAME/best.pt) and export again with the thresholds chosen")
+        raise ValueError(
+            f"{str(checkpoint)!r} is an exported model file; tune its training checkpoint "
+            "(runs/NAME/best.pt) and export again with the thresholds chosen"
+        )
     if images < 1:
         raise ValueError(f"images is how many training images to score (>= 1), got {images}")
-    for name, values, low, high in (("thresholds", thresholds, 0, 1), ("boundary_thresholds", boundary_thresholds, 0, 1),
-                                    ("min_areas", min_areas, 0, None)):
+    for name, values, low, high in (
+        ("thresholds", thresholds, 0, 1),
+        ("boundary_thresholds", boundary_thresholds, 0, 1),
+        ("min_areas", min_areas, 0, None),
+    ):
         if not values or any(v < low or (high is not None and v > high) for v in values):
             bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
             raise ValueError(f"{name} must be a non-empty list of values {bounds}, got {list(values)}")
@@ -249,38 +269,56 @@ def tune(
     labelling = _checkpoint_labelling(ckpt, labelling)
     dev = set(ckpt["split"].get("dev", []))
     if dev:
-        samples = _named(read_datasets(data), dev, "the checkpoint's dev images", data, "tune on the data it was trained on")
+        samples = _named(
+            read_datasets(data), dev, "the checkpoint's dev images", data, "tune on the data it was trained on"
+        )
     else:
         val = set(ckpt["split"]["val"])
         samples = [s for s in read_datasets(data) if s.name not in val]
         if not samples:
-            raise ValueError(f"every image of {str(data)!r} is one of the checkpoint's validation images; tune on "
-                             "the data it was trained on")
+            raise ValueError(
+                f"every image of {str(data)!r} is one of the checkpoint's validation images; tune on "
+                "the data it was trained on"
+            )
         rng = np.random.default_rng(seed)
         samples = [samples[i] for i in rng.choice(len(samples), min(images, len(samples)), replace=False)]
     network, device = model_from_checkpoint(ckpt), resolve_device(device)
-    probs = [torch.from_numpy(predict(network, s.image, ckpt, device, tta=tta, factor=_checkpoint_factor(ckpt, s)))
-             for s in tqdm(samples, desc="predict", disable=not progress)]
+    probs = [
+        torch.from_numpy(predict(network, s.image, ckpt, device, tta=tta, factor=_checkpoint_factor(ckpt, s)))
+        for s in tqdm(samples, desc="predict", disable=not progress)
+    ]
     grid = []
-    configs = [(t, tb, a) for t in thresholds for tb in (boundary_thresholds if labelling == "seeded" else [None])
-               for a in min_areas]
+    configs = [
+        (t, tb, a)
+        for t in thresholds
+        for tb in (boundary_thresholds if labelling == "seeded" else [None])
+        for a in min_areas
+    ]
     for t, tb, area in tqdm(configs, desc="score", disable=not progress):
-        rows = [{"dataset": s.dataset, "kind": s.kind, **metrics.image_metrics(s.labels, _label(p, labelling, t, tb, area))}
-                for s, p in zip(samples, probs)]
+        rows = [
+            {"dataset": s.dataset, "kind": s.kind, **metrics.image_metrics(s.labels, _label(p, labelling, t, tb, area))}
+            for s, p in zip(samples, probs)
+        ]
         summaries = _summaries(rows)
         overall = summaries.pop("all")
-        grid.append({"threshold": t, "boundary_threshold": tb, "min_area": area,
-                     **{k: overall[k] for k in ("dsb_score", "ap@0.50", "aji", "count_error")},
-                     **{f"{k} {kind}": summary[k] for kind, summary in summaries.items()
-                        for k in ("dsb_score", "ap@0.50")}})
+        grid.append(
+            {
+                "threshold": t,
+                "boundary_threshold": tb,
+                "min_area": area,
+                **{k: overall[k] for k in ("dsb_score", "ap@0.50", "aji", "count_error")},
+                **{f"{k} {kind}": summary[k] for kind, summary in summaries.items() for k in ("dsb_score", "ap@0.50")},
+            }
+        )
     grid.sort(key=lambda row: -row["dsb_score"])
     if output is not None:
         _write_csv(Path(output), grid)
     return {"images": [s.name for s in samples], "grid": grid}
 
 
-def _model_file_segmenter(path, *, device, tta, precision, diameter, **options
-                          ) -> tuple[Segmenter, dict[str, list[str]] | None]:
+def _model_file_segmenter(
+    path, *, device, tta, precision, diameter, **options
+) -> tuple[Segmenter, dict[str, list[str]] | None]:
     from .segment import Runner
 
     runner = Runner(path, device=device, precision=precision)

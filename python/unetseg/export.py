@@ -36,8 +36,14 @@ def quiet_jit():
         yield
 
 
-def metadata_from_checkpoint(ckpt: dict, model: torch.nn.Module, *, threshold: float | None = None,
-                             boundary_threshold: float = 0.5, min_area: int = 0) -> dict:
+def metadata_from_checkpoint(
+    ckpt: dict,
+    model: torch.nn.Module,
+    *,
+    threshold: float | None = None,
+    boundary_threshold: float = 0.5,
+    min_area: int = 0,
+) -> dict:
     """The model file's metadata, from a training checkpoint (see :mod:`unetseg.train`), with the
     post-processing defaults the runner uses (threshold: the checkpoint's when None)."""
     from . import __version__
@@ -104,8 +110,11 @@ def _training_data(ckpt: dict) -> dict | None:
         return None
     split = ckpt.get("split") or {}
     return {
-        "dataset": ([Path(str(d)).name for d in ckpt["training_data"]] if isinstance(ckpt["training_data"], list)
-                    else Path(str(ckpt["training_data"])).name),
+        "dataset": (
+            [Path(str(d)).name for d in ckpt["training_data"]]
+            if isinstance(ckpt["training_data"], list)
+            else Path(str(ckpt["training_data"])).name
+        ),
         "train_images": len(split.get("train", [])),
         "val_images": len(split.get("val", [])),
         "split_seed": split.get("seed"),
@@ -121,8 +130,14 @@ def script_model(model: torch.nn.Module) -> torch.jit.ScriptModule:
         return torch.jit.freeze(scripted)
 
 
-def export(checkpoint: str | os.PathLike | dict, output: str | os.PathLike, *, threshold: float | None = None,
-           boundary_threshold: float = 0.5, min_area: int = 0) -> dict:
+def export(
+    checkpoint: str | os.PathLike | dict,
+    output: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    boundary_threshold: float = 0.5,
+    min_area: int = 0,
+) -> dict:
     """Writes the TorchScript model file for a training checkpoint; returns its metadata.
 
     threshold, boundary_threshold and min_area set the post-processing defaults stored in the file

@@ -46,8 +46,15 @@ def input_images(inputs: list[str | os.PathLike]) -> list[Path]:
     return [p for p in collect_images(inputs) if not p.name.endswith(OUTPUT_SUFFIXES)]
 
 
-def segment_files(paths: list[Path], output: str | os.PathLike, runner: Runner, *, overlays: bool = True,
-                  progress: bool = True, **options) -> FilesResult:
+def segment_files(
+    paths: list[Path],
+    output: str | os.PathLike,
+    runner: Runner,
+    *,
+    overlays: bool = True,
+    progress: bool = True,
+    **options,
+) -> FilesResult:
     """Segments image files into `output`: per image ``NAME_labels.png`` (16-bit; ``.tif`` above 65535
     nuclei) and ``NAME_overlay.png``, and ``objects.csv`` (one row per nucleus, columns
     :data:`unetseg.ops.OBJECT_COLUMNS` after ``image``) and ``summary.csv`` (one row per image), all
@@ -70,18 +77,24 @@ def segment_files(paths: list[Path], output: str | os.PathLike, runner: Runner, 
                 columns = seg.objects.columns()
                 rows += [[name, *(_cell(c[k]) for c in columns.values())] for k in range(seg.count)]
                 area = seg.objects.area
-                result.images.append(ImageSummary(name, path, image.shape, seg.count,
-                                                  float(np.median(area)) if len(area) else 0.0, seg.diameter))
+                result.images.append(
+                    ImageSummary(
+                        name, path, image.shape, seg.count, float(np.median(area)) if len(area) else 0.0, seg.diameter
+                    )
+                )
             bar.update(len(chunk))
     write_csv(output / "objects.csv", ["image", *OBJECT_COLUMNS], rows)
-    write_csv(output / "summary.csv", ["image", "height", "width", "count", "median_area", "diameter"],
-              [[s.name, s.shape[0], s.shape[1], s.count, f"{s.median_area:.1f}", f"{s.diameter:.1f}"]
-               for s in result.images])
+    write_csv(
+        output / "summary.csv",
+        ["image", "height", "width", "count", "median_area", "diameter"],
+        [[s.name, s.shape[0], s.shape[1], s.count, f"{s.median_area:.1f}", f"{s.diameter:.1f}"] for s in result.images],
+    )
     return result
 
 
-def _segment_chunk(paths: list[Path], runner: Runner, options: dict, failed: list
-                   ) -> list[tuple[tuple[Path, np.ndarray], Segmentation]]:
+def _segment_chunk(
+    paths: list[Path], runner: Runner, options: dict, failed: list
+) -> list[tuple[tuple[Path, np.ndarray], Segmentation]]:
     """Reads and segments a batch of files; a bad file is recorded in `failed` and the rest go on."""
     from .data import read_image
 

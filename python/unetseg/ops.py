@@ -84,9 +84,7 @@ def label(
     return Labels(labels, counts)
 
 
-def label_stats(
-    scores: torch.Tensor, threshold: float = 0.5, connectivity: int = 8, min_area: int = 0
-) -> LabelStats:
+def label_stats(scores: torch.Tensor, threshold: float = 0.5, connectivity: int = 8, min_area: int = 0) -> LabelStats:
     """:func:`label` plus per-object statistics for the whole batch, without a Python loop.
 
     Returns:

@@ -9,8 +9,14 @@ from .data import Normalisation
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, image: np.ndarray, ckpt: dict, device: str | torch.device = "cpu",
-            tta: bool = False, factor: float = 1.0) -> np.ndarray:
+def predict(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    ckpt: dict,
+    device: str | torch.device = "cpu",
+    tta: bool = False,
+    factor: float = 1.0,
+) -> np.ndarray:
     """Probabilities (out_channels, H, W) float32 of one whole image (H, W[, C]) of any size. With
     ``tta``, the mean over the image's eight turns and mirrors, each turned back (as the runner's
     test-time augmentation). With `factor`, the network sees the normalised image resized by it and
@@ -40,5 +46,6 @@ def resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(N, C, H, W) float resized to (h, w) as the runner resizes: bilinear, antialiased when shrinking."""
     if x.shape[2:] == (h, w):
         return x
-    return torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
-                                           antialias=h < x.shape[2] or w < x.shape[3])
+    return torch.nn.functional.interpolate(
+        x, size=(h, w), mode="bilinear", align_corners=False, antialias=h < x.shape[2] or w < x.shape[3]
+    )

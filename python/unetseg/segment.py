@@ -100,9 +100,20 @@ class Segmentation:
 Diameter = Union[float, Literal["auto"], None]
 
 
-def _options(*, threshold=None, min_area=None, connectivity=8, labelling="auto", boundary_threshold=None,
-             tile_size=None, halo=None, normalisation=None, context=(0, 0, 0, 0), tta=False,
-             diameter: Diameter = "auto") -> _C.SegmentOptions:
+def _options(
+    *,
+    threshold=None,
+    min_area=None,
+    connectivity=8,
+    labelling="auto",
+    boundary_threshold=None,
+    tile_size=None,
+    halo=None,
+    normalisation=None,
+    context=(0, 0, 0, 0),
+    tta=False,
+    diameter: Diameter = "auto",
+) -> _C.SegmentOptions:
     """The C++ runner's SegmentOptions, field by field by name."""
     o = _C.SegmentOptions()
     o.threshold, o.min_area, o.connectivity, o.labelling = threshold, min_area, connectivity, labelling
@@ -148,7 +159,9 @@ def _as_list(images) -> list:
         return list(images)
     if isinstance(images, Iterable):
         return list(images)
-    raise TypeError(f"images must be a list of arrays, tensors or paths, or an (N, H, W[, C]) array; got {type(images).__name__}")
+    raise TypeError(
+        f"images must be a list of arrays, tensors or paths, or an (N, H, W[, C]) array; got {type(images).__name__}"
+    )
 
 
 class Runner:
@@ -160,8 +173,14 @@ class Runner:
     autocast: on such CPUs about 2x faster than "float32" with the same scores on the DSB 2018
     validation split (benchmarks/README.md); "float16": CUDA only."""
 
-    def __init__(self, model: str | os.PathLike | None = None, *, device: str = "auto", precision: str = "auto",
-                 batch_size: int = 8):
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 8,
+    ):
         path = Path(model) if model is not None else default_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"model file {str(path)!r} does not exist")
@@ -181,8 +200,10 @@ class Runner:
 
     def __repr__(self) -> str:
         m = self.metadata
-        return (f"Runner({str(self.path)!r}, device={self.device!r}, {m['architecture']}, "
-                f"{m['in_channels']} -> {m['out_channels']} channels)")
+        return (
+            f"Runner({str(self.path)!r}, device={self.device!r}, {m['architecture']}, "
+            f"{m['in_channels']} -> {m['out_channels']} channels)"
+        )
 
     @property
     def halo(self) -> int:
@@ -202,28 +223,60 @@ class Runner:
         n = self._runner.normalisation(_as_tensor(image, 0))
         return n.low, n.high
 
-    def resolve(self, *, threshold: float | None = None, min_area: int | None = None, labelling: str = "auto",
-                boundary_threshold: float | None = None) -> dict:
+    def resolve(
+        self,
+        *,
+        threshold: float | None = None,
+        min_area: int | None = None,
+        labelling: str = "auto",
+        boundary_threshold: float | None = None,
+    ) -> dict:
         """The post-processing :meth:`segment` applies for these options, the model's defaults filled
         in and checked: {"labelling", "threshold", "boundary_threshold", "min_area"}."""
-        r = self._runner.resolve(_options(threshold=threshold, min_area=min_area, labelling=labelling,
-                                          boundary_threshold=boundary_threshold))
-        return {"labelling": r.labelling, "threshold": r.threshold, "boundary_threshold": r.boundary_threshold,
-                "min_area": r.min_area}
+        r = self._runner.resolve(
+            _options(threshold=threshold, min_area=min_area, labelling=labelling, boundary_threshold=boundary_threshold)
+        )
+        return {
+            "labelling": r.labelling,
+            "threshold": r.threshold,
+            "boundary_threshold": r.boundary_threshold,
+            "min_area": r.min_area,
+        }
 
     @property
     def labelling(self) -> str:
         """The model's default labelling: "plain", or "seeded" for nucleus + boundary models."""
         return self._runner.info.labelling
 
-    def segment(self, images, *, threshold: float | None = None, min_area: int | None = None,
-                connectivity: int = 8, labelling: str = "auto", boundary_threshold: float | None = None,
-                tile_size: int | None = None, halo: int | None = None, normalisation=None, tta: bool = False,
-                diameter: Diameter = "auto", progress: bool = False) -> list[Segmentation]:
+    def segment(
+        self,
+        images,
+        *,
+        threshold: float | None = None,
+        min_area: int | None = None,
+        connectivity: int = 8,
+        labelling: str = "auto",
+        boundary_threshold: float | None = None,
+        tile_size: int | None = None,
+        halo: int | None = None,
+        normalisation=None,
+        tta: bool = False,
+        diameter: Diameter = "auto",
+        progress: bool = False,
+    ) -> list[Segmentation]:
         """Segments images (see :func:`segment_batch`)."""
-        options = _options(threshold=threshold, min_area=min_area, connectivity=connectivity, labelling=labelling,
-                           boundary_threshold=boundary_threshold, tile_size=tile_size, halo=halo,
-                           normalisation=normalisation, tta=tta, diameter=diameter)
+        options = _options(
+            threshold=threshold,
+            min_area=min_area,
+            connectivity=connectivity,
+            labelling=labelling,
+            boundary_threshold=boundary_threshold,
+            tile_size=tile_size,
+            halo=halo,
+            normalisation=normalisation,
+            tta=tta,
+            diameter=diameter,
+        )
         items = _as_list(images)
         results: list[Segmentation] = []
         step = self.batch_size
@@ -244,9 +297,17 @@ class Runner:
                 bar.close()
         return results
 
-    def predict(self, images, *, tile_size: int | None = None, halo: int | None = None,
-                normalisation=None, context: tuple[int, ...] = (0, 0), tta: bool = False,
-                diameter: Diameter = "auto") -> list[np.ndarray]:
+    def predict(
+        self,
+        images,
+        *,
+        tile_size: int | None = None,
+        halo: int | None = None,
+        normalisation=None,
+        context: tuple[int, ...] = (0, 0),
+        tta: bool = False,
+        diameter: Diameter = "auto",
+    ) -> list[np.ndarray]:
         """The network's probabilities, float32 (out_channels, H, W) per image (tiling and
         normalisation as in :meth:`segment`). ``context=(top, bottom)`` or ``(top, bottom, left,
         right)``: rows and columns at the edges of each image that the network only sees (a block of
@@ -258,8 +319,9 @@ class Runner:
         context = tuple(int(c) for c in context) + (0, 0)[: 4 - len(context)]
         items = _as_list(images)
         tensors = [_as_tensor(im, i) for i, im in enumerate(items)]
-        options = _options(tile_size=tile_size, halo=halo, normalisation=normalisation, context=context, tta=tta,
-                           diameter=diameter)
+        options = _options(
+            tile_size=tile_size, halo=halo, normalisation=normalisation, context=context, tta=tta, diameter=diameter
+        )
         return [p.numpy() for p in self._runner.predict(tensors, options)]
 
 
@@ -268,12 +330,23 @@ def _cached_runner(path: str, device: str, batch_size: int, precision: str) -> R
     return Runner(path, device=device, batch_size=batch_size, precision=precision)
 
 
-def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.PathLike | Runner | None = None, *,
-                  device: str = "auto", threshold: float | None = None, batch_size: int | None = None,
-                  tile_size: int | None = None, min_area: int | None = None, labelling: str = "auto",
-                  boundary_threshold: float | None = None, halo: int | None = None, tta: bool = False,
-                  precision: str = "auto", diameter: Diameter = "auto", progress: bool = False
-                  ) -> list[Segmentation]:
+def segment_batch(
+    images: Sequence | np.ndarray | torch.Tensor,
+    model: str | os.PathLike | Runner | None = None,
+    *,
+    device: str = "auto",
+    threshold: float | None = None,
+    batch_size: int | None = None,
+    tile_size: int | None = None,
+    min_area: int | None = None,
+    labelling: str = "auto",
+    boundary_threshold: float | None = None,
+    halo: int | None = None,
+    tta: bool = False,
+    precision: str = "auto",
+    diameter: Diameter = "auto",
+    progress: bool = False,
+) -> list[Segmentation]:
     """Segments nuclei in a batch of images with a U-Net and the fused threshold + labelling op.
 
     images: a list of numpy arrays, torch tensors or file paths (each (H, W) or (H, W, C), uint8,
@@ -310,6 +383,15 @@ def segment_batch(images: Sequence | np.ndarray | torch.Tensor, model: str | os.
     else:
         path = Path(model) if model is not None else default_model_path()
         runner = _cached_runner(str(path.resolve()), device, batch_size or 8, precision)  # Runner checks the file
-    return runner.segment(images, threshold=threshold, min_area=min_area, labelling=labelling,
-                          boundary_threshold=boundary_threshold, tile_size=tile_size, halo=halo, tta=tta,
-                          diameter=diameter, progress=progress)
+    return runner.segment(
+        images,
+        threshold=threshold,
+        min_area=min_area,
+        labelling=labelling,
+        boundary_threshold=boundary_threshold,
+        tile_size=tile_size,
+        halo=halo,
+        tta=tta,
+        diameter=diameter,
+        progress=progress,
+    )

@@ -17,14 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .checkpoint import CHECKPOINT_FORMAT, default_checkpoint_path, load_checkpoint, model_from_checkpoint, save_atomic
 from .data import Augment, Normalisation, NucleiDataset, PixelWeights, read_datasets
 from .data.dataset import stratum
 from .data.readers import Sample
-from .checkpoint import CHECKPOINT_FORMAT, default_checkpoint_path, load_checkpoint, model_from_checkpoint, save_atomic
 from .device import autocast, resolve_device, resolve_precision
 from .io import atomic_path, write_overlay
 from .models import build_model
 from .predict import predict
+
 
 @dataclass
 class TrainConfig:
@@ -125,8 +126,10 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, boundary_weight: float) 
     logits = logits.float()
     channels = logits.shape[1]
     if target.shape[1] not in (channels, channels + 1):
-        raise ValueError(f"target has {target.shape[1]} channels for {channels} outputs; expected {channels} or "
-                         f"{channels + 1} (the last one pixel weights)")
+        raise ValueError(
+            f"target has {target.shape[1]} channels for {channels} outputs; expected {channels} or "
+            f"{channels + 1} (the last one pixel weights)"
+        )
     target, pixel_weights = target[:, :channels], target[:, channels:]
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if pixel_weights.shape[1]:
@@ -180,8 +183,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     dev_names: list[str] = []
     if config.dev_fraction:
         kept = set(train_names)
-        train_names, dev_names = split_by_kind([s for s in samples if s.name in kept], config.dev_fraction,
-                                               config.seed)
+        train_names, dev_names = split_by_kind([s for s in samples if s.name in kept], config.dev_fraction, config.seed)
     by_name = {s.name: s for s in samples}
     normalisation = Normalisation()
     options = {"in_channels": config.in_channels, "out_channels": config.out_channels, **config.model_options}
@@ -191,9 +193,11 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     if config.init_weights and not config.resume:
         init = load_checkpoint(default_checkpoint_path() if config.init_weights == "default" else config.init_weights)
         if init["model"] != {"architecture": config.architecture, "options": options}:
-            raise ValueError(f"--init-weights {config.init_weights} holds a {init['model']} model; this run builds "
-                             f"{ {'architecture': config.architecture, 'options': options} }: use the same "
-                             "--architecture, --model-options and channels")
+            raise ValueError(
+                f"--init-weights {config.init_weights} holds a {init['model']} model; this run builds "
+                f"{ {'architecture': config.architecture, 'options': options} }: use the same "
+                "--architecture, --model-options and channels"
+            )
         model.load_state_dict(init["state_dict"])
     # channels_last: oneDNN's fast convolution layout on the CPU (and tensor cores' on GPUs)
     model.to(device, memory_format=torch.channels_last)
@@ -213,21 +217,56 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         if rank == 0:
             print(f"resuming {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}")
 
-    train_set = NucleiDataset([by_name[n] for n in train_names], config.in_channels, config.out_channels, config.crop,
-                              "crop", augment, normalisation, config.samples_per_epoch, config.seed,
-                              config.contact_width, pixel_weights, config.diameter, config.balanced,
-                              config.sampling_weights)
-    val_set = NucleiDataset([by_name[n] for n in val_names], config.in_channels, config.out_channels, config.crop,
-                            "center", None, normalisation, None, config.seed,
-                            config.contact_width, pixel_weights, config.diameter)
+    train_set = NucleiDataset(
+        [by_name[n] for n in train_names],
+        config.in_channels,
+        config.out_channels,
+        config.crop,
+        "crop",
+        augment,
+        normalisation,
+        config.samples_per_epoch,
+        config.seed,
+        config.contact_width,
+        pixel_weights,
+        config.diameter,
+        config.balanced,
+        config.sampling_weights,
+    )
+    val_set = NucleiDataset(
+        [by_name[n] for n in val_names],
+        config.in_channels,
+        config.out_channels,
+        config.crop,
+        "center",
+        None,
+        normalisation,
+        None,
+        config.seed,
+        config.contact_width,
+        pixel_weights,
+        config.diameter,
+    )
     if len(train_set) < config.batch_size:
-        raise ValueError(f"an epoch of {len(train_set)} crops is less than one batch of {config.batch_size}: no "
-                         "training step would run; lower the batch size or raise samples_per_epoch")
+        raise ValueError(
+            f"an epoch of {len(train_set)} crops is less than one batch of {config.batch_size}: no "
+            "training step would run; lower the batch size or raise samples_per_epoch"
+        )
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, seed=config.seed) if world > 1 else None
-    loader_args = dict(batch_size=config.batch_size, num_workers=config.workers, persistent_workers=config.workers > 0,
-                       pin_memory=device.type == "cuda")
-    train_loader = DataLoader(train_set, shuffle=sampler is None, sampler=sampler, drop_last=True,
-                              generator=torch.Generator().manual_seed(config.seed), **loader_args)
+    loader_args = dict(
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        persistent_workers=config.workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+    train_loader = DataLoader(
+        train_set,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(config.seed),
+        **loader_args,
+    )
     val_loader = DataLoader(val_set, shuffle=False, **loader_args)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     # float16 needs loss scaling; bfloat16 has float32's range and does not
@@ -242,7 +281,9 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         "normalisation": normalisation.to_dict(),
         "config": asdict(config),
         "split": {"train": train_names, "val": val_names, "dev": dev_names, "seed": config.seed},
-        "training_data": str(config.data) if isinstance(config.data, (str, os.PathLike)) else [str(d) for d in config.data],
+        "training_data": str(config.data)
+        if isinstance(config.data, (str, os.PathLike))
+        else [str(d) for d in config.data],
         "diameter": config.diameter,
         "precision": precision,
     }
@@ -269,29 +310,47 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         with autocast(device, precision):
             val = validate(model, val_loader, device, config.boundary_weight)
         scheduler.step(val["val_loss"])
-        row = {"epoch": epoch + 1, "train_loss": total / max(n, 1), **val, "lr": optimizer.param_groups[0]["lr"],
-               "epoch_seconds": train_time}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": total / max(n, 1),
+            **val,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": train_time,
+        }
         history.append(row)
         improved = val["val_loss"] < best
         best, stale = (val["val_loss"], 0) if improved else (best, stale + 1)
         if rank == 0:
-            ckpt = {**meta, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best_val_loss": best,
-                    "epochs_without_improvement": stale, "validation": val}
+            ckpt = {
+                **meta,
+                "state_dict": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "best_val_loss": best,
+                "epochs_without_improvement": stale,
+                "validation": val,
+            }
             if improved:
                 save_atomic(ckpt, out / "best.pt")
             save_atomic(ckpt, out / "last.pt")
             write_history(history, out)
-            print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {val['val_loss']:.4f}, "
-                  f"val dice {val['val_dice']:.3f}, val DSB {val['val_dsb_score']:.3f}, {train_time:.0f} s"
-                  f"{' (best)' if improved else ''}", flush=True)
+            print(
+                f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {val['val_loss']:.4f}, "
+                f"val dice {val['val_dice']:.3f}, val DSB {val['val_dsb_score']:.3f}, {train_time:.0f} s"
+                f"{' (best)' if improved else ''}",
+                flush=True,
+            )
         if stale >= config.patience:
             if rank == 0:
                 print(f"early stop: no better validation loss for {stale} epochs")
             break
     if rank == 0 and (out / "best.pt").exists():
         best_ckpt = load_checkpoint(out / "best.pt")
-        save_overlays(model_from_checkpoint(best_ckpt), [by_name[n] for n in val_names[:6]], best_ckpt, out / "overlays")
+        save_overlays(
+            model_from_checkpoint(best_ckpt), [by_name[n] for n in val_names[:6]], best_ckpt, out / "overlays"
+        )
     return load_checkpoint(out / "last.pt") if rank == 0 else {}
 
 
@@ -353,4 +412,3 @@ def save_overlays(model, samples: list[Sample], ckpt: dict, folder: Path) -> Non
         prob = predict(model, s.image, ckpt)
         pred = label(torch.from_numpy(prob[0]), ckpt["threshold"]).labels.numpy()
         write_overlay(folder / f"{s.name[:24]}.png", s.image, pred, s.labels)
-

@@ -7,8 +7,18 @@ import torch
 from torch.utils.data import Dataset
 
 from .readers import Sample
-from .transforms import (Augment, Normalisation, PixelWeights, median_diameter, pad_to, random_crop, rescale, resize,
-                         targets, to_channels)
+from .transforms import (
+    Augment,
+    Normalisation,
+    PixelWeights,
+    median_diameter,
+    pad_to,
+    random_crop,
+    rescale,
+    resize,
+    targets,
+    to_channels,
+)
 
 # Rescaling to the canonical diameter stays within these factors: an image whose labels give an
 # outlandish diameter (a few fragments, one huge blob) is not blown up or crushed.
@@ -20,8 +30,9 @@ def stratum(sample: Sample) -> str:
     return f"{sample.dataset}:{sample.kind}"
 
 
-def sampling_probabilities(samples: list[Sample], areas: list[int], weights: dict[str, float] | None = None
-                           ) -> np.ndarray:
+def sampling_probabilities(
+    samples: list[Sample], areas: list[int], weights: dict[str, float] | None = None
+) -> np.ndarray:
     """Per-image probabilities of a balanced epoch: each stratum (dataset and kind) gets an equal share
     times its weight, and within a stratum an image is drawn in proportion to its area, so a large
     image gives several crops and neither image count nor image size lets a set dominate.
@@ -33,8 +44,10 @@ def sampling_probabilities(samples: list[Sample], areas: list[int], weights: dic
     known = set(strata) | {s.dataset for s in samples}
     unknown = sorted(set(weights) - known)
     if unknown:
-        raise ValueError(f"sampling weights name {unknown}, which are neither datasets nor dataset:kind strata of "
-                         f"the training images; known: {sorted(known)}")
+        raise ValueError(
+            f"sampling weights name {unknown}, which are neither datasets nor dataset:kind strata of "
+            f"the training images; known: {sorted(known)}"
+        )
     if any(not np.isfinite(w) or w < 0 for w in weights.values()):
         raise ValueError(f"sampling weights must be finite and >= 0, got {weights}")
     p = np.zeros(len(samples))
@@ -149,7 +162,10 @@ class NucleiDataset(Dataset):
             else:
                 image, labels = pad_to(image, labels, self.size)
                 y, x = (image.shape[0] - self.size) // 2, (image.shape[1] - self.size) // 2
-                image, labels = image[y : y + self.size, x : x + self.size], labels[y : y + self.size, x : x + self.size]
+                image, labels = (
+                    image[y : y + self.size, x : x + self.size],
+                    labels[y : y + self.size, x : x + self.size],
+                )
         if self.mode == "resize" and self.augment is not None:
             image, labels = self.augment(image, labels, rng)
             image, labels = random_crop(image, labels, self.size, rng)

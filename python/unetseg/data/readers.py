@@ -82,7 +82,10 @@ def _instances(mask: np.ndarray, path: Path) -> np.ndarray:
 
 def _check_same_size(image: np.ndarray, labels: np.ndarray, name: str) -> None:
     if image.shape[:2] != labels.shape[:2]:
-        raise ValueError(f"{name}: the image is {image.shape[1]}x{image.shape[0]} but its mask is {labels.shape[1]}x{labels.shape[0]}")
+        raise ValueError(
+            f"{name}: the image is {image.shape[1]}x{image.shape[0]} but its mask is "
+            f"{labels.shape[1]}x{labels.shape[0]}"
+        )
 
 
 def read_dsb2018(root: str | os.PathLike) -> list[Sample]:
@@ -132,8 +135,7 @@ def read_label_folders(root: str | os.PathLike, skip_invalid: bool = False) -> l
     return samples
 
 
-def read_pairs(images_dir: str | os.PathLike, masks_dir: str | os.PathLike, skip_invalid: bool = False
-               ) -> list[Sample]:
+def read_pairs(images_dir: str | os.PathLike, masks_dir: str | os.PathLike, skip_invalid: bool = False) -> list[Sample]:
     """Images and masks in two folders, matched by file name (stem); masks binary or instance labels.
     A pair whose image and mask differ in size is an error, or with `skip_invalid` left out with a
     warning naming it."""
@@ -182,8 +184,7 @@ def read_npz(path: str | os.PathLike) -> list[Sample]:
     return samples
 
 
-def read_datasets(paths: str | os.PathLike | Sequence[str | os.PathLike], skip_invalid: bool = False
-                  ) -> list[Sample]:
+def read_datasets(paths: str | os.PathLike | Sequence[str | os.PathLike], skip_invalid: bool = False) -> list[Sample]:
     """One or several datasets (:func:`read_dataset` each). With several, each image's name becomes
     ``<dataset>/<name>`` (the dataset's folder or file name), so names stay unique."""
     if isinstance(paths, (str, os.PathLike)):
@@ -234,4 +235,3 @@ def _read_layout(path: Path, skip_invalid: bool) -> list[Sample]:
         f"{path}: not a dataset unetseg knows. Expected a .npz (images, masks), images/ + labels/ or "
         "images/ + masks/ folders, or the DSB 2018 layout (<id>/images/<id>.png + <id>/masks/*.png)"
     )
-

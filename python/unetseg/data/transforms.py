@@ -61,8 +61,12 @@ def targets(labels: np.ndarray, channels: int, contact_width: int = 0) -> np.nda
     if contact_width > 0:
         size = 2 * contact_width + 1
         nearby_max = ndi.maximum_filter(labels, size=size, mode="constant", cval=0)
-        nearby_min = ndi.minimum_filter(np.where(labels > 0, labels, np.iinfo(labels.dtype).max), size=size,
-                                        mode="constant", cval=np.iinfo(labels.dtype).max)
+        nearby_min = ndi.minimum_filter(
+            np.where(labels > 0, labels, np.iinfo(labels.dtype).max),
+            size=size,
+            mode="constant",
+            cval=np.iinfo(labels.dtype).max,
+        )
         boundary |= (labels > 0) & ((nearby_max > labels) | (nearby_min < labels))
     return np.stack([mask, boundary.astype(np.float32)])
 
@@ -121,8 +125,10 @@ class PixelWeights:
 
     def __post_init__(self):
         if self.separation < 0 or self.sigma <= 0 or self.small_area < 0:
-            raise ValueError(f"pixel weights need separation >= 0, sigma > 0 and small_area >= 0 pixels, got "
-                             f"separation={self.separation}, sigma={self.sigma}, small_area={self.small_area}")
+            raise ValueError(
+                f"pixel weights need separation >= 0, sigma > 0 and small_area >= 0 pixels, got "
+                f"separation={self.separation}, sigma={self.sigma}, small_area={self.small_area}"
+            )
 
     def __call__(self, labels: np.ndarray) -> np.ndarray:
         weights = np.ones(labels.shape, np.float32)
@@ -188,15 +194,17 @@ def elastic_deform(image: np.ndarray, labels: np.ndarray, grid: np.ndarray) -> t
     dy, dx = (cv2.resize(np.asarray(g, np.float32), (w, h), interpolation=cv2.INTER_CUBIC) for g in grid)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     map_x, map_y = xx + dx, yy + dy
-    warped = cv2.remap(np.ascontiguousarray(image), map_x, map_y, cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REFLECT_101).reshape(image.shape)
+    warped = cv2.remap(
+        np.ascontiguousarray(image), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    ).reshape(image.shape)
     # cv2.remap takes 16-bit labels; larger ids go through an index of the ids present
     small = labels.size == 0 or (labels.min() >= 0 and labels.max() <= 65535)
     ids, index = (None, labels) if small else np.unique(labels, return_inverse=True)
     if ids is not None and ids.size > 65536:
         raise ValueError(f"elastic deformation handles up to 65536 label ids per crop, got {ids.size}")
-    moved = cv2.remap(index.reshape(h, w).astype(np.uint16), map_x, map_y, cv2.INTER_NEAREST,
-                      borderMode=cv2.BORDER_REFLECT_101)
+    moved = cv2.remap(
+        index.reshape(h, w).astype(np.uint16), map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101
+    )
     return warped, (moved if small else ids[moved]).astype(labels.dtype, copy=False)
 
 
@@ -250,7 +258,8 @@ class Augment:
             c = self.channel_jitter
             channels = image.shape[2]
             image = image * rng.uniform(1 - c, 1 + c, channels).astype(np.float32) + rng.uniform(
-                -c / 2, c / 2, channels).astype(np.float32)
+                -c / 2, c / 2, channels
+            ).astype(np.float32)
         if self.invert and rng.random() < self.invert:
             image = 1 - image
         if self.blur and rng.random() < 0.5:

@@ -79,7 +79,9 @@ class MobileNetV2UNet(nn.Module):
     ``(N, out_channels, H, W)``.
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 1, decoder_width: int = 16, freeze_encoder: bool = False):
+    def __init__(
+        self, in_channels: int = 3, out_channels: int = 1, decoder_width: int = 16, freeze_encoder: bool = False
+    ):
         super().__init__()
         features: list[nn.Module] = [_ConvBNReLU6(in_channels, 32, stride=2)]
         c = 32
@@ -108,7 +110,10 @@ class MobileNetV2UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2], x.shape[-1]
-        pad_h, pad_w = (self.multiple - height % self.multiple) % self.multiple, (self.multiple - width % self.multiple) % self.multiple
+        pad_h, pad_w = (
+            (self.multiple - height % self.multiple) % self.multiple,
+            (self.multiple - width % self.multiple) % self.multiple,
+        )
         if pad_h or pad_w:
             x = F.pad(x, [0, pad_w, 0, pad_h])
         skips: list[torch.Tensor] = []
@@ -150,7 +155,11 @@ class MobileNetV2UNet(nn.Module):
         first = "0.0.weight"
         if encoder[first].shape[1] != own[first].shape[1] and own[first].shape[1] == 1:
             encoder[first] = encoder[first].sum(dim=1, keepdim=True)
-        bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in encoder.items() if v.shape != own[k].shape]
+        bad = [
+            f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in encoder.items()
+            if v.shape != own[k].shape
+        ]
         if bad:
             raise ValueError(f"{path}: shapes differ from this model's encoder: {bad[:3]}")
         self.features.load_state_dict(encoder)

@@ -80,7 +80,10 @@ class UNet(nn.Module):
         self.multiple = 2**depth
         widths = [base_width * 2**level for level in range(depth + 1)]
         self.downs = nn.ModuleList(
-            [_double_conv(c_in, c_out, pad, batch_norm, dropout) for c_in, c_out in zip([in_channels] + widths[:-1], widths)]
+            [
+                _double_conv(c_in, c_out, pad, batch_norm, dropout)
+                for c_in, c_out in zip([in_channels] + widths[:-1], widths)
+            ]
         )
         self.ups = nn.ModuleList([_Up(c, pad, batch_norm, dropout) for c in reversed(widths[1:])])
         self.head = nn.Conv2d(base_width, out_channels, kernel_size=1)

@@ -61,8 +61,9 @@ def _resolve(runner, labelling, threshold, boundary_threshold, min_area, connect
     """The keyword arguments of StreamLabeller: the runner's post-processing for these options."""
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    options = runner.resolve(threshold=threshold, min_area=min_area, labelling=labelling,
-                             boundary_threshold=boundary_threshold)
+    options = runner.resolve(
+        threshold=threshold, min_area=min_area, labelling=labelling, boundary_threshold=boundary_threshold
+    )
     return {**options, "connectivity": int(connectivity)}
 
 
@@ -71,7 +72,11 @@ class _Work:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.labels, self.objects, self.outlines = folder / "labels.i32", folder / "objects.f64", folder / "outlines.jsonl"
+        self.labels, self.objects, self.outlines = (
+            folder / "labels.i32",
+            folder / "objects.f64",
+            folder / "outlines.jsonl",
+        )
         self.state = folder / "state.npz"
 
     def load(self, fingerprint: dict) -> dict | None:
@@ -83,8 +88,10 @@ class _Work:
         saved.setdefault("precision", "float32")  # runs saved before the option existed
         if saved != fingerprint:
             changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
-            raise ValueError(f"cannot resume: the interrupted run in {self.folder} used other settings "
-                             f"({', '.join(changed)}); run without resume to start over")
+            raise ValueError(
+                f"cannot resume: the interrupted run in {self.folder} used other settings "
+                f"({', '.join(changed)}); run without resume to start over"
+            )
         for path, key in ((self.objects, "objects_bytes"), (self.outlines, "outlines_bytes")):
             with open(path, "r+b") as f:  # drop whatever was written after the state was saved
                 f.truncate(int(state[key]))
@@ -92,21 +99,44 @@ class _Work:
 
     def save(self, fingerprint: dict, band: int, ranges, labeller: StreamLabeller, seconds: dict) -> None:
         state = {f"labeller_{k}": np.asarray(v) for k, v in labeller.state_dict().items()}
-        state.update(fingerprint=json.dumps(fingerprint), band=band, ranges_low=np.asarray(ranges[0]),
-                     ranges_high=np.asarray(ranges[1]), seconds=json.dumps(seconds),
-                     objects_bytes=self.objects.stat().st_size,
-                     outlines_bytes=self.outlines.stat().st_size)
+        state.update(
+            fingerprint=json.dumps(fingerprint),
+            band=band,
+            ranges_low=np.asarray(ranges[0]),
+            ranges_high=np.asarray(ranges[1]),
+            seconds=json.dumps(seconds),
+            objects_bytes=self.objects.stat().st_size,
+            outlines_bytes=self.outlines.stat().st_size,
+        )
         with atomic_path(self.state) as tmp, open(tmp, "wb") as f:
             np.savez(f, **state)
 
 
-def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 0, channel: int | None = None,
-                  device: str = "auto", batch_size: int = 4, band_height: int = 1024, block_width: int = 4096,
-                  tile_size: int = 1024, tta: bool = False,
-                  labelling: str = "auto", threshold: float | None = None, boundary_threshold: float | None = None,
-                  min_area: int | None = None, connectivity: int = 8, labels_format: str = "ome-tiff",
-                  table_format: str = "csv", geojson: bool = True, resume: bool = False,
-                  precision: str = "auto", progress: bool = True) -> SlideResult:
+def segment_slide(
+    slide,
+    output: str | os.PathLike,
+    model=None,
+    *,
+    level: int = 0,
+    channel: int | None = None,
+    device: str = "auto",
+    batch_size: int = 4,
+    band_height: int = 1024,
+    block_width: int = 4096,
+    tile_size: int = 1024,
+    tta: bool = False,
+    labelling: str = "auto",
+    threshold: float | None = None,
+    boundary_threshold: float | None = None,
+    min_area: int | None = None,
+    connectivity: int = 8,
+    labels_format: str = "ome-tiff",
+    table_format: str = "csv",
+    geojson: bool = True,
+    resume: bool = False,
+    precision: str = "auto",
+    progress: bool = True,
+) -> SlideResult:
     """Segments nuclei in a whole slide, streamed in row bands; writes labels, an object table and
     polygons into the folder ``output`` (see the module's docstring) and returns a :class:`SlideResult`.
 
@@ -134,13 +164,16 @@ def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 
             import pyarrow  # noqa: F401
         except ImportError:
             raise ImportError("table_format 'parquet' needs pyarrow: pip install pyarrow (or use 'csv')") from None
-    runner = model if isinstance(model, Runner) else Runner(model, device=device, batch_size=batch_size,
-                                                            precision=precision)
+    runner = (
+        model if isinstance(model, Runner) else Runner(model, device=device, batch_size=batch_size, precision=precision)
+    )
     options = _resolve(runner, labelling, threshold, boundary_threshold, min_area, connectivity)
     multiple = int(runner.metadata["size_multiple"])
     if min(band_height, block_width, tile_size) < 1:
-        raise ValueError(f"band_height, block_width and tile_size must be >= 1 pixel, got {band_height}, "
-                         f"{block_width} and {tile_size}")
+        raise ValueError(
+            f"band_height, block_width and tile_size must be >= 1 pixel, got {band_height}, "
+            f"{block_width} and {tile_size}"
+        )
     # blocks start on the network's pooling grid
     band_height, block_width = (-(-n // multiple) * multiple for n in (band_height, block_width))
     output = Path(output)
@@ -149,26 +182,70 @@ def segment_slide(slide, output: str | os.PathLike, model=None, *, level: int = 
     owned = isinstance(slide, (str, os.PathLike))
     reader: SlideReader = open_slide(slide, level=level, channel=channel)
     try:
-        return _run(reader, runner, options, output, (band_height, block_width), tile_size, tta, labels_format,
-                    table_format, geojson, resume, progress, slide, level, channel)
+        return _run(
+            reader,
+            runner,
+            options,
+            output,
+            (band_height, block_width),
+            tile_size,
+            tta,
+            labels_format,
+            table_format,
+            geojson,
+            resume,
+            progress,
+            slide,
+            level,
+            channel,
+        )
     finally:
         if owned:
             reader.close()
 
 
-def _run(reader, runner, options, output, block, tile_size, tta, labels_format, table_format, geojson, resume,
-         progress, slide, level, channel) -> SlideResult:
+def _run(
+    reader,
+    runner,
+    options,
+    output,
+    block,
+    tile_size,
+    tta,
+    labels_format,
+    table_format,
+    geojson,
+    resume,
+    progress,
+    slide,
+    level,
+    channel,
+) -> SlideResult:
     h, w = reader.shape
     work = _Work(output / PARTIAL)
     fingerprint = {
         "slide": str(Path(slide).resolve()) if isinstance(slide, (str, os.PathLike)) else reader.description,
-        "shape": [h, w], "level": level, "channel": channel, "model": str(runner.path.resolve()),
-        "model_bytes": runner.path.stat().st_size, "band_height": block[0], "block_width": block[1],
-        "tile_size": tile_size, "tta": tta, "precision": runner.precision, **options,
+        "shape": [h, w],
+        "level": level,
+        "channel": channel,
+        "model": str(runner.path.resolve()),
+        "model_bytes": runner.path.stat().st_size,
+        "band_height": block[0],
+        "block_width": block[1],
+        "tile_size": tile_size,
+        "tta": tta,
+        "precision": runner.precision,
+        **options,
     }
-    labeller = StreamLabeller(w, labelling=options["labelling"], threshold=options["threshold"],
-                              boundary_threshold=options["boundary_threshold"],
-                              connectivity=options["connectivity"], min_area=options["min_area"], outlines=geojson)
+    labeller = StreamLabeller(
+        w,
+        labelling=options["labelling"],
+        threshold=options["threshold"],
+        boundary_threshold=options["boundary_threshold"],
+        connectivity=options["connectivity"],
+        min_area=options["min_area"],
+        outlines=geojson,
+    )
     seconds = {"normalisation": 0.0, "read": 0.0, "network": 0.0, "labelling": 0.0, "write": 0.0}
     state = work.load(fingerprint) if resume else None
     if state is None:
@@ -184,7 +261,7 @@ def _run(reader, runner, options, output, block, tile_size, tta, labels_format, 
         seconds["normalisation"] = time.perf_counter() - start
         first_band = 0
     else:
-        labeller.load_state_dict({k[len("labeller_"):]: v for k, v in state.items() if k.startswith("labeller_")})
+        labeller.load_state_dict({k[len("labeller_") :]: v for k, v in state.items() if k.startswith("labeller_")})
         ranges = (state["ranges_low"].tolist(), state["ranges_high"].tolist())
         seconds.update(json.loads(str(state["seconds"])))
         first_band = int(state["band"])
@@ -195,8 +272,12 @@ def _run(reader, runner, options, output, block, tile_size, tta, labels_format, 
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(bands) * len(columns), initial=first_band * len(columns), unit="block",
-                   desc=f"segment {reader.description}")
+        bar = tqdm(
+            total=len(bands) * len(columns),
+            initial=first_band * len(columns),
+            unit="block",
+            desc=f"segment {reader.description}",
+        )
     try:
         with open(work.objects, "ab") as objects_file, open(work.outlines, "a") as outlines_file:
             for b in range(first_band, len(bands)):
@@ -207,8 +288,13 @@ def _run(reader, runner, options, output, block, tile_size, tta, labels_format, 
                     x0, x1 = max(0, c0 - halo), min(w, c1 + halo)
                     image = reader.read(y0, y1, x0, x1)
                     t1 = time.perf_counter()
-                    probs = runner.predict([image], tile_size=tile_size, normalisation=ranges, tta=tta,
-                                           context=(r0 - y0, y1 - r1, c0 - x0, x1 - c1))[0]
+                    probs = runner.predict(
+                        [image],
+                        tile_size=tile_size,
+                        normalisation=ranges,
+                        tta=tta,
+                        context=(r0 - y0, y1 - r1, c0 - x0, x1 - c1),
+                    )[0]
                     t2 = time.perf_counter()
                     done = labeller.feed(probs, last=b == len(bands) - 1)
                     t3 = time.perf_counter()
@@ -230,8 +316,9 @@ def _run(reader, runner, options, output, block, tile_size, tta, labels_format, 
         if bar is not None:
             bar.close()
     start = time.perf_counter()
-    result = _write_outputs(work, output, reader, runner, options, ranges, labels_format, table_format, geojson,
-                            labeller.id_bound)
+    result = _write_outputs(
+        work, output, reader, runner, options, ranges, labels_format, table_format, geojson, labeller.id_bound
+    )
     seconds["write"] += time.perf_counter() - start
     result.seconds = seconds
     _write_summary(result, reader, runner, options, ranges, fingerprint)
@@ -254,8 +341,9 @@ def _paste(path: Path, shape: tuple[int, int], done) -> None:
         del rows  # unmapped; the page cache writes it back (no msync: that would wait for the disk)
 
 
-def _write_outputs(work, output, reader, runner, options, ranges, labels_format, table_format, geojson,
-                   id_bound) -> SlideResult:
+def _write_outputs(
+    work, output, reader, runner, options, ranges, labels_format, table_format, geojson, id_bound
+) -> SlideResult:
     h, w = reader.shape
     objects = np.fromfile(work.objects, np.float64).reshape(-1, OBJECT_FIELDS)
     ids = objects[:, 0].astype(np.int64)
@@ -277,8 +365,17 @@ def _write_outputs(work, output, reader, runner, options, ranges, labels_format,
         import tifffile
 
         with atomic_path(labels_path) as tmp:
-            tifffile.imwrite(tmp, (tile for _, _, tile in tiles()), shape=(h, w), dtype=np.int32, tile=(side, side),
-                             bigtiff=True, ome=True, compression="zlib", metadata={"axes": "YX", "Name": "labels"})
+            tifffile.imwrite(
+                tmp,
+                (tile for _, _, tile in tiles()),
+                shape=(h, w),
+                dtype=np.int32,
+                tile=(side, side),
+                bigtiff=True,
+                ome=True,
+                compression="zlib",
+                metadata={"axes": "YX", "Name": "labels"},
+            )
     else:
         import zarr
 
@@ -313,9 +410,16 @@ def _write_outputs(work, output, reader, runner, options, ranges, labels_format,
                 pid, flat = json.loads(line)
                 ring = (np.asarray(flat, np.float64).reshape(-1, 2) + 0.5).tolist()  # pixel centres
                 ring.append(ring[0])
-                feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                           "properties": {"objectType": "detection", "name": f"nucleus {int(lut[pid])}",
-                                          "label": int(lut[pid]), "measurements": {"area_px": area[pid]}}}
+                feature = {
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    "properties": {
+                        "objectType": "detection",
+                        "name": f"nucleus {int(lut[pid])}",
+                        "label": int(lut[pid]),
+                        "measurements": {"area_px": area[pid]},
+                    },
+                }
                 out.write(("," if n else "") + json.dumps(feature) + "\n")
             out.write("]}\n")
     return SlideResult(labels_path, table_path, geojson_path, output / "summary.json", count, (h, w))
@@ -323,11 +427,18 @@ def _write_outputs(work, output, reader, runner, options, ranges, labels_format,
 
 def _write_summary(result: SlideResult, reader, runner, options, ranges, fingerprint) -> None:
     summary = {
-        "slide": fingerprint["slide"], "reader": reader.description, "shape": list(result.shape),
-        "level": fingerprint["level"], "channel": fingerprint["channel"], "model": fingerprint["model"],
-        "options": options, "band_height": fingerprint["band_height"], "block_width": fingerprint["block_width"],
+        "slide": fingerprint["slide"],
+        "reader": reader.description,
+        "shape": list(result.shape),
+        "level": fingerprint["level"],
+        "channel": fingerprint["channel"],
+        "model": fingerprint["model"],
+        "options": options,
+        "band_height": fingerprint["band_height"],
+        "block_width": fingerprint["block_width"],
         "tile_size": fingerprint["tile_size"],
-        "normalisation": {"low": list(ranges[0]), "high": list(ranges[1])}, "count": result.count,
+        "normalisation": {"low": list(ranges[0]), "high": list(ranges[1])},
+        "count": result.count,
         "outputs": {k: str(getattr(result, k).name) for k in ("labels", "table", "geojson") if getattr(result, k)},
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }

@@ -38,8 +38,10 @@ class SlideReader(abc.ABC):
         step = thumbnail_step(h, w, max_pixels)
         rows = []
         for r in range(0, h, block[0]):
-            parts = [self.read(r, min(h, r + block[0]), c, min(w, c + block[1]))[(-r) % step :: step, (-c) % step :: step]
-                     for c in range(0, w, block[1])]
+            parts = [
+                self.read(r, min(h, r + block[0]), c, min(w, c + block[1]))[(-r) % step :: step, (-c) % step :: step]
+                for c in range(0, w, block[1])
+            ]
             rows.append(np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0])
         return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
@@ -84,8 +86,10 @@ def _axes(shape: tuple[int, ...], axes: str, channel: int | None, name: str, rgb
         elif ax == "C":
             if channel is not None:
                 if not 0 <= channel < size:
-                    raise ValueError(f"{name}: channel {channel} asked for, but the slide has {size} channel(s) "
-                                     f"(axes {axes}, shape {shape})")
+                    raise ValueError(
+                        f"{name}: channel {channel} asked for, but the slide has {size} channel(s) "
+                        f"(axes {axes}, shape {shape})"
+                    )
                 index.append(channel)
             elif size in (3, 4) and rgb:
                 index.append(slice(0, 3))  # RGB; alpha dropped
@@ -93,13 +97,17 @@ def _axes(shape: tuple[int, ...], axes: str, channel: int | None, name: str, rgb
             elif size == 1:
                 index.append(0)
             else:
-                raise ValueError(f"{name} has {size} channels (axes {axes}, shape {shape}); choose the nuclear "
-                                 f"channel with channel=N (--channel N on the command line)")
+                raise ValueError(
+                    f"{name} has {size} channels (axes {axes}, shape {shape}); choose the nuclear "
+                    f"channel with channel=N (--channel N on the command line)"
+                )
         elif size == 1:
             index.append(0)
         else:
-            raise ValueError(f"{name} has {size} planes along axis {ax!r} (axes {axes}, shape {shape}); "
-                             "unetseg segments 2-D slides: pass a 2-D plane (e.g. one z or time point) as an array")
+            raise ValueError(
+                f"{name} has {size} planes along axis {ax!r} (axes {axes}, shape {shape}); "
+                "unetseg segments 2-D slides: pass a 2-D plane (e.g. one z or time point) as an array"
+            )
     if channel is not None and "C" not in axes:
         if channel != 0:
             raise ValueError(f"{name} has one channel (axes {axes}); channel {channel} does not exist")
@@ -121,8 +129,7 @@ class ArrayReader(SlideReader):
     """Any array with numpy slicing: numpy (memory-mapped .npy), zarr, dask, tifffile's zarr view.
     ``axes``: letters Y, X, C (or S) and others of size 1; guessed from the shape when None."""
 
-    def __init__(self, array, axes: str | None = None, channel: int | None = None, name: str = "array",
-                 closer=None):
+    def __init__(self, array, axes: str | None = None, channel: int | None = None, name: str = "array", closer=None):
         self.array = array
         shape = tuple(int(s) for s in array.shape)
         self.description = name
@@ -171,7 +178,9 @@ class OpenSlideReader(SlideReader):
         w, h = self._slide.level_dimensions[level]
         self.shape, self.channels, self.dtype = (h, w), 3, np.dtype(np.uint8)
         self._downsample = self._slide.level_downsamples[level]
-        self.description = f"{path.name} (OpenSlide {self._slide.properties.get('openslide.vendor', '?')}, level {level})"
+        self.description = (
+            f"{path.name} (OpenSlide {self._slide.properties.get('openslide.vendor', '?')}, level {level})"
+        )
 
     def read(self, row0: int, row1: int, col0: int = 0, col1: int | None = None) -> np.ndarray:
         col1 = self.shape[1] if col1 is None else col1
@@ -195,8 +204,9 @@ def _tiff(path: Path, level: int, channel: int | None, series: int) -> SlideRead
             raise ValueError(f"{path.name} has {len(tif.series)} image series; series {series} asked for")
         s = tif.series[series]
         if not 0 <= level < len(s.levels):
-            raise ValueError(f"{path.name} has {len(s.levels)} pyramid level(s) (0..{len(s.levels) - 1}); "
-                             f"level {level} asked for")
+            raise ValueError(
+                f"{path.name} has {len(s.levels)} pyramid level(s) (0..{len(s.levels) - 1}); level {level} asked for"
+            )
         page = s.levels[level]
         store = s.aszarr(level=level)
         kind = "OME-TIFF" if tif.is_ome else ("BigTIFF" if tif.is_bigtiff else "TIFF")
@@ -205,8 +215,9 @@ def _tiff(path: Path, level: int, channel: int | None, series: int) -> SlideRead
             store.close()
             tif.close()
 
-        return ArrayReader(zarr.open(store, mode="r"), page.axes, channel, f"{path.name} ({kind}, level {level})",
-                           closer=close)
+        return ArrayReader(
+            zarr.open(store, mode="r"), page.axes, channel, f"{path.name} ({kind}, level {level})", closer=close
+        )
     except BaseException:
         tif.close()
         raise
@@ -222,12 +233,15 @@ def _zarr(path: Path, level: int, channel: int | None) -> SlideReader:
     multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
     if not multiscales:
         arrays = sorted(name for name, _ in node.arrays())
-        raise ValueError(f"{path.name} is a zarr group without OME-Zarr 'multiscales' metadata; open one of its "
-                         f"arrays instead: {arrays}")
+        raise ValueError(
+            f"{path.name} is a zarr group without OME-Zarr 'multiscales' metadata; open one of its "
+            f"arrays instead: {arrays}"
+        )
     datasets = multiscales[0]["datasets"]
     if not 0 <= level < len(datasets):
-        raise ValueError(f"{path.name} has {len(datasets)} pyramid level(s) (0..{len(datasets) - 1}); "
-                         f"level {level} asked for")
+        raise ValueError(
+            f"{path.name} has {len(datasets)} pyramid level(s) (0..{len(datasets) - 1}); level {level} asked for"
+        )
     axes = multiscales[0].get("axes")
     letters = "".join((a["name"] if isinstance(a, dict) else a)[0] for a in axes) if axes else None
     return ArrayReader(node[datasets[level]["path"]], letters, channel, f"{path.name} (OME-Zarr, level {level})")
@@ -257,5 +271,7 @@ def open_slide(source, *, level: int = 0, channel: int | None = None, series: in
         return OpenSlideReader(path, level)
     if name.endswith(TIFF_SUFFIXES):
         return _tiff(path, level, channel, series)
-    raise ValueError(f"{path.name}: unknown slide format; expected TIFF/OME-TIFF ({', '.join(TIFF_SUFFIXES)}), "
-                     f".zarr, .npy or an OpenSlide format ({', '.join(OPENSLIDE_SUFFIXES)})")
+    raise ValueError(
+        f"{path.name}: unknown slide format; expected TIFF/OME-TIFF ({', '.join(TIFF_SUFFIXES)}), "
+        f".zarr, .npy or an OpenSlide format ({', '.join(OPENSLIDE_SUFFIXES)})"
+    )

@@ -75,9 +75,18 @@ class StreamLabeller:
     (nucleus, boundary, ...) for seeded. Options as :func:`unetseg.label_stats` /
     :func:`unetseg.seeded_label_stats`. ``outlines=True`` traces each object's outer boundary."""
 
-    def __init__(self, width: int, *, labelling: str = "plain", threshold: float = 0.5,
-                 boundary_threshold: float = 0.5, connectivity: int = 8, min_area: int = 0,
-                 outlines: bool = False, max_carry: int = 8192):
+    def __init__(
+        self,
+        width: int,
+        *,
+        labelling: str = "plain",
+        threshold: float = 0.5,
+        boundary_threshold: float = 0.5,
+        connectivity: int = 8,
+        min_area: int = 0,
+        outlines: bool = False,
+        max_carry: int = 8192,
+    ):
         if labelling not in ("plain", "seeded"):
             raise ValueError(f"labelling must be 'plain' or 'seeded', got {labelling!r}")
         if width < 1:
@@ -124,20 +133,35 @@ class StreamLabeller:
         scores = np.asarray(scores)
         left = self.width - self.col
         if scores.ndim != 3 or scores.shape[0] < self.channels or not 1 <= scores.shape[2] <= left:
-            raise ValueError(f"a block must be ({self.channels}+, h, w) scores with 1 <= w <= {left} (the columns "
-                             f"of this band still to come), got shape {scores.shape}")
+            raise ValueError(
+                f"a block must be ({self.channels}+, h, w) scores with 1 <= w <= {left} (the columns "
+                f"of this band still to come), got shape {scores.shape}"
+            )
         if self.col == 0:
             self.band_rows, self.last = scores.shape[1], bool(last)
         elif (scores.shape[1], bool(last)) != (self.band_rows, self.last):
-            raise ValueError(f"the blocks of a band must have the same rows and `last`: this band's first block "
-                             f"had {self.band_rows} rows (last={self.last}), got {scores.shape[1]} (last={last})")
+            raise ValueError(
+                f"the blocks of a band must have the same rows and `last`: this band's first block "
+                f"had {self.band_rows} rows (last={self.last}), got {scores.shape[1]} (last={last})"
+            )
         s, e = self.start, self.end + self.band_rows
         hs, c0, c1 = self.side_start, self.col, self.col + scores.shape[2]
         column = np.concatenate([self.carry_scores[:, :, c0:c1], scores[: self.channels]], axis=1, dtype=np.float32)
         buffer = np.concatenate([self.side_scores, column], axis=2) if c0 > hs else column
         if buffer.shape[1] == 0:
-            return self._advance(Finished(s, hs, np.zeros((0, c1 - hs), np.int32), np.zeros((0, c1 - hs), bool),
-                                          np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 8))), c1, e)
+            return self._advance(
+                Finished(
+                    s,
+                    hs,
+                    np.zeros((0, c1 - hs), np.int32),
+                    np.zeros((0, c1 - hs), bool),
+                    np.zeros(0, np.int64),
+                    np.zeros(0, np.int64),
+                    np.zeros((0, 8)),
+                ),
+                c1,
+                e,
+            )
         t = torch.from_numpy(buffer)
         component_ids, _, components = label_stats(t[0], self.threshold, self.connectivity, 0)
         component_ids, components = component_ids.numpy(), components.numpy()
@@ -187,8 +211,14 @@ class StreamLabeller:
         if c0 > hs:  # the side carry's finished objects keep the ids they were given
             head = provisional[:, : c0 - hs]
             np.copyto(head, self.side_labels, where=self.side_labels > 0)
-        outlines = ([self._outline(provisional, i, box, s, hs) for i, box in
-                     zip(ids.tolist(), stats[keep, 1:5].astype(np.int64).tolist())] if self.outlines else [])
+        outlines = (
+            [
+                self._outline(provisional, i, box, s, hs)
+                for i, box in zip(ids.tolist(), stats[keep, 1:5].astype(np.int64).tolist())
+            ]
+            if self.outlines
+            else []
+        )
         kept = stats[keep]
         kept[:, [1, 3, 5]] += s
         kept[:, [2, 4, 6]] += hs
@@ -224,9 +254,12 @@ class StreamLabeller:
         return finished
 
     def _warn(self, span: str, what: str, cut: str) -> None:
-        warnings.warn(f"a foreground region spans {span} (more than max_carry={self.max_carry} {what}); it is cut at "
-                      f"{cut}, so objects crossing it are split. Raise the threshold or max_carry.",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"a foreground region spans {span} (more than max_carry={self.max_carry} {what}); it is cut at "
+            f"{cut}, so objects crossing it are split. Raise the threshold or max_carry.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     @staticmethod
     def _outline(labels: np.ndarray, k: int, box: list[int], row0: int, col0: int) -> np.ndarray:
@@ -247,10 +280,17 @@ class StreamLabeller:
     def state_dict(self) -> dict:
         """Everything needed to go on after an interruption between bands (see :meth:`load_state_dict`)."""
         if self.col:
-            raise RuntimeError(f"state_dict is taken between bands; this band has had {self.col} of "
-                               f"{self.width} columns")
-        return {"start": self.start, "end": self.end, "next_id": self.next_id, "done": self.done,
-                "carry_scores": self.carry_scores, "carry_mask": self.carry_mask}
+            raise RuntimeError(
+                f"state_dict is taken between bands; this band has had {self.col} of {self.width} columns"
+            )
+        return {
+            "start": self.start,
+            "end": self.end,
+            "next_id": self.next_id,
+            "done": self.done,
+            "carry_scores": self.carry_scores,
+            "carry_mask": self.carry_mask,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.start, self.end = int(state["start"]), int(state["end"])
