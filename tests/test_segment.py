@@ -26,7 +26,6 @@ def _images():
         (fl.astype(np.float32) / 255) ** 2,
         bf,
         np.dstack([bf, np.full(bf.shape[:2], 255, np.uint8)]),  # RGBA
-        np.dstack([fl, np.zeros_like(fl)]),  # gray + alpha
         fl[:, :1],  # one column
     ]
 

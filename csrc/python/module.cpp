@@ -44,7 +44,8 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("context_left", &unetseg::SegmentOptions::context_left)
       .def_readwrite("context_right", &unetseg::SegmentOptions::context_right)
       .def_readwrite("tta", &unetseg::SegmentOptions::tta)
-      .def_readwrite("diameter", &unetseg::SegmentOptions::diameter);
+      .def_readwrite("diameter", &unetseg::SegmentOptions::diameter)
+      .def_readwrite("channel", &unetseg::SegmentOptions::channel);
 
   py::class_<unetseg::ResolvedOptions>(m, "ResolvedOptions")
       .def_readonly("threshold", &unetseg::ResolvedOptions::threshold)

@@ -9,7 +9,7 @@
 
 namespace unetseg::runner {
 
-at::Tensor check_image(const at::Tensor& image, size_t index) {
+at::Tensor check_image(const at::Tensor& image, size_t index, std::optional<int64_t> channel) {
   TORCH_CHECK_VALUE(image.defined(), "unetseg.Runner: image ", index, " is an undefined tensor");
   TORCH_CHECK_VALUE(image.device().is_cpu(), "unetseg.Runner: image ", index,
                     " is on ", image.device(), "; images are passed as CPU tensors");
@@ -20,9 +20,17 @@ at::Tensor check_image(const at::Tensor& image, size_t index) {
                     "unetseg.Runner: image ", index, " has dtype ", dtype,
                     "; expected uint8, uint16 or float32");
   at::Tensor hwc = image.dim() == 2 ? image.unsqueeze(2) : image;
-  TORCH_CHECK_VALUE(hwc.size(2) >= 1 && hwc.size(2) <= 4, "unetseg.Runner: image ", index,
-                    " has shape ", image.sizes(),
-                    "; expected 1 to 4 channels last (gray, gray + alpha, RGB, RGBA)");
+  const int64_t c = hwc.size(2);
+  if (channel) {
+    TORCH_CHECK_VALUE(*channel >= 0 && *channel < c, "unetseg.Runner: channel ", *channel,
+                      " asked for, but image ", index, " has shape ", image.sizes(), " (", c,
+                      " channel(s) last); expected a channel in 0..", c - 1);
+    hwc = hwc.narrow(2, *channel, 1);
+  } else {
+    TORCH_CHECK_VALUE(c >= 1 && c <= 4 && c != 2, "unetseg.Runner: image ", index, " has shape ", image.sizes(),
+                      "; expected gray, RGB or RGBA channels last, or pick the nuclear channel with channel=N (0..",
+                      c - 1, ")", c == 2 ? " (for gray + alpha, channel=0)" : "");
+  }
   TORCH_CHECK_VALUE(hwc.size(0) > 0 && hwc.size(1) > 0, "unetseg.Runner: image ", index,
                     " is empty (shape ", image.sizes(), ")");
   if (dtype == at::kFloat) {

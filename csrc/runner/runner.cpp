@@ -532,15 +532,14 @@ struct Runner::Impl {
     return out;
   }
 
-  std::vector<at::Tensor> checked(const std::vector<at::Tensor>& images) const {
+  std::vector<at::Tensor> checked(const std::vector<at::Tensor>& images, std::optional<int64_t> channel) const {
     std::vector<at::Tensor> hwc;
     hwc.reserve(images.size());
     for (size_t i = 0; i < images.size(); ++i) {
-      hwc.push_back(runner::check_image(images[i], i));
+      hwc.push_back(runner::check_image(images[i], i, channel));
     }
     return hwc;
-  }
-};
+  }};
 
 Runner::Runner(const std::string& model_path, const RunnerOptions& options) {
   TORCH_CHECK_VALUE(std::filesystem::is_regular_file(model_path), "unetseg.Runner: model file '",
@@ -576,7 +575,7 @@ const RunnerOptions& Runner::options() const { return impl_->options; }
 
 std::vector<at::Tensor> Runner::predict(const std::vector<at::Tensor>& images, const SegmentOptions& options) const {
   c10::InferenceMode guard;
-  const auto hwc = impl_->checked(images);
+  const auto hwc = impl_->checked(images, options.channel);
   const Impl& impl = *impl_;
   const std::optional<double> given = impl.given_factor(options);
   const bool context = options.context_top || options.context_bottom || options.context_left || options.context_right;
@@ -638,7 +637,7 @@ std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
                                           const SegmentOptions& options) const {
   const ResolvedOptions r = resolve(options);
   c10::InferenceMode guard;
-  const auto hwc = impl_->checked(images);
+  const auto hwc = impl_->checked(images, options.channel);
   const Impl& impl = *impl_;
   const std::optional<double> factor = impl.given_factor(options);
   if (factor && *factor != 1.0) {

@@ -8,6 +8,7 @@
 #include <unetseg/runner.h>
 
 #include <ATen/ops/from_blob.h>
+#include <c10/util/Exception.h>
 
 #include <cstdint>
 #include <fstream>
@@ -98,6 +99,10 @@ int main(int argc, char** argv) {
     std::cerr << argv[2] << ": " << result.count << " nuclei (" << runner.info().architecture << " on "
               << runner.device() << ")\n";
     write_npy_int32(argv[3], result.labels);
+  } catch (const c10::Error& e) {
+    // the message only: a user's mistake (a missing file, a bad image) needs no C++ backtrace
+    std::cerr << "segment_image: " << e.what_without_backtrace() << '\n';
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "segment_image: " << e.what() << '\n';
     return 1;

@@ -30,9 +30,16 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Loads a unetseg checkpoint with weights_only=True (no code runs from the file)."""
+    from .export import is_model_file
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
+    if is_model_file(path):
+        raise ValueError(
+            f"{path} is a model file made by `unetseg export`, not a training checkpoint: segment or "
+            "evaluate with it (-m MODEL), or give the training run's best.pt / last.pt here"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

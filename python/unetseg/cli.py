@@ -98,7 +98,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SystemExit(f"unetseg train: {flag} must be a JSON object, got {text!r}")
         return value
 
-    options = parse(args.model_options, "--model-options", {"base_width": 16, "depth": 4, "batch_norm": True})
+    from .models import DEFAULT_OPTIONS
+
+    options = parse(args.model_options, "--model-options", DEFAULT_OPTIONS[args.architecture])
     config = TrainConfig(
         data=[str(d) for d in args.data] if len(args.data) > 1 else str(args.data[0]),
         output=str(args.output),
@@ -129,6 +131,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         diameter=args.diameter,
         balanced=not args.no_balance,
         skip_invalid=args.skip_invalid,
+        overwrite=args.overwrite,
         sampling_weights=parse(args.sampling_weights, "--sampling-weights", {}),
     )
     try:
@@ -243,11 +246,15 @@ def _sample_images() -> list[Path]:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .files import input_images, segment_files
+    from .io import check_output_folder
     from .segment import Runner, default_model_path
 
     if args.samples == bool(args.inputs):
         raise SystemExit("unetseg segment: give INPUTS (files, folders or globs), or --samples for the bundled samples")
     try:
+        if args.tile_size is not None and args.tile_size < 0:
+            raise ValueError(f"--tile-size must be >= 0 pixels (0: never tile), got {args.tile_size}")
+        check_output_folder(args.output)
         paths = _sample_images() if args.samples else input_images(args.inputs)
         runner = Runner(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
         runner.resolve(
@@ -276,8 +283,17 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         tile_size=args.tile_size,
         tta=args.tta,
         diameter=args.diameter,
+        channel=args.channel,
     )
-    result = segment_files(paths, args.output, runner, overlays=not args.no_overlays, **options)
+    result = segment_files(
+        paths,
+        args.output,
+        runner,
+        overlays=not args.no_overlays,
+        geojson=not args.no_geojson,
+        rois=args.rois,
+        **options,
+    )
     print(f"\n{'image':<32} {'size':>11} {'nuclei':>7} {'median area':>12} {'diameter':>9}")
     for s in result.images[:20]:
         print(
@@ -419,6 +435,7 @@ def _add_diameter_option(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="unetseg",
         description="Cell-nuclei segmentation with U-Nets: segment images, train and evaluate models, export "
         "them to TorchScript, and label probability maps with the fused threshold + connected-components op.",
@@ -426,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser(
         "label",
+        allow_abbrev=False,
         help="threshold and label a probability map (default: a bundled nuclei-like map)",
         description="Threshold a probability map and label its connected components with unetseg's fused op; "
         "prints what was found. Without MAP, labels a bundled 1024x1024 nuclei-like map.",
@@ -439,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "segment",
+        allow_abbrev=False,
         help="segment nuclei in images (files, folders, globs) with a model",
         description="Segment nuclei with a U-Net model file and the fused threshold + labelling op. Writes, "
         "per image, NAME_labels.png (16-bit label image; TIFF above 65535 objects) and NAME_overlay.png "
@@ -462,11 +481,21 @@ def build_parser() -> argparse.ArgumentParser:
         "2048x2048 pixels are tiled by 1024; 0: never)",
     )
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay pictures")
+    p.add_argument("--no-geojson", action="store_true", help="do not write NAME.geojson (QuPath detections)")
+    p.add_argument("--rois", action="store_true", help="also write NAME_rois.zip: an ImageJ ROI set for Fiji")
     _add_diameter_option(p)
+    p.add_argument(
+        "--channel",
+        type=int,
+        metavar="N",
+        help="the channel holding the nuclei (0-based) of multi-channel images, e.g. the DAPI plane of a "
+        "fluorescence composite: segmented alone, as a gray image (default: images must be gray or RGB)",
+    )
     p.set_defaults(run=_cmd_segment)
 
     p = sub.add_parser(
         "segment-slide",
+        allow_abbrev=False,
         help="segment a whole slide in row bands (TIFF/OME-TIFF, zarr, .npy, OpenSlide)",
         description="Segment nuclei in a slide of any size with bounded memory: the slide is read and segmented in "
         "row bands (tiles with a halo across each band), labelled with a carry across band edges so that nuclei on "
@@ -505,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
+        allow_abbrev=False,
         help="export a training checkpoint to a TorchScript model file",
         description="Write a frozen TorchScript model file that carries its metadata (unetseg.json: "
         "architecture, channels, normalisation, outputs, threshold, training data, validation metrics); "
@@ -526,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
+        allow_abbrev=False,
         help="train a U-Net on a nuclei dataset",
         description="Train a U-Net (BCE + Dice, Adam, plateau LR schedule, early stopping). Writes best.pt, "
         "last.pt, metrics.csv, training_curves.png and validation overlays to OUTPUT; --resume continues "
@@ -570,7 +601,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help='factors on the balanced shares, by dataset or "dataset:kind", e.g. \'{"tnbc": 0.5}\'',
     )
-    p.add_argument("--architecture", choices=("unet", "mobilenetv2_unet"), default="unet")
+    from .models import MODELS
+
+    p.add_argument(
+        "--architecture",
+        choices=sorted(MODELS),
+        default="unet",
+        help="the network (default unet: the classic U-Net; --model-options sets its width, depth...)",
+    )
     p.add_argument("--model-options", help='JSON constructor options, e.g. \'{"base_width": 32, "depth": 4}\'')
     p.add_argument("--in-channels", type=int, choices=(1, 3), default=3, help="image channels the model takes")
     p.add_argument("--out-channels", type=int, choices=(1, 2), default=1, help="1: nucleus; 2: nucleus + boundary")
@@ -586,6 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--imagenet-weights", help="torchvision mobilenet_v2 ImageNet weights file (mobilenetv2_unet)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an OUTPUT that holds one (its checkpoints and metrics are replaced)",
+    )
     p.add_argument(
         "--init-weights",
         metavar="CKPT|default",
@@ -646,6 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
+        allow_abbrev=False,
         help="score a model on a labelled dataset (DSB score, AP, AJI, PQ, Dice...)",
         description="Segment the images of DATA with MODEL and score them against their labels: DSB "
         "2018 score, AP at IoU 0.5..0.95, AJI, PQ, Dice, IoU, pixel accuracy, count error; overall and "
@@ -695,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "tune",
+        allow_abbrev=False,
         help="choose a checkpoint's thresholds and min_area on its dev (else training) images",
         description="Score every combination of nucleus threshold x boundary threshold x "
         "min_area (DSB score, AP@0.5, AJI, count error; DSB and AP@0.5 per image kind) on the "
@@ -747,7 +792,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        # Outputs are written atomically: what was finished is kept, nothing is half-written.
+        hint = {
+            "train": "; continue with the same command and --resume",
+            "segment-slide": "; continue with the same command and --resume",
+        }.get(args.command, "")
+        print(f"\nunetseg {args.command}: interrupted; finished outputs are kept{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

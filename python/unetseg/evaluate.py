@@ -19,9 +19,10 @@ import torch
 
 from . import metrics
 from .data import Sample, read_datasets
-from .data.transforms import median_diameter, rescale
+from .data.transforms import rescale
 from .export import is_model_file
-from .io import atomic_path
+from .io import atomic_path, check_output_folder
+from .predict import checkpoint_factor
 
 
 def evaluate(
@@ -77,6 +78,8 @@ def evaluate(
         raise ValueError(f"split must be 'val', 'dev' or 'all', got {split!r}")
     if overlays < 0:
         raise ValueError(f"overlays is a number of pictures (>= 0), got {overlays}")
+    if output is not None:
+        check_output_folder(output)
     if not (np.isfinite(scale) and 0 < scale <= 8):
         raise ValueError(f"scale is a resize factor in (0, 8], got {scale}")
     if model is None or str(model) == "default":
@@ -172,24 +175,12 @@ def _checkpoint_segmenter(
     autocast = device_autocast(device, resolve_precision(precision, device))
 
     def segment(sample: Sample) -> np.ndarray:
-        factor = _checkpoint_factor(ckpt, sample, diameter)
+        factor = checkpoint_factor(ckpt, sample.labels, diameter)
         with autocast:
             prob = torch.from_numpy(predict(network, sample.image, ckpt, device, tta=tta, factor=factor))
         return _label(prob, labelling, threshold, boundary_threshold, min_area)
 
     return segment, {"val": ckpt["split"]["val"], "dev": ckpt["split"].get("dev", [])}
-
-
-def _checkpoint_factor(ckpt: dict, sample: Sample, diameter: float | str | None = "auto") -> float:
-    """The resize factor for a checkpoint with a canonical diameter: canonical / the given diameter,
-    or for "auto" / the image's median labelled diameter (the scale training validates at)."""
-    from .data.dataset import MAX_RESCALE, MIN_RESCALE
-
-    canonical = ckpt.get("diameter")
-    if not canonical:
-        return 1.0
-    d = median_diameter(sample.labels) if diameter in (None, "auto") else float(diameter)
-    return float(np.clip(canonical / d, MIN_RESCALE, MAX_RESCALE)) if np.isfinite(d) and d > 0 else 1.0
 
 
 def _checkpoint_labelling(ckpt: dict, labelling: str) -> str:
@@ -284,7 +275,7 @@ def tune(
         samples = [samples[i] for i in rng.choice(len(samples), min(images, len(samples)), replace=False)]
     network, device = model_from_checkpoint(ckpt), resolve_device(device)
     probs = [
-        torch.from_numpy(predict(network, s.image, ckpt, device, tta=tta, factor=_checkpoint_factor(ckpt, s)))
+        torch.from_numpy(predict(network, s.image, ckpt, device, tta=tta, factor=checkpoint_factor(ckpt, s.labels)))
         for s in tqdm(samples, desc="predict", disable=not progress)
     ]
     grid = []

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import collect_images, overlay, write_csv, write_image, write_labels
+from .geometry import detection_feature, object_outlines, write_geojson, write_imagej_rois
+from .io import atomic_path, collect_images, overlay, write_csv, write_image, write_labels
 from .ops import OBJECT_COLUMNS
 from .segment import Runner, Segmentation
 
 #: Name endings of the files segment_files writes per image: never read back as inputs.
-OUTPUT_SUFFIXES = ("_labels.png", "_labels.tif", "_overlay.png")
+OUTPUT_SUFFIXES = ("_labels.png", "_labels.tif", "_overlay.png", ".geojson", "_rois.zip")
 
 
 @dataclass
@@ -52,11 +53,15 @@ def segment_files(
     runner: Runner,
     *,
     overlays: bool = True,
+    geojson: bool = True,
+    rois: bool = False,
     progress: bool = True,
     **options,
 ) -> FilesResult:
     """Segments image files into `output`: per image ``NAME_labels.png`` (16-bit; ``.tif`` above 65535
-    nuclei) and ``NAME_overlay.png``, and ``objects.csv`` (one row per nucleus, columns
+    nuclei), ``NAME_overlay.png``, ``NAME.geojson`` (one valid polygon per nucleus, a QuPath detection:
+    :mod:`unetseg.geometry`) and with `rois` ``NAME_rois.zip`` (an ImageJ ROI set for Fiji), and
+    ``objects.csv`` (one row per nucleus, columns
     :data:`unetseg.ops.OBJECT_COLUMNS` after ``image``) and ``summary.csv`` (one row per image), all
     written atomically. Images that cannot be read or segmented are skipped and listed in
     ``failed``; the others are batched by ``runner.batch_size``. `options`: as :meth:`Runner.segment`.
@@ -73,7 +78,7 @@ def segment_files(
             chunk = paths[start : start + runner.batch_size]
             for (path, image), seg in _segment_chunk(chunk, runner, options, result.failed):
                 name = _unique(path.stem, names)
-                _write_image_outputs(output, name, image, seg, overlays)
+                _write_image_outputs(output, name, image, seg, overlays, geojson, rois)
                 columns = seg.objects.columns()
                 rows += [[name, *(_cell(c[k]) for c in columns.values())] for k in range(seg.count)]
                 area = seg.objects.area
@@ -116,11 +121,20 @@ def _segment_chunk(
         return done
 
 
-def _write_image_outputs(output: Path, name: str, image: np.ndarray, seg: Segmentation, overlays: bool) -> None:
+def _write_image_outputs(
+    output: Path, name: str, image: np.ndarray, seg: Segmentation, overlays: bool, geojson: bool, rois: bool
+) -> None:
     suffix = ".png" if seg.count <= 65535 else ".tif"
     write_labels(output / f"{name}_labels{suffix}", seg.labels)
     if overlays:
         write_image(output / f"{name}_overlay.png", overlay(image, seg.labels))
+    if geojson or rois:
+        polygons = object_outlines(seg.labels, seg.objects.bbox)
+    if geojson:
+        with atomic_path(output / f"{name}.geojson") as tmp, open(tmp, "w") as f:
+            write_geojson(f, map(detection_feature, polygons, seg.objects.label, seg.objects.area))
+    if rois:
+        write_imagej_rois(output / f"{name}_rois.zip", polygons, seg.objects.label)
 
 
 def _unique(name: str, taken: set[str]) -> str:

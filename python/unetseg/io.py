@@ -10,6 +10,21 @@ from pathlib import Path
 import numpy as np
 
 
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Checks, before any work, that `path` can be an output folder: not an existing file, and
+    writable (or creatable). Raises ValueError naming the path and the fix."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"the output {str(path)!r} is a file, not a folder; give a folder path")
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"cannot write to the output folder {str(path)!r} ({str(existing)!r} is not writable); "
+            "give a folder you can write to"
+        )
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds, so

@@ -30,8 +30,12 @@ def predict(
     h, w = x.shape[2:]
     if factor != 1:
         x = resize(x, max(1, round(h * factor)), max(1, round(w * factor)))
+
+    def back(p: torch.Tensor) -> np.ndarray:  # to the image's grid (a valid-padding output stays smaller)
+        return (resize(p, h, w) if factor != 1 else p)[0].cpu().numpy()
+
     if not tta:
-        return resize(torch.sigmoid(model(x).float()), h, w)[0].cpu().numpy()
+        return back(torch.sigmoid(model(x).float()))
     total = None
     for turns in range(4):
         for mirror in (False, True):
@@ -39,7 +43,21 @@ def predict(
             p = torch.sigmoid(model(y.flip(3) if mirror else y).float())
             p = torch.rot90(p.flip(3) if mirror else p, -turns, (2, 3))
             total = p if total is None else total + p
-    return resize(total / 8, h, w)[0].cpu().numpy()
+    return back(total / 8)
+
+
+def checkpoint_factor(ckpt: dict, labels: np.ndarray, diameter: float | str | None = "auto") -> float:
+    """The resize factor :func:`predict` takes for a checkpoint with a canonical diameter: canonical /
+    the given diameter, or for "auto" / the median diameter of `labels` (the image's true nuclei: the
+    scale training validates at); 1 for checkpoints without one."""
+    from .data.dataset import MAX_RESCALE, MIN_RESCALE
+    from .data.transforms import median_diameter
+
+    canonical = ckpt.get("diameter")
+    if not canonical:
+        return 1.0
+    d = median_diameter(labels) if diameter in (None, "auto") else float(diameter)
+    return float(np.clip(canonical / d, MIN_RESCALE, MAX_RESCALE)) if np.isfinite(d) and d > 0 else 1.0
 
 
 def resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -113,6 +113,7 @@ def _options(
     context=(0, 0, 0, 0),
     tta=False,
     diameter: Diameter = "auto",
+    channel: int | None = None,
 ) -> _C.SegmentOptions:
     """The C++ runner's SegmentOptions, field by field by name."""
     o = _C.SegmentOptions()
@@ -121,6 +122,7 @@ def _options(
     if normalisation is not None:
         o.normalisation = _C.Normalisation(list(normalisation[0]), list(normalisation[1]))
     o.context_top, o.context_bottom, o.context_left, o.context_right = context
+    o.channel = channel
     if diameter is not None and diameter != "auto":
         if isinstance(diameter, str) or not isinstance(diameter, (int, float)):
             raise ValueError(f"diameter must be a number of pixels or 'auto', got {diameter!r}")
@@ -136,12 +138,16 @@ def _as_tensor(image, index: int) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype == np.float64:
             image = image.astype(np.float32)
+        elif image.dtype == np.bool_:  # a mask image, as a 1-bit PNG reads: nonzero is 255
+            image = image.astype(np.uint8) * 255
         elif image.dtype not in (np.uint8, np.uint16, np.float32):
             raise TypeError(f"image {index} has dtype {image.dtype}; expected uint8, uint16 or float32 (or float64)")
         return torch.from_numpy(image)
     if isinstance(image, torch.Tensor):
         if image.dtype == torch.float64:
             image = image.float()
+        elif image.dtype == torch.bool:
+            image = image.to(torch.uint8) * 255
         return image.detach().cpu()
     raise TypeError(f"image {index} is a {type(image).__name__}; expected a numpy array, a torch tensor or a file path")
 
@@ -156,12 +162,40 @@ def _as_list(images) -> list:
                 f"an array of images must be (N, H, W) or (N, H, W, C), got shape {tuple(images.shape)}; "
                 "pass a single image as [image]"
             )
+        if images.ndim == 3 and images.shape[2] <= 4 < images.shape[1]:
+            # (H, W, C): one colour image, which taken as a stack would give H images of one row each
+            raise ValueError(
+                f"got one array of shape {tuple(images.shape)}: an (H, W, C) image, not a stack of images; "
+                "pass it as [image] (a stack of gray images is (N, H, W) with N images)"
+            )
         return list(images)
     if isinstance(images, Iterable):
         return list(images)
     raise TypeError(
         f"images must be a list of arrays, tensors or paths, or an (N, H, W[, C]) array; got {type(images).__name__}"
     )
+
+
+def _check_not_a_checkpoint(path: Path) -> None:
+    """A training checkpoint given as a model file gets the command that makes one, not torch's
+    "cannot load TorchScript" text."""
+    import zipfile
+
+    from .export import is_model_file
+
+    if is_model_file(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            torch_save = any(n.endswith("/data.pkl") for n in archive.namelist())
+            torchscript = any("/code/" in n for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return  # not a zip: the runner says what it is not
+    if torch_save and not torchscript:
+        raise ValueError(
+            f"{str(path)!r} is a training checkpoint, not a model file; make one with "
+            f"`unetseg export {path} -o model.pt` and use that"
+        )
 
 
 class Runner:
@@ -184,6 +218,7 @@ class Runner:
         path = Path(model) if model is not None else default_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        _check_not_a_checkpoint(path)
         self.path = path
         self._runner = _C.Runner(str(path), device=device, precision=precision, batch_size=batch_size)
         self.precision: str = self._runner.precision
@@ -262,6 +297,7 @@ class Runner:
         normalisation=None,
         tta: bool = False,
         diameter: Diameter = "auto",
+        channel: int | None = None,
         progress: bool = False,
     ) -> list[Segmentation]:
         """Segments images (see :func:`segment_batch`)."""
@@ -276,6 +312,7 @@ class Runner:
             normalisation=normalisation,
             tta=tta,
             diameter=diameter,
+            channel=channel,
         )
         items = _as_list(images)
         results: list[Segmentation] = []
@@ -307,6 +344,7 @@ class Runner:
         context: tuple[int, ...] = (0, 0),
         tta: bool = False,
         diameter: Diameter = "auto",
+        channel: int | None = None,
     ) -> list[np.ndarray]:
         """The network's probabilities, float32 (out_channels, H, W) per image (tiling and
         normalisation as in :meth:`segment`). ``context=(top, bottom)`` or ``(top, bottom, left,
@@ -320,7 +358,13 @@ class Runner:
         items = _as_list(images)
         tensors = [_as_tensor(im, i) for i, im in enumerate(items)]
         options = _options(
-            tile_size=tile_size, halo=halo, normalisation=normalisation, context=context, tta=tta, diameter=diameter
+            tile_size=tile_size,
+            halo=halo,
+            normalisation=normalisation,
+            context=context,
+            tta=tta,
+            diameter=diameter,
+            channel=channel,
         )
         return [p.numpy() for p in self._runner.predict(tensors, options)]
 
@@ -345,6 +389,7 @@ def segment_batch(
     tta: bool = False,
     precision: str = "auto",
     diameter: Diameter = "auto",
+    channel: int | None = None,
     progress: bool = False,
 ) -> list[Segmentation]:
     """Segments nuclei in a batch of images with a U-Net and the fused threshold + labelling op.
@@ -376,6 +421,9 @@ def segment_batch(
         so labels are at the image's resolution. "auto" (default): estimated per image from a first
         pass (no extra cost when it is within 25% of the canonical diameter). Models without a
         canonical diameter never rescale and refuse a number.
+    channel: the channel holding the nuclei (0-based, channels last) of multi-channel images, e.g.
+        the DAPI plane of a fluorescence composite: segmented alone, as a gray image. Without it
+        images must be gray, RGB or RGBA (two channels are refused as ambiguous).
     Returns one :class:`Segmentation` per image, in order.
     """
     if isinstance(model, Runner):
@@ -393,5 +441,6 @@ def segment_batch(
         halo=halo,
         tta=tta,
         diameter=diameter,
+        channel=channel,
         progress=progress,
     )

@@ -22,9 +22,9 @@ from .data import Augment, Normalisation, NucleiDataset, PixelWeights, read_data
 from .data.dataset import stratum
 from .data.readers import Sample
 from .device import autocast, resolve_device, resolve_precision
-from .io import atomic_path, write_overlay
-from .models import build_model
-from .predict import predict
+from .io import atomic_path, check_output_folder, write_overlay
+from .models import DEFAULT_OPTIONS, build_model
+from .predict import checkpoint_factor, predict
 
 
 @dataclass
@@ -33,7 +33,8 @@ class TrainConfig:
     """a dataset path, or several (see unetseg.data.read_datasets)"""
     output: str = "runs/unet"
     architecture: str = "unet"
-    model_options: dict[str, Any] = field(default_factory=lambda: {"base_width": 16, "depth": 4, "batch_norm": True})
+    model_options: dict[str, Any] | None = None
+    """constructor options of the architecture; None: its defaults (unetseg.models.DEFAULT_OPTIONS)"""
     in_channels: int = 3
     out_channels: int = 1
     crop: int = 256
@@ -80,6 +81,9 @@ class TrainConfig:
     (unetseg.data.sampling_probabilities); False: one crop of each training image in turn"""
     sampling_weights: dict[str, float] = field(default_factory=dict)
     """factors on the balanced shares, by dataset name or "dataset:kind" stratum"""
+    overwrite: bool = False
+    """start a new run in a folder that holds one (its checkpoints and metrics are replaced); without
+    it (or `resume`) such a folder is an error, so a run is never overwritten by accident"""
     skip_invalid: bool = False
     """leave out (with a warning) image/label pairs of different sizes instead of stopping"""
 
@@ -119,6 +123,19 @@ def split_by_kind(samples: list[Sample], fraction: float, seed: int) -> tuple[li
     return sorted(train), sorted(val)
 
 
+def crop_to(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The centre of `target` (N, K, H, W) the size of `logits`: a valid-padding U-Net's output is
+    smaller than its input by its border, and is scored against the targets' centre, as in the
+    U-Net paper (same-padding outputs are the input's size and pass unchanged)."""
+    (h, w), (th, tw) = logits.shape[2:], target.shape[2:]
+    if (h, w) == (th, tw):
+        return target
+    if h > th or w > tw:
+        raise ValueError(f"the network's output {h}x{w} is larger than its target {th}x{tw}")
+    y, x = (th - h) // 2, (tw - w) // 2
+    return target[:, :, y : y + h, x : x + w]
+
+
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, boundary_weight: float) -> torch.Tensor:
     """BCE + soft Dice per output channel; channel 1 (boundaries) weighted by boundary_weight. A target
     with one channel more than the logits carries per-pixel BCE weights in that last channel
@@ -130,6 +147,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, boundary_weight: float) 
             f"target has {target.shape[1]} channels for {channels} outputs; expected {channels} or "
             f"{channels + 1} (the last one pixel weights)"
         )
+    target = crop_to(target, logits)
     target, pixel_weights = target[:, :channels], target[:, channels:]
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if pixel_weights.shape[1]:
@@ -153,12 +171,41 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
+
+
+def _check_run_folder(out: Path, config: TrainConfig) -> None:
+    """A run folder is continued only with `resume` and replaced only with `overwrite`."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if config.resume:
+        if not (out / "last.pt").exists():
+            raise ValueError(f"nothing to resume in {str(out)!r} (no last.pt); drop --resume to start a new run there")
+        if config.overwrite:
+            raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
+    elif found and not config.overwrite:
+        raise ValueError(
+            f"{str(out)!r} holds a training run ({', '.join(found)}); continue it with --resume, "
+            "start over there with --overwrite (its checkpoints and metrics are replaced), or give "
+            "another -o"
+        )
+
+
 def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     """Trains a model as `config` says; returns the final checkpoint dict (best weights in best.pt)."""
     from tqdm.auto import tqdm
 
     if config.contact_width < 0:
         raise ValueError(f"contact_width must be >= 0 pixels, got {config.contact_width}")
+    for name, value, low in (
+        ("crop", config.crop, 16),
+        ("batch_size", config.batch_size, 1),
+        ("epochs", config.epochs, 1),
+        ("workers", config.workers, 0),
+    ):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if not config.lr > 0:
+        raise ValueError(f"lr must be a positive learning rate, got {config.lr}")
     augment = make_augment(config.augment_options)
     pixel_weights = None
     if config.separation_weight or config.small_object_area:
@@ -172,7 +219,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     if rank == 0 and config.precision == "auto":
         why = "native bfloat16 on this device" if precision == "bfloat16" else "no native bfloat16 on this device"
         print(f"precision auto: {precision} ({why})", flush=True)
-    out = Path(config.output)
+    out = check_output_folder(config.output)
+    _check_run_folder(out, config)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
@@ -186,7 +234,10 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         train_names, dev_names = split_by_kind([s for s in samples if s.name in kept], config.dev_fraction, config.seed)
     by_name = {s.name: s for s in samples}
     normalisation = Normalisation()
-    options = {"in_channels": config.in_channels, "out_channels": config.out_channels, **config.model_options}
+    model_options = (
+        DEFAULT_OPTIONS.get(config.architecture, {}) if config.model_options is None else config.model_options
+    )
+    options = {"in_channels": config.in_channels, "out_channels": config.out_channels, **model_options}
     model = build_model(config.architecture, **options)
     if config.imagenet_weights:
         model.load_imagenet_weights(config.imagenet_weights)
@@ -205,7 +256,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_patience)
     history: list[dict] = []
     start_epoch, best, stale = 0, math.inf, 0
-    if config.resume and (out / "last.pt").exists():
+    if config.resume:
         ckpt = load_checkpoint(out / "last.pt")
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -363,6 +414,7 @@ def validate(model: torch.nn.Module, loader: DataLoader, device: torch.device, b
     losses, dices, scores = [], [], []
     for images, target in loader:
         logits = model(images.to(device, memory_format=torch.channels_last)).float()
+        target = crop_to(target, logits)
         losses.append(loss_fn(logits, target.to(device), boundary_weight).item() * len(images))
         prob = torch.sigmoid(logits[:, 0]).cpu()
         pred = label(prob, 0.5).labels.numpy()
@@ -409,6 +461,8 @@ def save_overlays(model, samples: list[Sample], ckpt: dict, folder: Path) -> Non
 
     folder.mkdir(parents=True, exist_ok=True)
     for s in samples:
-        prob = predict(model, s.image, ckpt)
+        prob = predict(model, s.image, ckpt, factor=checkpoint_factor(ckpt, s.labels))
         pred = label(torch.from_numpy(prob[0]), ckpt["threshold"]).labels.numpy()
-        write_overlay(folder / f"{s.name[:24]}.png", s.image, pred, s.labels)
+        dy, dx = (a - b for a, b in zip(s.labels.shape, pred.shape))  # a valid-padding output's border
+        pred = np.pad(pred, ((dy // 2, dy - dy // 2), (dx // 2, dx - dx // 2)))
+        write_overlay(folder / f"{s.name.replace('/', '_')[:40]}.png", s.image, pred, s.labels)

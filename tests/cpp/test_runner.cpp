@@ -112,12 +112,23 @@ void test_dtypes_and_channels(const unetseg::Runner& runner) {
       u8.to(at::kUInt16) * 257,                        // 16 bit, same picture
       u8.to(at::kFloat) / 255.0,                       // float
       u8.unsqueeze(2),                                 // (H, W, 1)
-      at::stack({u8, at::full_like(u8, 255)}, 2),      // gray + alpha
       u8.unsqueeze(2).expand({96, 96, 3}),             // RGB with equal channels (averaged back)
   };
   for (const auto& p : runner.predict(same_images)) {
     CHECK((p - want).abs().max().item<float>() < 1e-5);
   }
+  // the nuclear channel of a 5-channel stack, by SegmentOptions::channel
+  unetseg::SegmentOptions pick;
+  pick.channel = 2;
+  const at::Tensor stack = at::stack({u8 / 2, u8 * 0, u8, u8 / 3, u8 / 4}, 2);
+  CHECK((runner.predict({stack}, pick)[0] - want).abs().max().item<float>() < 1e-5);
+  bool refused = false;
+  try {
+    runner.predict({at::stack({u8, at::full_like(u8, 255)}, 2)});  // two channels: which one?
+  } catch (const c10::Error& e) {
+    refused = std::string(e.what_without_backtrace()).find("pick the nuclear channel with channel=N") != std::string::npos;
+  }
+  CHECK(refused);
 }
 
 void test_batching_and_threads(const std::string& model) {

@@ -115,6 +115,9 @@ struct SegmentOptions {
   // (see the top of this file); blocks with context rows or columns (slides) then run at their own
   // scale. A model without a canonical diameter refuses a value.
   std::optional<double> diameter;
+  // The image channel holding the nuclei (0-based, channels last): the runner segments that plane
+  // alone, as a gray image. Unset: images are gray, RGB or RGBA (two channels are ambiguous).
+  std::optional<int64_t> channel;
 };
 
 // SegmentOptions with the model's defaults filled in and checked: what segment() labels with.
@@ -143,8 +146,9 @@ class Runner {
   c10::Device device() const;
   const RunnerOptions& options() const;
 
-  // Images: CPU tensors (H, W) or (H, W, C), uint8, uint16 or float32, any sizes; C in 1..4 (an
-  // alpha channel is dropped; gray is repeated for RGB models and RGB averaged for gray ones).
+  // Images: CPU tensors (H, W) or (H, W, C), uint8, uint16 or float32, any sizes; C 1, 3 or 4 (an
+  // alpha channel is dropped; gray is repeated for RGB models and RGB averaged for gray ones), or
+  // any C with SegmentOptions::channel.
   std::vector<Segmentation> segment(const std::vector<at::Tensor>& images,
                                     const SegmentOptions& options = {}) const;
   Segmentation segment(const at::Tensor& image, const SegmentOptions& options = {}) const;

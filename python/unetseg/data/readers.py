@@ -53,15 +53,33 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         import tifffile
 
         try:
-            return tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                image, axes = series.asarray(), series.axes
         except Exception as e:
             raise ValueError(f"cannot read {path} as a TIFF image: {e}") from None
+        return _channels_last(image, axes, path)
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError(f"cannot read {path} as an image (expected PNG, TIFF, JPEG or BMP)")
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return image
+
+
+def _channels_last(image: np.ndarray, axes: str, path: Path) -> np.ndarray:
+    """A TIFF series as (H, W) or (H, W, C): its channel axis (C, or S for samples such as RGB) moved
+    last, whatever the file's order (Fiji writes CYX). Other axes (Z, T, or an unnamed page axis) are
+    stacks, not one image: a clear error."""
+    others = [a for a in axes if a not in "YXCS"]
+    channel_axes = [a for a in axes if a in "CS"]
+    if others or len(channel_axes) > 1 or not {"Y", "X"} <= set(axes):
+        raise ValueError(
+            f"{path} holds a stack with axes {axes} (shape {image.shape}); unetseg reads 2-D images with "
+            "optional channels (YX, YXS, CYX): save the plane to segment as its own file"
+        )
+    order = [axes.index("Y"), axes.index("X")] + [axes.index(a) for a in channel_axes]
+    return image.transpose(order)
 
 
 def _instances(mask: np.ndarray, path: Path) -> np.ndarray:

@@ -12,6 +12,12 @@ from .unet import UNet
 
 MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "mobilenetv2_unet": MobileNetV2UNet}
 
+#: The options ``unetseg train`` builds each architecture with when none are given.
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    "unet": {"base_width": 16, "depth": 4, "batch_norm": True},
+    "mobilenetv2_unet": {},
+}
+
 
 def build_model(architecture: str, **options: Any) -> nn.Module:
     """Builds a registered architecture ("unet", "mobilenetv2_unet") with its constructor options."""
@@ -23,4 +29,4 @@ def build_model(architecture: str, **options: Any) -> nn.Module:
         raise ValueError(f"bad options for {architecture}: {e}") from None
 
 
-__all__ = ["MODELS", "MobileNetV2UNet", "UNet", "build_model"]
+__all__ = ["DEFAULT_OPTIONS", "MODELS", "MobileNetV2UNet", "UNet", "build_model"]

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..geometry import detection_feature, outline_polygon, write_geojson
 from ..io import atomic_path
 from ..segment import ObjectTable
 from .readers import SlideReader, open_slide
@@ -405,23 +406,14 @@ def _write_outputs(
         geojson_path = output / "objects.geojson"
         area = dict(zip(ids.tolist(), objects[:, 2].tolist()))
         with atomic_path(geojson_path) as tmp, open(tmp, "w") as out, open(work.outlines) as lines:
-            out.write('{"type": "FeatureCollection", "features": [\n')
-            for n, line in enumerate(lines):
-                pid, flat = json.loads(line)
-                ring = (np.asarray(flat, np.float64).reshape(-1, 2) + 0.5).tolist()  # pixel centres
-                ring.append(ring[0])
-                feature = {
-                    "type": "Feature",
-                    "geometry": {"type": "Polygon", "coordinates": [ring]},
-                    "properties": {
-                        "objectType": "detection",
-                        "name": f"nucleus {int(lut[pid])}",
-                        "label": int(lut[pid]),
-                        "measurements": {"area_px": area[pid]},
-                    },
-                }
-                out.write(("," if n else "") + json.dumps(feature) + "\n")
-            out.write("]}\n")
+            records = (json.loads(line) for line in lines)
+            write_geojson(
+                out,
+                (
+                    detection_feature(outline_polygon(np.reshape(flat, (-1, 2))), lut[pid], area[pid])
+                    for pid, flat in records
+                ),
+            )
     return SlideResult(labels_path, table_path, geojson_path, output / "summary.json", count, (h, w))
 
 

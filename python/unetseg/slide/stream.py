@@ -263,8 +263,8 @@ class StreamLabeller:
 
     @staticmethod
     def _outline(labels: np.ndarray, k: int, box: list[int], row0: int, col0: int) -> np.ndarray:
-        """The outer boundary of object k (pixel centres, OpenCV's border following), or the corners
-        of its bounding box's pixels when it is too thin to have an area."""
+        """The outer boundary of object k: its boundary pixels' centres, OpenCV's border following
+        (unetseg.geometry.outline_polygon makes the valid pixel-edge polygon of it when writing)."""
         import cv2
 
         r0, c0, r1, c1 = box
@@ -272,9 +272,7 @@ class StreamLabeller:
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         if len(contours) > 1:
             contours = [max(contours, key=lambda c: (cv2.contourArea(c), len(c)))]
-        contour = contours[0][:, 0, :] if contours else None
-        if contour is None or len(contour) < 3:
-            contour = np.array([[0, 0], [c1 - c0 - 1, 0], [c1 - c0 - 1, r1 - r0 - 1], [0, r1 - r0 - 1]])
+        contour = contours[0][:, 0, :] if contours else np.zeros((1, 2), np.int64)
         return (contour + (c0 + col0, r0 + row0)).astype(np.int32)
 
     def state_dict(self) -> dict:

@@ -1,0 +1,74 @@
+"""Outputs imaging software reads: valid GeoJSON polygons on pixel edges (QuPath), ImageJ ROI sets
+(Fiji), from `unetseg segment` and slides."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import roifile
+import shapely
+from shapely.geometry import Polygon
+
+from unetseg.cli import main
+from unetseg.data import read_image, synthetic_nuclei
+from unetseg.geometry import object_outlines, outline_polygon
+
+
+def test_outlines_are_valid_and_have_the_pixel_area():
+    # shapes whose pixel-centre contours are invalid rings: a one-pixel neck, a notch, a diagonal touch
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:7, 2:7] = 1
+    labels[4, 7:10] = 1  # neck
+    labels[2:7, 10:15] = 1
+    labels[10:16, 2:12] = 2
+    labels[12, 6] = 0  # a hole: dropped, the outline is the outer boundary
+    labels[10:12, 15:17] = 3
+    labels[12:14, 17:19] = 3  # touches itself diagonally
+    labels[18, 25] = 4  # one pixel
+    labels[16:19, 20] = 5  # one column
+    bboxes = [(r.min(), c.min(), r.max() + 1, c.max() + 1) for r, c in (np.nonzero(labels == k) for k in range(1, 6))]
+    for k, polygon in enumerate(object_outlines(labels, np.array(bboxes)), start=1):
+        shape = Polygon(polygon)
+        assert shape.is_valid, (k, shapely.is_valid_reason(shape))
+        area = (labels == k).sum() + (1 if k == 2 else 0)  # the hole is filled
+        assert abs(shape.area - area) <= max(0.1 * area, 1.0), (k, shape.area, area)
+    assert np.allclose(
+        sorted(map(tuple, outline_polygon(np.array([[25, 18]]))[:-1])), [(25, 18), (25, 19), (26, 18), (26, 19)]
+    )  # the pixel's square
+
+
+@pytest.fixture(scope="module")
+def segmented(tmp_path_factory, model_file):
+    root = tmp_path_factory.mktemp("outputs")
+    image = synthetic_nuclei((96, 120), seed=7, radius=(5, 9)).image
+    cv2.imwrite(str(root / "im.png"), image)
+    out = root / "out"
+    assert main(["segment", str(root / "im.png"), "-m", str(model_file[0]), "-t", "0.4", "-o", str(out), "--rois"]) == 0
+    return out
+
+
+def test_segment_writes_geojson_and_rois_one_per_nucleus(segmented):
+    labels = read_image(segmented / "im_labels.png")
+    count = int(labels.max())
+    assert count > 0
+    features = json.loads((segmented / "im.geojson").read_text())["features"]
+    assert [f["properties"]["label"] for f in features] == list(range(1, count + 1))
+    for f in features:
+        shape = Polygon(f["geometry"]["coordinates"][0])
+        assert shape.is_valid and f["properties"]["objectType"] == "detection"
+        area = (labels == f["properties"]["label"]).sum()
+        assert f["properties"]["measurements"]["area_px"] == area
+        assert abs(shape.area - area) <= max(0.2 * area, 1.5)
+        r, c = np.nonzero(labels == f["properties"]["label"])
+        assert abs(shape.centroid.x - (c.mean() + 0.5)) < 1 and abs(shape.centroid.y - (r.mean() + 0.5)) < 1
+    rois = roifile.roiread(segmented / "im_rois.zip")
+    assert len(rois) == count and rois[0].name == "nucleus 1"
+    assert np.allclose(rois[0].coordinates(), np.asarray(features[0]["geometry"]["coordinates"][0])[:-1], atol=1e-3)
+
+
+def test_objects_csv_names_the_probability_column_as_every_table(segmented):
+    header = (segmented / "objects.csv").read_text().splitlines()[0].split(",")
+    from unetseg.ops import OBJECT_COLUMNS
+
+    assert header == ["image", *OBJECT_COLUMNS] and "mean_probability" in header
