@@ -218,9 +218,41 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+def _export_bioimageio(args: argparse.Namespace, is_model_file) -> int:
+    import tempfile
 
+    from .bioimageio import export_bioimageio
+    from .export import export
+    from .segment import default_model_path
+
+    source = default_model_path() if args.checkpoint == "default" else Path(args.checkpoint)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if not is_model_file(source):  # a checkpoint: its model file first
+                model = Path(tmp) / "model.pt"
+                export(
+                    source,
+                    model,
+                    threshold=args.threshold,
+                    boundary_threshold=args.boundary_threshold,
+                    min_area=args.min_area,
+                )
+                source = model
+            export_bioimageio(source, args.output, maintainer=args.maintainer)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"unetseg export: {e}") from None
+    print(
+        f"wrote {args.output}: a bioimage.io model package (spec 0.5); check it with "
+        f"`python -m bioimageio.spec validate {args.output}` or bioimageio.core"
+    )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export, is_model_file
+
+    if args.format == "bioimageio":
+        return _export_bioimageio(args, is_model_file)
     try:
         metadata = export(
             args.checkpoint,
@@ -540,8 +572,23 @@ def build_parser() -> argparse.ArgumentParser:
         "architecture, channels, normalisation, outputs, threshold, training data, validation metrics); "
         "the C++ runner, `unetseg segment` and unetseg.segment_batch load it.",
     )
-    p.add_argument("checkpoint", type=Path, help="best.pt or last.pt from `unetseg train`")
-    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write (e.g. model.pt)")
+    p.add_argument(
+        "checkpoint",
+        help="best.pt or last.pt from `unetseg train`; with --format bioimageio also a model file, or `default` "
+        "(the bundled model)",
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="file to write (model.pt; model.zip for bioimageio)"
+    )
+    p.add_argument(
+        "--format",
+        choices=("torchscript", "bioimageio"),
+        default="torchscript",
+        help="torchscript (default): unetseg's model file; bioimageio: a BioImage Model Zoo package (spec 0.5: "
+        "rdf.yaml, TorchScript weights, preprocessing, test tensors, cover) that deepImageJ, ilastik, QuPath and "
+        "bioimageio tools run, and `unetseg segment -m model.zip` too",
+    )
+    p.add_argument("--maintainer", metavar="GITHUB_USER", help="bioimageio: the package's maintainer on GitHub")
     p.add_argument(
         "-t", "--threshold", type=float, help="default nucleus threshold stored in the file (default: the checkpoint's)"
     )

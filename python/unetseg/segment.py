@@ -183,7 +183,7 @@ def _check_not_a_checkpoint(path: Path) -> None:
 
     from .export import is_model_file
 
-    if is_model_file(path):
+    if is_model_file(path) or path.suffix.lower() == ".zip":
         return
     try:
         with zipfile.ZipFile(path) as archive:
@@ -220,6 +220,10 @@ class Runner:
             raise FileNotFoundError(f"model file {str(path)!r} does not exist")
         _check_not_a_checkpoint(path)
         self.path = path
+        if path.suffix.lower() == ".zip":  # a bioimage.io package of a unetseg model
+            from .bioimageio import model_file_from_package
+
+            path = model_file_from_package(path)
         self._runner = _C.Runner(str(path), device=device, precision=precision, batch_size=batch_size)
         self.precision: str = self._runner.precision
         """the precision the network runs in ("auto" resolved): "float32", "bfloat16" or "float16"."""
