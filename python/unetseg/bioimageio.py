@@ -56,7 +56,7 @@ def export_bioimageio(
     model_file = Path(model_file)
     meta = read_metadata(model_file)
     network, _ = load(model_file)
-    in_channels, out_channels, multiple = meta["in_channels"], meta["out_channels"], int(meta["size_multiple"])
+    in_channels, multiple = meta["in_channels"], int(meta["size_multiple"])
     norm = Normalisation(**meta["normalisation"])
 
     # test tensors: a synthetic image through the package's own preprocessing and network
