@@ -1,5 +1,6 @@
 """Readers (DSB 2018 layout, label folders, npz, image/mask pairs), transforms and the dataset."""
 
+import io
 import shutil
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_real_dsb_images_through_the_dsb_layout(tmp_path):
     """A small copy of the real data in the original DSB layout reads back to the same labels."""
     import csv
 
-    rows = list(csv.DictReader(open(SHARED / "manifest.csv")))
+    rows = list(csv.DictReader(io.StringIO(Path(SHARED / "manifest.csv").read_text())))
     picked = {r["kind"]: r["id"] for r in rows}  # one image of each kind
     for name in picked.values():
         d = tmp_path / name

@@ -1,7 +1,9 @@
 """`unetseg evaluate` on model files: scored through the C++ runner, on the model's validation images."""
 
 import csv
+import io
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -52,7 +54,7 @@ def test_model_file_is_scored_as_the_runner_segments(exported, npz, tmp_path, op
     path, val_names = exported
     result = evaluate(path, npz, tmp_path, progress=False, **options)
     assert result["all"] == reference(path, npz, val_names, **options)
-    rows = list(csv.DictReader(open(tmp_path / "per_image.csv")))
+    rows = list(csv.DictReader(io.StringIO(Path(tmp_path / "per_image.csv").read_text())))
     assert [r["image"] for r in rows] == val_names  # the validation images in the model's metadata
     assert json.loads((tmp_path / "summary.json").read_text()) == result
     assert evaluate(path, npz, split="all", progress=False, **options)["all"]["images"] == 12
@@ -67,7 +69,9 @@ def test_dev_images_of_a_checkpoint_and_its_model_file(npz, tmp_path):
     export(ckpt, tmp_path / "model.pt")
     for model in (tmp_path / "best.pt", tmp_path / "model.pt"):
         evaluate(model, npz, tmp_path / model.stem, split="dev", progress=False)
-        assert [r["image"] for r in csv.DictReader(open(tmp_path / model.stem / "per_image.csv"))] == names[3:6]
+        assert [
+            r["image"] for r in csv.DictReader(io.StringIO(Path(tmp_path / model.stem / "per_image.csv").read_text()))
+        ] == names[3:6]
     assert load(tmp_path / "model.pt")[1]["training_data"]["dev_names"] == names[3:6]
     assert evaluate(tmp_path / "model.pt", npz, split="dev", min_area=0, progress=False)["all"] == reference(
         tmp_path / "model.pt", npz, names[3:6], min_area=0
@@ -149,7 +153,7 @@ def test_overlays_of_the_worst_images(exported, npz, tmp_path, capsys):
     path, _ = exported
     evaluate(path, npz, tmp_path / "eval", split="all", overlays=5, progress=False)
     evaluate(path, npz, tmp_path / "eval", split="all", overlays=3, progress=False)  # replaces the ranking
-    rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))
+    rows = list(csv.DictReader(io.StringIO(Path(tmp_path / "eval" / "per_image.csv").read_text())))
     worst = sorted(rows, key=lambda r: float(r["dsb_score"]))[:3]  # stable: ties keep dataset order
     pictures = sorted(p.name for p in (tmp_path / "eval" / "overlays").iterdir())
     assert pictures == [f"{k:02d}_{r['image']}.png" for k, r in enumerate(worst, start=1)]

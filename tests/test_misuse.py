@@ -139,7 +139,11 @@ CASES = [
     ),
     ("missing-model", lambda f, n, t: unetseg.Runner(t / "nope.pt"), r"model file '.*nope.pt' does not exist"),
     ("train-crop-zero", lambda f, n, t: train(small_train(n, t / "r", crop=0)), r"crop must be >= 16, got 0"),
-    ("train-lr-zero", lambda f, n, t: train(small_train(n, t / "r", lr=0)), r"lr must be a positive learning rate"),
+    (
+        "train-lr-negative",
+        lambda f, n, t: train(small_train(n, t / "r", lr=-1e-3)),
+        r"lr must be a learning rate >= 0, got -0.001",
+    ),
     (
         "train-epoch-shorter-than-batch",
         lambda f, n, t: train(small_train(n, t / "r", samples_per_epoch=2)),

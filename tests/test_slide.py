@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import shapely
 import tifffile
 import zarr
 from test_segment import threshold_away_from
@@ -118,9 +119,9 @@ def test_zarr_parquet_and_geojson(default_runner, slide, tmp_path):
         k = f["properties"]["label"]
         r0, c0, r1, c1 = want.objects.bbox[k - 1]
         assert f["properties"]["objectType"] == "detection" and (ring[0] == ring[-1]).all() and len(ring) >= 4
-        assert (
-            (ring[:, 0] > c0).all() and (ring[:, 0] < c1).all() and (ring[:, 1] > r0).all() and (ring[:, 1] < r1).all()
-        )
+        # a valid polygon on the pixel edges of the object's box
+        assert (ring[:, 0] >= c0).all() and (ring[:, 0] <= c1).all() and (ring[:, 1] >= r0).all()
+        assert (ring[:, 1] <= r1).all() and shapely.geometry.Polygon(ring).is_valid
 
 
 class Interrupt(Exception):

@@ -1,6 +1,8 @@
 """Training end to end on synthetic data: outputs, resume, checkpoint loading, evaluation, CLI."""
 
 import csv
+import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +34,7 @@ def test_train_resume_and_evaluate(npz, tmp_path):
     for name in ("best.pt", "last.pt", "metrics.csv", "training_curves.png"):
         assert (out / name).exists(), name
     assert len(list((out / "overlays").glob("*.png"))) > 0
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    rows = list(csv.DictReader(io.StringIO(Path(out / "metrics.csv").read_text())))
     assert len(rows) == 2 and float(rows[0]["lr"]) == 1e-3
     resumed = train(config(npz, out, epochs=3, resume=True))
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]

@@ -1,6 +1,8 @@
 """`unetseg tune`: thresholds chosen on a checkpoint's training images, scored as evaluate scores them."""
 
 import csv
+import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,7 +72,7 @@ def test_grid_is_scored_on_training_images_only(checkpoint, npz, tmp_path, tta):
         assert (r[f"dsb_score {kind}"], r[f"ap@0.50 {kind}"]) == reference(
             ckpt, npz, names, r["threshold"], r["boundary_threshold"], r["min_area"], tta
         )
-    rows = list(csv.DictReader(open(tmp_path / "grid.csv")))
+    rows = list(csv.DictReader(io.StringIO(Path(tmp_path / "grid.csv").read_text())))
     assert [float(r["dsb_score"]) for r in rows] == [r["dsb_score"] for r in grid]
 
 
@@ -116,7 +118,7 @@ def test_cli_prints_the_grid_and_the_export_options(checkpoint, npz, tmp_path, c
         == 0
     )
     out = capsys.readouterr().out
-    best = next(csv.DictReader(open(tmp_path / "g.csv")))
+    best = next(csv.DictReader(io.StringIO(Path(tmp_path / "g.csv").read_text())))
     assert (
         f"--threshold {best['threshold']} --min-area {best['min_area']} --boundary-threshold "
         f"{best['boundary_threshold']}"

@@ -33,7 +33,10 @@ def outline_polygon(contour: np.ndarray) -> np.ndarray:
         if shape.is_empty:
             shape = MultiPoint(centres)
     grown = shape.buffer(0.5, cap_style="square", join_style="mitre", mitre_limit=2.0)
-    parts = list(getattr(grown, "geoms", [grown]))
+    # mitres at sharp turns reach past the pixels: the object's box of pixel edges bounds it
+    (x0, y0), (x1, y1) = centres.min(axis=0) - 0.5, centres.max(axis=0) + 0.5
+    grown = grown.intersection(shapely.box(x0, y0, x1, y1))
+    parts = [p for p in getattr(grown, "geoms", [grown]) if p.geom_type == "Polygon"]
     outer = max(parts, key=lambda p: p.area)
     ring = shapely.geometry.polygon.orient(Polygon(outer.exterior), sign=1.0)
     return np.asarray(ring.exterior.coords)

@@ -204,8 +204,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     ):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
-    if not config.lr > 0:
-        raise ValueError(f"lr must be a positive learning rate, got {config.lr}")
+    if not config.lr >= 0:
+        raise ValueError(f"lr must be a learning rate >= 0, got {config.lr}")
     augment = make_augment(config.augment_options)
     pixel_weights = None
     if config.separation_weight or config.small_object_area:
