@@ -72,3 +72,48 @@ def test_objects_csv_names_the_probability_column_as_every_table(segmented):
     from unetseg.ops import OBJECT_COLUMNS
 
     assert header == ["image", *OBJECT_COLUMNS] and "mean_probability" in header
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory):
+    """A 2-level OME-TIFF pyramid (512², 256²) of tiled synthetic nuclei with PhysicalSizeX 0.5 µm."""
+    import tifffile
+
+    image = np.tile(synthetic_nuclei((128, 128), seed=8, radius=(6, 10)).image, (4, 4))
+    path = tmp_path_factory.mktemp("pyramid") / "slide.ome.tif"
+    size = {"PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": 0.5, "PhysicalSizeYUnit": "µm"}
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        tif.write(image, subifds=1, tile=(128, 128), metadata={"axes": "YX", **size})
+        tif.write(image[::2, ::2], subfiletype=1, tile=(128, 128))
+    return path
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_slide_outputs_are_in_level0_pixels_and_microns(pyramid, tmp_path, model_file, level):
+    import pandas as pd
+    import tifffile
+
+    from unetseg.slide import segment_slide
+
+    out = tmp_path / "out"
+    result = segment_slide(pyramid, out, model_file[0], level=level, threshold=0.4, progress=False)
+    summary = json.loads(result.summary.read_text())
+    d = 2**level
+    assert summary["pixel_size_um"] == 0.5 and summary["downsample"] == d
+    labels = tifffile.imread(result.labels)
+    with tifffile.TiffFile(result.labels) as tif:  # the labels carry the level grid's physical size
+        pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+        assert float(pixels["PhysicalSizeX"]) == 0.5 * d
+    table = pd.read_csv(result.table)
+    features = json.loads(result.geojson.read_text())["features"]
+    assert len(table) == len(features) == result.count > 0
+    for row, feature in zip(table.itertuples(), features):
+        r, c = np.nonzero(labels == row.label)
+        # the label image's centroid, scaled to level 0: within half a pixel of the table's
+        assert abs(((c.mean() + 0.5) * d - 0.5) - row.centroid_col) < 0.5
+        assert abs(((r.mean() + 0.5) * d - 0.5) - row.centroid_row) < 0.5
+        assert row.area == len(r) * d * d and row.area_um2 == pytest.approx(row.area * 0.25)
+        assert row.centroid_x_um == pytest.approx((row.centroid_col + 0.5) * 0.5)
+        shape = Polygon(feature["geometry"]["coordinates"][0])
+        assert shape.is_valid and abs(shape.area - row.area) <= max(0.2 * row.area, 2 * d * d)
+        assert abs(shape.centroid.x - (row.centroid_col + 0.5)) < d

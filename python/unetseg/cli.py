@@ -372,6 +372,7 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
             table_format=args.table_format,
             geojson=not args.no_geojson,
             resume=args.resume,
+            pixel_size=args.pixel_size,
             progress=True,
         )
     except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
@@ -542,7 +543,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("-m", "--model", type=Path, help="model file from `unetseg export` (default: the bundled model)")
-    p.add_argument("--level", type=int, default=0, help="pyramid level to segment (default 0, full resolution)")
+    p.add_argument(
+        "--level",
+        type=int,
+        default=0,
+        help="pyramid level to segment (default 0, full resolution); tables and GeoJSON stay in level-0 pixels",
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="UM",
+        help="µm per level-0 pixel (default: the file's, from OME, ImageJ or TIFF resolution tags, OME-Zarr or "
+        "OpenSlide metadata): adds µm columns to the table and the physical size to the labels",
+    )
     p.add_argument("--channel", type=int, help="nuclear channel of a multi-channel (fluorescence) slide")
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
     p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model's)")

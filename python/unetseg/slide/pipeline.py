@@ -136,6 +136,7 @@ def segment_slide(
     geojson: bool = True,
     resume: bool = False,
     precision: str = "auto",
+    pixel_size: float | None = None,
     progress: bool = True,
 ) -> SlideResult:
     """Segments nuclei in a whole slide, streamed in row bands; writes labels, an object table and
@@ -152,7 +153,13 @@ def segment_slide(
         :func:`unetseg.segment_batch`.
     labels_format: "ome-tiff" or "zarr"; table_format: "csv" or "parquet" (needs pyarrow).
     resume: go on with an interrupted run in the same output folder (same slide and settings).
-    The labels equal those of segmenting the whole slide at once with the same normalisation.
+    pixel_size: µm per level-0 pixel, overriding the file's (OME, ImageJ or TIFF resolution tags,
+        OME-Zarr scale, OpenSlide mpp); with one the table gains µm columns and the labels their
+        physical size.
+    Coordinates: the object table and the GeoJSON are in level-0 pixels whatever ``level`` was read
+    (the downsample is in summary.json), so they land right on the full-resolution slide in QuPath;
+    the label image keeps the level's grid. The labels equal those of segmenting the whole slide at
+    once with the same normalisation.
     """
     from ..segment import Runner
 
@@ -182,6 +189,10 @@ def segment_slide(
         raise ValueError(f"output {str(output)!r} is a file; segment_slide writes into a folder")
     owned = isinstance(slide, (str, os.PathLike))
     reader: SlideReader = open_slide(slide, level=level, channel=channel)
+    if pixel_size is not None:
+        if not (np.isfinite(pixel_size) and pixel_size > 0):
+            raise ValueError(f"pixel_size must be a positive number of µm per pixel, got {pixel_size}")
+        reader.pixel_size = float(pixel_size)
     try:
         return _run(
             reader,
@@ -366,6 +377,10 @@ def _write_outputs(
         import tifffile
 
         with atomic_path(labels_path) as tmp:
+            metadata = {"axes": "YX", "Name": "labels"}
+            if reader.pixel_size:  # the label grid's physical size: the level's
+                size = reader.pixel_size * reader.downsample
+                metadata.update(PhysicalSizeX=size, PhysicalSizeY=size, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
             tifffile.imwrite(
                 tmp,
                 (tile for _, _, tile in tiles()),
@@ -375,7 +390,7 @@ def _write_outputs(
                 bigtiff=True,
                 ome=True,
                 compression="zlib",
-                metadata={"axes": "YX", "Name": "labels"},
+                metadata=metadata,
             )
     else:
         import zarr
@@ -393,7 +408,7 @@ def _write_outputs(
         shutil.rmtree(old, ignore_errors=True)
 
     order = np.argsort(lut[ids], kind="stable")
-    frame = ObjectTable(objects[order][:, 2:10]).to_pandas()
+    frame = level0_table(ObjectTable(objects[order][:, 2:10]).to_pandas(), reader.downsample, reader.pixel_size)
     table_path = output / f"objects.{table_format}"
     with atomic_path(table_path) as tmp:
         if table_format == "csv":
@@ -407,14 +422,36 @@ def _write_outputs(
         area = dict(zip(ids.tolist(), objects[:, 2].tolist()))
         with atomic_path(geojson_path) as tmp, open(tmp, "w") as out, open(work.outlines) as lines:
             records = (json.loads(line) for line in lines)
+            scale, area_scale = reader.downsample, reader.downsample**2
             write_geojson(
                 out,
                 (
-                    detection_feature(outline_polygon(np.reshape(flat, (-1, 2))), lut[pid], area[pid])
+                    detection_feature(
+                        outline_polygon(np.reshape(flat, (-1, 2))) * scale, lut[pid], area[pid] * area_scale
+                    )
                     for pid, flat in records
                 ),
             )
     return SlideResult(labels_path, table_path, geojson_path, output / "summary.json", count, (h, w))
+
+
+def level0_table(frame, downsample: float, pixel_size: float | None):
+    """An object table of a level's pixels in level-0 pixels (bbox edges times the downsample d, area
+    times d², centroids (c + 0.5) d - 0.5: a level pixel's centre), with µm columns (area_um2,
+    centroid_x_um, centroid_y_um: from the image's top-left corner) when the pixel size is known."""
+    if float(downsample).is_integer():
+        downsample = int(downsample)  # integer columns stay integers
+    if downsample != 1:
+        frame["area"] = frame["area"] * downsample**2
+        for name in ("min_row", "min_col", "max_row", "max_col"):
+            frame[name] = frame[name] * downsample
+        for name in ("centroid_row", "centroid_col"):
+            frame[name] = (frame[name] + 0.5) * downsample - 0.5
+    if pixel_size:
+        frame["area_um2"] = frame["area"] * pixel_size**2
+        frame["centroid_x_um"] = (frame["centroid_col"] + 0.5) * pixel_size
+        frame["centroid_y_um"] = (frame["centroid_row"] + 0.5) * pixel_size
+    return frame
 
 
 def _write_summary(result: SlideResult, reader, runner, options, ranges, fingerprint) -> None:
@@ -431,6 +468,9 @@ def _write_summary(result: SlideResult, reader, runner, options, ranges, fingerp
         "tile_size": fingerprint["tile_size"],
         "normalisation": {"low": list(ranges[0]), "high": list(ranges[1])},
         "count": result.count,
+        "pixel_size_um": reader.pixel_size,
+        "downsample": reader.downsample,
+        "coordinates": "table and GeoJSON: level-0 pixels (and µm with a pixel size); labels: the level's grid",
         "outputs": {k: str(getattr(result, k).name) for k in ("labels", "table", "geojson") if getattr(result, k)},
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }

@@ -27,6 +27,10 @@ class SlideReader(abc.ABC):
     channels: int
     dtype: np.dtype
     description: str
+    pixel_size: float | None = None
+    """µm per pixel of level 0 (the file's physical size; None when it has none)"""
+    downsample: float = 1.0
+    """level-0 pixels per pixel of the level read"""
 
     @abc.abstractmethod
     def read(self, row0: int, row1: int, col0: int = 0, col1: int | None = None) -> np.ndarray:
@@ -177,7 +181,9 @@ class OpenSlideReader(SlideReader):
         self.level = level
         w, h = self._slide.level_dimensions[level]
         self.shape, self.channels, self.dtype = (h, w), 3, np.dtype(np.uint8)
-        self._downsample = self._slide.level_downsamples[level]
+        self._downsample = self.downsample = float(self._slide.level_downsamples[level])
+        mpp = self._slide.properties.get("openslide.mpp-x")
+        self.pixel_size = float(mpp) if mpp else None
         self.description = (
             f"{path.name} (OpenSlide {self._slide.properties.get('openslide.vendor', '?')}, level {level})"
         )
@@ -215,12 +221,58 @@ def _tiff(path: Path, level: int, channel: int | None, series: int) -> SlideRead
             store.close()
             tif.close()
 
-        return ArrayReader(
+        reader = ArrayReader(
             zarr.open(store, mode="r"), page.axes, channel, f"{path.name} ({kind}, level {level})", closer=close
         )
+        reader.pixel_size = _tiff_pixel_size(tif)
+        x = page.axes.index("X")
+        reader.downsample = s.levels[0].shape[s.levels[0].axes.index("X")] / page.shape[x]
+        return reader
     except BaseException:
         tif.close()
         raise
+
+
+_MICRONS = {
+    "µm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "nm": 1e-3,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "nanometer": 1e-3,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+}
+
+
+def _tiff_pixel_size(tif) -> float | None:
+    """µm per level-0 pixel (x) of a TIFF: OME PhysicalSizeX, else ImageJ's unit with the resolution
+    tags, else the resolution tags with ResolutionUnit (inch or centimetre); None without them."""
+    import tifffile
+
+    try:
+        if tif.is_ome:
+            pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+            pixels = (pixels[0] if isinstance(pixels, list) else pixels)["Pixels"]
+            if "PhysicalSizeX" in pixels:
+                return float(pixels["PhysicalSizeX"]) * _MICRONS.get(pixels.get("PhysicalSizeXUnit", "µm"), 1.0)
+        page = tif.pages[0]
+        numerator, denominator = page.tags["XResolution"].value
+        per_unit = numerator / denominator  # pixels per unit
+        if per_unit <= 0 or (numerator, denominator) == (1, 1):
+            return None
+        unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+        if unit in _MICRONS:
+            return _MICRONS[unit] / per_unit
+        resolution_unit = page.tags["ResolutionUnit"].value if "ResolutionUnit" in page.tags else 2
+        microns = {2: 25400.0, 3: 10000.0}.get(int(resolution_unit))
+        return microns / per_unit if microns else None
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
 
 
 def _zarr(path: Path, level: int, channel: int | None) -> SlideReader:
@@ -244,7 +296,21 @@ def _zarr(path: Path, level: int, channel: int | None) -> SlideReader:
         )
     axes = multiscales[0].get("axes")
     letters = "".join((a["name"] if isinstance(a, dict) else a)[0] for a in axes) if axes else None
-    return ArrayReader(node[datasets[level]["path"]], letters, channel, f"{path.name} (OME-Zarr, level {level})")
+    reader = ArrayReader(node[datasets[level]["path"]], letters, channel, f"{path.name} (OME-Zarr, level {level})")
+    scales = [_ngff_scale(d) for d in (datasets[0], datasets[level])]
+    if letters and all(scales):
+        x = letters.upper().index("X")
+        unit = (axes[x].get("unit") if isinstance(axes[x], dict) else None) or "micrometer"
+        reader.pixel_size = scales[0][x] * _MICRONS.get(unit, 1.0)
+        reader.downsample = scales[1][x] / scales[0][x]
+    return reader
+
+
+def _ngff_scale(dataset: dict) -> list[float] | None:
+    for t in dataset.get("coordinateTransformations", []):
+        if t.get("type") == "scale":
+            return [float(v) for v in t["scale"]]
+    return None
 
 
 def open_slide(source, *, level: int = 0, channel: int | None = None, series: int = 0) -> SlideReader:
