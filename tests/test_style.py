@@ -19,3 +19,25 @@ def test_ruff(command):
         f"ruff {' '.join(command)} found problems (fix: ruff {command[0]} .):\n"
         + (result.stdout + result.stderr)[-4000:]
     )
+
+
+def test_the_type_stubs_name_every_binding():
+    """unetseg/_C.pyi declares every class, method and property the pybind11 module has."""
+    import ast
+
+    from unetseg import _C
+
+    stubs = ast.parse((ROOT / "python" / "unetseg" / "_C.pyi").read_text())
+    declared = {
+        node.name: {
+            n.name if hasattr(n, "name") else n.target.id
+            for n in node.body
+            if isinstance(n, (ast.FunctionDef, ast.AnnAssign))
+        }
+        for node in stubs.body
+        if isinstance(node, ast.ClassDef)
+    }
+    for name in ("Runner", "SegmentOptions", "ModelInfo", "ResolvedOptions", "Normalisation"):
+        bound = {m for m in dir(getattr(_C, name)) if not m.startswith("_")}
+        assert bound <= declared[name], (name, sorted(bound - declared[name]))
+    assert (ROOT / "python" / "unetseg" / "py.typed").exists()
