@@ -35,7 +35,11 @@ def main() -> None:
     QApplication.processEvents()
     OUT.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(OUT / "napari_widget.png"), canvas_only=False)
-    viewer.screenshot(str(OUT / "napari_labels.png"), canvas_only=True)
+    # The offscreen platform has no OpenGL canvas (it renders black): the labels' picture is drawn
+    # from the layers' data instead, as napari shows them (outlines over the image).
+    from unetseg.io import overlay, write_image
+
+    write_image(OUT / "napari_labels.png", overlay(layer.data, labels.data))
     print(f"{widget.status.value}; wrote {OUT / 'napari_widget.png'} and {OUT / 'napari_labels.png'}")
     viewer.close()
 
