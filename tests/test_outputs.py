@@ -117,3 +117,19 @@ def test_slide_outputs_are_in_level0_pixels_and_microns(pyramid, tmp_path, model
         shape = Polygon(feature["geometry"]["coordinates"][0])
         assert shape.is_valid and abs(shape.area - row.area) <= max(0.2 * row.area, 2 * d * d)
         assert abs(shape.centroid.x - (row.centroid_col + 0.5)) < d
+
+
+def test_slide_labels_are_a_pyramid(tmp_path, model_file):
+    import tifffile
+
+    from unetseg.slide import segment_slide
+
+    image = np.tile(synthetic_nuclei((110, 105), seed=9).image, (20, 10))  # 2200 x 1050
+    result = segment_slide(image, tmp_path / "out", model_file[0], threshold=0.4, pixel_size=0.25, progress=False)
+    with tifffile.TiffFile(result.labels) as tif:
+        levels = tif.series[0].levels
+        assert [level.shape for level in levels] == [(2200, 1050), (1100, 525), (550, 263)]
+        full, half = levels[0].asarray(), levels[1].asarray()
+    np.testing.assert_array_equal(half, full[::2, ::2])  # nearest neighbour: labels stay labels
+    assert full.max() == result.count
+    assert json.loads(result.summary.read_text())["pixel_size_um"] == 0.25

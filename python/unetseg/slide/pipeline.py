@@ -364,13 +364,15 @@ def _write_outputs(
     side = 512  # output tiles and chunks
     labels_path = output / ("labels.ome.tif" if labels_format == "ome-tiff" else "labels.zarr")
 
-    def tiles():
+    def tiles(step: int = 1):
         """Final labels tile by tile in raster order: (row, col, block), reading one tile of the
-        provisional file at a time."""
-        for r in range(0, h, side):
-            for c in range(0, w, side):
-                rows = _rows(work.labels, (h, w), r, min(h, r + side))
-                yield r, c, lut[rows[:, c : c + side]]
+        provisional file at a time; with `step`, every step-th row and column (a pyramid level,
+        nearest neighbour, so labels stay labels)."""
+        hs, ws = -(-h // step), -(-w // step)
+        for r in range(0, hs, side):
+            for c in range(0, ws, side):
+                rows = _rows(work.labels, (h, w), r * step, min(h, (r + side) * step))
+                yield r, c, lut[rows[::step, c * step : (c + side) * step : step]]
                 del rows
 
     if labels_format == "ome-tiff":
@@ -381,17 +383,14 @@ def _write_outputs(
             if reader.pixel_size:  # the label grid's physical size: the level's
                 size = reader.pixel_size * reader.downsample
                 metadata.update(PhysicalSizeX=size, PhysicalSizeY=size, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
-            tifffile.imwrite(
-                tmp,
-                (tile for _, _, tile in tiles()),
-                shape=(h, w),
-                dtype=np.int32,
-                tile=(side, side),
-                bigtiff=True,
-                ome=True,
-                compression="zlib",
-                metadata=metadata,
-            )
+            # a pyramid (halving down to about a tile), as QuPath, Fiji and napari browse slides
+            steps = [2**k for k in range(1, 16) if max(h, w) // 2 ** (k - 1) > 2 * side]
+            with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+                options = {"dtype": np.int32, "tile": (side, side), "compression": "zlib"}
+                tif.write((t for _, _, t in tiles()), shape=(h, w), subifds=len(steps), metadata=metadata, **options)
+                for step in steps:
+                    shape = (-(-h // step), -(-w // step))
+                    tif.write((t for _, _, t in tiles(step)), shape=shape, subfiletype=1, **options)
     else:
         import zarr
 
