@@ -464,27 +464,48 @@ struct Runner::Impl {
     return factor;
   }
 
-  // Each image segmented at the scale of its estimated diameter (see runner.h): starts from
-  // `native`, the images at their own scale.
+  // Each image segmented at the scale of its estimated diameter (see runner.h); `segs` holds the
+  // images at their own scale on entry.
   void estimate_and_rescale(const std::vector<at::Tensor>& hwc, const SegmentOptions& opt, const ResolvedOptions& r,
                             std::vector<Segmentation>& segs) const {
     for (size_t i = 0; i < hwc.size(); ++i) {
-      const double area = double(hwc[i].size(0)) * double(hwc[i].size(1));
-      const double largest = std::min(kMaxRescale, std::sqrt(double(kMaxRescaledPixels) / area));
-      double factor = 1.0;
-      for (int pass = 0; pass < 2; ++pass) {
-        const double d = median_diameter(segs[i]);
-        if (d <= 0) {
-          break;
+      const int64_t h = hwc[i].size(0), w = hwc[i].size(1);
+      const double largest = std::min(kMaxRescale, std::sqrt(double(kMaxRescaledPixels) / (double(h) * double(w))));
+      // 1. the scale at which the network is surest of its nuclei: where nuclei are far larger than
+      // it was trained on it finds their bright parts, unsure; far smaller, blobs, unsure.
+      double factor = 1.0, best = confidence(segs[i]);
+      if (best < kConfident) {
+        for (const double coarser : kCoarserScales) {
+          if (double(std::min(h, w)) * coarser < double(info.size_multiple)) {
+            break;
+          }
+          Segmentation s = segment_scaled(hwc[i], coarser, opt, r);
+          const double c = confidence(s);
+          if (c > best) {
+            best = c;
+            factor = coarser;
+            segs[i] = std::move(s);
+          }
         }
-        const double next = std::clamp(info.diameter / d, kMinRescale, std::max(1.0, largest));
-        if (std::abs(std::log(next / factor)) <= std::log(kDiameterTolerance)) {
-          break;
+      }
+      // 2. at that scale, the nuclei's own median diameter gives the exact factor.
+      const double d = median_diameter(segs[i]);
+      if (d > 0) {
+        const double exact = std::clamp(info.diameter / d, kMinRescale, std::max(kMinRescale, largest));
+        if (std::abs(std::log(exact / factor)) > std::log(kDiameterTolerance)) {
+          segs[i] = segment_scaled(hwc[i], exact, opt, r);
         }
-        factor = next;
-        segs[i] = segment_scaled(hwc[i], factor, opt, r);
       }
     }
+  }
+
+  // The area-weighted mean nucleus probability of a segmentation's objects (0 without objects).
+  static double confidence(const Segmentation& s) {
+    if (s.count == 0) {
+      return 0.0;
+    }
+    const at::Tensor area = s.objects.select(1, stats::kArea), score = s.objects.select(1, stats::kMeanScore);
+    return (area * score).sum().item<double>() / area.sum().item<double>();
   }
 
   // The halo when the file does not say: the receptive-field radius measured by perturbation (an

@@ -20,11 +20,15 @@
 //
 // Scale: a model trained at a canonical nucleus diameter (ModelInfo::diameter, in pixels) sees each
 // image resized so that its nuclei have that diameter: SegmentOptions::diameter gives the images'
-// median nucleus diameter, or, unset, it is estimated per image (a pass at the image's own scale,
-// the median diameter of the nuclei found, then a pass at the scale that gives, repeated once more
-// if the estimate still moved by more than kDiameterTolerance; an estimate within that tolerance of
-// the canonical diameter costs nothing extra). The probabilities are resized back to the image's
-// own grid before labelling, so labels and objects are always at the image's resolution.
+// median nucleus diameter, or, unset, it is estimated per image: (1) the image at its own scale,
+// and, when the network is unsure there (area-weighted mean nucleus probability under
+// kConfident), also at kCoarserScales (cheap: a quarter of the pixels and less); the scale with
+// the surest nuclei wins (nuclei far larger than the network knows come out as fragments of their
+// bright parts, far smaller ones as blobs, both unsure); (2) the median diameter of the nuclei
+// found there gives the exact factor, and the image is segmented again at it unless that is within
+// kDiameterTolerance of the scale already used. Images near the canonical scale cost one pass.
+// The probabilities are resized back to the image's own grid before labelling, so labels and
+// objects are always at the image's resolution.
 //
 // Thread safety: all methods are const and may be called from several host threads at once on one
 // Runner (each call uses its own buffers; the network is shared read-only).
@@ -90,6 +94,8 @@ constexpr double kMinRescale = 1.0 / 8.0;
 constexpr double kMaxRescale = 4.0;
 constexpr int64_t kMaxRescaledPixels = int64_t{1} << 28;
 constexpr double kDiameterTolerance = 1.25;
+constexpr double kConfident = 0.88;
+constexpr double kCoarserScales[] = {0.5, 0.25, 0.125};
 
 struct SegmentOptions {
   std::optional<double> threshold;           // probability threshold; default: the model's
