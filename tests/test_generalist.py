@@ -134,3 +134,32 @@ def test_an_epoch_shorter_than_a_batch_is_an_error(npz, tmp_path):
     )
     with pytest.raises(ValueError, match="an epoch of 4 crops is less than one batch of 8"):
         train(config)
+
+
+def test_init_weights_default_fine_tunes_the_bundled_model(npz, tmp_path):
+    from unetseg.checkpoint import default_checkpoint_path
+    from unetseg.export import read_metadata
+    from unetseg.segment import default_model_path
+
+    bundled = load_checkpoint(default_checkpoint_path())
+    assert "optimizer" not in bundled and bundled["model"]["options"] == read_metadata(default_model_path())["options"]
+    config = TrainConfig(
+        data=str(npz),
+        output=str(tmp_path / "ft"),
+        init_weights="default",
+        in_channels=3,
+        out_channels=2,
+        model_options={
+            k: v for k, v in bundled["model"]["options"].items() if k not in ("in_channels", "out_channels")
+        },
+        crop=64,
+        batch_size=2,
+        workers=0,
+        epochs=1,
+        samples_per_epoch=2,
+        lr=0.0,
+    )
+    tuned = load_checkpoint(train(config)["format"] and tmp_path / "ft" / "last.pt")
+    for name, value in bundled["state_dict"].items():  # lr 0: the bundled weights came through unchanged
+        if name.endswith(("weight", "bias")):
+            assert torch.equal(tuned["state_dict"][name], value), name

@@ -331,3 +331,28 @@ def test_every_architecture_trains_from_the_cli_with_its_defaults(npz, tmp_path)
 def test_nan_diameter_is_refused(files):
     with pytest.raises(ValueError, match="diameter"):
         unetseg.segment_batch([files["image"]], files["model"], diameter=math.nan)
+
+
+def test_an_interrupted_slide_run_is_never_discarded_unasked(files, tmp_path, monkeypatch):
+    from unetseg.slide import pipeline, segment_slide
+
+    image = np.tile(files["image"], (3, 2))
+    out = tmp_path / "slide"
+    calls = []
+    real = pipeline._Work.save
+
+    def interrupt_after_first_band(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline._Work, "save", interrupt_after_first_band)
+    with pytest.raises(KeyboardInterrupt):
+        segment_slide(image, out, files["model"], band_height=32, progress=False)
+    monkeypatch.undo()
+    state = (out / pipeline.PARTIAL / "state.npz").read_bytes()
+    with pytest.raises(ValueError, match="holds an interrupted run; continue it with resume=True"):
+        segment_slide(image, out, files["model"], band_height=32, progress=False)
+    assert (out / pipeline.PARTIAL / "state.npz").read_bytes() == state  # untouched
+    resumed = segment_slide(image, out, files["model"], band_height=32, progress=False, resume=True)
+    assert resumed.count == segment_slide(image, tmp_path / "b", files["model"], band_height=32, progress=False).count

@@ -49,6 +49,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def without_training_state(ckpt: dict) -> dict:
+    """The checkpoint without what only resuming needs (optimizer and schedule state): the weights
+    and the training metadata, what ``--init-weights`` fine-tunes from (the bundled one's form)."""
+    return {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler")}
+
+
 def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     model = build_model(ckpt["model"]["architecture"], **ckpt["model"]["options"])
     model.load_state_dict(ckpt["state_dict"])

@@ -372,6 +372,7 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
             table_format=args.table_format,
             geojson=not args.no_geojson,
             resume=args.resume,
+            restart=args.restart,
             pixel_size=args.pixel_size,
             progress=True,
         )
@@ -573,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table-format", choices=("csv", "parquet"), default="csv")
     p.add_argument("--no-geojson", action="store_true", help="do not write objects.geojson")
     p.add_argument("--resume", action="store_true", help="go on with an interrupted run in OUTPUT")
+    p.add_argument("--restart", action="store_true", help="discard an interrupted run in OUTPUT and start over")
     _add_device_options(p)
     p.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
     p.set_defaults(run=_cmd_segment_slide)

@@ -135,6 +135,7 @@ def segment_slide(
     table_format: str = "csv",
     geojson: bool = True,
     resume: bool = False,
+    restart: bool = False,
     precision: str = "auto",
     pixel_size: float | None = None,
     progress: bool = True,
@@ -152,7 +153,9 @@ def segment_slide(
     tta, precision, labelling, threshold, boundary_threshold, min_area, connectivity: as
         :func:`unetseg.segment_batch`.
     labels_format: "ome-tiff" or "zarr"; table_format: "csv" or "parquet" (needs pyarrow).
-    resume: go on with an interrupted run in the same output folder (same slide and settings).
+    resume: go on with an interrupted run in the same output folder (same slide and settings);
+        restart: discard it and start over. An interrupted run with neither is an error: nothing a
+        run has done is thrown away unasked.
     pixel_size: µm per level-0 pixel, overriding the file's (OME, ImageJ or TIFF resolution tags,
         OME-Zarr scale, OpenSlide mpp); with one the table gains µm columns and the labels their
         physical size.
@@ -193,46 +196,70 @@ def segment_slide(
         if not (np.isfinite(pixel_size) and pixel_size > 0):
             raise ValueError(f"pixel_size must be a positive number of µm per pixel, got {pixel_size}")
         reader.pixel_size = float(pixel_size)
-    try:
-        return _run(
-            reader,
-            runner,
-            options,
-            output,
-            (band_height, block_width),
-            tile_size,
-            tta,
-            labels_format,
-            table_format,
-            geojson,
-            resume,
-            progress,
-            slide,
-            level,
-            channel,
+    if (output / PARTIAL / "state.npz").exists() and not (resume or restart):
+        if owned:
+            reader.close()
+        raise ValueError(
+            f"{str(output)!r} holds an interrupted run; continue it with resume=True (--resume), or discard it "
+            "and start over with restart=True (--restart)"
         )
+    job = _Job(
+        reader,
+        runner,
+        options,
+        output,
+        (band_height, block_width),
+        tile_size,
+        tta,
+        labels_format,
+        table_format,
+        geojson,
+        resume,
+        progress,
+        slide,
+        level,
+        channel,
+    )
+    try:
+        return _run(job)
     finally:
         if owned:
             reader.close()
 
 
-def _run(
-    reader,
-    runner,
-    options,
-    output,
-    block,
-    tile_size,
-    tta,
-    labels_format,
-    table_format,
-    geojson,
-    resume,
-    progress,
-    slide,
-    level,
-    channel,
-) -> SlideResult:
+@dataclass
+class _Job:
+    """What one segment_slide call does: its reader and runner, resolved labelling options, output
+    folder and formats, block shape (rows, columns) and the settings a resume must match."""
+
+    reader: SlideReader
+    runner: object
+    options: dict
+    output: Path
+    block: tuple[int, int]
+    tile_size: int
+    tta: bool
+    labels_format: str
+    table_format: str
+    geojson: bool
+    resume: bool
+    progress: bool
+    slide: object
+    level: int
+    channel: int | None
+
+
+def _run(job: _Job) -> SlideResult:
+    reader, runner, options, output, block, tile_size, tta = (
+        job.reader,
+        job.runner,
+        job.options,
+        job.output,
+        job.block,
+        job.tile_size,
+        job.tta,
+    )
+    slide, level, channel, geojson, progress = job.slide, job.level, job.channel, job.geojson, job.progress
     h, w = reader.shape
     work = _Work(output / PARTIAL)
     fingerprint = {
@@ -259,7 +286,7 @@ def _run(
         outlines=geojson,
     )
     seconds = {"normalisation": 0.0, "read": 0.0, "network": 0.0, "labelling": 0.0, "write": 0.0}
-    state = work.load(fingerprint) if resume else None
+    state = work.load(fingerprint) if job.resume else None
     if state is None:
         shutil.rmtree(work.folder, ignore_errors=True)
         work.folder.mkdir(parents=True)
@@ -328,9 +355,7 @@ def _run(
         if bar is not None:
             bar.close()
     start = time.perf_counter()
-    result = _write_outputs(
-        work, output, reader, runner, options, ranges, labels_format, table_format, geojson, labeller.id_bound
-    )
+    result = _write_outputs(job, work, ranges, labeller.id_bound)
     seconds["write"] += time.perf_counter() - start
     result.seconds = seconds
     _write_summary(result, reader, runner, options, ranges, fingerprint)
@@ -353,9 +378,14 @@ def _paste(path: Path, shape: tuple[int, int], done) -> None:
         del rows  # unmapped; the page cache writes it back (no msync: that would wait for the disk)
 
 
-def _write_outputs(
-    work, output, reader, runner, options, ranges, labels_format, table_format, geojson, id_bound
-) -> SlideResult:
+def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult:
+    output, reader, labels_format, table_format, geojson = (
+        job.output,
+        job.reader,
+        job.labels_format,
+        job.table_format,
+        job.geojson,
+    )
     h, w = reader.shape
     objects = np.fromfile(work.objects, np.float64).reshape(-1, OBJECT_FIELDS)
     ids = objects[:, 0].astype(np.int64)
