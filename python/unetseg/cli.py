@@ -161,6 +161,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             overlays=args.overlays,
             diameter=args.diameter,
             scale=args.scale,
+            skip_invalid=args.skip_invalid,
         )
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg evaluate: {e}") from None
@@ -188,6 +189,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             labelling=args.labelling,
             device=args.device,
             tta=args.tta,
+            skip_invalid=args.skip_invalid,
         )
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg tune: {e}") from None
@@ -797,6 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize every image and its labels by F first (e.g. 0.5, 2, 3): scores on nuclei of another "
         "size than the data's, to check a model's diameter handling (default 1)",
     )
+    p.add_argument("--skip-invalid", action="store_true", help="leave out image/label pairs of different sizes")
     p.set_defaults(run=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -810,7 +813,8 @@ def build_parser() -> argparse.ArgumentParser:
         "with the `unetseg export` options of the best. The network runs once per image.",
     )
     p.add_argument("checkpoint", type=Path, help="training checkpoint (runs/NAME/best.pt)")
-    p.add_argument("data", type=Path, help="the labelled dataset it was trained on")
+    p.add_argument("data", type=Path, nargs="+", help="the labelled dataset(s) it was trained on")
+    p.add_argument("--skip-invalid", action="store_true", help="leave out image/label pairs of different sizes")
     p.add_argument("-o", "--output", type=Path, help="also write the grid to this CSV file")
     p.add_argument(
         "--images",

@@ -41,6 +41,7 @@ def evaluate(
     diameter: float | str | None = "auto",
     scale: float = 1.0,
     overlays: int = 8,
+    skip_invalid: bool = False,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Segments the images of `data` and scores them against their labels: with split="val" (the
@@ -64,7 +65,8 @@ def evaluate(
         each image's median labelled diameter (the scale training validates at).
     scale: every image and its labels are first resized by this factor (images bilinear, labels
         nearest): how the model copes with nuclei of another size than the data's.
-    data: one dataset or several (as ``unetseg train`` takes them).
+    data: one dataset or several (as ``unetseg train`` takes them); skip_invalid: leave out image/label
+        pairs of different sizes (with a warning) instead of stopping.
 
     Returns {"all": summary, "<kind>": summary, ..., "<dataset>": summary, "<dataset>:<kind>": summary,
     ...} (datasets when there are several, their kinds when a dataset has several); with `output`, also
@@ -99,7 +101,7 @@ def evaluate(
         diameter=diameter,
     )
     segment, splits = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
-    samples = read_datasets(data)
+    samples = read_datasets(data, skip_invalid)
     if split != "all":
         what = {"val": "validation", "dev": "dev"}[split]
         if splits is None:
@@ -218,6 +220,7 @@ def tune(
     labelling: str = "auto",
     device: str = "auto",
     tta: bool = False,
+    skip_invalid: bool = False,
     progress: bool = True,
 ) -> dict:
     """Chooses a checkpoint's post-processing without its validation images: scores every threshold x
@@ -261,11 +264,15 @@ def tune(
     dev = set(ckpt["split"].get("dev", []))
     if dev:
         samples = _named(
-            read_datasets(data), dev, "the checkpoint's dev images", data, "tune on the data it was trained on"
+            read_datasets(data, skip_invalid),
+            dev,
+            "the checkpoint's dev images",
+            data,
+            "tune on the data it was trained on",
         )
     else:
         val = set(ckpt["split"]["val"])
-        samples = [s for s in read_datasets(data) if s.name not in val]
+        samples = [s for s in read_datasets(data, skip_invalid) if s.name not in val]
         if not samples:
             raise ValueError(
                 f"every image of {str(data)!r} is one of the checkpoint's validation images; tune on "
