@@ -164,3 +164,18 @@ def test_overlays_of_the_worst_images(exported, npz, tmp_path, capsys):
     assert "worst images" not in capsys.readouterr().out and not (tmp_path / "cli" / "overlays").exists()
     with pytest.raises(ValueError, match="overlays is a number of pictures"):
         evaluate(path, npz, tmp_path / "bad", overlays=-1, progress=False)
+
+
+def test_split_of_scores_another_models_images(exported, npz, tmp_path):
+    """Two models compared on the same images: the bundled model file on the images another model
+    file (`exported`) was validated on."""
+    path, names = exported
+    got = evaluate(None, npz, split_of=path, progress=False, overlays=0)
+    assert got["all"]["images"] == len(names)
+    assert got == evaluate(path, npz, progress=False, overlays=0)  # same weights, same images
+    with pytest.raises(ValueError, match="does not say which images it was validated on"):
+        module, metadata = load(default_model_path())
+        metadata["training_data"] = None
+        with quiet_jit():
+            torch.jit.save(module, str(tmp_path / "m.pt"), _extra_files={METADATA_FILE: json.dumps(metadata)})
+        evaluate(None, npz, split_of=tmp_path / "m.pt", progress=False)

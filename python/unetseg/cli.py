@@ -162,6 +162,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             diameter=args.diameter,
             scale=args.scale,
             skip_invalid=args.skip_invalid,
+            split_of=args.split_of,
         )
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"unetseg evaluate: {e}") from None
@@ -800,6 +801,12 @@ def build_parser() -> argparse.ArgumentParser:
         "size than the data's, to check a model's diameter handling (default 1)",
     )
     p.add_argument("--skip-invalid", action="store_true", help="leave out image/label pairs of different sizes")
+    p.add_argument(
+        "--split-of",
+        metavar="OTHER",
+        help="score the validation (--split val) or dev images of OTHER, a checkpoint or model file, instead of "
+        "MODEL's own: two models compared on the same images",
+    )
     p.set_defaults(run=_cmd_evaluate)
 
     p = sub.add_parser(

@@ -42,6 +42,7 @@ def evaluate(
     scale: float = 1.0,
     overlays: int = 8,
     skip_invalid: bool = False,
+    split_of: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Segments the images of `data` and scores them against their labels: with split="val" (the
@@ -65,6 +66,8 @@ def evaluate(
         each image's median labelled diameter (the scale training validates at).
     scale: every image and its labels are first resized by this factor (images bilinear, labels
         nearest): how the model copes with nuclei of another size than the data's.
+    split_of: score the validation (or dev) images of this other checkpoint or model file instead of
+        the model's own: two models compared on the same images.
     data: one dataset or several (as ``unetseg train`` takes them); skip_invalid: leave out image/label
         pairs of different sizes (with a warning) instead of stopping.
 
@@ -101,6 +104,8 @@ def evaluate(
         diameter=diameter,
     )
     segment, splits = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
+    if split_of is not None:  # another model's images: compare two models on the same split
+        splits = _splits_of(split_of)
     samples = read_datasets(data, skip_invalid)
     if split != "all":
         what = {"val": "validation", "dev": "dev"}[split]
@@ -329,6 +334,20 @@ def _model_file_segmenter(
     if training.get("val_names") is None:
         return segment, None
     return segment, {"val": training["val_names"], "dev": training.get("dev_names", [])}
+
+
+def _splits_of(path: str | os.PathLike) -> dict[str, list[str]]:
+    """The validation and dev image names a checkpoint or model file records."""
+    from .checkpoint import load_checkpoint
+    from .export import read_metadata
+
+    if is_model_file(path):
+        training = read_metadata(path).get("training_data") or {}
+        if training.get("val_names") is None:
+            raise ValueError(f"{str(path)!r} does not say which images it was validated on")
+        return {"val": training["val_names"], "dev": training.get("dev_names", [])}
+    split = load_checkpoint(path)["split"]
+    return {"val": split["val"], "dev": split.get("dev", [])}
 
 
 def _named(samples: list, names, what: str, data, fix: str) -> list:
