@@ -339,8 +339,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print(f"... and {len(result.images) - 20} more (all in summary.csv)")
     print(
         f"{result.count} nuclei in {len(result.images)} image(s). Labels (*_labels.png, 16-bit; .tif above 65535 "
-        f"objects){', overlays (*_overlay.png)' if not args.no_overlays else ''}, objects.csv and summary.csv are "
-        f"in {args.output}/"
+        f"objects){', overlays (*_overlay.png)' if not args.no_overlays else ''}"
+        f"{', outlines for QuPath (*.geojson)' if not args.no_geojson else ''}"
+        f"{', ImageJ ROI sets (*_rois.zip)' if args.rois else ''}, objects.csv and summary.csv are in {args.output}/"
     )
     for path, why in result.failed:
         print(f"skipped {path}: {why}", file=sys.stderr)
