@@ -31,21 +31,23 @@ def image():
 @pytest.mark.parametrize("labelling", ["seeded", "plain"])
 @pytest.mark.parametrize("chunks", [(100, 120), (333, 50), (40, 301)])
 def test_dask_equals_one_process(client, image, labelling, chunks):
-    runner = unetseg.Runner(device="cpu")
-    probs = runner.predict([image], tile_size=0)[0]
+    # float32: bit-for-bit comparisons across chunk shapes (bfloat16 rounds them apart by ~1e-3)
+    runner = unetseg.Runner(device="cpu", precision="float32")
+    native = {"diameter": runner.diameter}  # dask runs chunks at their own scale
+    probs = runner.predict([image], tile_size=0, **native)[0]
     options = dict(
         labelling=labelling,
         threshold=threshold_away_from([probs]),
         boundary_threshold=threshold_away_from([probs], 1),
         min_area=10,
     )
-    want = runner.segment([image], tile_size=0, **options)[0]
-    got = udask.segment(da.from_array(image, chunks=chunks), **options)
+    want = runner.segment([image], tile_size=0, **native, **options)[0]
+    got = udask.segment(da.from_array(image, chunks=chunks), precision="float32", **options)
     assert got.count == want.count > 30
     np.testing.assert_array_equal(got.labels, want.labels)
     np.testing.assert_array_equal(got.objects.table[:, :5], want.objects.table[:, :5])
     np.testing.assert_allclose(got.objects.table[:, 5:], want.objects.table[:, 5:], rtol=1e-6)
-    lazy = udask.probabilities(da.from_array(image, chunks=chunks))
+    lazy = udask.probabilities(da.from_array(image, chunks=chunks), precision="float32")
     np.testing.assert_allclose(np.moveaxis(lazy.compute(), -1, 0), probs, atol=2e-6, rtol=0)
 
 
@@ -65,8 +67,9 @@ def test_bad_arrays(client):
 def test_precision_reaches_the_workers(client, image):
     """bfloat16 (by name, or by a Runner given as the model) runs on the workers: the lazy
     probabilities are those of a bfloat16 runner in one process, not the float32 ones."""
-    p32 = unetseg.Runner(device="cpu", precision="float32").predict([image], tile_size=0)[0]
-    p16 = unetseg.Runner(device="cpu", precision="bfloat16").predict([image], tile_size=0)[0]
+    native = {"diameter": unetseg.Runner().diameter}  # dask runs chunks at their own scale
+    p32 = unetseg.Runner(device="cpu", precision="float32").predict([image], tile_size=0, **native)[0]
+    p16 = unetseg.Runner(device="cpu", precision="bfloat16").predict([image], tile_size=0, **native)[0]
     for model, options in ((None, {"precision": "bfloat16"}), (unetseg.Runner(precision="bfloat16"), {})):
         lazy = np.moveaxis(
             udask.probabilities(da.from_array(image, chunks=(100, 120)), model, **options).compute(), -1, 0

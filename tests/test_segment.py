@@ -230,8 +230,8 @@ def test_bfloat16_precision_is_close(model_file):
 def test_bundled_default_model_is_a_real_trained_model():
     meta = read_metadata(default_model_path())
     assert default_model_path().stat().st_size <= 20 * 2**20  # issue 7: shipped inside the package, at most 20 MB
-    assert meta["training_data"]["dataset"] == "dsb2018_stage1_train"
-    assert meta["training_data"]["train_images"] > 400 and meta["validation"]
+    assert "dsb2018_stage1_train" in meta["training_data"]["dataset"] and meta["diameter"] == 20
+    assert meta["training_data"]["train_images"] > 1000 and meta["validation"]
     sample = Path(unetseg.__file__).parent / "assets" / "samples" / "fluorescence.png"
     truth = read_image(sample.parent / "labels" / sample.name)
     seg = unetseg.segment_batch([sample])[0]

@@ -33,17 +33,19 @@ def slide(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def default_runner():
-    return unetseg.Runner(device="cpu")
+    return unetseg.Runner(device="cpu", precision="float32")  # bit-for-bit comparisons across tile shapes
 
 
 def whole_image(runner, image, **options):
     """The runner on the whole image at once, at thresholds no probability is within 1e-6 of (tiles
-    and bands round the network's floats differently, by ~1e-7)."""
-    probs = runner.predict([image], tile_size=0, tta=options.get("tta", False))[0]
+    and bands round the network's floats differently, by ~1e-7), at the image's own scale as slides
+    run (for a model with a canonical diameter, that diameter)."""
+    native = {"diameter": runner.diameter} if runner.diameter else {}
+    probs = runner.predict([image], tile_size=0, tta=options.get("tta", False), **native)[0]
     options = dict(
         threshold=threshold_away_from([probs]), boundary_threshold=threshold_away_from([probs], 1), **options
     )
-    return runner.segment([image], tile_size=0, **options)[0], options
+    return runner.segment([image], tile_size=0, **native, **options)[0], options
 
 
 @pytest.mark.parametrize(

@@ -457,10 +457,10 @@ struct Runner::Impl {
                       " pixels would resize images by ", factor, ", outside [", kMinRescale, ", ", kMaxRescale,
                       "] of the model's canonical diameter ", info.diameter, "; expected a diameter between ",
                       info.diameter / kMaxRescale, " and ", info.diameter / kMinRescale, " pixels");
-    TORCH_CHECK_VALUE(opt.context_top == 0 && opt.context_bottom == 0 && opt.context_left == 0 &&
-                          opt.context_right == 0,
-                      "unetseg.Runner: a diameter cannot be combined with context rows or columns (slide "
-                      "blocks run at their own scale)");
+    TORCH_CHECK_VALUE(factor == 1.0 || (opt.context_top == 0 && opt.context_bottom == 0 && opt.context_left == 0 &&
+                                        opt.context_right == 0),
+                      "unetseg.Runner: a diameter other than the model's (", info.diameter,
+                      ") cannot be combined with context rows or columns (slide blocks run at their own scale)");
     return factor;
   }
 

@@ -39,7 +39,9 @@ def _predict_block(block, *, model, device, precision, tile_size, ranges, halo, 
     top = halo if i > 0 and len(core_rows) > 1 else 0
     left = halo if j > 0 and len(core_cols) > 1 else 0
     runner = _worker_runner(model, device, precision)
-    probs = runner.predict([np.asarray(block)], tile_size=tile_size, normalisation=ranges)[0]
+    # chunks run at the array's own scale (a per-chunk diameter estimate would differ chunk to chunk)
+    native = {"diameter": runner.diameter} if runner.diameter else {}
+    probs = runner.predict([np.asarray(block)], tile_size=tile_size, normalisation=ranges, **native)[0]
     core = probs[:, top : top + core_rows[i], left : left + core_cols[j]]
     return np.ascontiguousarray(np.moveaxis(core, 0, -1))
 

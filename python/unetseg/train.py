@@ -268,36 +268,26 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         if rank == 0:
             print(f"resuming {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}")
 
-    train_set = NucleiDataset(
-        [by_name[n] for n in train_names],
-        config.in_channels,
-        config.out_channels,
-        config.crop,
-        "crop",
-        augment,
-        normalisation,
-        config.samples_per_epoch,
-        config.seed,
-        config.contact_width,
-        pixel_weights,
-        config.diameter,
-        config.balanced,
-        config.sampling_weights,
-    )
-    val_set = NucleiDataset(
-        [by_name[n] for n in val_names],
-        config.in_channels,
-        config.out_channels,
-        config.crop,
-        "center",
-        None,
-        normalisation,
-        None,
-        config.seed,
-        config.contact_width,
-        pixel_weights,
-        config.diameter,
-    )
+    def dataset(names: list[str], training: bool) -> NucleiDataset:
+        """Training crops (random, augmented, balanced) or validation crops (centred), same targets."""
+        return NucleiDataset(
+            [by_name[n] for n in names],
+            config.in_channels,
+            config.out_channels,
+            config.crop,
+            mode="crop" if training else "center",
+            augment=augment if training else None,
+            normalisation=normalisation,
+            samples_per_epoch=config.samples_per_epoch if training else None,
+            seed=config.seed,
+            contact_width=config.contact_width,
+            pixel_weights=pixel_weights,
+            diameter=config.diameter,
+            balanced=config.balanced and training,
+            sampling_weights=config.sampling_weights if training else None,
+        )
+
+    train_set, val_set = dataset(train_names, True), dataset(val_names, False)
     if len(train_set) < config.batch_size:
         raise ValueError(
             f"an epoch of {len(train_set)} crops is less than one batch of {config.batch_size}: no "

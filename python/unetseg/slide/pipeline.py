@@ -305,6 +305,8 @@ def _run(job: _Job) -> SlideResult:
         seconds.update(json.loads(str(state["seconds"])))
         first_band = int(state["band"])
     halo = runner.halo
+    # blocks run at the slide's own scale (a diameter estimated block by block would differ between them)
+    native = {"diameter": runner.diameter} if runner.diameter else {}
     bands = [(r, min(h, r + block[0])) for r in range(0, h, block[0])]
     columns = [(c, min(w, c + block[1])) for c in range(0, w, block[1])]
     bar = None
@@ -333,6 +335,7 @@ def _run(job: _Job) -> SlideResult:
                         normalisation=ranges,
                         tta=tta,
                         context=(r0 - y0, y1 - r1, c0 - x0, x1 - c1),
+                        **native,
                     )[0]
                     t2 = time.perf_counter()
                     done = labeller.feed(probs, last=b == len(bands) - 1)
