@@ -41,3 +41,9 @@ def test_the_type_stubs_name_every_binding():
         bound = {m for m in dir(getattr(_C, name)) if not m.startswith("_")}
         assert bound <= declared[name], (name, sorted(bound - declared[name]))
     assert (ROOT / "python" / "unetseg" / "py.typed").exists()
+
+
+def test_inference_never_imports_training():
+    code = "import sys, unetseg; unetseg.segment_batch; print('unetseg.train' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
