@@ -356,3 +356,22 @@ def test_an_interrupted_slide_run_is_never_discarded_unasked(files, tmp_path, mo
     assert (out / pipeline.PARTIAL / "state.npz").read_bytes() == state  # untouched
     resumed = segment_slide(image, out, files["model"], band_height=32, progress=False, resume=True)
     assert resumed.count == segment_slide(image, tmp_path / "b", files["model"], band_height=32, progress=False).count
+
+
+def test_a_tiff_stack_is_segmented_plane_by_plane(files, tmp_path):
+    image = files["image"]
+    stack = np.stack([image, image[::-1], image[:, ::-1]])
+    tifffile.imwrite(tmp_path / "z.tif", stack, metadata={"axes": "ZYX"}, photometric="minisblack")
+    assert cli("segment", tmp_path / "z.tif", "-m", files["model"], "-o", tmp_path / "all") == 0
+    want = unetseg.segment_batch(list(stack), files["model"])
+    for k, seg in enumerate(want):
+        got = cv2.imread(str(tmp_path / "all" / f"z_z{k:03d}_labels.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(got, seg.labels)
+    rows = (tmp_path / "all" / "objects.csv").read_text().splitlines()[1:]
+    assert {r.split(",")[0] for r in rows} == {"z_z000", "z_z001", "z_z002"}
+    assert cli("segment", tmp_path / "z.tif", "-m", files["model"], "-o", tmp_path / "one", "--plane", 1) == 0
+    assert sorted(p.name for p in (tmp_path / "one").glob("*_labels.png")) == ["z_z001_labels.png"]
+    assert cli("segment", tmp_path / "z.tif", "-m", files["model"], "-o", tmp_path / "bad", "--plane", 5) == 1
+    assert "--plane is a 0-based plane index, got -1" in cli(
+        "segment", tmp_path / "z.tif", "-m", files["model"], "-o", tmp_path / "bad", "--plane", -1
+    )

@@ -287,6 +287,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.samples == bool(args.inputs):
         raise SystemExit("unetseg segment: give INPUTS (files, folders or globs), or --samples for the bundled samples")
     try:
+        if args.plane is not None and args.plane < 0:
+            raise ValueError(f"--plane is a 0-based plane index, got {args.plane}")
         if args.tile_size is not None and args.tile_size < 0:
             raise ValueError(f"--tile-size must be >= 0 pixels (0: never tile), got {args.tile_size}")
         check_output_folder(args.output)
@@ -327,6 +329,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         overlays=not args.no_overlays,
         geojson=not args.no_geojson,
         rois=args.rois,
+        plane=args.plane,
         **options,
     )
     print(f"\n{'image':<32} {'size':>11} {'nuclei':>7} {'median area':>12} {'diameter':>9}")
@@ -521,6 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay pictures")
     p.add_argument("--no-geojson", action="store_true", help="do not write NAME.geojson (QuPath detections)")
     p.add_argument("--rois", action="store_true", help="also write NAME_rois.zip: an ImageJ ROI set for Fiji")
+    p.add_argument(
+        "--plane",
+        type=int,
+        metavar="N",
+        help="TIFF z/time stacks: segment only plane N (0-based, file order; default: every plane, each as "
+        "NAME_z000, NAME_z001...)",
+    )
     _add_diameter_option(p)
     p.add_argument(
         "--channel",

@@ -55,6 +55,7 @@ def segment_files(
     overlays: bool = True,
     geojson: bool = True,
     rois: bool = False,
+    plane: int | None = None,
     progress: bool = True,
     **options,
 ) -> FilesResult:
@@ -64,7 +65,9 @@ def segment_files(
     ``objects.csv`` (one row per nucleus, columns
     :data:`unetseg.ops.OBJECT_COLUMNS` after ``image``) and ``summary.csv`` (one row per image), all
     written atomically. Images that cannot be read or segmented are skipped and listed in
-    ``failed``; the others are batched by ``runner.batch_size``. `options`: as :meth:`Runner.segment`.
+    ``failed``; the others are batched by ``runner.batch_size``. A TIFF stack (Z, T... axes) is
+    segmented plane by plane, each plane named ``NAME_z003`` (its axis letters and indices), or only
+    plane `plane` (0-based, file order). `options`: as :meth:`Runner.segment`.
     """
     from tqdm.auto import tqdm
 
@@ -76,8 +79,8 @@ def segment_files(
     with tqdm(total=len(paths), unit="img", desc="segment", disable=not progress) as bar:
         for start in range(0, len(paths), runner.batch_size):
             chunk = paths[start : start + runner.batch_size]
-            for (path, image), seg in _segment_chunk(chunk, runner, options, result.failed):
-                name = _unique(path.stem, names)
+            for (path, suffix, image), seg in _segment_chunk(chunk, runner, options, result.failed, plane):
+                name = _unique(path.stem + suffix, names)
                 _write_image_outputs(output, name, image, seg, overlays, geojson, rois)
                 columns = seg.objects.columns()
                 rows += [[name, *(_cell(c[k]) for c in columns.values())] for k in range(seg.count)]
@@ -98,26 +101,27 @@ def segment_files(
 
 
 def _segment_chunk(
-    paths: list[Path], runner: Runner, options: dict, failed: list
-) -> list[tuple[tuple[Path, np.ndarray], Segmentation]]:
-    """Reads and segments a batch of files; a bad file is recorded in `failed` and the rest go on."""
-    from .data import read_image
+    paths: list[Path], runner: Runner, options: dict, failed: list, plane: int | None
+) -> list[tuple[tuple[Path, str, np.ndarray], Segmentation]]:
+    """Reads and segments a batch of files (stacks plane by plane: each plane an image named with
+    its position); a bad file is recorded in `failed` and the rest go on."""
+    from .data.readers import read_planes
 
-    pairs = []
+    items = []
     for path in paths:
         try:
-            pairs.append((path, read_image(path)))
+            items += [(path, suffix, image) for suffix, image in read_planes(path, plane)]
         except ValueError as e:
             failed.append((path, str(e)))
     try:
-        return list(zip(pairs, runner.segment([im for _, im in pairs], **options)))
+        return list(zip(items, runner.segment([im for _, _, im in items], **options)))
     except (ValueError, TypeError, RuntimeError):  # some image is bad: find which, keep the rest
         done = []
-        for path, image in pairs:
+        for item in items:
             try:
-                done.append(((path, image), runner.segment([image], **options)[0]))
+                done.append((item, runner.segment([item[2]], **options)[0]))
             except (ValueError, TypeError, RuntimeError) as e:
-                failed.append((path, str(e).splitlines()[0]))
+                failed.append((item[0], str(e).splitlines()[0]))
         return done
 
 

@@ -44,6 +44,47 @@ class Sample:
         return self.group or self.name
 
 
+def read_planes(path: str | os.PathLike, plane: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """The 2-D images of a file, each (H, W) or (H, W, C), with a name suffix: one image ``("", image)``
+    for most files; for a TIFF stack (axes Z, T or others besides Y, X and channels) one per plane,
+    named by its position, e.g. ``("_t001_z003", image)``. `plane` keeps only that plane (0-based
+    over the planes in file order)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        if plane not in (None, 0):
+            raise ValueError(f"{path} is one 2-D image; plane {plane} asked for (only plane 0 exists)")
+        return [("", read_image(path))]
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            image, axes = series.asarray(), series.axes
+    except Exception as e:
+        raise ValueError(f"cannot read {path} as a TIFF image: {e}") from None
+    stack = [i for i, a in enumerate(axes) if a not in "YXCS"]
+    if not stack:
+        if plane not in (None, 0):
+            raise ValueError(f"{path} is one 2-D image; plane {plane} asked for (only plane 0 exists)")
+        return [("", _channels_last(image, axes, path))]
+    image = np.moveaxis(image, stack, range(len(stack)))
+    lead = image.shape[: len(stack)]
+    letters = [axes[i].lower() for i in stack]
+    count = int(np.prod(lead))
+    if plane is not None and not 0 <= plane < count:
+        raise ValueError(
+            f"{path} has {count} planes (axes {axes}, shape {series.shape}); plane {plane} asked for, "
+            f"expected 0..{count - 1}"
+        )
+    rest = "".join(a for a in axes if a in "YXCS")
+    planes = []
+    for k, index in enumerate(np.ndindex(*lead)):
+        if plane is None or k == plane:
+            name = "".join(f"_{letter}{i:03d}" for letter, i in zip(letters, index))
+            planes.append((name, _channels_last(image[index], rest, path)))
+    return planes
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Reads a PNG/TIFF/JPEG/BMP as (H, W) or (H, W, C) in RGB(A) order, keeping 8 or 16 bits."""
     import cv2
@@ -70,13 +111,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def _channels_last(image: np.ndarray, axes: str, path: Path) -> np.ndarray:
     """A TIFF series as (H, W) or (H, W, C): its channel axis (C, or S for samples such as RGB) moved
     last, whatever the file's order (Fiji writes CYX). Other axes (Z, T, or an unnamed page axis) are
-    stacks, not one image: a clear error."""
+    stacks, not one image: a clear error (:func:`read_planes` reads them plane by plane)."""
     others = [a for a in axes if a not in "YXCS"]
     channel_axes = [a for a in axes if a in "CS"]
     if others or len(channel_axes) > 1 or not {"Y", "X"} <= set(axes):
         raise ValueError(
             f"{path} holds a stack with axes {axes} (shape {image.shape}); unetseg reads 2-D images with "
-            "optional channels (YX, YXS, CYX): save the plane to segment as its own file"
+            "optional channels (YX, YXS, CYX): segment it plane by plane with `unetseg segment` (or "
+            "unetseg.data.read_planes), or pick one with --plane"
         )
     order = [axes.index("Y"), axes.index("X")] + [axes.index(a) for a in channel_axes]
     return image.transpose(order)
