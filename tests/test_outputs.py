@@ -133,3 +133,43 @@ def test_slide_labels_are_a_pyramid(tmp_path, model_file):
     np.testing.assert_array_equal(half, full[::2, ::2])  # nearest neighbour: labels stay labels
     assert full.max() == result.count
     assert json.loads(result.summary.read_text())["pixel_size_um"] == 0.25
+
+
+def test_measurements_are_regionprops_of_the_labels_on_the_image(tmp_path, model_file):
+    import pandas as pd
+    from skimage.measure import regionprops
+
+    rgb = np.dstack([synthetic_nuclei((80, 96), seed=s, radius=(5, 9)).image for s in (1, 1, 2)])
+    gray = synthetic_nuclei((64, 70), seed=3).image
+    cv2.imwrite(str(tmp_path / "a.png"), rgb[..., ::-1])
+    cv2.imwrite(str(tmp_path / "b.png"), gray)
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "a.png"),
+                str(tmp_path / "b.png"),
+                "-m",
+                str(model_file[0]),
+                "-t",
+                "0.4",
+                "--measure",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    table = pd.read_csv(out / "objects.csv")
+    assert {"intensity_mean_c2", "intensity_sum_c0", "solidity", "eccentricity"} <= set(table.columns)
+    for name, image in (("a", rgb), ("b", gray)):
+        labels = read_image(out / f"{name}_labels.png").astype(np.int32)
+        rows = table[table.image == name]
+        assert len(rows) == labels.max() > 0
+        for prop, row in zip(regionprops(labels, np.atleast_3d(image).astype(float)), rows.itertuples()):
+            assert row.intensity_mean_c0 == pytest.approx(prop.intensity_mean[0], abs=1e-3)
+            assert row.intensity_sum_c0 == pytest.approx(prop.intensity_mean[0] * prop.area, rel=1e-4)
+            assert row.solidity == pytest.approx(prop.solidity, abs=1e-4)
+        if name == "b":  # a gray image has one channel: the colour image's other columns stay empty
+            assert rows.intensity_mean_c2.isna().all()

@@ -330,6 +330,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         geojson=not args.no_geojson,
         rois=args.rois,
         plane=args.plane,
+        measurements=args.measure,
         **options,
     )
     print(f"\n{'image':<32} {'size':>11} {'nuclei':>7} {'median area':>12} {'diameter':>9}")
@@ -524,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay pictures")
     p.add_argument("--no-geojson", action="store_true", help="do not write NAME.geojson (QuPath detections)")
     p.add_argument("--rois", action="store_true", help="also write NAME_rois.zip: an ImageJ ROI set for Fiji")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="add to objects.csv each nucleus's mean, max and integrated intensity of every image channel and its "
+        "shape (perimeter, equivalent diameter, axes, eccentricity, solidity, orientation)",
+    )
     p.add_argument(
         "--plane",
         type=int,

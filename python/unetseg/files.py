@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import detection_feature, object_outlines, write_geojson, write_imagej_rois
+from .geometry import detection_feature, measure, object_outlines, write_geojson, write_imagej_rois
 from .io import atomic_path, collect_images, overlay, write_csv, write_image, write_labels
 from .ops import OBJECT_COLUMNS
 from .segment import Runner, Segmentation
@@ -56,6 +56,7 @@ def segment_files(
     geojson: bool = True,
     rois: bool = False,
     plane: int | None = None,
+    measurements: bool = False,
     progress: bool = True,
     **options,
 ) -> FilesResult:
@@ -67,14 +68,17 @@ def segment_files(
     written atomically. Images that cannot be read or segmented are skipped and listed in
     ``failed``; the others are batched by ``runner.batch_size``. A TIFF stack (Z, T... axes) is
     segmented plane by plane, each plane named ``NAME_z003`` (its axis letters and indices), or only
-    plane `plane` (0-based, file order). `options`: as :meth:`Runner.segment`.
+    plane `plane` (0-based, file order). With `measurements` the objects table gains each object's
+    intensities per channel of the image and its shape (:func:`unetseg.geometry.measure`).
+    `options`: as :meth:`Runner.segment`.
     """
     from tqdm.auto import tqdm
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     result = FilesResult(output)
-    rows: list[list] = []
+    rows: list[dict] = []
+    header = dict.fromkeys(["image", *OBJECT_COLUMNS])  # ordered columns
     names: set[str] = set()
     with tqdm(total=len(paths), unit="img", desc="segment", disable=not progress) as bar:
         for start in range(0, len(paths), runner.batch_size):
@@ -82,8 +86,11 @@ def segment_files(
             for (path, suffix, image), seg in _segment_chunk(chunk, runner, options, result.failed, plane):
                 name = _unique(path.stem + suffix, names)
                 _write_image_outputs(output, name, image, seg, overlays, geojson, rois)
-                columns = seg.objects.columns()
-                rows += [[name, *(_cell(c[k]) for c in columns.values())] for k in range(seg.count)]
+                columns = {"image": [name] * seg.count, **seg.objects.columns()}
+                if measurements:
+                    columns.update(measure(seg.labels, image))
+                header.update(dict.fromkeys(columns))  # images of other channel counts add columns
+                rows += [{k: _cell(c[i]) for k, c in columns.items()} for i in range(seg.count)]
                 area = seg.objects.area
                 result.images.append(
                     ImageSummary(
@@ -91,7 +98,7 @@ def segment_files(
                     )
                 )
             bar.update(len(chunk))
-    write_csv(output / "objects.csv", ["image", *OBJECT_COLUMNS], rows)
+    write_csv(output / "objects.csv", list(header), [[row.get(k, "") for k in header] for row in rows])
     write_csv(
         output / "summary.csv",
         ["image", "height", "width", "count", "median_area", "diameter"],
@@ -149,5 +156,7 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def _cell(value) -> str:
-    """A table cell: integers as they are, coordinates and probabilities to 4 decimals."""
+    """A table cell: names and integers as they are, measurements to 4 decimals."""
+    if isinstance(value, str):
+        return value
     return str(int(value)) if isinstance(value, (int, np.integer)) else f"{value:.4f}"

@@ -86,6 +86,44 @@ def write_imagej_rois(path, polygons: list[np.ndarray], labels) -> None:
             zipfile.ZipFile(tmp, "w").close()
 
 
+#: The shape measurements of :func:`measure` (skimage.measure.regionprops names).
+SHAPE_COLUMNS = (
+    "perimeter",
+    "equivalent_diameter_area",
+    "major_axis_length",
+    "minor_axis_length",
+    "eccentricity",
+    "solidity",
+    "orientation",
+)
+
+
+def measure(labels: np.ndarray, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-object measurements of instance labels (H, W) (objects 1..K) on their image (H, W[, C]),
+    one value per object in label order: mean, max and integrated (sum) intensity of every channel
+    of the original image (``intensity_mean_c0``...) and :data:`SHAPE_COLUMNS`, by
+    skimage.measure.regionprops_table."""
+    from skimage.measure import regionprops_table
+
+    intensity = np.atleast_3d(image).astype(np.float64)
+    if labels.max(initial=0) == 0:
+        names = [f"intensity_{s}_c{c}" for c in range(intensity.shape[2]) for s in ("mean", "max", "sum")]
+        return {name: np.zeros(0) for name in (*names, *SHAPE_COLUMNS)}
+    props = regionprops_table(
+        labels.astype(np.int32),
+        intensity,
+        properties=("label", "area", "intensity_mean", "intensity_max", *SHAPE_COLUMNS),
+    )
+    out = {}
+    for c in range(intensity.shape[2]):
+        mean, peak = props[f"intensity_mean-{c}"], props[f"intensity_max-{c}"]
+        out.update(
+            {f"intensity_mean_c{c}": mean, f"intensity_max_c{c}": peak, f"intensity_sum_c{c}": mean * props["area"]}
+        )
+    out.update({name: props[name] for name in SHAPE_COLUMNS})
+    return out
+
+
 def object_outlines(labels: np.ndarray, bboxes: np.ndarray) -> list[np.ndarray]:
     """:func:`outline_polygon` of every object of instance labels (H, W) (objects 1..K), found in
     its bbox (K, 4) (min_row, min_col, max_row, max_col), in the image's pixel-edge coordinates."""
