@@ -375,3 +375,21 @@ def test_a_tiff_stack_is_segmented_plane_by_plane(files, tmp_path):
     assert "--plane is a 0-based plane index, got -1" in cli(
         "segment", tmp_path / "z.tif", "-m", files["model"], "-o", tmp_path / "bad", "--plane", -1
     )
+
+
+def test_channel_by_its_ome_name(files, tmp_path):
+    image = files["image"]
+    stack = np.stack([image // 3, image])  # (C, Y, X): DAPI second
+    tifffile.imwrite(
+        tmp_path / "c.ome.tif",
+        stack,
+        ome=True,
+        photometric="minisblack",
+        metadata={"axes": "CYX", "Channel": {"Name": ["GFP", "DAPI"]}},
+    )
+    assert cli("segment", tmp_path / "c.ome.tif", "-m", files["model"], "--channel", "DAPI", "-o", tmp_path / "o") == 0
+    want = unetseg.segment_batch([image], files["model"])[0]
+    np.testing.assert_array_equal(
+        cv2.imread(str(tmp_path / "o" / "c.ome_labels.png"), cv2.IMREAD_UNCHANGED), want.labels
+    )
+    assert cli("segment", tmp_path / "c.ome.tif", "-m", files["model"], "--channel", "RFP", "-o", tmp_path / "x") == 1

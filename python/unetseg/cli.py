@@ -451,6 +451,11 @@ def _add_device_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _channel(text: str) -> int | str:
+    """A channel index, or a name (looked up in each file's OME metadata)."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def _diameter(text: str) -> float | str:
     if text == "auto":
         return text
@@ -541,10 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_diameter_option(p)
     p.add_argument(
         "--channel",
-        type=int,
-        metavar="N",
-        help="the channel holding the nuclei (0-based) of multi-channel images, e.g. the DAPI plane of a "
-        "fluorescence composite: segmented alone, as a gray image (default: images must be gray or RGB)",
+        type=_channel,
+        metavar="N|NAME",
+        help="the channel holding the nuclei of multi-channel images, by index (0-based) or by its OME name (e.g. "
+        "DAPI), e.g. the DAPI plane of a fluorescence composite: segmented alone, as a gray image (default: images "
+        "must be gray or RGB)",
     )
     p.set_defaults(run=_cmd_segment)
 

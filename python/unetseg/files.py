@@ -120,6 +120,8 @@ def _segment_chunk(
             items += [(path, suffix, image) for suffix, image in read_planes(path, plane)]
         except ValueError as e:
             failed.append((path, str(e)))
+    if isinstance(options.get("channel"), str):  # a channel name: looked up file by file
+        return _segment_one_by_one(items, runner, options, failed)
     try:
         return list(zip(items, runner.segment([im for _, _, im in items], **options)))
     except (ValueError, TypeError, RuntimeError):  # some image is bad: find which, keep the rest
@@ -130,6 +132,19 @@ def _segment_chunk(
             except (ValueError, TypeError, RuntimeError) as e:
                 failed.append((item[0], str(e).splitlines()[0]))
         return done
+
+
+def _segment_one_by_one(items: list, runner: Runner, options: dict, failed: list) -> list:
+    from .data.readers import channel_index
+
+    done = []
+    for item in items:
+        try:
+            channel = channel_index(item[0], options["channel"])
+            done.append((item, runner.segment([item[2]], **{**options, "channel": channel})[0]))
+        except (ValueError, TypeError, RuntimeError) as e:
+            failed.append((item[0], str(e).splitlines()[0]))
+    return done
 
 
 def _write_image_outputs(

@@ -85,6 +85,37 @@ def read_planes(path: str | os.PathLike, plane: int | None = None) -> list[tuple
     return planes
 
 
+def channel_names(path: str | os.PathLike) -> list[str]:
+    """The channel names an OME-TIFF records (``Pixels/Channel/@Name``), in channel order; [] for
+    other files."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return []
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.is_ome:
+            return []
+        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+        pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
+    channels = pixels.get("Channel", [])
+    channels = channels if isinstance(channels, list) else [channels]
+    return [str(c.get("Name", "")) for c in channels]
+
+
+def channel_index(path: str | os.PathLike, channel: int | str) -> int:
+    """`channel` as an index: an int as it is; a name looked up in the file's OME channel names."""
+    if not isinstance(channel, str):
+        return int(channel)
+    if channel.lstrip("-").isdigit():
+        return int(channel)
+    names = channel_names(path)
+    if channel not in names:
+        known = f"its channels are {names}" if names else "it has no OME channel names (give the channel's index)"
+        raise ValueError(f"{path}: no channel named {channel!r}; {known}")
+    return names.index(channel)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Reads a PNG/TIFF/JPEG/BMP as (H, W) or (H, W, C) in RGB(A) order, keeping 8 or 16 bits."""
     import cv2
