@@ -166,6 +166,11 @@ bool has_kernel(const char* op, const at::Tensor& tensor) {
 
 int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 
+// Whether a call has context rows or columns (a slide block read with its halo).
+bool has_context(const SegmentOptions& opt) {
+  return opt.context_top != 0 || opt.context_bottom != 0 || opt.context_left != 0 || opt.context_right != 0;
+}
+
 // The median equivalent diameter, sqrt(4 area / pi), of a segmentation's objects; 0 when it has none.
 double median_diameter(const Segmentation& s) {
   if (s.count == 0) {
@@ -457,8 +462,7 @@ struct Runner::Impl {
                       " pixels would resize images by ", factor, ", outside [", kMinRescale, ", ", kMaxRescale,
                       "] of the model's canonical diameter ", info.diameter, "; expected a diameter between ",
                       info.diameter / kMaxRescale, " and ", info.diameter / kMinRescale, " pixels");
-    TORCH_CHECK_VALUE(factor == 1.0 || (opt.context_top == 0 && opt.context_bottom == 0 && opt.context_left == 0 &&
-                                        opt.context_right == 0),
+    TORCH_CHECK_VALUE(factor == 1.0 || !has_context(opt),
                       "unetseg.Runner: a diameter other than the model's (", info.diameter,
                       ") cannot be combined with context rows or columns (slide blocks run at their own scale)");
     return factor;
@@ -599,7 +603,7 @@ std::vector<at::Tensor> Runner::predict(const std::vector<at::Tensor>& images, c
   const auto hwc = impl_->checked(images, options.channel);
   const Impl& impl = *impl_;
   const std::optional<double> given = impl.given_factor(options);
-  const bool context = options.context_top || options.context_bottom || options.context_left || options.context_right;
+  const bool context = has_context(options);
   std::vector<double> factors(hwc.size(), given.value_or(1.0));
   if (impl.info.diameter > 0 && !given && !context) {
     // the scale segment() would choose, found by segmenting (the estimate needs the nuclei)
@@ -669,7 +673,7 @@ std::vector<Segmentation> Runner::segment(const std::vector<at::Tensor>& images,
     return out;
   }
   std::vector<Segmentation> out = impl.segment_native(hwc, options, r);
-  const bool context = options.context_top || options.context_bottom || options.context_left || options.context_right;
+  const bool context = has_context(options);
   if (impl.info.diameter > 0 && !factor && !context) {
     impl.estimate_and_rescale(hwc, options, r, out);
   }

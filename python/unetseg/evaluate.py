@@ -187,7 +187,7 @@ def _checkpoint_segmenter(
             prob = torch.from_numpy(predict(network, sample.image, ckpt, device, tta=tta, factor=factor))
         return _label(prob, labelling, threshold, boundary_threshold, min_area)
 
-    return segment, {"val": ckpt["split"]["val"], "dev": ckpt["split"].get("dev", [])}
+    return segment, _checkpoint_splits(ckpt)
 
 
 def _checkpoint_labelling(ckpt: dict, labelling: str) -> str:
@@ -330,10 +330,7 @@ def _model_file_segmenter(
     def segment(sample: Sample) -> np.ndarray:
         return runner.segment([sample.image], tta=tta, diameter=diameter, **options)[0].labels
 
-    training = runner.metadata.get("training_data") or {}
-    if training.get("val_names") is None:
-        return segment, None
-    return segment, {"val": training["val_names"], "dev": training.get("dev_names", [])}
+    return segment, _metadata_splits(runner.metadata)
 
 
 def _splits_of(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -341,13 +338,24 @@ def _splits_of(path: str | os.PathLike) -> dict[str, list[str]]:
     from .checkpoint import load_checkpoint
     from .export import read_metadata
 
-    if is_model_file(path):
-        training = read_metadata(path).get("training_data") or {}
-        if training.get("val_names") is None:
-            raise ValueError(f"{str(path)!r} does not say which images it was validated on")
-        return {"val": training["val_names"], "dev": training.get("dev_names", [])}
-    split = load_checkpoint(path)["split"]
-    return {"val": split["val"], "dev": split.get("dev", [])}
+    if not is_model_file(path):
+        return _checkpoint_splits(load_checkpoint(path))
+    splits = _metadata_splits(read_metadata(path))
+    if splits is None:
+        raise ValueError(f"{str(path)!r} does not say which images it was validated on")
+    return splits
+
+
+def _checkpoint_splits(ckpt: dict) -> dict[str, list[str]]:
+    return {"val": ckpt["split"]["val"], "dev": ckpt["split"].get("dev", [])}
+
+
+def _metadata_splits(metadata: dict) -> dict[str, list[str]] | None:
+    """A model file's validation and dev image names; None when it does not record them."""
+    training = metadata.get("training_data") or {}
+    if training.get("val_names") is None:
+        return None
+    return {"val": training["val_names"], "dev": training.get("dev_names", [])}
 
 
 def _named(samples: list, names, what: str, data, fix: str) -> list:

@@ -121,27 +121,24 @@ def _segment_chunk(
         except ValueError as e:
             failed.append((path, str(e)))
     if isinstance(options.get("channel"), str):  # a channel name: looked up file by file
-        return _segment_one_by_one(items, runner, options, failed)
+        return _segment_each(items, runner, options, failed)
     try:
         return list(zip(items, runner.segment([im for _, _, im in items], **options)))
     except (ValueError, TypeError, RuntimeError):  # some image is bad: find which, keep the rest
-        done = []
-        for item in items:
-            try:
-                done.append((item, runner.segment([item[2]], **options)[0]))
-            except (ValueError, TypeError, RuntimeError) as e:
-                failed.append((item[0], str(e).splitlines()[0]))
-        return done
+        return _segment_each(items, runner, options, failed)
 
 
-def _segment_one_by_one(items: list, runner: Runner, options: dict, failed: list) -> list:
+def _segment_each(items: list, runner: Runner, options: dict, failed: list) -> list:
+    """Segments the images one by one (a channel name resolved per file); a bad one is recorded in
+    `failed` with its file and the rest go on."""
     from .data.readers import channel_index
 
     done = []
     for item in items:
         try:
-            channel = channel_index(item[0], options["channel"])
-            done.append((item, runner.segment([item[2]], **{**options, "channel": channel})[0]))
+            name = options.get("channel")
+            own = {**options, "channel": channel_index(item[0], name)} if isinstance(name, str) else options
+            done.append((item, runner.segment([item[2]], **own)[0]))
         except (ValueError, TypeError, RuntimeError) as e:
             failed.append((item[0], str(e).splitlines()[0]))
     return done

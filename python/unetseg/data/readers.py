@@ -50,31 +50,21 @@ def read_planes(path: str | os.PathLike, plane: int | None = None) -> list[tuple
     named by its position, e.g. ``("_t001_z003", image)``. `plane` keeps only that plane (0-based
     over the planes in file order)."""
     path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        if plane not in (None, 0):
-            raise ValueError(f"{path} is one 2-D image; plane {plane} asked for (only plane 0 exists)")
-        return [("", read_image(path))]
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            image, axes = series.asarray(), series.axes
-    except Exception as e:
-        raise ValueError(f"cannot read {path} as a TIFF image: {e}") from None
+    tiff = path.suffix.lower() in (".tif", ".tiff")
+    image, axes = _tiff_series(path) if tiff else (read_image(path), "")
     stack = [i for i, a in enumerate(axes) if a not in "YXCS"]
     if not stack:
         if plane not in (None, 0):
             raise ValueError(f"{path} is one 2-D image; plane {plane} asked for (only plane 0 exists)")
-        return [("", _channels_last(image, axes, path))]
+        return [("", _channels_last(image, axes, path) if tiff else image)]
+    shape = image.shape
     image = np.moveaxis(image, stack, range(len(stack)))
     lead = image.shape[: len(stack)]
     letters = [axes[i].lower() for i in stack]
     count = int(np.prod(lead))
     if plane is not None and not 0 <= plane < count:
         raise ValueError(
-            f"{path} has {count} planes (axes {axes}, shape {series.shape}); plane {plane} asked for, "
-            f"expected 0..{count - 1}"
+            f"{path} has {count} planes (axes {axes}, shape {shape}); plane {plane} asked for, expected 0..{count - 1}"
         )
     rest = "".join(a for a in axes if a in "YXCS")
     planes = []
@@ -122,21 +112,25 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                image, axes = series.asarray(), series.axes
-        except Exception as e:
-            raise ValueError(f"cannot read {path} as a TIFF image: {e}") from None
-        return _channels_last(image, axes, path)
+        return _channels_last(*_tiff_series(path), path)
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError(f"cannot read {path} as an image (expected PNG, TIFF, JPEG or BMP)")
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return image
+
+
+def _tiff_series(path: Path) -> tuple[np.ndarray, str]:
+    """A TIFF's first series and its axes (tifffile's letters: Y, X, C, S, Z, T...)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return series.asarray(), series.axes
+    except Exception as e:
+        raise ValueError(f"cannot read {path} as a TIFF image: {e}") from None
 
 
 def _channels_last(image: np.ndarray, axes: str, path: Path) -> np.ndarray:
