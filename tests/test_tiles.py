@@ -84,6 +84,22 @@ def test_fixed_normalisation(runner):
     np.testing.assert_allclose(runner.predict([image], tile_size=8, normalisation=(low, high))[0], same, atol=2e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_ranges_of_a_large_image_are_its_whole_percentiles(runner, dtype, channels):
+    """The runner takes a large image's percentiles a band of rows at a time (never converting it
+    whole); the ranges are numpy's over the whole image all the same."""
+    rng = np.random.default_rng(channels)
+    top = {np.uint8: 255, np.uint16: 60000, np.float32: 3.7}[dtype]
+    image = (rng.random((1500, 1001, channels)) ** 3 * top).astype(dtype)  # 1.5 Mpx: two bands
+    low, high = runner.normalisation(image if channels == 3 else image[..., 0])
+    q = runner.metadata["normalisation"]
+    want_low = [np.percentile(image[..., k % channels], q["low"]) for k in range(3)]
+    want_high = [np.percentile(image[..., k % channels], q["high"]) for k in range(3)]
+    np.testing.assert_allclose(low, want_low, rtol=1e-6)
+    np.testing.assert_allclose(high, want_high, rtol=1e-6)
+
+
 @settings(max_examples=20)
 @given(
     h=st.integers(1, 200),

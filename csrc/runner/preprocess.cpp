@@ -40,40 +40,71 @@ at::Tensor check_image(const at::Tensor& image, size_t index, std::optional<int6
   return hwc;
 }
 
-std::pair<float, float> percentiles(const at::Tensor& values, double low, double high, bool integral) {
-  const at::Tensor v = values.contiguous();
-  const float* p = v.const_data_ptr<float>();
-  const int64_t n = v.numel();
-  // numpy's linear method: virtual index q/100 * (n - 1) between order statistics k and k + 1.
-  const double vlo = low / 100.0 * double(n - 1), vhi = high / 100.0 * double(n - 1);
-  const int64_t klo = int64_t(std::floor(vlo)), khi = int64_t(std::floor(vhi));
-  const int64_t ranks[4] = {klo, std::min(klo + 1, n - 1), khi, std::min(khi + 1, n - 1)};
-  float at_rank[4];
-  if (integral) {  // counting selection: exact and linear for 8/16-bit images
-    std::vector<int64_t> hist(65536, 0);
-    for (int64_t i = 0; i < n; ++i) {
-      ++hist[size_t(p[i])];
+namespace {
+
+// Order statistics of a channel's values, fed in pieces (rows of an image): a histogram for
+// integral values (exact and linear, 512 KiB whatever the image), the values themselves otherwise.
+class OrderStatistics {
+ public:
+  explicit OrderStatistics(bool integral) : integral_(integral) {
+    if (integral) hist_.assign(65536, 0);
+  }
+
+  void add(const at::Tensor& values) {
+    const at::Tensor v = values.contiguous();
+    const float* p = v.const_data_ptr<float>();
+    const int64_t n = v.numel();
+    if (integral_) {
+      for (int64_t i = 0; i < n; ++i) {
+        ++hist_[size_t(p[i])];
+      }
+    } else {
+      values_.insert(values_.end(), p, p + n);
     }
-    for (int r = 0; r < 4; ++r) {
+    n_ += n;
+  }
+
+  // numpy.percentile (linear method) of everything added: the virtual index q/100 * (n - 1) lies
+  // between order statistics k and k + 1.
+  std::pair<float, float> percentiles(double low, double high) {
+    const double vlo = low / 100.0 * double(n_ - 1), vhi = high / 100.0 * double(n_ - 1);
+    const int64_t klo = int64_t(std::floor(vlo)), khi = int64_t(std::floor(vhi));
+    const float a = at_rank(klo), b = at_rank(std::min(klo + 1, n_ - 1));
+    const float c = at_rank(khi), d = at_rank(std::min(khi + 1, n_ - 1));
+    return {lerp(a, b, vlo - double(klo)), lerp(c, d, vhi - double(khi))};
+  }
+
+ private:
+  float at_rank(int64_t rank) {
+    if (integral_) {
       int64_t seen = 0;
       size_t value = 0;
-      while (seen + hist[value] <= ranks[r]) {
-        seen += hist[value++];
+      while (seen + hist_[value] <= rank) {
+        seen += hist_[value++];
       }
-      at_rank[r] = float(value);
+      return float(value);
     }
-  } else {
-    std::vector<float> buf(p, p + n);
-    for (int r = 0; r < 4; ++r) {
-      std::nth_element(buf.begin(), buf.begin() + ranks[r], buf.end());
-      at_rank[r] = buf[size_t(ranks[r])];
-    }
+    std::nth_element(values_.begin(), values_.begin() + rank, values_.end());
+    return values_[size_t(rank)];
   }
-  auto lerp = [](float a, float b, double t_) {  // numpy's _lerp, in float32 like numpy's result
+
+  static float lerp(float a, float b, double t_) {  // numpy's _lerp, in float32 like numpy's result
     const float t = float(t_), diff = b - a;
     return t >= 0.5f ? b - diff * (1.0f - t) : a + diff * t;
-  };
-  return {lerp(at_rank[0], at_rank[1], vlo - double(klo)), lerp(at_rank[2], at_rank[3], vhi - double(khi))};
+  }
+
+  bool integral_;
+  std::vector<int64_t> hist_;
+  std::vector<float> values_;
+  int64_t n_ = 0;
+};
+
+} // namespace
+
+std::pair<float, float> percentiles(const at::Tensor& values, double low, double high, bool integral) {
+  OrderStatistics s(integral);
+  s.add(values);
+  return s.percentiles(low, high);
 }
 
 namespace {
@@ -101,22 +132,31 @@ void convert_channels_into(const at::Tensor& hwc, const ModelInfo& info, const a
   }
 }
 
-// Per-channel percentiles of the converted image `out`; a gray image repeated into RGB has one range.
-Normalisation ranges_of(const at::Tensor& converted, const at::Tensor& hwc, const ModelInfo& info) {
-  const bool integral = hwc.scalar_type() != at::kFloat;
-  const bool repeated = info.in_channels == 3 && (hwc.size(2) == 1 || hwc.size(2) == 2);
+// Whether a model's RGB input repeats one gray channel (then all three share one range).
+bool repeated_gray(const at::Tensor& hwc, const ModelInfo& info) {
+  return info.in_channels == 3 && (hwc.size(2) == 1 || hwc.size(2) == 2);
+}
+
+// Per-channel percentiles, from the order statistics of the channels the image really has.
+Normalisation ranges_from(std::vector<OrderStatistics>& stats, const ModelInfo& info) {
   Normalisation r;
   for (int64_t k = 0; k < info.in_channels; ++k) {
-    if (k > 0 && repeated) {
-      r.low.push_back(r.low[0]);
-      r.high.push_back(r.high[0]);
-      continue;
-    }
-    const auto [lo, hi] = percentiles(converted.select(2, k), info.percentile_low, info.percentile_high, integral);
+    const auto [lo, hi] = stats[std::min(size_t(k), stats.size() - 1)].percentiles(info.percentile_low,
+                                                                                  info.percentile_high);
     r.low.push_back(lo);
     r.high.push_back(hi);
   }
   return r;
+}
+
+// Per-channel percentiles of the converted image `out`.
+Normalisation ranges_of(const at::Tensor& converted, const at::Tensor& hwc, const ModelInfo& info) {
+  std::vector<OrderStatistics> stats(repeated_gray(hwc, info) ? 1 : size_t(info.in_channels),
+                                     OrderStatistics(hwc.scalar_type() != at::kFloat));
+  for (size_t k = 0; k < stats.size(); ++k) {
+    stats[k].add(converted.select(2, int64_t(k)));
+  }
+  return ranges_from(stats, info);
 }
 
 } // namespace
@@ -133,9 +173,21 @@ void check_ranges(const Normalisation& ranges, const ModelInfo& info) {
 }
 
 Normalisation image_ranges(const at::Tensor& hwc, const ModelInfo& info) {
-  at::Tensor converted = at::empty({hwc.size(0), hwc.size(1), info.in_channels}, at::kFloat);
-  convert_channels_into(hwc, info, converted);
-  return ranges_of(converted, hwc, info);
+  // Converted a band of rows at a time: the image is never held converted (12 bytes a pixel in RGB).
+  constexpr int64_t kBandPixels = 1 << 20;
+  const int64_t h = hwc.size(0), w = hwc.size(1), rows = std::clamp<int64_t>(kBandPixels / w, 1, h);
+  std::vector<OrderStatistics> stats(repeated_gray(hwc, info) ? 1 : size_t(info.in_channels),
+                                     OrderStatistics(hwc.scalar_type() != at::kFloat));
+  at::Tensor band = at::empty({rows, w, info.in_channels}, at::kFloat);
+  for (int64_t r = 0; r < h; r += rows) {
+    const int64_t n = std::min(rows, h - r);
+    const at::Tensor part = band.narrow(0, 0, n);
+    convert_channels_into(hwc.narrow(0, r, n), info, part);
+    for (size_t k = 0; k < stats.size(); ++k) {
+      stats[k].add(part.select(2, int64_t(k)));
+    }
+  }
+  return ranges_from(stats, info);
 }
 
 void normalise_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tensor& out, const Normalisation* fixed) {

@@ -292,6 +292,11 @@ struct Runner::Impl {
     return logits.narrow(2, 0, h).narrow(3, 0, w).to(at::kFloat).sigmoid_();
   }
 
+  // Images or tiles of (h, w) pixels per network call: batch_size, fewer when they are large.
+  int64_t batch_for(int64_t h, int64_t w) const {
+    return std::clamp<int64_t>(kForwardPixels / std::max<int64_t>(1, h * w), 1, options.batch_size);
+  }
+
   // The tile core side for an (h, w) image, or 0 for no tiling.
   int64_t tile_for(int64_t h, int64_t w, const SegmentOptions& opt) const {
     if (!opt.tile_size.has_value()) {
@@ -334,9 +339,9 @@ struct Runner::Impl {
         whole_index.push_back(i);
         continue;
       }
-      // The whole image normalised once (never per tile), then tiles of equal shape batched.
-      at::Tensor normalised = at::empty({h, w, info.in_channels}, at::kFloat);
-      runner::normalise_into(hwc[i], info, normalised, fixed);
+      // The whole image's ranges (never a tile's), each tile normalised as it goes into its batch:
+      // the image is never held normalised (12 bytes a pixel in RGB).
+      const Normalisation ranges = fixed != nullptr ? *fixed : runner::image_ranges(hwc[i], info);
       at::Tensor probs =
           at::empty({1, info.out_channels, h - top - bottom, w - left - right}, at::TensorOptions(at::kFloat).device(device));
       const auto tiles = plan_tiles(h, w, tile, halo, context);
@@ -345,10 +350,11 @@ struct Runner::Impl {
         by_shape[{t.y1 - t.y0, t.x1 - t.x0}].push_back(&t);
       }
       for (const auto& [shape, group] : by_shape) {
-        for (const auto& part : in_batches(group, options.batch_size)) {
+        for (const auto& part : in_batches(group, batch_for(shape.first, shape.second))) {
           const at::Tensor out = forward(int64_t(part.size()), shape.first, shape.second, opt.tta, [&](int64_t k, const at::Tensor& view) {
             const Tile& t = *part[size_t(k)];
-            view.copy_(normalised.narrow(0, t.y0, t.y1 - t.y0).narrow(1, t.x0, t.x1 - t.x0));
+            runner::normalise_into(hwc[i].narrow(0, t.y0, t.y1 - t.y0).narrow(1, t.x0, t.x1 - t.x0), info, view,
+                                   &ranges);
           });
           for (size_t k = 0; k < part.size(); ++k) {
             const Tile& t = *part[k];
@@ -432,10 +438,12 @@ struct Runner::Impl {
     if (!o.normalisation) {
       o.normalisation = runner::image_ranges(hwc, info);
     }
-    const at::Tensor x = resize(hwc.to(at::kFloat).permute({2, 0, 1}).unsqueeze(0), sh, sw);
     at::Tensor probs;
-    probabilities({x[0].permute({1, 2, 0}).contiguous()}, o,
-                  [&](const std::vector<size_t>&, const at::Tensor& p) { probs = p; });
+    {  // the resized image goes before the probabilities are resized back
+      const at::Tensor x = resize(hwc.to(at::kFloat).permute({2, 0, 1}).unsqueeze(0), sh, sw);
+      probabilities({x[0].permute({1, 2, 0})}, o,
+                    [&](const std::vector<size_t>&, const at::Tensor& p) { probs = p; });
+    }
     return resize(probs, h, w);
   }
 
@@ -550,7 +558,7 @@ struct Runner::Impl {
     }
     std::vector<std::vector<size_t>> out;
     for (const auto& g : groups) {
-      for (auto& batch : in_batches(g, options.batch_size)) {
+      for (auto& batch : in_batches(g, batch_for(hwc[g[0]].size(0), hwc[g[0]].size(1)))) {
         out.push_back(std::move(batch));
       }
     }

@@ -86,6 +86,10 @@ struct Normalisation {
 // kAutoTile pixels; tile_size N > 0 tiles images with a side longer than N; 0 never tiles.
 constexpr int64_t kAutoTile = 1024;
 constexpr int64_t kAutoTileArea = 2048 * 2048;
+// One network call takes at most batch_size images or tiles, and fewer when they are large: no more
+// than kForwardPixels pixels in all (at least one image or tile), so the network's activations stay
+// bounded whatever the image size.
+constexpr int64_t kForwardPixels = 2048 * 1024;
 
 // Rescaling: factors (canonical / image diameter) stay within [kMinRescale, kMaxRescale], as in
 // training; an image is not rescaled to more than kMaxRescaledPixels; an estimated diameter within a
