@@ -99,7 +99,7 @@ def test_writer_and_reader_round_trip(tmp_path):
     assert _io.get_reader(str(tmp_path / "nothing.txt")) is None
 
 
-@pytest.mark.parametrize("labels_format", ["ome-tiff", "zarr"])
+@pytest.mark.parametrize("labels_format", ["ome-tiff", "ome-zarr"])
 def test_reader_opens_a_slide_output(tmp_path, model_file, labels_format):
     import dask.array as da
 
@@ -111,7 +111,7 @@ def test_reader_opens_a_slide_output(tmp_path, model_file, labels_format):
     [(data, meta, kind)] = _io.get_reader(str(out))(str(out))
     assert kind == "labels" and data.shape == image.shape[:2] and len(meta["features"]) == result.count
     assert int(np.asarray(data).max()) == result.count
-    assert isinstance(data, da.Array) == (labels_format == "zarr")  # zarr: lazy; a small TIFF: read whole
+    assert isinstance(data, da.Array) == (labels_format == "ome-zarr")  # zarr: lazy; a small TIFF: read whole
 
 
 def test_samples_open():

@@ -135,6 +135,29 @@ def test_slide_labels_are_a_pyramid(tmp_path, model_file):
     assert json.loads(result.summary.read_text())["pixel_size_um"] == 0.25
 
 
+def test_slide_labels_as_ome_zarr_are_valid_ngff_with_the_same_pyramid(tmp_path, model_file):
+    import tifffile
+    import zarr
+    from ome_zarr_models.v04 import ImageLabel
+
+    from unetseg.slide import segment_slide
+
+    image = np.tile(synthetic_nuclei((110, 105), seed=9).image, (20, 10))  # 2200 x 1050
+    options = {"threshold": 0.4, "pixel_size": 0.25, "progress": False}
+    tiff = segment_slide(image, tmp_path / "tiff", model_file[0], **options)
+    result = segment_slide(image, tmp_path / "zarr", model_file[0], labels_format="ome-zarr", **options)
+    assert result.labels.name == "labels.ome.zarr" and result.count == tiff.count
+    group = zarr.open_group(str(result.labels), mode="r")
+    model = ImageLabel.from_zarr(group)  # raises where the group is not valid NGFF 0.4 image-label
+    [multiscale] = model.attributes.multiscales
+    assert [a.unit for a in multiscale.axes] == ["micrometer", "micrometer"]
+    scales = [d.coordinateTransformations[0].scale for d in multiscale.datasets]
+    assert scales == [[0.25, 0.25], [0.5, 0.5], [1.0, 1.0]]
+    with tifffile.TiffFile(tiff.labels) as tif:
+        for dataset, level in zip(multiscale.datasets, tif.series[0].levels, strict=True):
+            np.testing.assert_array_equal(group[dataset.path][:], level.asarray())
+
+
 def test_measurements_are_regionprops_of_the_labels_on_the_image(tmp_path, model_file):
     import pandas as pd
     from skimage.measure import regionprops

@@ -106,12 +106,12 @@ def test_zarr_parquet_and_geojson(default_runner, slide, tmp_path):
         tmp_path,
         runner,
         band_height=48,
-        labels_format="zarr",
+        labels_format="ome-zarr",
         table_format="parquet",
         progress=False,
         **options,
     )
-    np.testing.assert_array_equal(zarr.open_array(str(result.labels), mode="r")[:], want.labels)
+    np.testing.assert_array_equal(zarr.open_group(str(result.labels), mode="r")["0"][:], want.labels)
     assert len(pd.read_parquet(result.table)) == want.count
     features = json.loads(result.geojson.read_text())["features"]
     assert len(features) == want.count

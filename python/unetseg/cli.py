@@ -560,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment a whole slide in row bands (TIFF/OME-TIFF, zarr, .npy, OpenSlide)",
         description="Segment nuclei in a slide of any size with bounded memory: the slide is read and segmented in "
         "row bands (tiles with a halo across each band), labelled with a carry across band edges so that nuclei on "
-        "a seam are single objects, and written to OUTPUT/: labels.ome.tif (tiled BigTIFF, int32) or labels.zarr, "
+        "a seam are single objects, and written to OUTPUT/: labels.ome.tif (tiled pyramidal BigTIFF, int32) or labels.ome.zarr (OME-Zarr), "
         "objects.csv or .parquet (one row per nucleus), objects.geojson (polygons QuPath imports as detections) and "
         "summary.json. An interrupted run goes on from its last finished band with --resume.",
     )
@@ -597,7 +597,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--block-width", type=int, default=4096, help="columns of those blocks (default 4096)")
     p.add_argument("--tile-size", type=int, default=1024, help="tile side within a block (default 1024)")
-    p.add_argument("--labels-format", choices=("ome-tiff", "zarr"), default="ome-tiff")
+    p.add_argument(
+        "--labels-format",
+        choices=("ome-tiff", "ome-zarr"),
+        default="ome-tiff",
+        help="labels.ome.tif (pyramidal OME-TIFF, the default) or labels.ome.zarr (OME-Zarr NGFF 0.4 image-label "
+        "with multiscales); both carry the pixel size and open in napari, QuPath and Fiji",
+    )
     p.add_argument("--table-format", choices=("csv", "parquet"), default="csv")
     p.add_argument("--no-geojson", action="store_true", help="do not write objects.geojson")
     p.add_argument("--resume", action="store_true", help="go on with an interrupted run in OUTPUT")

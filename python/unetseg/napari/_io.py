@@ -25,13 +25,13 @@ LAZY_ABOVE = 1 << 26
 
 def get_reader(path: str | list[str]):
     """A reader for unetseg's outputs: a slide output folder (``summary.json`` + ``labels.ome.tif`` or
-    ``labels.zarr``, opened lazily, with its objects table as features) or a ``NAME_labels.png|tif``
+    ``labels.ome.zarr``, opened lazily, with its objects table as features) or a ``NAME_labels.png|tif``
     of ``unetseg segment`` (with its rows of ``objects.csv``); None for anything else."""
     if isinstance(path, list):
         return None
     path = Path(path)
     if path.is_dir() and (path / "summary.json").exists():
-        if (path / "labels.ome.tif").exists() or (path / "labels.zarr").exists():
+        if (path / "labels.ome.tif").exists() or (path / "labels.ome.zarr").exists():
             return _read_slide_output
     if path.is_file() and path.name.endswith(("_labels.png", "_labels.tif")):
         return _read_labels_file
@@ -44,8 +44,11 @@ def _read_slide_output(path: str) -> list[tuple]:
     import zarr
 
     path = Path(path)
-    if (path / "labels.zarr").exists():
-        data = da.from_zarr(zarr.open_array(str(path / "labels.zarr"), mode="r"))
+    if (path / "labels.ome.zarr").exists():  # its multiscales, full resolution first
+        group = zarr.open_group(str(path / "labels.ome.zarr"), mode="r")
+        levels = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
+        data = [da.from_zarr(group[level]) for level in levels]
+        data = data if len(data) > 1 else data[0]
     else:
         import tifffile
 

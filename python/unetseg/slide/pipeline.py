@@ -13,7 +13,8 @@ interrupted run goes on from its last finished band.
 Pass 2 numbers objects in raster order of their first pixel (a lookup table) and writes the
 outputs, each under a temporary name renamed into place when complete:
 
-- ``labels.ome.tif`` (tiled BigTIFF, int32, zlib) or ``labels.zarr``;
+- ``labels.ome.tif`` (tiled pyramidal BigTIFF, int32, zlib) or ``labels.ome.zarr`` (OME-Zarr NGFF
+  0.4 image-label with multiscales);
 - ``objects.csv`` or ``objects.parquet`` (label, area, bbox, centroid, mean probability);
 - ``objects.geojson``: one polygon per object (a QuPath detection), in pixel coordinates;
 - ``summary.json``: slide, model, options, object count and where the time went.
@@ -152,7 +153,8 @@ def segment_slide(
         network no more than a taller one, and blocks a multiple of ``tile_size`` wide cut no tiles.
     tta, precision, labelling, threshold, boundary_threshold, min_area, connectivity: as
         :func:`unetseg.segment_batch`.
-    labels_format: "ome-tiff" or "zarr"; table_format: "csv" or "parquet" (needs pyarrow).
+    labels_format: "ome-tiff" (pyramidal OME-TIFF) or "ome-zarr" (OME-Zarr NGFF image-label with
+        multiscales); table_format: "csv" or "parquet" (needs pyarrow).
     resume: go on with an interrupted run in the same output folder (same slide and settings);
         restart: discard it and start over. An interrupted run with neither is an error: nothing a
         run has done is thrown away unasked.
@@ -166,8 +168,8 @@ def segment_slide(
     """
     from ..segment import Runner
 
-    if labels_format not in ("ome-tiff", "zarr"):
-        raise ValueError(f"labels_format must be 'ome-tiff' or 'zarr', got {labels_format!r}")
+    if labels_format not in ("ome-tiff", "ome-zarr"):
+        raise ValueError(f"labels_format must be 'ome-tiff' or 'ome-zarr', got {labels_format!r}")
     if table_format not in ("csv", "parquet"):
         raise ValueError(f"table_format must be 'csv' or 'parquet', got {table_format!r}")
     if table_format == "parquet":
@@ -395,7 +397,9 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
     lut = raster_numbering(ids, objects[:, 1].astype(np.int64), id_bound)
     count = len(ids)
     side = 512  # output tiles and chunks
-    labels_path = output / ("labels.ome.tif" if labels_format == "ome-tiff" else "labels.zarr")
+    labels_path = output / ("labels.ome.tif" if labels_format == "ome-tiff" else "labels.ome.zarr")
+    # the label grid's physical size: the level's
+    level_pixel_size = reader.pixel_size * reader.downsample if reader.pixel_size else None
 
     def tiles(step: int = 1):
         """Final labels tile by tile in raster order: (row, col, block), reading one tile of the
@@ -413,11 +417,14 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
 
         with atomic_path(labels_path) as tmp:
             metadata = {"axes": "YX", "Name": "labels"}
-            if reader.pixel_size:  # the label grid's physical size: the level's
-                size = reader.pixel_size * reader.downsample
-                metadata.update(PhysicalSizeX=size, PhysicalSizeY=size, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
-            # a pyramid (halving down to about a tile), as QuPath, Fiji and napari browse slides
-            steps = [2**k for k in range(1, 16) if max(h, w) // 2 ** (k - 1) > 2 * side]
+            if level_pixel_size:
+                metadata.update(
+                    PhysicalSizeX=level_pixel_size,
+                    PhysicalSizeY=level_pixel_size,
+                    PhysicalSizeXUnit="µm",
+                    PhysicalSizeYUnit="µm",
+                )
+            steps = pyramid_steps(h, w, side)
             with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
                 options = {"dtype": np.int32, "tile": (side, side), "compression": "zlib"}
                 tif.write((t for _, _, t in tiles()), shape=(h, w), subifds=len(steps), metadata=metadata, **options)
@@ -425,19 +432,7 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
                     shape = (-(-h // step), -(-w // step))
                     tif.write((t for _, _, t in tiles(step)), shape=shape, subfiletype=1, **options)
     else:
-        import zarr
-
-        tmp = output / f".{labels_path.name}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        array = zarr.open_array(str(tmp), mode="w", shape=(h, w), chunks=(side, side), dtype=np.int32, fill_value=0)
-        for r, c, tile in tiles():
-            array[r : r + tile.shape[0], c : c + tile.shape[1]] = tile
-        array.attrs.update({"unetseg": "labels: 0 background, objects 1..count in raster order", "count": count})
-        old = output / f".{labels_path.name}.old"
-        if labels_path.exists():
-            labels_path.rename(old)
-        tmp.rename(labels_path)
-        shutil.rmtree(old, ignore_errors=True)
+        write_ome_zarr_labels(labels_path, (h, w), tiles, side, pyramid_steps(h, w, side), level_pixel_size, count)
 
     order = np.argsort(lut[ids], kind="stable")
     frame = level0_table(ObjectTable(objects[order][:, 2:10]).to_pandas(), reader.downsample, reader.pixel_size)
@@ -465,6 +460,65 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
                 ),
             )
     return SlideResult(labels_path, table_path, geojson_path, output / "summary.json", count, (h, w))
+
+
+def pyramid_steps(h: int, w: int, side: int) -> list[int]:
+    """The sub-resolutions of a label pyramid (steps of 2, 4, ... pixels, down to about two tiles
+    of ``side``), as QuPath, Fiji and napari browse slides."""
+    return [2**k for k in range(1, 16) if max(h, w) // 2 ** (k - 1) > 2 * side]
+
+
+def write_ome_zarr_labels(path: Path, shape, tiles, side: int, steps: list[int], pixel_size, count: int) -> None:
+    """Writes labels as an OME-Zarr (NGFF 0.4, zarr format 2: what Bio-Formats, QuPath, Fiji and
+    napari's ome-zarr reader read) image-label group: full resolution in ``0``, then one array per
+    pyramid step (nearest neighbour), with physical scales in µm when the pixel size is known.
+    ``tiles(step)`` yields (row, col, block) of each level; written under a temporary name and
+    renamed into place."""
+    import zarr
+
+    version = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
+    tmp = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    root = zarr.open_group(str(tmp), mode="w", **version)
+    unit = {"unit": "micrometer"} if pixel_size else {}
+    datasets = []
+    for level, step in enumerate([1, *steps]):
+        level_shape = tuple(-(-n // step) for n in shape)
+        array = zarr.open_array(
+            str(tmp / str(level)),
+            mode="w",
+            shape=level_shape,
+            chunks=(side, side),
+            dtype=np.int32,
+            fill_value=0,
+            dimension_separator="/",  # NGFF 0.4's chunk keys
+            **version,
+        )
+        for r, c, tile in tiles(step):
+            array[r : r + tile.shape[0], c : c + tile.shape[1]] = tile
+        scale = (pixel_size or 1.0) * step
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [scale, scale]}]})
+    root.attrs.update(
+        {
+            "multiscales": [
+                {
+                    "version": "0.4",
+                    "name": "nuclei",
+                    "axes": [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
+                    "datasets": datasets,
+                    "type": "nearest",
+                    "metadata": {"description": "every step-th pixel of the full resolution (labels stay labels)"},
+                }
+            ],
+            "image-label": {"version": "0.4"},
+            "unetseg": {"labels": "0 background, objects 1..count in raster order", "count": count},
+        }
+    )
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def level0_table(frame, downsample: float, pixel_size: float | None):
