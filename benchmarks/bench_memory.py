@@ -44,8 +44,8 @@ def child(mode: str, size: int) -> None:
         seg = runner.segment([image])[0]
         count = seg.count
     else:  # the starter pipeline
-        from bench_slide import starter
         from bench_segment import checkpoint_like_default
+        from bench_slide import starter
 
         torch.set_grad_enabled(False)
         _, eager = checkpoint_like_default()
@@ -107,7 +107,9 @@ def main() -> None:
             starter = rows.get("starter pipeline")
             for name, r in rows.items():
                 above = r["peak"] - r["base"]
-                ratio = f"{(starter['peak'] - starter['base']) / above:.1f}x less" if starter and r is not starter else ""
+                ratio = (
+                    f"{(starter['peak'] - starter['base']) / above:.1f}x less" if starter and r is not starter else ""
+                )
                 count = r["count"] if r["count"] is not None else ""
                 print(
                     f"| {size}² | {name} | {r['wall']:.1f} | {count} | {r['peak'] / 2**30:.2f} | "

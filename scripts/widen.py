@@ -33,8 +33,9 @@ def copies(mapping: torch.Tensor, old: int) -> torch.Tensor:
     return torch.bincount(mapping, minlength=old).float()
 
 
-def widen_conv(weight: torch.Tensor, out_map: torch.Tensor, in_map: torch.Tensor, in_copies: torch.Tensor,
-               transposed: bool = False) -> torch.Tensor:
+def widen_conv(
+    weight: torch.Tensor, out_map: torch.Tensor, in_map: torch.Tensor, in_copies: torch.Tensor, transposed: bool = False
+) -> torch.Tensor:
     """A convolution's weight for widened input and output maps (ConvTranspose2d stores (in, out, ...))."""
     if transposed:
         weight = weight.transpose(0, 1)
@@ -58,7 +59,7 @@ def widen_unet(narrow: torch.nn.Module, wide: torch.nn.Module, seed: int = 0) ->
         norms = [(o, n) for o, n in zip(old_seq, new_seq) if isinstance(o, torch.nn.BatchNorm2d)]
         out_map = map_for(convs[0][0].out_channels, convs[0][1].out_channels)
         out_copies = copies(out_map, convs[0][0].out_channels)
-        for (old_conv, new_conv) in convs:
+        for old_conv, new_conv in convs:
             new_conv.weight.copy_(widen_conv(old_conv.weight, out_map, in_map, in_copies))
             if old_conv.bias is not None:
                 new_conv.bias.copy_(old_conv.bias[out_map])
@@ -82,8 +83,9 @@ def widen_unet(narrow: torch.nn.Module, wide: torch.nn.Module, seed: int = 0) ->
             concat_map = torch.cat([half_map, half_map + half_old])  # [skip, up-sampled]
             concat_copies = torch.cat([copies(half_map, half_old)] * 2)
             in_map, in_copies = copy_block(old_up.conv, new_up.conv, concat_map, concat_copies)
-        wide.head.weight.copy_(widen_conv(narrow.head.weight, torch.arange(narrow.head.out_channels), in_map,
-                                          in_copies))
+        wide.head.weight.copy_(
+            widen_conv(narrow.head.weight, torch.arange(narrow.head.out_channels), in_map, in_copies)
+        )
         wide.head.bias.copy_(narrow.head.bias)
 
 
@@ -126,8 +128,10 @@ def main() -> None:
     out.update(model={"architecture": "unet", "options": wide_options}, state_dict=wide.state_dict())
     torch.save(out, args.output)
     params = sum(p.numel() for p in wide.parameters())
-    print(f"wrote {args.output}: base width {options['base_width']} -> {args.base_width}, {params / 1e6:.2f} M "
-          f"parameters; logits differ by {error:.1e} before the noise, {noisy:.1e} after")
+    print(
+        f"wrote {args.output}: base width {options['base_width']} -> {args.base_width}, {params / 1e6:.2f} M "
+        f"parameters; logits differ by {error:.1e} before the noise, {noisy:.1e} after"
+    )
 
 
 if __name__ == "__main__":

@@ -88,6 +88,36 @@ def pyramid(tmp_path_factory):
     return path
 
 
+def test_segment_tables_in_microns_from_the_file_or_the_option(tmp_path, model_file, capsys):
+    import pandas as pd
+    import tifffile
+
+    image = synthetic_nuclei((96, 96), seed=4).image
+    size = {"PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": 0.5, "PhysicalSizeYUnit": "µm"}
+    tifffile.imwrite(tmp_path / "cells.ome.tif", image, metadata={"axes": "YX", **size})
+    cv2.imwrite(str(tmp_path / "plain.png"), image)
+    common = ["-m", str(model_file[0]), "-t", "0.4", "--no-overlays"]
+    inputs = [str(tmp_path / "cells.ome.tif"), str(tmp_path / "plain.png")]
+    assert main(["segment", *inputs, "-o", str(tmp_path / "a"), *common]) == 0
+    table = pd.read_csv(tmp_path / "a" / "objects.csv")
+    ome, plain = table[table.image == "cells.ome"], table[table.image == "plain"]
+    assert len(ome) > 0 and np.allclose(ome.area_um2, ome.area * 0.25)
+    assert np.allclose(ome.centroid_x_um, (ome.centroid_col + 0.5) * 0.5)
+    assert plain.area_um2.isna().all()  # a PNG says nothing of its pixel size
+    summary = pd.read_csv(tmp_path / "a" / "summary.csv").set_index("image")
+    assert summary.loc["cells.ome", "pixel_size_um"] == 0.5 and np.isnan(summary.loc["plain", "pixel_size_um"])
+    # --pixel-size overrides every file's
+    assert (
+        main(["segment", str(tmp_path / "cells.ome.tif"), "-o", str(tmp_path / "b"), "--pixel-size", "0.2", *common])
+        == 0
+    )
+    table = pd.read_csv(tmp_path / "b" / "objects.csv")
+    assert np.allclose(table.area_um2, table.area * 0.04)
+    with pytest.raises(SystemExit, match=r"--pixel-size must be a positive number of µm per pixel, got -1.0"):
+        main(["segment", str(tmp_path / "cells.ome.tif"), "-o", str(tmp_path / "c"), "--pixel-size", "-1", *common])
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("level", [0, 1])
 def test_slide_outputs_are_in_level0_pixels_and_microns(pyramid, tmp_path, model_file, level):
     import pandas as pd

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from importlib import resources
@@ -291,6 +292,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             raise ValueError(f"--plane is a 0-based plane index, got {args.plane}")
         if args.tile_size is not None and args.tile_size < 0:
             raise ValueError(f"--tile-size must be >= 0 pixels (0: never tile), got {args.tile_size}")
+        if args.pixel_size is not None and not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
+            raise ValueError(f"--pixel-size must be a positive number of µm per pixel, got {args.pixel_size}")
         check_output_folder(args.output)
         paths = _sample_images() if args.samples else input_images(args.inputs)
         runner = Runner(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
@@ -331,6 +334,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         rois=args.rois,
         plane=args.plane,
         measurements=args.measure,
+        pixel_size=args.pixel_size,
         **options,
     )
     print(f"\n{'image':<32} {'size':>11} {'nuclei':>7} {'median area':>12} {'diameter':>9}")
@@ -531,6 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-geojson", action="store_true", help="do not write NAME.geojson (QuPath detections)")
     p.add_argument("--rois", action="store_true", help="also write NAME_rois.zip: an ImageJ ROI set for Fiji")
     p.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="UM",
+        help="µm per pixel of every input (default: each TIFF's own, from OME, ImageJ or resolution tags): adds "
+        "area_um2, centroid_x_um and centroid_y_um to objects.csv and pixel_size_um to summary.csv",
+    )
+    p.add_argument(
         "--measure",
         action="store_true",
         help="add to objects.csv each nucleus's mean, max and integrated intensity of every image channel and its "
@@ -560,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment a whole slide in row bands (TIFF/OME-TIFF, zarr, .npy, OpenSlide)",
         description="Segment nuclei in a slide of any size with bounded memory: the slide is read and segmented in "
         "row bands (tiles with a halo across each band), labelled with a carry across band edges so that nuclei on "
-        "a seam are single objects, and written to OUTPUT/: labels.ome.tif (tiled pyramidal BigTIFF, int32) or labels.ome.zarr (OME-Zarr), "
+        "a seam are single objects, and written to OUTPUT/: labels.ome.tif (tiled pyramidal BigTIFF, int32) or "
+        "labels.ome.zarr (OME-Zarr), "
         "objects.csv or .parquet (one row per nucleus), objects.geojson (polygons QuPath imports as detections) and "
         "summary.json. An interrupted run goes on from its last finished band with --resume.",
     )

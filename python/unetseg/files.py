@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import detection_feature, measure, object_outlines, write_geojson, write_imagej_rois
+from .geometry import detection_feature, measure, micron_columns, object_outlines, write_geojson, write_imagej_rois
 from .io import atomic_path, collect_images, overlay, write_csv, write_image, write_labels
 from .ops import OBJECT_COLUMNS
 from .segment import Runner, Segmentation
@@ -27,6 +27,8 @@ class ImageSummary:
     count: int
     median_area: float
     diameter: float
+    pixel_size: float | None = None
+    """µm per pixel (given, or the file's), None when unknown"""
 
 
 @dataclass
@@ -57,6 +59,7 @@ def segment_files(
     rois: bool = False,
     plane: int | None = None,
     measurements: bool = False,
+    pixel_size: float | None = None,
     progress: bool = True,
     **options,
 ) -> FilesResult:
@@ -70,10 +73,15 @@ def segment_files(
     segmented plane by plane, each plane named ``NAME_z003`` (its axis letters and indices), or only
     plane `plane` (0-based, file order). With `measurements` the objects table gains each object's
     intensities per channel of the image and its shape (:func:`unetseg.geometry.measure`).
-    `options`: as :meth:`Runner.segment`.
+    `pixel_size` (µm per pixel; default: each file's own, from its TIFF metadata) adds µm columns
+    (:func:`unetseg.geometry.micron_columns`) to its objects. `options`: as :meth:`Runner.segment`.
     """
     from tqdm.auto import tqdm
 
+    from .slide.readers import file_pixel_size
+
+    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
+        raise ValueError(f"pixel_size must be a positive number of µm per pixel, got {pixel_size}")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     result = FilesResult(output)
@@ -87,6 +95,9 @@ def segment_files(
                 name = _unique(path.stem + suffix, names)
                 _write_image_outputs(output, name, image, seg, overlays, geojson, rois)
                 columns = {"image": [name] * seg.count, **seg.objects.columns()}
+                microns = pixel_size or file_pixel_size(path)
+                if microns:
+                    columns.update(micron_columns(columns, microns))
                 if measurements:
                     columns.update(measure(seg.labels, image))
                 header.update(dict.fromkeys(columns))  # images of other channel counts add columns
@@ -94,15 +105,24 @@ def segment_files(
                 area = seg.objects.area
                 result.images.append(
                     ImageSummary(
-                        name, path, image.shape, seg.count, float(np.median(area)) if len(area) else 0.0, seg.diameter
+                        name,
+                        path,
+                        image.shape,
+                        seg.count,
+                        float(np.median(area)) if len(area) else 0.0,
+                        seg.diameter,
+                        microns,
                     )
                 )
             bar.update(len(chunk))
     write_csv(output / "objects.csv", list(header), [[row.get(k, "") for k in header] for row in rows])
     write_csv(
         output / "summary.csv",
-        ["image", "height", "width", "count", "median_area", "diameter"],
-        [[s.name, s.shape[0], s.shape[1], s.count, f"{s.median_area:.1f}", f"{s.diameter:.1f}"] for s in result.images],
+        ["image", "height", "width", "count", "median_area", "diameter", "pixel_size_um"],
+        [
+            [s.name, s.shape[0], s.shape[1], s.count, f"{s.median_area:.1f}", f"{s.diameter:.1f}", s.pixel_size or ""]
+            for s in result.images
+        ],
     )
     return result
 

@@ -98,6 +98,17 @@ SHAPE_COLUMNS = (
 )
 
 
+def micron_columns(columns, pixel_size: float) -> dict[str, np.ndarray]:
+    """The µm columns of an object table (a dict of columns or a DataFrame, in pixels) for a pixel
+    size in µm: ``area_um2``, and ``centroid_x_um``, ``centroid_y_um`` from the image's top-left
+    corner (a pixel's centre is at +0.5)."""
+    return {
+        "area_um2": np.asarray(columns["area"]) * pixel_size**2,
+        "centroid_x_um": (np.asarray(columns["centroid_col"]) + 0.5) * pixel_size,
+        "centroid_y_um": (np.asarray(columns["centroid_row"]) + 0.5) * pixel_size,
+    }
+
+
 def measure(labels: np.ndarray, image: np.ndarray) -> dict[str, np.ndarray]:
     """Per-object measurements of instance labels (H, W) (objects 1..K) on their image (H, W[, C]),
     one value per object in label order: mean, max and integrated (sum) intensity of every channel

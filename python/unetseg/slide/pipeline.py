@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import detection_feature, outline_polygon, write_geojson
+from ..geometry import detection_feature, micron_columns, outline_polygon, write_geojson
 from ..io import atomic_path
 from ..segment import ObjectTable
 from .readers import SlideReader, open_slide
@@ -534,9 +534,7 @@ def level0_table(frame, downsample: float, pixel_size: float | None):
         for name in ("centroid_row", "centroid_col"):
             frame[name] = (frame[name] + 0.5) * downsample - 0.5
     if pixel_size:
-        frame["area_um2"] = frame["area"] * pixel_size**2
-        frame["centroid_x_um"] = (frame["centroid_col"] + 0.5) * pixel_size
-        frame["centroid_y_um"] = (frame["centroid_row"] + 0.5) * pixel_size
+        frame = frame.assign(**micron_columns(frame, pixel_size))
     return frame
 
 

@@ -249,6 +249,20 @@ _MICRONS = {
 }
 
 
+def file_pixel_size(path: str | os.PathLike) -> float | None:
+    """µm per pixel of an image file, from its TIFF metadata (see :func:`_tiff_pixel_size`); None
+    for other formats or without it."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return _tiff_pixel_size(tif)
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return None
+
+
 def _tiff_pixel_size(tif) -> float | None:
     """µm per level-0 pixel (x) of a TIFF: OME PhysicalSizeX, else ImageJ's unit with the resolution
     tags, else the resolution tags with ResolutionUnit (inch or centimetre); None without them."""
