@@ -10,6 +10,7 @@ import roifile
 import shapely
 from shapely.geometry import Polygon
 
+import unetseg
 from unetseg.cli import main
 from unetseg.data import read_image, synthetic_nuclei
 from unetseg.geometry import object_outlines, outline_polygon
@@ -186,6 +187,25 @@ def test_slide_labels_as_ome_zarr_are_valid_ngff_with_the_same_pyramid(tmp_path,
     with tifffile.TiffFile(tiff.labels) as tif:
         for dataset, level in zip(multiscale.datasets, tif.series[0].levels, strict=True):
             np.testing.assert_array_equal(group[dataset.path][:], level.asarray())
+
+
+def test_slide_measurements_window_by_window_equal_the_whole_images(tmp_path):
+    import pandas as pd
+    import tifffile
+
+    from unetseg.geometry import measure
+    from unetseg.slide import segment_slide
+
+    image = np.tile(synthetic_nuclei((110, 105), seed=9).image, (6, 9))  # 660 x 945
+    # small blocks: objects are measured in many windows, some cut by a window edge
+    runner = unetseg.Runner(device="cpu")  # the bundled model: many nuclei
+    options = {"progress": False, "band_height": 128, "block_width": 256}
+    result = segment_slide(image, tmp_path / "out", runner, measurements=True, **options)
+    table = pd.read_csv(result.table)
+    want = measure(tifffile.imread(result.labels), image)
+    assert len(table) == result.count > 20
+    for name, values in want.items():
+        np.testing.assert_allclose(table[name], values, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 def test_measurements_are_regionprops_of_the_labels_on_the_image(tmp_path, model_file):

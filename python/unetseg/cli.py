@@ -383,6 +383,7 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
             labels_format=args.labels_format,
             table_format=args.table_format,
             geojson=not args.no_geojson,
+            measurements=args.measure,
             resume=args.resume,
             restart=args.restart,
             pixel_size=args.pixel_size,
@@ -618,6 +619,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--table-format", choices=("csv", "parquet"), default="csv")
     p.add_argument("--no-geojson", action="store_true", help="do not write objects.geojson")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="add to the objects table each nucleus's mean, max and integrated intensity of every channel read and "
+        "its shape (perimeter, equivalent diameter, axes, eccentricity, solidity, orientation; lengths in level-0 "
+        "pixels), measured window by window",
+    )
     p.add_argument("--resume", action="store_true", help="go on with an interrupted run in OUTPUT")
     p.add_argument("--restart", action="store_true", help="discard an interrupted run in OUTPUT and start over")
     _add_device_options(p)

@@ -96,6 +96,8 @@ SHAPE_COLUMNS = (
     "solidity",
     "orientation",
 )
+#: Those of :data:`SHAPE_COLUMNS` that are lengths in pixels (the others have no unit).
+LENGTH_COLUMNS = ("perimeter", "equivalent_diameter_area", "major_axis_length", "minor_axis_length")
 
 
 def micron_columns(columns, pixel_size: float) -> dict[str, np.ndarray]:
@@ -109,29 +111,59 @@ def micron_columns(columns, pixel_size: float) -> dict[str, np.ndarray]:
     }
 
 
-def measure(labels: np.ndarray, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-object measurements of instance labels (H, W) (objects 1..K) on their image (H, W[, C]),
-    one value per object in label order: mean, max and integrated (sum) intensity of every channel
-    of the original image (``intensity_mean_c0``...) and :data:`SHAPE_COLUMNS`, by
-    skimage.measure.regionprops_table."""
+def measure(labels: np.ndarray, image: np.ndarray, wanted: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-object measurements of instance labels (H, W) on their image (H, W[, C]), one value per
+    object of ``wanted`` (labels, in that order; default: every label in the image, in order): mean,
+    max and integrated (sum) intensity of every channel of the original image
+    (``intensity_mean_c0``...) and :data:`SHAPE_COLUMNS`, by skimage.measure.regionprops_table."""
     from skimage.measure import regionprops_table
 
     intensity = np.atleast_3d(image).astype(np.float64)
+    names = [f"intensity_{s}_c{c}" for c in range(intensity.shape[2]) for s in ("mean", "max", "sum")]
     if labels.max(initial=0) == 0:
-        names = [f"intensity_{s}_c{c}" for c in range(intensity.shape[2]) for s in ("mean", "max", "sum")]
         return {name: np.zeros(0) for name in (*names, *SHAPE_COLUMNS)}
     props = regionprops_table(
         labels.astype(np.int32),
         intensity,
         properties=("label", "area", "intensity_mean", "intensity_max", *SHAPE_COLUMNS),
     )
+    rows = slice(None) if wanted is None else np.searchsorted(props["label"], wanted)  # labels come sorted
     out = {}
     for c in range(intensity.shape[2]):
-        mean, peak = props[f"intensity_mean-{c}"], props[f"intensity_max-{c}"]
+        mean, peak = props[f"intensity_mean-{c}"][rows], props[f"intensity_max-{c}"][rows]
         out.update(
-            {f"intensity_mean_c{c}": mean, f"intensity_max_c{c}": peak, f"intensity_sum_c{c}": mean * props["area"]}
+            {
+                f"intensity_mean_c{c}": mean,
+                f"intensity_max_c{c}": peak,
+                f"intensity_sum_c{c}": mean * props["area"][rows],
+            }
         )
-    out.update({name: props[name] for name in SHAPE_COLUMNS})
+    out.update({name: props[name][rows] for name in SHAPE_COLUMNS})
+    return out
+
+
+def measure_in_windows(bboxes: np.ndarray, shape, read_labels, read_image, window=(1024, 4096)) -> dict:
+    """:func:`measure` of the objects 1..K of a label image too large to hold, window by window, so
+    memory stays that of a window: each object is measured in the window of its bbox's top-left
+    corner, read grown by the largest object's height and width so that every object is whole in
+    its own. ``bboxes`` (K, 4): min_row, min_col, max_row, max_col (exclusive); ``read_labels(r0,
+    r1, c0, c1)`` and ``read_image(r0, r1, c0, c1)``: the final labels and the image of a window."""
+    count, (h, w) = len(bboxes), shape
+    if count == 0:
+        return measure(np.zeros((1, 1), np.int32), read_image(0, 1, 0, 1))
+    grow_rows = int((bboxes[:, 2] - bboxes[:, 0]).max())
+    grow_cols = int((bboxes[:, 3] - bboxes[:, 1]).max())
+    out: dict[str, np.ndarray] = {}
+    for r0 in range(0, h, window[0]):
+        for c0 in range(0, w, window[1]):
+            corner_here = (bboxes[:, 0] >= r0) & (bboxes[:, 0] < r0 + window[0])
+            mine = np.flatnonzero(corner_here & (bboxes[:, 1] >= c0) & (bboxes[:, 1] < c0 + window[1]))
+            if len(mine) == 0:
+                continue
+            r1, c1 = min(h, r0 + window[0] + grow_rows), min(w, c0 + window[1] + grow_cols)
+            columns = measure(read_labels(r0, r1, c0, c1), read_image(r0, r1, c0, c1), wanted=mine + 1)
+            for name, values in columns.items():
+                out.setdefault(name, np.zeros(count))[mine] = values
     return out
 
 

@@ -36,7 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import detection_feature, micron_columns, outline_polygon, write_geojson
+from ..geometry import (
+    LENGTH_COLUMNS,
+    detection_feature,
+    measure_in_windows,
+    micron_columns,
+    outline_polygon,
+    write_geojson,
+)
 from ..io import atomic_path
 from ..segment import ObjectTable
 from .readers import SlideReader, open_slide
@@ -135,6 +142,7 @@ def segment_slide(
     labels_format: str = "ome-tiff",
     table_format: str = "csv",
     geojson: bool = True,
+    measurements: bool = False,
     resume: bool = False,
     restart: bool = False,
     precision: str = "auto",
@@ -155,6 +163,9 @@ def segment_slide(
         :func:`unetseg.segment_batch`.
     labels_format: "ome-tiff" (pyramidal OME-TIFF) or "ome-zarr" (OME-Zarr NGFF image-label with
         multiscales); table_format: "csv" or "parquet" (needs pyarrow).
+    measurements: add to the table each object's intensities (every channel of the slide as read)
+        and shape (:func:`unetseg.geometry.measure`, lengths in level-0 pixels), measured window by
+        window (memory stays flat).
     resume: go on with an interrupted run in the same output folder (same slide and settings);
         restart: discard it and start over. An interrupted run with neither is an error: nothing a
         run has done is thrown away unasked.
@@ -216,6 +227,7 @@ def segment_slide(
         labels_format,
         table_format,
         geojson,
+        measurements,
         resume,
         progress,
         slide,
@@ -244,6 +256,7 @@ class _Job:
     labels_format: str
     table_format: str
     geojson: bool
+    measurements: bool
     resume: bool
     progress: bool
     slide: object
@@ -435,7 +448,20 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
         write_ome_zarr_labels(labels_path, (h, w), tiles, side, pyramid_steps(h, w, side), level_pixel_size, count)
 
     order = np.argsort(lut[ids], kind="stable")
-    frame = level0_table(ObjectTable(objects[order][:, 2:10]).to_pandas(), reader.downsample, reader.pixel_size)
+    table = ObjectTable(objects[order][:, 2:10])
+    frame = table.to_pandas()
+    if job.measurements:
+        columns = measure_in_windows(
+            table.bbox,
+            (h, w),
+            lambda r0, r1, c0, c1: lut[_rows(work.labels, (h, w), r0, r1)[:, c0:c1]],
+            reader.read,
+            job.block,
+        )
+        for name in LENGTH_COLUMNS:  # in level-0 pixels, as the rest of the table
+            columns[name] = columns[name] * reader.downsample
+        frame = frame.assign(**columns)
+    frame = level0_table(frame, reader.downsample, reader.pixel_size)
     table_path = output / f"objects.{table_format}"
     with atomic_path(table_path) as tmp:
         if table_format == "csv":
