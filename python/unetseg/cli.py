@@ -485,14 +485,8 @@ def _add_diameter_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="unetseg",
-        description="Cell-nuclei segmentation with U-Nets: segment images, train and evaluate models, export "
-        "them to TorchScript, and label probability maps with the fused threshold + connected-components op.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _add_label_parser(sub) -> None:
+    """The `label` command's options."""
     p = sub.add_parser(
         "label",
         allow_abbrev=False,
@@ -507,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write the labels here (16-bit PNG, or TIFF for >65535 objects)")
     p.set_defaults(run=_cmd_label)
 
+
+def _add_segment_parser(sub) -> None:
+    """The `segment` command's options."""
     p = sub.add_parser(
         "segment",
         allow_abbrev=False,
@@ -566,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_segment)
 
+
+def _add_segment_slide_parser(sub) -> None:
+    """The `segment-slide` command's options."""
     p = sub.add_parser(
         "segment-slide",
         allow_abbrev=False,
@@ -632,6 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
     p.set_defaults(run=_cmd_segment_slide)
 
+
+def _add_export_parser(sub) -> None:
+    """The `export` command's options."""
     p = sub.add_parser(
         "export",
         allow_abbrev=False,
@@ -669,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=0, help="default: remove objects with fewer pixels (default 0)")
     p.set_defaults(run=_cmd_export)
 
+
+def _add_train_parser(sub) -> None:
+    """The `train` command's options."""
     p = sub.add_parser(
         "train",
         allow_abbrev=False,
@@ -803,6 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_train)
 
+
+def _add_evaluate_parser(sub) -> None:
+    """The `evaluate` command's options."""
     p = sub.add_parser(
         "evaluate",
         allow_abbrev=False,
@@ -860,6 +869,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_evaluate)
 
+
+def _add_tune_parser(sub) -> None:
+    """The `tune` command's options."""
     p = sub.add_parser(
         "tune",
         allow_abbrev=False,
@@ -911,6 +923,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="score test-time augmented probabilities (8 turns and mirrors)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.set_defaults(run=_cmd_tune)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False,
+        prog="unetseg",
+        description="Cell-nuclei segmentation with U-Nets: segment images, train and evaluate models, export "
+        "them to TorchScript, and label probability maps with the fused threshold + connected-components op.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (
+        _add_label_parser,
+        _add_segment_parser,
+        _add_segment_slide_parser,
+        _add_export_parser,
+        _add_train_parser,
+        _add_evaluate_parser,
+        _add_tune_parser,
+    ):
+        add(sub)
     return parser
 
 
