@@ -566,6 +566,8 @@ def _add_segment_parser(sub) -> None:
 
 def _add_segment_slide_parser(sub) -> None:
     """The `segment-slide` command's options."""
+    from .slide.pipeline import LABEL_FORMATS, TABLE_FORMATS
+
     p = sub.add_parser(
         "segment-slide",
         allow_abbrev=False,
@@ -612,12 +614,12 @@ def _add_segment_slide_parser(sub) -> None:
     p.add_argument("--tile-size", type=int, default=1024, help="tile side within a block (default 1024)")
     p.add_argument(
         "--labels-format",
-        choices=("ome-tiff", "ome-zarr"),
+        choices=tuple(LABEL_FORMATS),
         default="ome-tiff",
         help="labels.ome.tif (pyramidal OME-TIFF, the default) or labels.ome.zarr (OME-Zarr NGFF 0.4 image-label "
         "with multiscales); both carry the pixel size and open in napari, QuPath and Fiji",
     )
-    p.add_argument("--table-format", choices=("csv", "parquet"), default="csv")
+    p.add_argument("--table-format", choices=tuple(TABLE_FORMATS), default="csv")
     p.add_argument("--no-geojson", action="store_true", help="do not write objects.geojson")
     p.add_argument(
         "--measure",

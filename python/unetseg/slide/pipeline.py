@@ -179,10 +179,10 @@ def segment_slide(
     """
     from ..segment import Runner
 
-    if labels_format not in ("ome-tiff", "ome-zarr"):
-        raise ValueError(f"labels_format must be 'ome-tiff' or 'ome-zarr', got {labels_format!r}")
-    if table_format not in ("csv", "parquet"):
-        raise ValueError(f"table_format must be 'csv' or 'parquet', got {table_format!r}")
+    if labels_format not in LABEL_FORMATS:
+        raise ValueError(f"labels_format must be one of {list(LABEL_FORMATS)}, got {labels_format!r}")
+    if table_format not in TABLE_FORMATS:
+        raise ValueError(f"table_format must be one of {list(TABLE_FORMATS)}, got {table_format!r}")
     if table_format == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -410,9 +410,8 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
     lut = raster_numbering(ids, objects[:, 1].astype(np.int64), id_bound)
     count = len(ids)
     side = 512  # output tiles and chunks
-    labels_path = output / ("labels.ome.tif" if labels_format == "ome-tiff" else "labels.ome.zarr")
-    # the label grid's physical size: the level's
-    level_pixel_size = reader.pixel_size * reader.downsample if reader.pixel_size else None
+    name, write_labels = LABEL_FORMATS[labels_format]
+    labels_path = output / name
 
     def tiles(step: int = 1):
         """Final labels tile by tile in raster order: (row, col, block), reading one tile of the
@@ -425,27 +424,10 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
                 yield r, c, lut[rows[::step, c * step : (c + side) * step : step]]
                 del rows
 
-    if labels_format == "ome-tiff":
-        import tifffile
-
-        with atomic_path(labels_path) as tmp:
-            metadata = {"axes": "YX", "Name": "labels"}
-            if level_pixel_size:
-                metadata.update(
-                    PhysicalSizeX=level_pixel_size,
-                    PhysicalSizeY=level_pixel_size,
-                    PhysicalSizeXUnit="µm",
-                    PhysicalSizeYUnit="µm",
-                )
-            steps = pyramid_steps(h, w, side)
-            with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
-                options = {"dtype": np.int32, "tile": (side, side), "compression": "zlib"}
-                tif.write((t for _, _, t in tiles()), shape=(h, w), subifds=len(steps), metadata=metadata, **options)
-                for step in steps:
-                    shape = (-(-h // step), -(-w // step))
-                    tif.write((t for _, _, t in tiles(step)), shape=shape, subfiletype=1, **options)
-    else:
-        write_ome_zarr_labels(labels_path, (h, w), tiles, side, pyramid_steps(h, w, side), level_pixel_size, count)
+    # the label grid's physical size: the level's
+    write_labels(
+        labels_path, (h, w), tiles, side, reader.pixel_size * reader.downsample if reader.pixel_size else None, count
+    )
 
     order = np.argsort(lut[ids], kind="stable")
     table = ObjectTable(objects[order][:, 2:10])
@@ -464,10 +446,7 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
     frame = level0_table(frame, reader.downsample, reader.pixel_size)
     table_path = output / f"objects.{table_format}"
     with atomic_path(table_path) as tmp:
-        if table_format == "csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            frame.to_parquet(tmp, index=False)
+        TABLE_FORMATS[table_format](frame, tmp)
 
     geojson_path = None
     if geojson:
@@ -494,7 +473,27 @@ def pyramid_steps(h: int, w: int, side: int) -> list[int]:
     return [2**k for k in range(1, 16) if max(h, w) // 2 ** (k - 1) > 2 * side]
 
 
-def write_ome_zarr_labels(path: Path, shape, tiles, side: int, steps: list[int], pixel_size, count: int) -> None:
+def write_ome_tiff_labels(path: Path, shape, tiles, side: int, pixel_size, count: int) -> None:
+    """Writes labels as a tiled pyramidal OME-TIFF (BigTIFF, int32, zlib; sub-resolutions in
+    SubIFDs, nearest neighbour), with the physical pixel size when known. ``tiles(step)`` yields
+    (row, col, block) of each level; written atomically."""
+    import tifffile
+
+    h, w = shape
+    metadata = {"axes": "YX", "Name": "labels"}
+    if pixel_size:
+        metadata.update(
+            PhysicalSizeX=pixel_size, PhysicalSizeY=pixel_size, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm"
+        )
+    steps = pyramid_steps(h, w, side)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+        options = {"dtype": np.int32, "tile": (side, side), "compression": "zlib"}
+        tif.write((t for _, _, t in tiles()), shape=(h, w), subifds=len(steps), metadata=metadata, **options)
+        for step in steps:
+            tif.write((t for _, _, t in tiles(step)), shape=(-(-h // step), -(-w // step)), subfiletype=1, **options)
+
+
+def write_ome_zarr_labels(path: Path, shape, tiles, side: int, pixel_size, count: int) -> None:
     """Writes labels as an OME-Zarr (NGFF 0.4, zarr format 2: what Bio-Formats, QuPath, Fiji and
     napari's ome-zarr reader read) image-label group: full resolution in ``0``, then one array per
     pyramid step (nearest neighbour), with physical scales in µm when the pixel size is known.
@@ -502,6 +501,7 @@ def write_ome_zarr_labels(path: Path, shape, tiles, side: int, steps: list[int],
     renamed into place."""
     import zarr
 
+    steps = pyramid_steps(*shape, side)
     version = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
     tmp = path.with_name(f".{path.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -545,6 +545,18 @@ def write_ome_zarr_labels(path: Path, shape, tiles, side: int, steps: list[int],
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+#: Label image formats: name -> (file name, writer(path, shape, tiles, side, pixel_size, count)).
+LABEL_FORMATS = {
+    "ome-tiff": ("labels.ome.tif", write_ome_tiff_labels),
+    "ome-zarr": ("labels.ome.zarr", write_ome_zarr_labels),
+}
+#: Object table formats: name -> writer(frame, path).
+TABLE_FORMATS = {
+    "csv": lambda frame, path: frame.to_csv(path, index=False),
+    "parquet": lambda frame, path: frame.to_parquet(path, index=False),
+}
 
 
 def level0_table(frame, downsample: float, pixel_size: float | None):
