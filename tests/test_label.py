@@ -274,6 +274,36 @@ def test_opcheck():
     )
 
 
+_Z = torch.zeros(2, 9, 9)
+_BAD_CALLS = [
+    ("label", (_Z.long(), 0.5, 8, 0), r"scores must be float32, float16 or bfloat16"),
+    ("label", (_Z, 0.5, 6, 0), r"connectivity must be 4 \(edge neighbours\) or 8"),
+    ("label", (_Z, 0.5, 8, -1), r"min_area must be >= 0 pixels, got -1"),
+    ("label", (_Z, float("nan"), 8, 0), r"threshold must be a number, got nan"),
+    ("label", (torch.zeros(2, 3, 9, 9), 0.5, 8, 0), r"a 4-D scores tensor must be \(N, 1, H, W\), got \[2, 3, 9, 9\]"),
+    ("label", (torch.zeros(9), 0.5, 8, 0), r"scores must be \(H, W\), \(N, H, W\) or \(N, 1, H, W\)"),
+    ("seeded_label", (torch.zeros(1, 9, 9), 0.5, 0.5, 8, 0), r"scores must be \(2, H, W\) or \(N, 2, H, W\)"),
+    ("seeded_label", (_Z, 0.5, float("nan"), 8, 0), r"boundary_threshold must be a number, got nan"),
+    ("seeded_label_stats", (_Z, 0.5, 0.5, 4, -2), r"min_area must be >= 0 pixels, got -2"),
+    ("label_stats", (_Z.double(), 0.5, 8, 0), r"scores must be float32, float16 or bfloat16"),
+]
+
+
+@pytest.mark.parametrize("name, args, message", _BAD_CALLS)
+def test_fake_kernels_refuse_what_the_kernels_refuse(name, args, message):
+    """The fake (meta) kernels check inputs as the C++ ops do, so a traced or compiled call fails
+    where the real one would, with the same message."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op = getattr(torch.ops.unetseg, name)
+    with pytest.raises(RuntimeError, match=message):
+        op(*args)
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(RuntimeError, match=message):
+            op(*fake)
+
+
 def test_torchscript_roundtrip(tmp_path):
     import warnings
 

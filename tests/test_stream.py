@@ -146,7 +146,7 @@ def test_bad_blocks():
         labeller.feed(np.zeros((2, 3, 4), np.float32))
     with pytest.raises(RuntimeError, match="between bands; this band has had 6 of 10 columns"):
         labeller.state_dict()
-    with pytest.raises(ValueError, match="labelling must be 'plain' or 'seeded'"):
+    with pytest.raises(ValueError, match=r"labelling must be one of \['plain', 'seeded'\], got"):
         StreamLabeller(10, labelling="watershed")
 
 

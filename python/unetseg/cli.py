@@ -422,9 +422,11 @@ def _ints(text: str) -> list[int]:
 
 
 def _add_labelling_options(p: argparse.ArgumentParser) -> None:
+    from .ops import LABELLING_CHOICES
+
     p.add_argument(
         "--labelling",
-        choices=("auto", "plain", "seeded"),
+        choices=LABELLING_CHOICES,
         default="auto",
         help="plain: threshold + connected components; seeded: split touching nuclei with the boundary "
         "output (needs a nucleus + boundary model); auto (default): seeded for such models, else plain",
@@ -874,6 +876,8 @@ def _add_evaluate_parser(sub) -> None:
 
 def _add_tune_parser(sub) -> None:
     """The `tune` command's options."""
+    from .ops import LABELLING_CHOICES
+
     p = sub.add_parser(
         "tune",
         allow_abbrev=False,
@@ -918,7 +922,7 @@ def _add_tune_parser(sub) -> None:
     )
     p.add_argument(
         "--labelling",
-        choices=("auto", "plain", "seeded"),
+        choices=LABELLING_CHOICES,
         default="auto",
         help="auto (default): seeded for nucleus + boundary checkpoints, else plain",
     )

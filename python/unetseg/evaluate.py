@@ -22,6 +22,7 @@ from .data import Sample, read_datasets
 from .data.transforms import rescale
 from .export import is_model_file
 from .io import atomic_path, check_output_folder
+from .ops import label_by, resolve_labelling
 from .predict import checkpoint_factor
 
 
@@ -178,7 +179,7 @@ def _checkpoint_segmenter(
     threshold = ckpt["threshold"] if threshold is None else threshold
     boundary_threshold = ckpt.get("boundary_threshold", 0.5) if boundary_threshold is None else boundary_threshold
     min_area = 0 if min_area is None else min_area
-    labelling = _checkpoint_labelling(ckpt, labelling)
+    labelling = resolve_labelling(labelling, ckpt["out_channels"])
     autocast = device_autocast(device, resolve_precision(precision, device))
 
     def segment(sample: Sample) -> np.ndarray:
@@ -190,26 +191,11 @@ def _checkpoint_segmenter(
     return segment, _checkpoint_splits(ckpt)
 
 
-def _checkpoint_labelling(ckpt: dict, labelling: str) -> str:
-    """ "plain" or "seeded": `labelling` ("auto": seeded for nucleus + boundary models), checked."""
-    if labelling == "auto":
-        labelling = "seeded" if ckpt["out_channels"] >= 2 else "plain"
-    if labelling not in ("plain", "seeded"):
-        raise ValueError(f"labelling must be 'auto', 'plain' or 'seeded', got {labelling!r}")
-    if labelling == "seeded" and ckpt["out_channels"] < 2:
-        raise ValueError("seeded labelling needs a checkpoint with a boundary output (--out-channels 2)")
-    return labelling
-
-
 def _label(
     prob: torch.Tensor, labelling: str, threshold: float, boundary_threshold: float | None, min_area: int
 ) -> np.ndarray:
     """Instance labels of one image's probabilities (channels, H, W) by the fused ops."""
-    from .ops import label, seeded_label
-
-    if labelling == "seeded":
-        return seeded_label(prob[:2], threshold, boundary_threshold, 8, min_area).labels.numpy()
-    return label(prob[0], threshold, 8, min_area).labels.numpy()
+    return label_by(labelling, prob, threshold, boundary_threshold, 8, min_area).labels.numpy()
 
 
 def tune(
@@ -265,7 +251,7 @@ def tune(
             bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
             raise ValueError(f"{name} must be a non-empty list of values {bounds}, got {list(values)}")
     ckpt = load_checkpoint(checkpoint)
-    labelling = _checkpoint_labelling(ckpt, labelling)
+    labelling = resolve_labelling(labelling, ckpt["out_channels"])
     dev = set(ckpt["split"].get("dev", []))
     if dev:
         samples = _named(

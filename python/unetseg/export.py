@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .io import atomic_path
+from .ops import resolve_labelling
 
 METADATA_FILE = "unetseg.json"
 FORMAT_VERSION = 1
@@ -68,7 +69,7 @@ def metadata_from_checkpoint(
         "outputs": list(ckpt.get("output_meaning") or (["nucleus", "nucleus boundary"][:out_channels])),
         "output_activation": "sigmoid",
         "threshold": float(threshold),
-        "labelling": "seeded" if out_channels >= 2 else "plain",
+        "labelling": resolve_labelling("auto", out_channels),
         "boundary_threshold": float(boundary_threshold),
         "min_area": int(min_area),
         "halo": receptive_field_halo(model, int(ckpt["in_channels"]), int(getattr(model, "multiple", 1))),

@@ -9,7 +9,7 @@ numbered 1..K in raster (row-major) order of their first pixel, bit-identical to
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -139,12 +139,104 @@ def seeded_label_stats(
     )
 
 
+#: Labelling modes: name -> the probability maps it reads (nucleus; nucleus + boundary).
+LABELLING_CHANNELS: dict[str, int] = {"plain": 1, "seeded": 2}
+#: What users may ask for: a mode, or "auto" (the model's own).
+LABELLING_CHOICES: tuple[str, ...] = ("auto", *LABELLING_CHANNELS)
+Labelling = Literal["auto", "plain", "seeded"]
+
+
+def resolve_labelling(labelling: str, out_channels: int) -> str:
+    """The mode ``labelling`` names for a model with ``out_channels`` outputs: "auto" is "seeded"
+    for nucleus + boundary models and "plain" otherwise; an unknown mode, or one reading more maps
+    than the model has, is an error. (The C++ runner applies the same rule to model files.)"""
+    if labelling == "auto":
+        return "seeded" if out_channels >= LABELLING_CHANNELS["seeded"] else "plain"
+    if labelling not in LABELLING_CHANNELS:
+        raise ValueError(f"labelling must be one of {list(LABELLING_CHOICES)}, got {labelling!r}")
+    if out_channels < LABELLING_CHANNELS[labelling]:
+        raise ValueError(
+            f"{labelling} labelling needs a checkpoint with a boundary output: it reads "
+            f"{LABELLING_CHANNELS[labelling]} probability maps (nucleus + boundary), this one has {out_channels}; "
+            "train one with --out-channels 2, or use labelling 'plain'"
+        )
+    return labelling
+
+
+def label_by(
+    labelling: str,
+    scores: torch.Tensor,
+    threshold: float,
+    boundary_threshold: float | None = None,
+    connectivity: int = 8,
+    min_area: int = 0,
+) -> LabelStats:
+    """The fused op of a resolved labelling mode on (C, H, W) scores: the nucleus map (channel 0)
+    for "plain", nucleus + boundary (channels 0, 1) for "seeded"; extra channels are ignored."""
+    if labelling == "seeded":
+        return seeded_label_stats(scores[:2], threshold, boundary_threshold, connectivity, min_area)
+    return label_stats(scores[0], threshold, connectivity, min_area)
+
+
 def _batch_size(scores: torch.Tensor) -> int:
     return 1 if scores.dim() == 2 else scores.shape[0]
 
 
+_SCORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.bool, torch.uint8)
+
+
+def _check_fake(op: str, scores, threshold, connectivity, min_area) -> None:
+    """The checks the C++ ops make before any work (csrc/ops/ops.cpp), for fake tensors: a traced
+    or compiled call fails where the real one would, with the same message."""
+    torch._check(
+        scores.dtype in _SCORE_DTYPES,
+        lambda: (
+            f"{op}: scores must be float32, float16 or bfloat16 (probabilities) or bool or uint8 (masks), got "
+            f"{scores.dtype}; convert with .float() or .to(torch.uint8)"
+        ),
+    )
+    torch._check(
+        connectivity in (4, 8),
+        lambda: f"{op}: connectivity must be 4 (edge neighbours) or 8 (edge and corner neighbours), got {connectivity}",
+    )
+    torch._check(min_area >= 0, lambda: f"{op}: min_area must be >= 0 pixels, got {min_area}")
+    torch._check(threshold == threshold, lambda: f"{op}: threshold must be a number, got nan")
+
+
+def _check_fake_plain(scores, threshold, connectivity, min_area) -> None:
+    op = "unetseg.label"
+    _check_fake(op, scores, threshold, connectivity, min_area)
+    torch._check(
+        scores.dim() in (2, 3, 4),
+        lambda: f"{op}: scores must be (H, W), (N, H, W) or (N, 1, H, W), got shape {tuple(scores.shape)}",
+    )
+    torch._check(
+        scores.dim() != 4 or scores.shape[1] == 1,
+        lambda: (
+            f"{op}: a 4-D scores tensor must be (N, 1, H, W), got {list(scores.shape)}; pass one channel, e.g. "
+            "scores[:, 0], or use seeded_label for (N, 2, H, W) nucleus + boundary scores"
+        ),
+    )
+
+
+def _check_fake_seeded(scores, threshold, boundary_threshold, connectivity, min_area) -> None:
+    op = "unetseg.seeded_label"
+    _check_fake(op, scores, threshold, connectivity, min_area)
+    torch._check(
+        boundary_threshold == boundary_threshold, lambda: f"{op}: boundary_threshold must be a number, got nan"
+    )
+    torch._check(
+        scores.dim() in (3, 4) and scores.shape[-3] == 2,
+        lambda: (
+            f"{op}: scores must be (2, H, W) or (N, 2, H, W) (channel 0: nucleus, channel 1: nucleus boundary), "
+            f"got shape {tuple(scores.shape)}; one-channel scores go to label"
+        ),
+    )
+
+
 @torch.library.register_fake("unetseg::label")
 def _label_fake(scores, threshold=0.5, connectivity=8, min_area=0):
+    _check_fake_plain(scores, threshold, connectivity, min_area)
     labels = scores.new_empty(scores.shape, dtype=torch.int32)
     return labels, scores.new_empty((_batch_size(scores),), dtype=torch.int64)
 
@@ -158,14 +250,25 @@ def _label_stats_fake(scores, threshold=0.5, connectivity=8, min_area=0):
 
 @torch.library.register_fake("unetseg::label_out")
 def _label_out_fake(scores, threshold, connectivity, min_area, labels, counts):
+    _check_fake_plain(scores, threshold, connectivity, min_area)
+    torch._check(labels.dtype == torch.int32, lambda: f"unetseg.label_out: labels must be int32, got {labels.dtype}")
+    torch._check(counts.dtype == torch.int64, lambda: f"unetseg.label_out: counts must be int64, got {counts.dtype}")
+    torch._check(
+        labels.shape == scores.shape,
+        lambda: (
+            f"unetseg.label_out: labels must have the shape of scores {tuple(scores.shape)}, got {tuple(labels.shape)}"
+        ),
+    )
     return None
 
 
 @torch.library.register_fake("unetseg::seeded_label")
 def _seeded_label_fake(scores, threshold=0.5, boundary_threshold=0.5, connectivity=8, min_area=0):
+    _check_fake_seeded(scores, threshold, boundary_threshold, connectivity, min_area)
     return _label_fake(scores.select(-3, 0), threshold, connectivity, min_area)
 
 
 @torch.library.register_fake("unetseg::seeded_label_stats")
 def _seeded_label_stats_fake(scores, threshold=0.5, boundary_threshold=0.5, connectivity=8, min_area=0):
+    _check_fake_seeded(scores, threshold, boundary_threshold, connectivity, min_area)
     return _label_stats_fake(scores.select(-3, 0), threshold, connectivity, min_area)

@@ -23,6 +23,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from ..ops import LABELLING_CHOICES
 from ._io import _features
 
 
@@ -52,7 +53,7 @@ class SegmentWidget(Container):
         )
         self.auto_diameter = CheckBox(text="estimate nucleus diameter", value=True)
         self.diameter = FloatSpinBox(label="diameter (px)", value=20.0, min=1.0, max=2000.0, step=1.0)
-        self.labelling = ComboBox(label="labelling", choices=["auto", "plain", "seeded"], value="auto")
+        self.labelling = ComboBox(label="labelling", choices=list(LABELLING_CHOICES), value="auto")
         self.model_defaults = CheckBox(text="model's thresholds and min area", value=True)
         self.threshold = FloatSpinBox(label="threshold", value=0.5, min=0.0, max=1.0, step=0.05)
         self.boundary_threshold = FloatSpinBox(label="boundary threshold", value=0.5, min=0.0, max=1.0, step=0.05)

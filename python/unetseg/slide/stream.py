@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..ops import label_stats, seeded_label_stats
+from ..ops import LABELLING_CHANNELS, label_by, label_stats
 
 
 @dataclass
@@ -87,8 +87,8 @@ class StreamLabeller:
         outlines: bool = False,
         max_carry: int = 8192,
     ):
-        if labelling not in ("plain", "seeded"):
-            raise ValueError(f"labelling must be 'plain' or 'seeded', got {labelling!r}")
+        if labelling not in LABELLING_CHANNELS:
+            raise ValueError(f"labelling must be one of {list(LABELLING_CHANNELS)}, got {labelling!r}")
         if width < 1:
             raise ValueError(f"width must be >= 1 pixel, got {width}")
         self.width = int(width)
@@ -120,7 +120,7 @@ class StreamLabeller:
 
     @property
     def channels(self) -> int:
-        return 2 if self.labelling == "seeded" else 1
+        return LABELLING_CHANNELS[self.labelling]
 
     def feed(self, scores, last: bool = False) -> Finished:
         """Takes the next block, (C, h, w) scores (float32/16, uint8 or bool like the ops; extra
@@ -165,11 +165,11 @@ class StreamLabeller:
         t = torch.from_numpy(buffer)
         component_ids, _, components = label_stats(t[0], self.threshold, self.connectivity, 0)
         component_ids, components = component_ids.numpy(), components.numpy()
-        if self.labelling == "seeded":
-            labels, _, stats = seeded_label_stats(t, self.threshold, self.boundary_threshold, self.connectivity, 0)
-            labels, stats = labels.numpy(), stats.numpy().copy()
-        else:
+        if self.labelling == "plain":  # its objects are the components
             labels, stats = component_ids, components.copy()
+        else:
+            labels, _, stats = label_by(self.labelling, t, self.threshold, self.boundary_threshold, self.connectivity)
+            labels, stats = labels.numpy(), stats.numpy().copy()
         top, left_col, bottom, right = (components[:, j].astype(np.int64) for j in (1, 2, 3, 4))
         # Components within the side carry were labelled by the previous block. Components touching
         # the right edge stay open (unless it is the map's), those touching the bottom edge (unless
