@@ -30,6 +30,18 @@ namespace {
 constexpr const char* kMetadataFile = "unetseg.json";
 constexpr int64_t kFormatVersion = 1;
 
+// Labelling modes and the probability maps each reads (unetseg.ops.LABELLING_CHANNELS in Python):
+// a mode's name is checked here once, then dispatched on as this type.
+enum class Labelling { kPlain, kSeeded };
+
+std::optional<Labelling> labelling_named(const std::string& name) {
+  if (name == "plain") return Labelling::kPlain;
+  if (name == "seeded") return Labelling::kSeeded;
+  return std::nullopt;
+}
+
+int64_t maps_read(Labelling mode) { return mode == Labelling::kSeeded ? 2 : 1; }
+
 ModelInfo parse_metadata(const std::string& text, const std::string& path) {
   ModelInfo info;
   info.json = text;
@@ -77,10 +89,11 @@ ModelInfo parse_metadata(const std::string& text, const std::string& path) {
                     info.size_multiple);
   TORCH_CHECK_VALUE(std::isfinite(info.diameter) && info.diameter >= 0, "unetseg.Runner: '", path,
                     "' has canonical diameter ", info.diameter, "; expected a positive number of pixels");
-  TORCH_CHECK_VALUE(info.labelling == "plain" || info.labelling == "seeded", "unetseg.Runner: '", path,
-                    "' asks for labelling '", info.labelling, "'; this unetseg knows 'plain' and 'seeded'");
-  TORCH_CHECK_VALUE(info.labelling == "plain" || info.out_channels >= 2, "unetseg.Runner: '", path,
-                    "' asks for seeded labelling but has no boundary output");
+  const auto mode = labelling_named(info.labelling);
+  TORCH_CHECK_VALUE(mode.has_value(), "unetseg.Runner: '", path, "' asks for labelling '", info.labelling,
+                    "'; this unetseg knows 'plain' and 'seeded'");
+  TORCH_CHECK_VALUE(info.out_channels >= maps_read(*mode), "unetseg.Runner: '", path, "' asks for ",
+                    info.labelling, " labelling but has no boundary output");
   return info;
 }
 
@@ -381,7 +394,7 @@ struct Runner::Impl {
   // Labels probabilities (B, out_channels, H, W) on the device: one Segmentation per image.
   std::vector<Segmentation> label(const at::Tensor& probs, const ResolvedOptions& r, int64_t connectivity) const {
     // Labelled where the probabilities are; on the CPU when this build has no CUDA kernels.
-    const bool seeded = r.labelling == "seeded";
+    const bool seeded = labelling_named(r.labelling) == Labelling::kSeeded;
     const at::Tensor maps = seeded ? probs.narrow(1, 0, 2) : probs.select(1, 0);
     const at::Tensor here =
         has_kernel(seeded ? "unetseg::seeded_label_stats" : "unetseg::label_stats", maps) ? maps : maps.cpu();
@@ -658,11 +671,12 @@ ResolvedOptions Runner::resolve(const SegmentOptions& options) const {
   r.min_area = options.min_area.value_or(info.min_area);
   TORCH_CHECK_VALUE(r.min_area >= 0, "unetseg.Runner: min_area must be >= 0 pixels, got ", r.min_area);
   r.labelling = options.labelling == "auto" ? info.labelling : options.labelling;
-  TORCH_CHECK_VALUE(r.labelling == "plain" || r.labelling == "seeded", "unetseg.Runner: labelling '",
-                    options.labelling, "' is not one of 'auto', 'plain', 'seeded'");
-  TORCH_CHECK_VALUE(r.labelling == "plain" || info.out_channels >= 2,
-                    "unetseg.Runner: seeded labelling needs a model with a boundary output; this one "
-                    "has outputs [", c10::Join(", ", info.outputs), "]. Use labelling 'plain'.");
+  const auto mode = labelling_named(r.labelling);
+  TORCH_CHECK_VALUE(mode.has_value(), "unetseg.Runner: labelling '", options.labelling,
+                    "' is not one of 'auto', 'plain', 'seeded'");
+  TORCH_CHECK_VALUE(info.out_channels >= maps_read(*mode), "unetseg.Runner: ", r.labelling,
+                    " labelling needs a model with a boundary output; this one has outputs [",
+                    c10::Join(", ", info.outputs), "]. Use labelling 'plain'.");
   return r;
 }
 
