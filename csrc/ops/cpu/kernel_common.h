@@ -1,0 +1,236 @@
+// What the CPU kernels of the label ops share (label_kernel.cpp: plain; seeded_kernel.cpp: seeded):
+// reading rows of scores, a pool of reusable run tables, strips of rows, numbering, writing labels
+// and the statistics table, new label tensors.
+#pragma once
+
+#include "../label.h"
+#include "ccl.h"
+#include "seeded.h"
+#include "unetseg/ops.h"
+
+#include <ATen/Dispatch_v2.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include <algorithm>
+#include <initializer_list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+
+namespace unetseg::ops::cpu {
+
+static_assert(static_cast<int64_t>(ccl::kNumStatsColumns) == stats::kNumColumns);
+static_assert(static_cast<int64_t>(ccl::kMeanScore) == stats::kMeanScore);
+
+// Rows per strip never drop below this, so small images are not cut into slivers.
+constexpr int64_t kMinStripRows = 4;
+
+// Foreground test of one row, as torch's `scores > threshold`: floating scores compare in their own
+// dtype (the threshold rounded to it), masks compare as float32.
+template <typename scalar_t>
+struct RowReader {
+  const scalar_t* image;
+  int64_t stride_h, stride_w;
+  float threshold;
+  int32_t width;
+  uint8_t* bytes; // width bytes of scratch
+
+  // bits of `score > threshold`, or of `score < threshold` when Below.
+  template <bool Below = false>
+  void threshold_row(int32_t row, uint64_t* bits) const {
+    const scalar_t* p = image + row * stride_h;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (stride_w == 1) return ccl::threshold_bits<Below>(p, width, threshold, bits);
+    }
+    auto test = [t = threshold](scalar_t value) {
+      const auto v = static_cast<float>(value);
+      return static_cast<uint8_t>(Below ? v < t : v > t);
+    };
+    if (stride_w == 1) {
+      for (int32_t x = 0; x < width; ++x) bytes[x] = test(p[x]);
+    } else {
+      for (int32_t x = 0; x < width; ++x) bytes[x] = test(p[x * stride_w]);
+    }
+    ccl::pack_bits(bytes, width, bits);
+  }
+
+  // Seeded labelling: the foreground bits of this (nucleus) reader and the seed bits (foreground
+  // where `boundary`, a Below reader of the other channel, is below its threshold); `below` is
+  // scratch. Contiguous float32 rows read both channels in one pass.
+  void threshold_seed_row(const RowReader& boundary, int32_t row, uint64_t* foreground, uint64_t* below,
+                          uint64_t* seeds) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (stride_w == 1) {
+        return ccl::threshold_seed_bits(image + row * stride_h, boundary.image + row * boundary.stride_h, width,
+                                        threshold, boundary.threshold, foreground, seeds);
+      }
+    }
+    threshold_row(row, foreground);
+    boundary.template threshold_row<true>(row, below);
+    ccl::seed_bits(foreground, below, ccl::words_per_row(width), seeds);
+  }
+
+  float score(int32_t row, int32_t col) const {
+    return static_cast<float>(image[row * stride_h + col * stride_w]);
+  }
+
+  double score_sum(int32_t row, int32_t start, int32_t end) const {
+    const scalar_t* p = image + row * stride_h;
+    double sum[4] = {0, 0, 0, 0}; // independent chains: one add per cycle, not one per latency
+    int32_t x = start;
+    for (; x + 4 <= end; x += 4)
+      for (int k = 0; k < 4; ++k) sum[k] += static_cast<float>(p[(x + k) * stride_w]);
+    for (; x < end; ++x) sum[0] += static_cast<float>(p[x * stride_w]);
+    return (sum[0] + sum[1]) + (sum[2] + sum[3]);
+  }
+};
+
+// The run tables of one call. Fresh multi-megabyte tables would be page-faulted in (and zeroed by
+// the kernel) on every call, which costs as much as the labelling itself, so calls borrow a
+// workspace from a pool and give it back with its capacity: a steady stream of same-sized calls
+// allocates nothing. Concurrent callers each borrow their own.
+struct Workspace {
+  std::vector<ccl::Strip> strips;
+  std::vector<ccl::ImageRuns> images;
+  std::vector<std::vector<double>> stats;
+  std::vector<ccl::Strip> seed_strips; // seeded labelling: the seeds' runs, strips as `strips`
+  std::vector<ccl::ImageRuns> seed_images;
+  std::vector<ccl::SeededScratch> seeded;
+};
+
+class WorkspacePool {
+ public:
+  struct Lease {
+    std::unique_ptr<Workspace> workspace;
+    ~Lease() { WorkspacePool::instance().give_back(std::move(workspace)); }
+    Workspace* operator->() const { return workspace.get(); }
+    Workspace& operator*() const { return *workspace; }
+  };
+
+  static WorkspacePool& instance() {
+    static WorkspacePool pool;
+    return pool;
+  }
+
+  Lease borrow() {
+    std::unique_ptr<Workspace> workspace;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_.empty()) {
+        workspace = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    return Lease{workspace ? std::move(workspace) : std::make_unique<Workspace>()};
+  }
+
+ private:
+  void give_back(std::unique_ptr<Workspace> workspace) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.size() < kMaxIdle) free_.push_back(std::move(workspace));
+  }
+
+  static constexpr size_t kMaxIdle = 4;
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<Workspace>> free_;
+};
+
+// Cuts every image of the batch into strips of rows: about two strips per thread over the batch.
+// Returns the number of strips per image.
+inline int64_t plan_strips(std::vector<ccl::Strip>& strips, const ImageBatch& b) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t per_image =
+      std::clamp<int64_t>((2 * threads + b.n - 1) / b.n, 1, std::max<int64_t>(1, b.h / kMinStripRows));
+  strips.resize(static_cast<size_t>(b.n * per_image));
+  for (int64_t i = 0; i < b.n; ++i) {
+    for (int64_t s = 0; s < per_image; ++s) {
+      ccl::Strip& strip = strips[i * per_image + s];
+      strip.image = i;
+      strip.row_begin = static_cast<int32_t>(b.h * s / per_image);
+      strip.row_end = static_cast<int32_t>(b.h * (s + 1) / per_image);
+    }
+  }
+  return per_image;
+}
+
+// One run table of a call: the strips of every image and, out, the merged runs of every image.
+struct RunTable {
+  const std::vector<ccl::Strip>* strips;
+  std::vector<ccl::ImageRuns>* images;
+  bool keep_scores; // keep the runs' score sums
+};
+
+// Step 2-3 of ccl.h after the scan: merges and numbers every image's runs of every table, all
+// tables and images at once (statistics of the first table into `image_stats` when non-null).
+inline void merge_and_number(std::initializer_list<RunTable> tables, const ImageBatch& b, int64_t strips_per_image,
+                      bool eight_connected, int64_t min_area, std::vector<std::vector<double>>* image_stats) {
+  for (const RunTable& table : tables) table.images->resize(static_cast<size_t>(b.n));
+  if (image_stats) image_stats->resize(static_cast<size_t>(b.n));
+  const auto num_tables = static_cast<int64_t>(tables.size());
+  at::parallel_for(0, num_tables * b.n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const ccl::Strip*> own(static_cast<size_t>(strips_per_image));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t k = task % num_tables, i = task / num_tables;
+      const RunTable& table = tables.begin()[k];
+      for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &(*table.strips)[i * strips_per_image + s];
+      ccl::merge_and_number((*table.images)[i], own.data(), strips_per_image, eight_connected, min_area,
+                            k == 0 && image_stats ? &(*image_stats)[i] : nullptr, table.keep_scores);
+    }
+  });
+}
+
+// Step 4 of ccl.h: writes the labels of every image, strips in parallel.
+inline void write_labels(const std::vector<ccl::Strip>& strips, const std::vector<ccl::ImageRuns>& images,
+                  const ImageBatch& b, int32_t* out) {
+  const auto width = static_cast<int32_t>(b.w);
+  at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const ccl::Strip& strip = strips[k];
+      ccl::write_rows(images[strip.image], strip.row_begin, strip.row_end, width,
+                      out + strip.image * b.h * b.w + int64_t{strip.row_begin} * b.w, b.w);
+    }
+  });
+}
+
+// Concatenates the per-image statistics into one float64 table.
+inline at::Tensor stats_table(const std::vector<std::vector<double>>& image_stats, int64_t total,
+                       const at::TensorOptions& options) {
+  at::Tensor table = at::empty({total, stats::kNumColumns}, options.dtype(at::kDouble));
+  double* dst = table.data_ptr<double>();
+  for (const auto& rows : image_stats) dst = std::copy(rows.begin(), rows.end(), dst);
+  return table;
+}
+
+inline bool empty_batch(const ImageBatch& b, const at::Tensor& scores, at::Tensor& counts,
+                 std::optional<at::Tensor>* stats) {
+  if (b.n != 0 && b.h != 0 && b.w != 0) return false;
+  counts.zero_();
+  if (stats) *stats = at::zeros({0, stats::kNumColumns}, scores.options().dtype(at::kDouble));
+  return true;
+}
+
+// A new int32 label tensor. Large ones are advised to use transparent huge pages before their
+// first touch: faulting in a 64 MiB output 4 KiB at a time costs more than labelling it.
+inline at::Tensor new_labels(const at::Tensor& scores, at::IntArrayRef shape) {
+  at::Tensor labels = at::empty(shape, scores.options().dtype(at::kInt));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const auto begin = reinterpret_cast<uintptr_t>(labels.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + labels.nbytes()) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE); // a hint
+#endif
+  return labels;
+}
+
+} // namespace unetseg::ops::cpu
