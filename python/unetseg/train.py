@@ -192,33 +192,8 @@ def _check_run_folder(out: Path, config: TrainConfig) -> None:
 
 def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     """Trains a model as `config` says; returns the final checkpoint dict (best weights in best.pt)."""
-    from tqdm.auto import tqdm
-
-    if config.contact_width < 0:
-        raise ValueError(f"contact_width must be >= 0 pixels, got {config.contact_width}")
-    for name, value, low in (
-        ("crop", config.crop, 16),
-        ("batch_size", config.batch_size, 1),
-        ("epochs", config.epochs, 1),
-        ("workers", config.workers, 0),
-    ):
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    if not config.lr >= 0:
-        raise ValueError(f"lr must be a learning rate >= 0, got {config.lr}")
-    augment = make_augment(config.augment_options)
-    pixel_weights = None
-    if config.separation_weight or config.small_object_area:
-        pixel_weights = PixelWeights(config.separation_weight, config.separation_sigma, config.small_object_area)
-    rank, world = _distributed()
-    device = resolve_device(config.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    precision = resolve_precision(config.precision, device)
-    if rank == 0 and config.precision == "auto":
-        why = "native bfloat16 on this device" if precision == "bfloat16" else "no native bfloat16 on this device"
-        print(f"precision auto: {precision} ({why})", flush=True)
+    _check_config(config)
+    rank, world, device, precision = _devices(config)
     out = check_output_folder(config.output)
     _check_run_folder(out, config)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,138 +202,46 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     samples = samples if samples is not None else read_datasets(config.data, config.skip_invalid)
     if config.max_images:
         samples = samples[: config.max_images]
-    train_names, val_names = split_by_kind(samples, config.val_fraction, config.seed)
-    dev_names: list[str] = []
-    if config.dev_fraction:
-        kept = set(train_names)
-        train_names, dev_names = split_by_kind([s for s in samples if s.name in kept], config.dev_fraction, config.seed)
+    split = _split(config, samples)
     by_name = {s.name: s for s in samples}
-    normalisation = Normalisation()
-    model_options = (
-        DEFAULT_OPTIONS.get(config.architecture, {}) if config.model_options is None else config.model_options
-    )
-    options = {"in_channels": config.in_channels, "out_channels": config.out_channels, **model_options}
-    model = build_model(config.architecture, **options)
-    if config.imagenet_weights:
-        model.load_imagenet_weights(config.imagenet_weights)
-    if config.init_weights and not config.resume:
-        init = load_checkpoint(default_checkpoint_path() if config.init_weights == "default" else config.init_weights)
-        if init["model"] != {"architecture": config.architecture, "options": options}:
-            raise ValueError(
-                f"--init-weights {config.init_weights} holds a {init['model']} model; this run builds "
-                f"{ {'architecture': config.architecture, 'options': options} }: use the same "
-                "--architecture, --model-options and channels"
-            )
-        model.load_state_dict(init["state_dict"])
+    model, options = _build_model(config)
     # channels_last: oneDNN's fast convolution layout on the CPU (and tensor cores' on GPUs)
     model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_patience)
-    history: list[dict] = []
-    start_epoch, best, stale = 0, math.inf, 0
+    state = {"history": [], "start_epoch": 0, "best": math.inf, "stale": 0}
     if config.resume:
-        ckpt = load_checkpoint(out / "last.pt")
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
-        best, stale = ckpt["best_val_loss"], ckpt["epochs_without_improvement"]
-        train_names, val_names = ckpt["split"]["train"], ckpt["split"]["val"]
-        dev_names = ckpt["split"].get("dev", [])
-        if rank == 0:
-            print(f"resuming {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}")
+        state, split = _resume(out / "last.pt", model, optimizer, scheduler, rank)
 
-    def dataset(names: list[str], training: bool) -> NucleiDataset:
-        """Training crops (random, augmented, balanced) or validation crops (centred), same targets."""
-        return NucleiDataset(
-            [by_name[n] for n in names],
-            config.in_channels,
-            config.out_channels,
-            config.crop,
-            mode="crop" if training else "center",
-            augment=augment if training else None,
-            normalisation=normalisation,
-            samples_per_epoch=config.samples_per_epoch if training else None,
-            seed=config.seed,
-            contact_width=config.contact_width,
-            pixel_weights=pixel_weights,
-            diameter=config.diameter,
-            balanced=config.balanced and training,
-            sampling_weights=config.sampling_weights if training else None,
-        )
-
-    train_set, val_set = dataset(train_names, True), dataset(val_names, False)
+    normalisation = Normalisation()
+    train_set = _dataset(config, [by_name[n] for n in split["train"]], normalisation, training=True)
+    val_set = _dataset(config, [by_name[n] for n in split["val"]], normalisation, training=False)
     if len(train_set) < config.batch_size:
         raise ValueError(
             f"an epoch of {len(train_set)} crops is less than one batch of {config.batch_size}: no "
             "training step would run; lower the batch size or raise samples_per_epoch"
         )
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, seed=config.seed) if world > 1 else None
-    loader_args = dict(
-        batch_size=config.batch_size,
-        num_workers=config.workers,
-        persistent_workers=config.workers > 0,
-        pin_memory=device.type == "cuda",
-    )
-    train_loader = DataLoader(
-        train_set,
-        shuffle=sampler is None,
-        sampler=sampler,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(config.seed),
-        **loader_args,
-    )
-    val_loader = DataLoader(val_set, shuffle=False, **loader_args)
+    train_loader, val_loader = _loaders(config, train_set, val_set, sampler, device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     # float16 needs loss scaling; bfloat16 has float32's range and does not
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "float16")
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "model": {"architecture": config.architecture, "options": options},
-        "in_channels": config.in_channels,
-        "out_channels": config.out_channels,
-        "output_meaning": ["nucleus", "nucleus boundary"][: config.out_channels],
-        "threshold": 0.5,
-        "normalisation": normalisation.to_dict(),
-        "config": asdict(config),
-        "split": {"train": train_names, "val": val_names, "dev": dev_names, "seed": config.seed},
-        "training_data": str(config.data)
-        if isinstance(config.data, (str, os.PathLike))
-        else [str(d) for d in config.data],
-        "diameter": config.diameter,
-        "precision": precision,
-    }
+    meta = _checkpoint_meta(config, options, split, normalisation, precision)
 
-    for epoch in range(start_epoch, config.epochs):
+    history, best, stale = state["history"], state["best"], state["stale"]
+    for epoch in range(state["start_epoch"], config.epochs):
         train_set.set_epoch(epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        net.train()
-        t0, total, n = time.perf_counter(), 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=rank != 0)
-        for images, target in bar:
-            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-            target = target.to(device, non_blocking=True)
-            with autocast(device, precision):
-                loss = loss_fn(net(images), target, config.boundary_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total, n = total + loss.item() * len(images), n + len(images)
-            bar.set_postfix(loss=f"{total / n:.4f}")
+        t0 = time.perf_counter()
+        desc = f"epoch {epoch + 1}/{config.epochs}"
+        train_loss = _train_epoch(net, train_loader, optimizer, scaler, device, precision, config, desc, rank != 0)
         train_time = time.perf_counter() - t0
         with autocast(device, precision):
             val = validate(model, val_loader, device, config.boundary_weight)
         scheduler.step(val["val_loss"])
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": total / max(n, 1),
-            **val,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": train_time,
-        }
-        history.append(row)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": optimizer.param_groups[0]["lr"]}
+        history.append({**row, "epoch_seconds": train_time})
         improved = val["val_loss"] < best
         best, stale = (val["val_loss"], 0) if improved else (best, stale + 1)
         if rank == 0:
@@ -378,7 +261,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
             save_atomic(ckpt, out / "last.pt")
             write_history(history, out)
             print(
-                f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {val['val_loss']:.4f}, "
+                f"epoch {epoch + 1}: train loss {train_loss:.4f}, val loss {val['val_loss']:.4f}, "
                 f"val dice {val['val_dice']:.3f}, val DSB {val['val_dsb_score']:.3f}, {train_time:.0f} s"
                 f"{' (best)' if improved else ''}",
                 flush=True,
@@ -389,10 +272,173 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
             break
     if rank == 0 and (out / "best.pt").exists():
         best_ckpt = load_checkpoint(out / "best.pt")
-        save_overlays(
-            model_from_checkpoint(best_ckpt), [by_name[n] for n in val_names[:6]], best_ckpt, out / "overlays"
-        )
+        val_samples = [by_name[n] for n in split["val"][:6]]
+        save_overlays(model_from_checkpoint(best_ckpt), val_samples, best_ckpt, out / "overlays")
     return load_checkpoint(out / "last.pt") if rank == 0 else {}
+
+
+def _check_config(config: TrainConfig) -> None:
+    """Bad values are refused before any work, each naming itself."""
+    if config.contact_width < 0:
+        raise ValueError(f"contact_width must be >= 0 pixels, got {config.contact_width}")
+    for name, value, low in (
+        ("crop", config.crop, 16),
+        ("batch_size", config.batch_size, 1),
+        ("epochs", config.epochs, 1),
+        ("workers", config.workers, 0),
+    ):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if not config.lr >= 0:
+        raise ValueError(f"lr must be a learning rate >= 0, got {config.lr}")
+
+
+def _devices(config: TrainConfig) -> tuple[int, int, torch.device, str]:
+    """This process's rank, the world size, its device (its own GPU under torchrun) and the
+    precision ("auto" resolved and said)."""
+    rank, world = _distributed()
+    device = resolve_device(config.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    precision = resolve_precision(config.precision, device)
+    if rank == 0 and config.precision == "auto":
+        why = "native bfloat16 on this device" if precision == "bfloat16" else "no native bfloat16 on this device"
+        print(f"precision auto: {precision} ({why})", flush=True)
+    return rank, world, device, precision
+
+
+def _split(config: TrainConfig, samples: list[Sample]) -> dict:
+    """Training, validation and dev image names (per dataset and kind, with the config's seed)."""
+    train_names, val_names = split_by_kind(samples, config.val_fraction, config.seed)
+    dev_names: list[str] = []
+    if config.dev_fraction:
+        kept = set(train_names)
+        train_names, dev_names = split_by_kind([s for s in samples if s.name in kept], config.dev_fraction, config.seed)
+    return {"train": train_names, "val": val_names, "dev": dev_names, "seed": config.seed}
+
+
+def _build_model(config: TrainConfig) -> tuple[torch.nn.Module, dict]:
+    """The network and its constructor options, with ImageNet or --init-weights weights loaded."""
+    model_options = (
+        DEFAULT_OPTIONS.get(config.architecture, {}) if config.model_options is None else config.model_options
+    )
+    options = {"in_channels": config.in_channels, "out_channels": config.out_channels, **model_options}
+    model = build_model(config.architecture, **options)
+    if config.imagenet_weights:
+        model.load_imagenet_weights(config.imagenet_weights)
+    if config.init_weights and not config.resume:
+        init = load_checkpoint(default_checkpoint_path() if config.init_weights == "default" else config.init_weights)
+        if init["model"] != {"architecture": config.architecture, "options": options}:
+            raise ValueError(
+                f"--init-weights {config.init_weights} holds a {init['model']} model; this run builds "
+                f"{ {'architecture': config.architecture, 'options': options} }: use the same "
+                "--architecture, --model-options and channels"
+            )
+        model.load_state_dict(init["state_dict"])
+    return model, options
+
+
+def _resume(path: Path, model, optimizer, scheduler, rank: int) -> tuple[dict, dict]:
+    """Loads a run's last checkpoint into the model, optimizer and scheduler; returns the loop's
+    state (history, start epoch, best validation loss, epochs without improvement) and its split."""
+    ckpt = load_checkpoint(path)
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if rank == 0:
+        print(f"resuming {path} after epoch {ckpt['epoch'] + 1}")
+    state = {
+        "history": ckpt["history"],
+        "start_epoch": ckpt["epoch"] + 1,
+        "best": ckpt["best_val_loss"],
+        "stale": ckpt["epochs_without_improvement"],
+    }
+    split = {**ckpt["split"], "dev": ckpt["split"].get("dev", [])}
+    return state, split
+
+
+def _dataset(config: TrainConfig, samples: list[Sample], normalisation, training: bool) -> NucleiDataset:
+    """Training crops (random, augmented, balanced) or validation crops (centred), same targets."""
+    pixel_weights = None
+    if config.separation_weight or config.small_object_area:
+        pixel_weights = PixelWeights(config.separation_weight, config.separation_sigma, config.small_object_area)
+    return NucleiDataset(
+        samples,
+        config.in_channels,
+        config.out_channels,
+        config.crop,
+        mode="crop" if training else "center",
+        augment=make_augment(config.augment_options) if training else None,
+        normalisation=normalisation,
+        samples_per_epoch=config.samples_per_epoch if training else None,
+        seed=config.seed,
+        contact_width=config.contact_width,
+        pixel_weights=pixel_weights,
+        diameter=config.diameter,
+        balanced=config.balanced and training,
+        sampling_weights=config.sampling_weights if training else None,
+    )
+
+
+def _loaders(config: TrainConfig, train_set, val_set, sampler, device: torch.device) -> tuple[DataLoader, DataLoader]:
+    """The training loader (shuffled or distributed, whole batches) and the validation loader."""
+    loader_args = dict(
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        persistent_workers=config.workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+    train_loader = DataLoader(
+        train_set,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(config.seed),
+        **loader_args,
+    )
+    return train_loader, DataLoader(val_set, shuffle=False, **loader_args)
+
+
+def _checkpoint_meta(config: TrainConfig, options: dict, split: dict, normalisation, precision: str) -> dict:
+    """What every checkpoint of the run holds besides its weights and training state."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": {"architecture": config.architecture, "options": options},
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "output_meaning": ["nucleus", "nucleus boundary"][: config.out_channels],
+        "threshold": 0.5,
+        "normalisation": normalisation.to_dict(),
+        "config": asdict(config),
+        "split": split,
+        "training_data": str(config.data)
+        if isinstance(config.data, (str, os.PathLike))
+        else [str(d) for d in config.data],
+        "diameter": config.diameter,
+        "precision": precision,
+    }
+
+
+def _train_epoch(net, loader, optimizer, scaler, device, precision: str, config: TrainConfig, desc: str, quiet: bool):
+    """One pass over the training loader; returns the mean training loss."""
+    from tqdm.auto import tqdm
+
+    net.train()
+    total, n = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=quiet)
+    for images, target in bar:
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        target = target.to(device, non_blocking=True)
+        with autocast(device, precision):
+            loss = loss_fn(net(images), target, config.boundary_weight)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total, n = total + loss.item() * len(images), n + len(images)
+        bar.set_postfix(loss=f"{total / n:.4f}")
+    return total / max(n, 1)
 
 
 @torch.no_grad()
