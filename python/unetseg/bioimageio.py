@@ -45,18 +45,36 @@ def export_bioimageio(
     """Writes a bioimage.io model package (zip) of a unetseg model file (``unetseg export``'s, or the
     bundled default) to `output`, atomically. Returns its path. `maintainer`: a GitHub user name (the
     model zoo asks for one; without it the spec's validator warns)."""
-    import torch
     import yaml
 
-    from .data import Normalisation, synthetic_nuclei, to_channels
-    from .export import load, read_metadata
-    from .io import atomic_path, overlay
-    from .segment import Runner
+    from .export import read_metadata
+    from .io import atomic_path
 
     model_file = Path(model_file)
     meta = read_metadata(model_file)
+    files = _package_files(model_file, meta)
+    rdf = _rdf(meta, files, name, authors, maintainer)
+    output = Path(output)
+    with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("rdf.yaml", yaml.safe_dump(rdf, sort_keys=False))
+        for name_, data in files.items():
+            archive.writestr(name_, data)
+    return output
+
+
+def _package_files(model_file: Path, meta: dict) -> dict[str, bytes]:
+    """The package's files but rdf.yaml: the weights, test and sample tensors (a synthetic image
+    through the package's own preprocessing and network), a cover picture and the README."""
+    import cv2
+    import torch
+
+    from .data import Normalisation, synthetic_nuclei, to_channels
+    from .export import load
+    from .io import overlay
+    from .segment import Runner
+
     network, _ = load(model_file)
-    in_channels, multiple = meta["in_channels"], int(meta["size_multiple"])
+    in_channels = meta["in_channels"]
     norm = Normalisation(**meta["normalisation"])
 
     # test tensors: a synthetic image through the package's own preprocessing and network
@@ -67,11 +85,8 @@ def export_bioimageio(
         probs = torch.sigmoid(network(torch.from_numpy(np.ascontiguousarray(x))).float()).numpy()
     seg = Runner(model_file, precision="float32", device="cpu").segment([sample.image], diameter=meta.get("diameter"))
     cover = overlay(sample.image, seg[0].labels)
-
-    import cv2
-
     ok, cover_png = cv2.imencode(".png", cover[..., ::-1])
-    files = {
+    return {
         WEIGHTS: model_file.read_bytes(),
         "test_input.npy": _npy(raw),
         "test_output.npy": _npy(probs),
@@ -80,9 +95,20 @@ def export_bioimageio(
         "cover.png": cover_png.tobytes(),
         "README.md": _readme(meta).encode(),
     }
+
+
+def _rdf(meta: dict, files: dict[str, bytes], name, authors, maintainer) -> dict:
+    """rdf.yaml of the package (bioimage.io model spec 0.5): tensors, preprocessing, weights and
+    unetseg's own post-processing settings."""
+    import torch
+
+    from .data import Normalisation
+
+    in_channels, multiple = meta["in_channels"], int(meta["size_multiple"])
+    norm = Normalisation(**meta["normalisation"])
     channel_names = ["r", "g", "b"] if in_channels == 3 else ["gray"]
     space = {"min": multiple, "step": multiple}
-    rdf = {
+    return {
         "type": "model",
         "format_version": FORMAT_VERSION,
         "name": name or f"unetseg nuclei {meta['architecture']}",
@@ -168,12 +194,6 @@ def export_bioimageio(
             }
         },
     }
-    output = Path(output)
-    with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("rdf.yaml", yaml.safe_dump(rdf, sort_keys=False))
-        for name_, data in files.items():
-            archive.writestr(name_, data)
-    return output
 
 
 def _tif(array: np.ndarray) -> bytes:

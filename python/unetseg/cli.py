@@ -678,7 +678,8 @@ def _add_export_parser(sub) -> None:
 
 
 def _add_train_parser(sub) -> None:
-    """The `train` command's options."""
+    """The `train` command's options: one add_argument per TrainConfig field (over 30), kept as one
+    flat list because it reads as the option reference, in the order --help shows."""
     p = sub.add_parser(
         "train",
         allow_abbrev=False,
