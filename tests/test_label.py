@@ -274,6 +274,28 @@ def test_opcheck():
     )
 
 
+def test_large_outputs_reuse_freed_blocks_and_overwrite_them_whole():
+    """Large label outputs come from a cache of freed blocks (no page zeroing); a reused block still
+    holds the last call's labels, which every pixel of the new result overwrites."""
+    import scipy.ndimage as ndi
+
+    from unetseg.data import synthetic_nuclei
+
+    busy = torch.from_numpy(synthetic_nuclei((1100, 1000), seed=1).probability)  # 4.4 MB of labels
+    sparse = torch.zeros(1100, 1000)
+    sparse[10:20, 10:20] = 1
+    first = unetseg.label(busy, 0.5).labels
+    block = first.data_ptr()
+    assert first.max() > 50
+    del first
+    again = unetseg.label(sparse, 0.5).labels
+    assert again.data_ptr() == block
+    np.testing.assert_array_equal(again.numpy(), ndi.label(sparse.numpy() > 0.5, np.ones((3, 3)))[0])
+    del again
+    seeded = unetseg.seeded_label_stats(torch.stack([sparse, torch.zeros_like(sparse)]), 0.5, 0.5)
+    assert seeded.labels.data_ptr() == block and int(seeded.labels.max()) == 1 and int((seeded.labels > 0).sum()) == 100
+
+
 _Z = torch.zeros(2, 9, 9)
 _BAD_CALLS = [
     ("label", (_Z.long(), 0.5, 8, 0), r"scores must be float32, float16 or bfloat16"),

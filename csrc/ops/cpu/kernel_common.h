@@ -9,10 +9,13 @@
 #include "unetseg/ops.h"
 
 #include <ATen/Dispatch_v2.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
 #if defined(__linux__)
@@ -24,6 +27,8 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 
@@ -219,18 +224,104 @@ inline bool empty_batch(const ImageBatch& b, const at::Tensor& scores, at::Tenso
   return true;
 }
 
-// A new int32 label tensor. Large ones are advised to use transparent huge pages before their
-// first touch: faulting in a 64 MiB output 4 KiB at a time costs more than labelling it.
-inline at::Tensor new_labels(const at::Tensor& scores, at::IntArrayRef shape) {
-  at::Tensor labels = at::empty(shape, scores.options().dtype(at::kInt));
+// Large label outputs come from a cache of blocks that earlier outputs gave back. A fresh block is
+// zeroed by the kernel page by page on its first touch, about as long as labelling it takes (4096²:
+// 64 MiB, ~4 ms); a reused block is not (the kernels write every label, background included).
+// Blocks of at least kCachedFrom bytes are cached, up to kCachedBytes in all, the oldest given
+// back first; smaller ones go straight to torch's allocator (malloc reuses those by itself).
+class LabelAllocator final : public c10::Allocator {
+ public:
+  static constexpr size_t kCachedFrom = size_t{4} << 20;
+  static constexpr size_t kCachedBytes = size_t{256} << 20;
+
+  static LabelAllocator& instance() {
+    static auto* allocator = new LabelAllocator(); // never destroyed: tensors may outlive static destruction
+    return *allocator;
+  }
+
+  c10::DataPtr allocate(size_t bytes) override {
+    if (bytes < kCachedFrom) {
+      void* p = c10::alloc_cpu(bytes);
+      return {p, p, &c10::free_cpu, c10::Device(c10::kCPU)};
+    }
+    void* p = take(bytes);
+    if (p == nullptr) {
+      p = c10::alloc_cpu(bytes);
+      advise_huge_pages(p, bytes);
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    live_[p] = bytes;
+    return {p, p, &release, c10::Device(c10::kCPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  // A given-back block of exactly `bytes`, or nullptr.
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if (it->first == bytes) {
+        void* p = it->second;
+        free_bytes_ -= bytes;
+        free_.erase(it);
+        return p;
+      }
+    }
+    return nullptr;
+  }
+
+  static void release(void* p) { instance().give_back(p); }
+
+  void give_back(void* p) {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const auto it = live_.find(p);
+      const size_t bytes = it->second;
+      live_.erase(it);
+      if (bytes > kCachedBytes) {
+        drop.push_back(p);
+      } else {
+        free_.emplace_back(bytes, p);
+        free_bytes_ += bytes;
+      }
+      while (free_bytes_ > kCachedBytes) {
+        drop.push_back(free_.front().second);
+        free_bytes_ -= free_.front().first;
+        free_.erase(free_.begin());
+      }
+    }
+    for (void* q : drop) c10::free_cpu(q);
+  }
+
+  // Transparent huge pages for a fresh block before its first touch: faulting in a 64 MiB output
+  // 4 KiB at a time costs more than labelling it. A hint; ignored where THP are off.
+  static void advise_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const auto begin = reinterpret_cast<uintptr_t>(labels.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + labels.nbytes()) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE); // a hint
+    constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+    const auto begin = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+    const uintptr_t last = (begin + bytes) & ~(kHuge - 1);
+    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)bytes;
 #endif
-  return labels;
+  }
+
+  std::mutex mutex_;
+  std::unordered_map<void*, size_t> live_;      // the size of each cached-size block handed out
+  std::vector<std::pair<size_t, void*>> free_;  // blocks given back, oldest first
+  size_t free_bytes_ = 0;
+};
+
+// A new (uninitialised) int32 label tensor on the CPU, from the LabelAllocator.
+inline at::Tensor new_labels(const at::Tensor& /*scores*/, at::IntArrayRef shape) {
+  return at::detail::empty_generic(shape, &LabelAllocator::instance(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   at::kInt, std::nullopt);
 }
 
 } // namespace unetseg::ops::cpu
