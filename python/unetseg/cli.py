@@ -453,7 +453,7 @@ def _add_device_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="the network's precision. auto (default): bfloat16 on CPUs with native bfloat16 (AVX512-BF16, "
         "AMX) and on CUDA, else float32. bfloat16 runs it under autocast: on such CPUs about 2x faster than "
-        "float32 with the same scores on the DSB 2018 validation split (benchmarks/README.md); float16 "
+        "float32 with the same scores on the DSB 2018 validation split (docs/model_card.md); float16 "
         "needs a CUDA device",
     )
 

@@ -205,7 +205,7 @@ class Runner:
     precision: "auto" (default): bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX) and on
     CUDA, float32 elsewhere; ``Runner.precision`` says which. "bfloat16" runs the network under
     autocast: on such CPUs about 2x faster than "float32" with the same scores on the DSB 2018
-    validation split (benchmarks/README.md); "float16": CUDA only."""
+    validation split (docs/model_card.md); "float16": CUDA only."""
 
     def __init__(
         self,
