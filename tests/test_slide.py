@@ -2,11 +2,13 @@
 
 import json
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import shapely
 import tifffile
+import torch
 import zarr
 from test_segment import threshold_away_from
 
@@ -45,7 +47,8 @@ def whole_image(runner, image, **options):
     options = dict(
         threshold=threshold_away_from([probs]), boundary_threshold=threshold_away_from([probs], 1), **options
     )
-    return runner.segment([image], tile_size=0, **native, **options)[0], options
+    # the slide at its own scale too (diameter None; "auto" would estimate one)
+    return runner.segment([image], tile_size=0, **native, **options)[0], {**options, "diameter": None}
 
 
 @pytest.mark.parametrize(
@@ -289,3 +292,82 @@ def test_slide_options_are_the_runners(model_file, slide, tmp_path):
         segment_slide(slide[0], tmp_path, runner, threshold=1.5, progress=False)
     with pytest.raises(ValueError, match="connectivity must be 4 or 8, got 6"):
         segment_slide(slide[0], tmp_path, runner, connectivity=6, progress=False)
+
+
+def test_scaled_reader_is_the_same_in_every_block_and_equals_torchs_resize():
+    from unetseg.slide.readers import ArrayReader, ScaledReader
+
+    image = (np.random.default_rng(0).random((300, 410, 3)) * 255).astype(np.uint8)
+    for factor in (0.37, 0.5, 1.6):
+        scaled = ScaledReader(ArrayReader(image, axes="YXC"), factor)
+        h, w = scaled.shape
+        whole = scaled.read(0, h)
+        blocks = np.concatenate(
+            [
+                np.concatenate([scaled.read(r, min(h, r + 37), c, min(w, c + 53)) for c in range(0, w, 53)], axis=1)
+                for r in range(0, h, 37)
+            ]
+        )
+        np.testing.assert_array_equal(blocks, whole)
+        x = torch.from_numpy(image).float().permute(2, 0, 1)[None]
+        want = torch.nn.functional.interpolate(
+            x, size=(h, w), mode="bilinear", antialias=factor < 1, align_corners=False
+        )
+        np.testing.assert_allclose(whole, want[0].permute(1, 2, 0).numpy(), atol=2e-3)
+        assert scaled.downsample == pytest.approx(300 / h)
+
+
+def test_a_slide_at_another_diameter_is_its_resized_image_with_level0_coordinates(default_runner, tmp_path):
+    from unetseg.slide.readers import ArrayReader, ScaledReader
+
+    image = np.tile(read_image(SAMPLES / "fluorescence.png"), (2, 2))[:400, :380]
+    canonical = default_runner.diameter
+    result = segment_slide(
+        image,
+        tmp_path / "out",
+        default_runner,
+        diameter=2 * canonical,
+        band_height=64,
+        block_width=128,
+        progress=False,
+    )
+    small = ScaledReader(ArrayReader(image, axes="YX"), 0.5).read(0, 200)
+    ranges = default_runner.normalisation(small)
+    want = default_runner.segment([small], tile_size=0, diameter=canonical, normalisation=ranges)[0]
+    labels = tifffile.imread(result.labels)
+    assert labels.shape == (200, 190) and result.count == want.count > 10
+    # the same nuclei, up to pixels whose probability the block shapes round to the other side
+    assert (labels > 0).sum() == pytest.approx((want.labels > 0).sum(), rel=0.01)
+    summary = json.loads(result.summary.read_text())
+    assert summary["downsample"] == pytest.approx(2.0) and summary["scale"] == result.scale == 0.5
+    table = pd.read_csv(result.table)
+    assert table.centroid_row.max() > 300  # level-0 (the original image's) pixels
+    assert table.area.sum() == pytest.approx(4 * (labels > 0).sum())
+
+
+def test_slide_diameter_estimate_and_bad_values(default_runner, model_file, tmp_path):
+    from unetseg.data import synthetic_nuclei
+    from unetseg.slide.pipeline import slide_factor
+    from unetseg.slide.readers import ArrayReader
+
+    canonical = default_runner.diameter
+    image = synthetic_nuclei((700, 700), seed=5).image
+    native = slide_factor(ArrayReader(image, axes="YX"), default_runner, "auto")
+    big = cv2.resize(image, None, fx=3, fy=3, interpolation=cv2.INTER_LINEAR)  # nuclei 3x as large
+    assert slide_factor(ArrayReader(big, axes="YX"), default_runner, "auto") == pytest.approx(native / 3, rel=0.25)
+    assert slide_factor(ArrayReader(image, axes="YX"), default_runner, canonical * 1.2) == 1.0  # within 25%
+    assert slide_factor(ArrayReader(image, axes="YX"), default_runner, None) == 1.0
+    for bad, message in (
+        (0, "diameter must be a positive number of pixels"),
+        (-3.0, "diameter must be a positive number of pixels"),
+        (float("nan"), "diameter must be a positive number of pixels"),
+        ("big", "diameter must be a positive number of pixels or 'auto', got 'big'"),
+        (canonical * 100, r"would resize the slide by 0.01, outside \[0.125, 4"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            segment_slide(image, tmp_path / "bad", default_runner, diameter=bad, progress=False)
+    small_model = unetseg.Runner(model_file[0])  # trained without rescaling
+    assert slide_factor(ArrayReader(image, axes="YX"), small_model, "auto") == 1.0
+    with pytest.raises(ValueError, match="has no canonical nucleus diameter"):
+        segment_slide(image, tmp_path / "bad", small_model, diameter=30, progress=False)
+    assert not (tmp_path / "bad").exists()

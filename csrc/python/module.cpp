@@ -18,6 +18,10 @@ namespace py = pybind11;
 PYBIND11_MODULE(_C, m) {
   m.doc() = "unetseg native core: the C++ Runner (ops are in torch.ops.unetseg)";
   m.attr("__version__") = UNETSEG_VERSION;
+  // The rescaling rule of runner.h, for the slide pipeline's one diameter per slide.
+  m.attr("MIN_RESCALE") = unetseg::kMinRescale;
+  m.attr("MAX_RESCALE") = unetseg::kMaxRescale;
+  m.attr("DIAMETER_TOLERANCE") = unetseg::kDiameterTolerance;
 
   // Options travel as these classes with named fields (never as positional lists), so a field
   // added to or moved in the C++ struct cannot shift another.

@@ -4,6 +4,9 @@ option classes. The labelling ops are torch.ops.unetseg.* (typed wrappers in une
 import torch
 
 __version__: str
+MIN_RESCALE: float  # runner.h: factors (canonical / image diameter) stay within [MIN_RESCALE, MAX_RESCALE]
+MAX_RESCALE: float
+DIAMETER_TOLERANCE: float  # an estimate within this factor of the scale in use is taken as it is
 
 class Normalisation:
     low: list[float]

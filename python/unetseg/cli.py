@@ -384,6 +384,7 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
             table_format=args.table_format,
             geojson=not args.no_geojson,
             measurements=args.measure,
+            diameter=args.diameter,
             resume=args.resume,
             restart=args.restart,
             pixel_size=args.pixel_size,
@@ -398,6 +399,8 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
         f"{result.count} nuclei in {h}x{w} pixels ({h * w / 1e6:.0f} Mpx) in {total:.0f} s "
         f"({h * w / max(total, 1e-9) / 1e6:.2f} Mpx/s; {shares})"
     )
+    if result.scale != 1.0:
+        print(f"the slide was resized by {result.scale:.3g} for the network (--diameter); the labels are on that grid")
     outputs = [result.labels, result.table] + ([result.geojson] if result.geojson else []) + [result.summary]
     print("wrote " + ", ".join(str(p) for p in outputs))
     return 0
@@ -622,6 +625,16 @@ def _add_segment_slide_parser(sub) -> None:
         "with multiscales); both carry the pixel size and open in napari, QuPath and Fiji",
     )
     p.add_argument("--table-format", choices=tuple(TABLE_FORMATS), default="csv")
+    p.add_argument(
+        "--diameter",
+        type=_diameter,
+        default="auto",
+        metavar="PX|auto",
+        help="the slide's median nucleus diameter in pixels (of the level read), for models trained at a canonical "
+        "diameter (the bundled one): the whole slide is resized by canonical / PX as it is read, and the labels "
+        "come on that grid (the downsample in summary.json; tables and GeoJSON in level-0 pixels); auto "
+        "(default): estimated on sample crops; within 25%% of the canonical diameter the slide is not resized",
+    )
     p.add_argument("--no-geojson", action="store_true", help="do not write objects.geojson")
     p.add_argument(
         "--measure",

@@ -46,7 +46,7 @@ from ..geometry import (
 )
 from ..io import atomic_path
 from ..segment import ObjectTable
-from .readers import SlideReader, open_slide
+from .readers import ScaledReader, SlideReader, open_slide
 from .stream import StreamLabeller, raster_numbering
 
 PARTIAL = ".unetseg-partial"
@@ -64,6 +64,8 @@ class SlideResult:
     count: int
     shape: tuple[int, int]
     seconds: dict[str, float] = field(default_factory=dict)
+    scale: float = 1.0
+    """the factor the level read was resized by for the network (1: its own scale; see ``diameter``)"""
 
 
 def _resolve(runner, labelling, threshold, boundary_threshold, min_area, connectivity) -> dict:
@@ -147,6 +149,7 @@ def segment_slide(
     restart: bool = False,
     precision: str = "auto",
     pixel_size: float | None = None,
+    diameter: float | str | None = "auto",
     progress: bool = True,
 ) -> SlideResult:
     """Segments nuclei in a whole slide, streamed in row bands; writes labels, an object table and
@@ -172,6 +175,12 @@ def segment_slide(
     pixel_size: µm per level-0 pixel, overriding the file's (OME, ImageJ or TIFF resolution tags,
         OME-Zarr scale, OpenSlide mpp); with one the table gains µm columns and the labels their
         physical size.
+    diameter: the slide's median nucleus diameter in pixels of the level read, for models with a
+        canonical diameter (``Runner.diameter``): the slide is resized by canonical / diameter as it
+        is read (one factor for the whole slide, so seams stay exact), and the labels come on that
+        grid, like a pyramid level's (the downsample in summary.json; tables and polygons in
+        level-0 pixels). "auto" (default): estimated on sample crops of the slide; None: the
+        slide's own scale. Within 25% of the canonical diameter the slide is not resized.
     Coordinates: the object table and the GeoJSON are in level-0 pixels whatever ``level`` was read
     (the downsample is in summary.json), so they land right on the full-resolution slide in QuPath;
     the label image keeps the level's grid. The labels equal those of segmenting the whole slide at
@@ -216,6 +225,14 @@ def segment_slide(
             f"{str(output)!r} holds an interrupted run; continue it with resume=True (--resume), or discard it "
             "and start over with restart=True (--restart)"
         )
+    try:
+        factor = slide_factor(reader, runner, diameter)
+    except ValueError:
+        if owned:
+            reader.close()
+        raise
+    if factor != 1.0:
+        reader = ScaledReader(reader, factor)
     job = _Job(
         reader,
         runner,
@@ -239,6 +256,58 @@ def segment_slide(
     finally:
         if owned:
             reader.close()
+
+
+def slide_factor(reader: SlideReader, runner, diameter: float | str | None) -> float:
+    """The factor a slide is resized by for the network: the model's canonical diameter over the
+    slide's (given, or the median of the runner's estimates on sample crops), within the runner's
+    limits, and 1 within its tolerance (``_C.DIAMETER_TOLERANCE``) or for models without one."""
+    from .. import _C
+
+    canonical = runner.diameter
+    if diameter is None or (diameter == "auto" and not canonical):
+        return 1.0
+    if not canonical:
+        raise ValueError(
+            f"diameter {diameter} given, but this model has no canonical nucleus diameter (it was trained "
+            "without rescaling); leave diameter unset"
+        )
+    if diameter == "auto":
+        diameter = estimate_diameter(reader, runner)
+        if diameter is None:  # no nuclei in the samples: nothing to go by
+            return 1.0
+    if isinstance(diameter, str) or not (np.isfinite(diameter) and diameter > 0):
+        raise ValueError(f"diameter must be a positive number of pixels or 'auto', got {diameter!r}")
+    factor = canonical / float(diameter)
+    if not _C.MIN_RESCALE <= factor <= _C.MAX_RESCALE:
+        raise ValueError(
+            f"diameter {diameter} pixels would resize the slide by {factor:.4g}, outside [{_C.MIN_RESCALE}, "
+            f"{_C.MAX_RESCALE}] of the model's canonical diameter {canonical}; expected a diameter between "
+            f"{canonical / _C.MAX_RESCALE:g} and {canonical / _C.MIN_RESCALE:g} pixels"
+        )
+    return 1.0 if abs(np.log(factor)) <= np.log(_C.DIAMETER_TOLERANCE) else factor
+
+
+def estimate_diameter(reader: SlideReader, runner, crops: int = 4, side: int = 1024) -> float | None:
+    """The median nucleus diameter of a slide (pixels of the level read): the runner's own estimate
+    (``diameter="auto"``) on the `crops` crops of `side` pixels whose thumbnail cells vary most
+    (tissue rather than background), the median over those that hold at least 10 nuclei; None when
+    none does."""
+    h, w = reader.shape
+    side = min(side, h, w)
+    thumb = reader.thumbnail(max_pixels=256 * 256)
+    step_r, step_c = h / thumb.shape[0], w / thumb.shape[1]
+    cells = []
+    for r in range(0, h - side + 1, side):
+        for c in range(0, w - side + 1, side):
+            cell = thumb[int(r / step_r) : int((r + side) / step_r) + 1, int(c / step_c) : int((c + side) / step_c) + 1]
+            cells.append((float(np.std(cell)), r, c))
+    estimates = []
+    for _, r, c in sorted(cells, reverse=True)[:crops]:
+        seg = runner.segment([reader.read(r, r + side, c, c + side)], diameter="auto")[0]
+        if seg.count >= 10:
+            estimates.append(seg.diameter)
+    return float(np.median(estimates)) if estimates else None
 
 
 @dataclass
@@ -281,6 +350,7 @@ def _run(job: _Job) -> SlideResult:
         "slide": str(Path(slide).resolve()) if isinstance(slide, (str, os.PathLike)) else reader.description,
         "shape": [h, w],
         "level": level,
+        "downsample": reader.downsample,
         "channel": channel,
         "model": str(runner.path.resolve()),
         "model_bytes": runner.path.stat().st_size,
@@ -376,6 +446,7 @@ def _run(job: _Job) -> SlideResult:
     result = _write_outputs(job, work, ranges, labeller.id_bound)
     seconds["write"] += time.perf_counter() - start
     result.seconds = seconds
+    result.scale = getattr(reader, "factor", 1.0)
     _write_summary(result, reader, runner, options, ranges, fingerprint)
     shutil.rmtree(work.folder, ignore_errors=True)
     return result
@@ -592,7 +663,9 @@ def _write_summary(result: SlideResult, reader, runner, options, ranges, fingerp
         "count": result.count,
         "pixel_size_um": reader.pixel_size,
         "downsample": reader.downsample,
-        "coordinates": "table and GeoJSON: level-0 pixels (and µm with a pixel size); labels: the level's grid",
+        "scale": result.scale,
+        "coordinates": "table and GeoJSON: level-0 pixels (and µm with a pixel size); labels: the grid read "
+        "(the level, resized by `scale`)",
         "outputs": {k: str(getattr(result, k).name) for k in ("labels", "table", "geojson") if getattr(result, k)},
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }

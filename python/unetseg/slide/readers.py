@@ -162,6 +162,65 @@ class ArrayReader(SlideReader):
             self._closer()
 
 
+class ScaledReader(SlideReader):
+    """A slide resized by ``factor`` on the fly, read like any slide: each output pixel is the
+    antialiased linear interpolation (a triangle filter widened by 1 / factor when shrinking, the
+    weights renormalised at the slide's edges, as torch's antialiased bilinear resize) of the source
+    pixels around its centre in slide coordinates, so a pixel has the same value in whatever block
+    it is read (each axis resized to ``round(size * factor)``, at that axis's own scale). Its
+    ``downsample`` is the source's over ``factor``: tables and polygons of a run on
+    it land on level 0 as a pyramid level's do. Reads float32."""
+
+    def __init__(self, source: SlideReader, factor: float):
+        if not (np.isfinite(factor) and factor > 0):
+            raise ValueError(f"factor must be a positive number, got {factor}")
+        self.source, self.factor = source, float(factor)
+        h, w = source.shape
+        self.shape = (max(1, round(h * factor)), max(1, round(w * factor)))
+        self.channels = source.channels
+        self.dtype = np.dtype(np.float32)
+        self.description = f"{source.description} at {factor:.4g}x"
+        self.pixel_size = source.pixel_size
+        self.downsample = source.downsample * h / self.shape[0]
+
+    def read(self, row0: int, row1: int, col0: int = 0, col1: int | None = None) -> np.ndarray:
+        col1 = self.shape[1] if col1 is None else col1
+        (h, w), (sh, sw) = self.source.shape, self.shape
+        rows, (r0, r1) = _taps(row0, row1, sh / h, h)  # each axis's own scale, as torch's resize to a size
+        cols, (c0, c1) = _taps(col0, col1, sw / w, w)
+        block = self.source.read(r0, r1, c0, c1).astype(np.float32)
+        block = _apply_taps(block, rows, r0, axis=0)
+        return _apply_taps(block, cols, c0, axis=1)
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def _taps(start: int, stop: int, scale: float, size: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[int, int]]:
+    """Source indices and weights (n, K) of output pixels [start, stop) of an axis of ``size``
+    source pixels resized by ``scale``, and the source range they read."""
+    support = max(1.0, 1.0 / scale)  # the filter's half-width in source pixels
+    centres = (np.arange(start, stop, dtype=np.float64) + 0.5) / scale - 0.5
+    first = np.floor(centres - support).astype(np.int64) + 1
+    k = int(np.ceil(2 * support)) + 1
+    index = first[:, None] + np.arange(k)[None, :]
+    weights = np.maximum(0.0, 1.0 - np.abs(index - centres[:, None]) / support)
+    weights[(index < 0) | (index >= size)] = 0.0
+    weights /= weights.sum(axis=1, keepdims=True)
+    index = np.clip(index, 0, size - 1)
+    return (index, weights.astype(np.float32)), (int(index.min()), int(index.max()) + 1)
+
+
+def _apply_taps(block: np.ndarray, taps, offset: int, axis: int) -> np.ndarray:
+    index, weights = taps
+    block = np.moveaxis(block, axis, 0)
+    out = np.zeros((index.shape[0], *block.shape[1:]), np.float32)
+    extra = (1,) * (block.ndim - 1)
+    for k in range(index.shape[1]):
+        out += weights[:, k].reshape(-1, *extra) * block[index[:, k] - offset]
+    return np.moveaxis(out, 0, axis)
+
+
 class OpenSlideReader(SlideReader):
     """OpenSlide formats through openslide-python: RGB at pyramid ``level``."""
 
