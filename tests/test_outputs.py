@@ -189,6 +189,21 @@ def test_slide_labels_as_ome_zarr_are_valid_ngff_with_the_same_pyramid(tmp_path,
             np.testing.assert_array_equal(group[dataset.path][:], level.asarray())
 
 
+def test_slide_rois_are_the_geojson_polygons_one_per_nucleus(tmp_path, model_file):
+    from unetseg.slide import segment_slide
+
+    image = np.tile(synthetic_nuclei((110, 105), seed=9).image, (3, 4))
+    result = segment_slide(image, tmp_path / "out", model_file[0], threshold=0.4, rois=True, progress=False)
+    rois = roifile.roiread(result.rois)
+    assert result.rois.name == "objects_rois.zip" and len(rois) == result.count > 0
+    assert [r.name for r in rois] == [f"nucleus {k}" for k in range(1, result.count + 1)]
+    features = {f["properties"]["label"]: f for f in json.loads(result.geojson.read_text())["features"]}
+    for k, roi in enumerate(rois, start=1):
+        ring = np.asarray(features[k]["geometry"]["coordinates"][0])
+        np.testing.assert_allclose(roi.coordinates(), ring[:-1], atol=1e-3)
+    assert json.loads(result.summary.read_text())["outputs"]["rois"] == "objects_rois.zip"
+
+
 def test_slide_measurements_window_by_window_equal_the_whole_images(tmp_path):
     import pandas as pd
     import tifffile

@@ -383,6 +383,7 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
             labels_format=args.labels_format,
             table_format=args.table_format,
             geojson=not args.no_geojson,
+            rois=args.rois,
             measurements=args.measure,
             diameter=args.diameter,
             resume=args.resume,
@@ -401,7 +402,8 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
     )
     if result.scale != 1.0:
         print(f"the slide was resized by {result.scale:.3g} for the network (--diameter); the labels are on that grid")
-    outputs = [result.labels, result.table] + ([result.geojson] if result.geojson else []) + [result.summary]
+    outputs = [result.labels, result.table, result.geojson, result.rois, result.summary]
+    outputs = [p for p in outputs if p]
     print("wrote " + ", ".join(str(p) for p in outputs))
     return 0
 
@@ -636,6 +638,9 @@ def _add_segment_slide_parser(sub) -> None:
         "(default): estimated on sample crops; within 25%% of the canonical diameter the slide is not resized",
     )
     p.add_argument("--no-geojson", action="store_true", help="do not write objects.geojson")
+    p.add_argument(
+        "--rois", action="store_true", help="also write objects_rois.zip: an ImageJ ROI set for Fiji (level-0 pixels)"
+    )
     p.add_argument(
         "--measure",
         action="store_true",

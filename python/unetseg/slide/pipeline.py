@@ -16,7 +16,8 @@ outputs, each under a temporary name renamed into place when complete:
 - ``labels.ome.tif`` (tiled pyramidal BigTIFF, int32, zlib) or ``labels.ome.zarr`` (OME-Zarr NGFF
   0.4 image-label with multiscales);
 - ``objects.csv`` or ``objects.parquet`` (label, area, bbox, centroid, mean probability);
-- ``objects.geojson``: one polygon per object (a QuPath detection), in pixel coordinates;
+- ``objects.geojson``: one polygon per object (a QuPath detection), in level-0 pixel coordinates;
+- with ``rois``, ``objects_rois.zip``: the same polygons as an ImageJ ROI set (Fiji's ROI Manager);
 - ``summary.json``: slide, model, options, object count and where the time went.
 
 Peak memory: a block (plus halo) of the slide, its probabilities and the network's activations on
@@ -43,6 +44,7 @@ from ..geometry import (
     micron_columns,
     outline_polygon,
     write_geojson,
+    write_imagej_rois,
 )
 from ..io import atomic_path
 from ..segment import ObjectTable
@@ -64,6 +66,8 @@ class SlideResult:
     count: int
     shape: tuple[int, int]
     seconds: dict[str, float] = field(default_factory=dict)
+    rois: Path | None = None
+    """objects_rois.zip, when asked for"""
     scale: float = 1.0
     """the factor the level read was resized by for the network (1: its own scale; see ``diameter``)"""
 
@@ -144,6 +148,7 @@ def segment_slide(
     labels_format: str = "ome-tiff",
     table_format: str = "csv",
     geojson: bool = True,
+    rois: bool = False,
     measurements: bool = False,
     resume: bool = False,
     restart: bool = False,
@@ -166,6 +171,8 @@ def segment_slide(
         :func:`unetseg.segment_batch`.
     labels_format: "ome-tiff" (pyramidal OME-TIFF) or "ome-zarr" (OME-Zarr NGFF image-label with
         multiscales); table_format: "csv" or "parquet" (needs pyarrow).
+    rois: also write objects_rois.zip, an ImageJ ROI set of the same polygons (level-0 pixels) for
+        Fiji's ROI Manager.
     measurements: add to the table each object's intensities (every channel of the slide as read)
         and shape (:func:`unetseg.geometry.measure`, lengths in level-0 pixels), measured window by
         window (memory stays flat).
@@ -244,6 +251,7 @@ def segment_slide(
         labels_format,
         table_format,
         geojson,
+        rois,
         measurements,
         resume,
         progress,
@@ -325,6 +333,7 @@ class _Job:
     labels_format: str
     table_format: str
     geojson: bool
+    rois: bool
     measurements: bool
     resume: bool
     progress: bool
@@ -358,6 +367,7 @@ def _run(job: _Job) -> SlideResult:
         "block_width": block[1],
         "tile_size": tile_size,
         "tta": tta,
+        "outlines": geojson or job.rois,  # a resumed run has them for its earlier bands only if asked then
         "precision": runner.precision,
         **options,
     }
@@ -368,7 +378,7 @@ def _run(job: _Job) -> SlideResult:
         boundary_threshold=options["boundary_threshold"],
         connectivity=options["connectivity"],
         min_area=options["min_area"],
-        outlines=geojson,
+        outlines=geojson or job.rois,
     )
     seconds = {"normalisation": 0.0, "read": 0.0, "network": 0.0, "labelling": 0.0, "write": 0.0}
     state = work.load(fingerprint) if job.resume else None
@@ -519,23 +529,27 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
     with atomic_path(table_path) as tmp:
         TABLE_FORMATS[table_format](frame, tmp)
 
-    geojson_path = None
-    if geojson:
-        geojson_path = output / "objects.geojson"
+    geojson_path = output / "objects.geojson" if geojson else None
+    rois_path = output / "objects_rois.zip" if job.rois else None
+
+    def polygons():
+        """(final label, outline polygon in level-0 pixels) of every object, in the order finished."""
+        with open(work.outlines) as lines:
+            for line in lines:
+                pid, flat = json.loads(line)
+                yield pid, outline_polygon(np.reshape(flat, (-1, 2))) * reader.downsample
+
+    if geojson_path:
         area = dict(zip(ids.tolist(), objects[:, 2].tolist()))
-        with atomic_path(geojson_path) as tmp, open(tmp, "w") as out, open(work.outlines) as lines:
-            records = (json.loads(line) for line in lines)
-            scale, area_scale = reader.downsample, reader.downsample**2
+        area_scale = reader.downsample**2
+        with atomic_path(geojson_path) as tmp, open(tmp, "w") as out:
             write_geojson(
-                out,
-                (
-                    detection_feature(
-                        outline_polygon(np.reshape(flat, (-1, 2))) * scale, lut[pid], area[pid] * area_scale
-                    )
-                    for pid, flat in records
-                ),
+                out, (detection_feature(polygon, lut[pid], area[pid] * area_scale) for pid, polygon in polygons())
             )
-    return SlideResult(labels_path, table_path, geojson_path, output / "summary.json", count, (h, w))
+    if rois_path:
+        ordered = sorted((int(lut[pid]), polygon) for pid, polygon in polygons())  # ROI Manager order: by label
+        write_imagej_rois(rois_path, [p for _, p in ordered], [k for k, _ in ordered])
+    return SlideResult(labels_path, table_path, geojson_path, output / "summary.json", count, (h, w), rois=rois_path)
 
 
 def pyramid_steps(h: int, w: int, side: int) -> list[int]:
@@ -666,7 +680,9 @@ def _write_summary(result: SlideResult, reader, runner, options, ranges, fingerp
         "scale": result.scale,
         "coordinates": "table and GeoJSON: level-0 pixels (and µm with a pixel size); labels: the grid read "
         "(the level, resized by `scale`)",
-        "outputs": {k: str(getattr(result, k).name) for k in ("labels", "table", "geojson") if getattr(result, k)},
+        "outputs": {
+            k: str(getattr(result, k).name) for k in ("labels", "table", "geojson", "rois") if getattr(result, k)
+        },
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }
     with atomic_path(result.summary) as tmp:
