@@ -51,6 +51,19 @@ def test_dask_equals_one_process(client, image, labelling, chunks):
     np.testing.assert_allclose(np.moveaxis(lazy.compute(), -1, 0), probs, atol=2e-6, rtol=0)
 
 
+def test_measurements_equal_the_whole_images(client, image):
+    from unetseg.geometry import measure
+
+    seg = udask.segment(da.from_array(image, chunks=(100, 120)), precision="float32")
+    table = udask.measure(seg, da.from_array(image, chunks=(100, 120)), window=(64, 96))
+    want = measure(seg.labels, image)
+    assert list(table.columns[: len(unetseg.ops.OBJECT_COLUMNS)]) == list(unetseg.ops.OBJECT_COLUMNS)
+    for name, values in want.items():
+        np.testing.assert_allclose(table[name], values, rtol=1e-5, err_msg=name)
+    with pytest.raises(ValueError, match="pass the array it was segmented from"):
+        udask.measure(seg, da.from_array(image[:100], chunks=50))
+
+
 def test_grid_chunks():
     assert udask._grid_chunks((100, 100, 100, 33), 16, 96) == (112, 112, 109)
     assert udask._grid_chunks((50,), 16, 96) == (50,)

@@ -177,3 +177,26 @@ def segment(
     lut = raster_numbering(ids, first, labeller.id_bound)
     table = stats[np.argsort(lut[ids], kind="stable")]
     return Segmentation(lut[labels], len(ids), ObjectTable(table))
+
+
+def measure(segmentation: Segmentation, array, window: tuple[int, int] = (1024, 4096)):
+    """The object table of a :func:`segment` result with each object's intensities (every channel of
+    ``array``, the dask array it was segmented from) and shape, as ``unetseg segment --measure`` and
+    ``segment_slide(measurements=True)`` give them: a pandas DataFrame, one row per object. The
+    array is read a window of ``window`` pixels at a time (:func:`unetseg.geometry.measure_in_windows`)."""
+    from .geometry import measure_in_windows
+
+    labels = segmentation.labels
+    if tuple(array.shape[:2]) != labels.shape:
+        raise ValueError(
+            f"array has shape {tuple(array.shape)}; the segmentation's labels are {labels.shape}: pass the array it "
+            "was segmented from"
+        )
+    columns = measure_in_windows(
+        segmentation.objects.bbox,
+        labels.shape,
+        lambda r0, r1, c0, c1: labels[r0:r1, c0:c1],
+        lambda r0, r1, c0, c1: np.asarray(array[r0:r1, c0:c1]),
+        window,
+    )
+    return segmentation.objects.to_pandas().assign(**columns)
