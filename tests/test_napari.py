@@ -112,6 +112,17 @@ def test_reader_opens_a_slide_output(tmp_path, model_file, labels_format):
     assert kind == "labels" and data.shape == image.shape[:2] and len(meta["features"]) == result.count
     assert int(np.asarray(data).max()) == result.count
     assert isinstance(data, da.Array) == (labels_format == "ome-zarr")  # zarr: lazy; a small TIFF: read whole
+    assert meta["scale"] == (1.0, 1.0)
+
+
+def test_reader_puts_resized_slide_labels_on_level0(tmp_path):
+    from unetseg.slide import segment_slide
+
+    runner = unetseg.Runner(device="cpu")
+    image = np.tile(_io.sample_fluorescence()[0][0], (2, 2))[:300, :280]
+    segment_slide(image, tmp_path / "slide", runner, diameter=2 * runner.diameter, progress=False)
+    [(data, meta, _)] = _io.get_reader(str(tmp_path / "slide"))(str(tmp_path / "slide"))
+    assert data.shape == (150, 140) and meta["scale"] == pytest.approx((2.0, 2.0))
 
 
 def test_samples_open():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -64,7 +65,10 @@ def _read_slide_output(path: str) -> list[tuple]:
     features = None
     if table is not None:
         features = _features(pd.read_csv(table) if table.suffix == ".csv" else pd.read_parquet(table))
-    return [(data, {"name": f"{path.name} nuclei", "features": features}, "labels")]
+    # the labels' grid is the level read, resized by the slide's scale: in level-0 pixels, as the table
+    downsample = float(json.loads((path / "summary.json").read_text()).get("downsample", 1.0))
+    meta = {"name": f"{path.name} nuclei", "features": features, "scale": (downsample, downsample)}
+    return [(data, meta, "labels")]
 
 
 def _read_labels_file(path: str) -> list[tuple]:
