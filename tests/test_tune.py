@@ -12,7 +12,7 @@ from unetseg import metrics
 from unetseg.checkpoint import model_from_checkpoint
 from unetseg.cli import main
 from unetseg.data import read_dataset
-from unetseg.evaluate import tune
+from unetseg.evaluate import evaluate, tune
 from unetseg.ops import label, seeded_label
 from unetseg.predict import predict
 
@@ -176,3 +176,19 @@ def test_dev_images_are_scored_when_the_checkpoint_has_them(checkpoint, npz, tmp
     torch.save(missing, dev_path)
     with pytest.raises(ValueError, match=r"holds only 3 of the checkpoint's dev images \(4\)"):
         tune(dev_path, npz, **options)
+
+
+def test_one_dataset_of_a_multi_dataset_checkpoint_keeps_its_validation_images_out(npz, tmp_path):
+    """A checkpoint trained on several datasets names its images DATASET/NAME; tuned (or evaluated)
+    on one of them, that dataset's validation images are still recognised and left out."""
+    from unetseg.data.readers import dataset_name
+
+    prefix = dataset_name(npz) + "/"
+    names = [prefix + s.name for s in read_dataset(npz)]
+    ckpt = make_checkpoint(out_channels=2, seed=3)
+    ckpt["split"] = {"train": names[4:] + ["other/a"], "val": names[:4] + ["other/b"], "seed": 0}
+    torch.save(ckpt, tmp_path / "multi.pt")
+    result = tune(tmp_path / "multi.pt", npz, images=20, thresholds=[0.5], boundary_thresholds=[0.5], progress=False)
+    assert sorted(result["images"]) == sorted(names[4:])  # every training image, no validation image
+    with pytest.raises(ValueError, match=r"holds only 4 of the model's validation images \(5\)"):
+        evaluate(tmp_path / "multi.pt", npz, progress=False)

@@ -19,6 +19,7 @@ import torch
 
 from . import metrics
 from .data import Sample, read_datasets
+from .data.readers import dataset_name
 from .data.transforms import rescale
 from .export import is_model_file
 from .io import atomic_path, check_output_folder
@@ -107,7 +108,8 @@ def evaluate(
     segment, splits = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
     if split_of is not None:  # another model's images: compare two models on the same split
         splits = _splits_of(split_of)
-    samples = read_datasets(data, skip_invalid)
+    named = [n for names in (splits or {}).values() if isinstance(names, (list, tuple, set)) for n in names]
+    samples = _read_as_named(data, skip_invalid, named)
     if split != "all":
         what = {"val": "validation", "dev": "dev"}[split]
         if splits is None:
@@ -255,7 +257,7 @@ def tune(
     dev = set(ckpt["split"].get("dev", []))
     if dev:
         samples = _named(
-            read_datasets(data, skip_invalid),
+            _read_as_named(data, skip_invalid, dev),
             dev,
             "the checkpoint's dev images",
             data,
@@ -263,7 +265,7 @@ def tune(
         )
     else:
         val = set(ckpt["split"]["val"])
-        samples = [s for s in read_datasets(data, skip_invalid) if s.name not in val]
+        samples = [s for s in _read_as_named(data, skip_invalid, val) if s.name not in val]
         if not samples:
             raise ValueError(
                 f"every image of {str(data)!r} is one of the checkpoint's validation images; tune on "
@@ -342,6 +344,22 @@ def _metadata_splits(metadata: dict) -> dict[str, list[str]] | None:
     if training.get("val_names") is None:
         return None
     return {"val": training["val_names"], "dev": training.get("dev_names", [])}
+
+
+def _read_as_named(data, skip_invalid: bool, names) -> list:
+    """The samples of `data`, named as the model names its images: a model trained on several
+    datasets names them ``DATASET/NAME``, which one dataset read alone is not, so a single dataset
+    whose name prefixes the model's names is read with that prefix (else its validation images
+    would not be recognised: scored as unknown, or tuned on)."""
+    samples = read_datasets(data, skip_invalid)
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if len(paths) == 1:
+        prefix = dataset_name(paths[0]) + "/"
+        if any(str(n).startswith(prefix) for n in names):
+            for s in samples:
+                s.name = prefix + s.name
+                s.group = prefix + s.group if s.group else ""
+    return samples
 
 
 def _named(samples: list, names, what: str, data, fix: str) -> list:
