@@ -137,6 +137,19 @@ bool repeated_gray(const at::Tensor& hwc, const ModelInfo& info) {
   return info.in_channels == 3 && (hwc.size(2) == 1 || hwc.size(2) == 2);
 }
 
+// Empty order statistics of each channel the image really has (a gray image repeated into RGB: one).
+std::vector<OrderStatistics> channel_statistics(const at::Tensor& hwc, const ModelInfo& info) {
+  return std::vector<OrderStatistics>(repeated_gray(hwc, info) ? 1 : size_t(info.in_channels),
+                                      OrderStatistics(hwc.scalar_type() != at::kFloat));
+}
+
+// Adds converted rows (h, w, in_channels) to the statistics of their channels.
+void add_rows(std::vector<OrderStatistics>& stats, const at::Tensor& converted) {
+  for (size_t k = 0; k < stats.size(); ++k) {
+    stats[k].add(converted.select(2, int64_t(k)));
+  }
+}
+
 // Per-channel percentiles, from the order statistics of the channels the image really has.
 Normalisation ranges_from(std::vector<OrderStatistics>& stats, const ModelInfo& info) {
   Normalisation r;
@@ -151,11 +164,8 @@ Normalisation ranges_from(std::vector<OrderStatistics>& stats, const ModelInfo& 
 
 // Per-channel percentiles of the converted image `out`.
 Normalisation ranges_of(const at::Tensor& converted, const at::Tensor& hwc, const ModelInfo& info) {
-  std::vector<OrderStatistics> stats(repeated_gray(hwc, info) ? 1 : size_t(info.in_channels),
-                                     OrderStatistics(hwc.scalar_type() != at::kFloat));
-  for (size_t k = 0; k < stats.size(); ++k) {
-    stats[k].add(converted.select(2, int64_t(k)));
-  }
+  std::vector<OrderStatistics> stats = channel_statistics(hwc, info);
+  add_rows(stats, converted);
   return ranges_from(stats, info);
 }
 
@@ -176,16 +186,13 @@ Normalisation image_ranges(const at::Tensor& hwc, const ModelInfo& info) {
   // Converted a band of rows at a time: the image is never held converted (12 bytes a pixel in RGB).
   constexpr int64_t kBandPixels = 1 << 20;
   const int64_t h = hwc.size(0), w = hwc.size(1), rows = std::clamp<int64_t>(kBandPixels / w, 1, h);
-  std::vector<OrderStatistics> stats(repeated_gray(hwc, info) ? 1 : size_t(info.in_channels),
-                                     OrderStatistics(hwc.scalar_type() != at::kFloat));
+  std::vector<OrderStatistics> stats = channel_statistics(hwc, info);
   at::Tensor band = at::empty({rows, w, info.in_channels}, at::kFloat);
   for (int64_t r = 0; r < h; r += rows) {
     const int64_t n = std::min(rows, h - r);
     const at::Tensor part = band.narrow(0, 0, n);
     convert_channels_into(hwc.narrow(0, r, n), info, part);
-    for (size_t k = 0; k < stats.size(); ++k) {
-      stats[k].add(part.select(2, int64_t(k)));
-    }
+    add_rows(stats, part);
   }
   return ranges_from(stats, info);
 }

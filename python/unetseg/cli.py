@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from importlib import resources
@@ -282,6 +281,7 @@ def _sample_images() -> list[Path]:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .files import input_images, segment_files
+    from .geometry import checked_pixel_size
     from .io import check_output_folder
     from .segment import Runner, default_model_path
 
@@ -292,8 +292,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             raise ValueError(f"--plane is a 0-based plane index, got {args.plane}")
         if args.tile_size is not None and args.tile_size < 0:
             raise ValueError(f"--tile-size must be >= 0 pixels (0: never tile), got {args.tile_size}")
-        if args.pixel_size is not None and not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
-            raise ValueError(f"--pixel-size must be a positive number of µm per pixel, got {args.pixel_size}")
+        checked_pixel_size(args.pixel_size, "--pixel-size")
         check_output_folder(args.output)
         paths = _sample_images() if args.samples else input_images(args.inputs)
         runner = Runner(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
@@ -480,13 +479,14 @@ def _diameter(text: str) -> float | str:
     return value
 
 
-def _add_diameter_option(p: argparse.ArgumentParser) -> None:
+def _add_diameter_option(p: argparse.ArgumentParser, help: str | None = None) -> None:
     p.add_argument(
         "--diameter",
         type=_diameter,
         default="auto",
         metavar="PX|auto",
-        help="the images' median nucleus diameter in pixels, for models trained at a canonical diameter "
+        help=help
+        or "the images' median nucleus diameter in pixels, for models trained at a canonical diameter "
         "(the bundled one): images are resized to it for the network and labels come back at full "
         "resolution; auto (default): estimated per image",
     )
@@ -627,12 +627,9 @@ def _add_segment_slide_parser(sub) -> None:
         "with multiscales); both carry the pixel size and open in napari, QuPath and Fiji",
     )
     p.add_argument("--table-format", choices=tuple(TABLE_FORMATS), default="csv")
-    p.add_argument(
-        "--diameter",
-        type=_diameter,
-        default="auto",
-        metavar="PX|auto",
-        help="the slide's median nucleus diameter in pixels (of the level read), for models trained at a canonical "
+    _add_diameter_option(
+        p,
+        "the slide's median nucleus diameter in pixels (of the level read), for models trained at a canonical "
         "diameter (the bundled one): the whole slide is resized by canonical / PX as it is read, and the labels "
         "come on that grid (the downsample in summary.json; tables and GeoJSON in level-0 pixels); auto "
         "(default): estimated on sample crops; within 25%% of the canonical diameter the slide is not resized",

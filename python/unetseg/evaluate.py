@@ -108,8 +108,7 @@ def evaluate(
     segment, splits = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
     if split_of is not None:  # another model's images: compare two models on the same split
         splits = _splits_of(split_of)
-    named = [n for names in (splits or {}).values() if isinstance(names, (list, tuple, set)) for n in names]
-    samples = _read_as_named(data, skip_invalid, named)
+    samples = _read_as_named(data, skip_invalid, [n for names in (splits or {}).values() for n in names])
     if split != "all":
         what = {"val": "validation", "dev": "dev"}[split]
         if splits is None:

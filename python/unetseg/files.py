@@ -3,13 +3,22 @@ segment`` runs; :func:`unetseg.slide.segment_slide` is its twin for one large sl
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .geometry import detection_feature, measure, micron_columns, object_outlines, write_geojson, write_imagej_rois
+from .geometry import (
+    checked_pixel_size,
+    detection_feature,
+    measure,
+    micron_columns,
+    object_outlines,
+    write_geojson,
+    write_imagej_rois,
+)
 from .io import atomic_path, collect_images, overlay, write_csv, write_image, write_labels
 from .ops import OBJECT_COLUMNS
 from .segment import Runner, Segmentation
@@ -80,8 +89,8 @@ def segment_files(
 
     from .slide.readers import file_pixel_size
 
-    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
-        raise ValueError(f"pixel_size must be a positive number of µm per pixel, got {pixel_size}")
+    pixel_size = checked_pixel_size(pixel_size)
+    pixel_size_of = functools.lru_cache(maxsize=None)(file_pixel_size)  # once per file, not per plane
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     result = FilesResult(output)
@@ -95,7 +104,7 @@ def segment_files(
                 name = _unique(path.stem + suffix, names)
                 _write_image_outputs(output, name, image, seg, overlays, geojson, rois)
                 columns = {"image": [name] * seg.count, **seg.objects.columns()}
-                microns = pixel_size or file_pixel_size(path)
+                microns = pixel_size or pixel_size_of(path)
                 if microns:
                     columns.update(micron_columns(columns, microns))
                 if measurements:

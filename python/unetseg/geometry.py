@@ -100,6 +100,16 @@ SHAPE_COLUMNS = (
 LENGTH_COLUMNS = ("perimeter", "equivalent_diameter_area", "major_axis_length", "minor_axis_length")
 
 
+def checked_pixel_size(value, name: str = "pixel_size") -> float | None:
+    """A given pixel size (µm per pixel) as a float, None as None; anything but a positive finite
+    number is a ValueError naming `name` (the argument or option it came from)."""
+    if value is None:
+        return None
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number of µm per pixel, got {value}")
+    return float(value)
+
+
 def micron_columns(columns, pixel_size: float) -> dict[str, np.ndarray]:
     """The µm columns of an object table (a dict of columns or a DataFrame, in pixels) for a pixel
     size in µm: ``area_um2``, and ``centroid_x_um``, ``centroid_y_um`` from the image's top-left
@@ -155,9 +165,9 @@ def measure_in_windows(bboxes: np.ndarray, shape, read_labels, read_image, windo
     grow_cols = int((bboxes[:, 3] - bboxes[:, 1]).max())
     out: dict[str, np.ndarray] = {}
     for r0 in range(0, h, window[0]):
+        corner_rows = (bboxes[:, 0] >= r0) & (bboxes[:, 0] < r0 + window[0])
         for c0 in range(0, w, window[1]):
-            corner_here = (bboxes[:, 0] >= r0) & (bboxes[:, 0] < r0 + window[0])
-            mine = np.flatnonzero(corner_here & (bboxes[:, 1] >= c0) & (bboxes[:, 1] < c0 + window[1]))
+            mine = np.flatnonzero(corner_rows & (bboxes[:, 1] >= c0) & (bboxes[:, 1] < c0 + window[1]))
             if len(mine) == 0:
                 continue
             r1, c1 = min(h, r0 + window[0] + grow_rows), min(w, c0 + window[1] + grow_cols)

@@ -319,7 +319,7 @@ class LabelAllocator final : public c10::Allocator {
 };
 
 // A new (uninitialised) int32 label tensor on the CPU, from the LabelAllocator.
-inline at::Tensor new_labels(const at::Tensor& /*scores*/, at::IntArrayRef shape) {
+inline at::Tensor new_labels(at::IntArrayRef shape) {
   return at::detail::empty_generic(shape, &LabelAllocator::instance(), c10::DispatchKeySet(c10::DispatchKey::CPU),
                                    at::kInt, std::nullopt);
 }

@@ -55,7 +55,7 @@ void label_kernel_impl(const at::Tensor& scores, const ImageBatch& b, double thr
 std::tuple<at::Tensor, at::Tensor> label_cpu(const at::Tensor& scores, double threshold,
                                              int64_t connectivity, int64_t min_area) {
   const ImageBatch b = check_label_args(scores, threshold, connectivity, min_area);
-  at::Tensor labels = new_labels(scores, scores.sizes());
+  at::Tensor labels = new_labels(scores.sizes());
   at::Tensor counts = at::empty({b.n}, scores.options().dtype(at::kLong));
   label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, labels, counts, nullptr);
   return {labels, counts};
@@ -68,7 +68,7 @@ void label_out_cpu(const at::Tensor& scores, double threshold, int64_t connectiv
   if (labels.is_contiguous() && counts.is_contiguous()) {
     label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, labels, counts, nullptr);
   } else {
-    at::Tensor l = new_labels(scores, scores.sizes());
+    at::Tensor l = new_labels(scores.sizes());
     at::Tensor c = at::empty({b.n}, counts.options());
     label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, l, c, nullptr);
     labels.copy_(l);
@@ -81,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> label_stats_cpu(const at::Tensor&
                                                                int64_t connectivity,
                                                                int64_t min_area) {
   const ImageBatch b = check_label_args(scores, threshold, connectivity, min_area);
-  at::Tensor labels = new_labels(scores, scores.sizes());
+  at::Tensor labels = new_labels(scores.sizes());
   at::Tensor counts = at::empty({b.n}, scores.options().dtype(at::kLong));
   std::optional<at::Tensor> stats;
   label_kernel_impl(scores, b, threshold, connectivity == 8, min_area, labels, counts, &stats);

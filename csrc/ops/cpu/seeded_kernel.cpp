@@ -105,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> seeded_label_cpu(const at::Tensor& scores, do
                                                     double boundary_threshold, int64_t connectivity,
                                                     int64_t min_area) {
   const SeededBatch sb = check_seeded_args(scores, threshold, boundary_threshold, connectivity, min_area);
-  at::Tensor labels = new_labels(scores, sb.labels_shape);
+  at::Tensor labels = new_labels(sb.labels_shape);
   at::Tensor counts = at::empty({sb.batch.n}, scores.options().dtype(at::kLong));
   seeded_kernel_impl(scores, sb.batch, sb.channel_stride, threshold, boundary_threshold,
                      connectivity == 8, min_area, labels, counts, nullptr);
@@ -116,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seeded_label_stats_cpu(
     const at::Tensor& scores, double threshold, double boundary_threshold, int64_t connectivity,
     int64_t min_area) {
   const SeededBatch sb = check_seeded_args(scores, threshold, boundary_threshold, connectivity, min_area);
-  at::Tensor labels = new_labels(scores, sb.labels_shape);
+  at::Tensor labels = new_labels(sb.labels_shape);
   at::Tensor counts = at::empty({sb.batch.n}, scores.options().dtype(at::kLong));
   std::optional<at::Tensor> stats;
   seeded_kernel_impl(scores, sb.batch, sb.channel_stride, threshold, boundary_threshold,

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..geometry import (
     LENGTH_COLUMNS,
+    checked_pixel_size,
     detection_feature,
     measure_in_windows,
     micron_columns,
@@ -221,45 +222,36 @@ def segment_slide(
         raise ValueError(f"output {str(output)!r} is a file; segment_slide writes into a folder")
     owned = isinstance(slide, (str, os.PathLike))
     reader: SlideReader = open_slide(slide, level=level, channel=channel)
-    if pixel_size is not None:
-        if not (np.isfinite(pixel_size) and pixel_size > 0):
-            raise ValueError(f"pixel_size must be a positive number of µm per pixel, got {pixel_size}")
-        reader.pixel_size = float(pixel_size)
-    if (output / PARTIAL / "state.npz").exists() and not (resume or restart):
-        if owned:
-            reader.close()
-        raise ValueError(
-            f"{str(output)!r} holds an interrupted run; continue it with resume=True (--resume), or discard it "
-            "and start over with restart=True (--restart)"
-        )
-    try:
+    try:  # a slide opened here is closed here, whatever stops the run (a ScaledReader closes its source)
+        if pixel_size is not None:
+            reader.pixel_size = checked_pixel_size(pixel_size)
+        if (output / PARTIAL / "state.npz").exists() and not (resume or restart):
+            raise ValueError(
+                f"{str(output)!r} holds an interrupted run; continue it with resume=True (--resume), or discard it "
+                "and start over with restart=True (--restart)"
+            )
         factor = slide_factor(reader, runner, diameter)
-    except ValueError:
-        if owned:
-            reader.close()
-        raise
-    if factor != 1.0:
-        reader = ScaledReader(reader, factor)
-    job = _Job(
-        reader,
-        runner,
-        options,
-        output,
-        (band_height, block_width),
-        tile_size,
-        tta,
-        labels_format,
-        table_format,
-        geojson,
-        rois,
-        measurements,
-        resume,
-        progress,
-        slide,
-        level,
-        channel,
-    )
-    try:
+        if factor != 1.0:
+            reader = ScaledReader(reader, factor)
+        job = _Job(
+            reader,
+            runner,
+            options,
+            output,
+            (band_height, block_width),
+            tile_size,
+            tta,
+            labels_format,
+            table_format,
+            geojson,
+            rois,
+            measurements,
+            resume,
+            progress,
+            slide,
+            level,
+            channel,
+        )
         return _run(job)
     finally:
         if owned:
@@ -539,15 +531,18 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
                 pid, flat = json.loads(line)
                 yield pid, outline_polygon(np.reshape(flat, (-1, 2))) * reader.downsample
 
+    outlines = polygons()  # streamed for the GeoJSON alone; the ROI set holds them all anyway
+    if rois_path:
+        outlines = list(outlines)
     if geojson_path:
         area = dict(zip(ids.tolist(), objects[:, 2].tolist()))
         area_scale = reader.downsample**2
         with atomic_path(geojson_path) as tmp, open(tmp, "w") as out:
             write_geojson(
-                out, (detection_feature(polygon, lut[pid], area[pid] * area_scale) for pid, polygon in polygons())
+                out, (detection_feature(polygon, lut[pid], area[pid] * area_scale) for pid, polygon in outlines)
             )
     if rois_path:
-        ordered = sorted((int(lut[pid]), polygon) for pid, polygon in polygons())  # ROI Manager order: by label
+        ordered = sorted((int(lut[pid]), polygon) for pid, polygon in outlines)  # ROI Manager order: by label
         write_imagej_rois(rois_path, [p for _, p in ordered], [k for k, _ in ordered])
     return SlideResult(labels_path, table_path, geojson_path, output / "summary.json", count, (h, w), rois=rois_path)
 
