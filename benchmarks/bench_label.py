@@ -6,7 +6,8 @@ OpenCV, cc3d, scipy, skimage and the memory floor, in one process with the same 
 Maps come from unetseg's synthetic generator (float32 soft nucleus masks, many touching), at
 2048^2, 4096^2 and a batch of 32 x 256^2. Every competitor gets the same map and threshold; ratios
 are competitor time / unetseg time (above 1: unetseg is faster). The memory floor reads the float
-map and writes int32 labels once (torch's parallel copy, preallocated output).
+map and writes int32 labels once (torch's parallel copy, preallocated output). On a CPU with
+AVX-512 the op also runs with its generic (SSE2) code, to show what the vector paths add.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from common import cpu_name, median_seconds
 
 import unetseg
+from unetseg import _C
 from unetseg.data import synthetic_nuclei
 
 THRESHOLD = 0.5
@@ -60,10 +62,39 @@ def competitors(m: np.ndarray):
             cv2.compare(image, THRESHOLD, cv2.CMP_GT, dst=mask)
             cv2.connectedComponentsWithStats(mask, labels=cv_labels, connectivity=8, ltype=cv2.CV_32S)
 
+    simd = _C.cpu_simd()
+
+    def generic(fn):
+        """fn with the kernels' generic (SSE2) code, to show what the CPU's vector paths add."""
+
+        def run():
+            _C.set_cpu_simd("generic")
+            try:
+                fn()
+            finally:
+                _C.set_cpu_simd(simd)
+
+        return run
+
+    def label_out():
+        unetseg.label(scores, THRESHOLD, out=(labels, counts))
+
+    def label():
+        unetseg.label(scores, THRESHOLD)
+
+    vector_paths = (
+        []
+        if simd == "generic"
+        else [
+            ("unetseg label (out=), generic SIMD", generic(label_out)),
+            ("unetseg label, generic SIMD", generic(label)),
+        ]
+    )
     return [
-        ("unetseg label (out=)", lambda: unetseg.label(scores, THRESHOLD, out=(labels, counts))),
-        ("unetseg label", lambda: unetseg.label(scores, THRESHOLD)),
+        (f"unetseg label (out=), {simd}", label_out),
+        (f"unetseg label, {simd}", label),
         ("unetseg label_stats", lambda: unetseg.label_stats(scores, THRESHOLD)),
+        *vector_paths,
         ("memory floor (read f32, write i32)", lambda: labels.copy_(scores.view(torch.int32))),
         ("OpenCV compare + connectedComponents", opencv),
         ("OpenCV ... connectedComponentsWithStats", opencv_stats),

@@ -11,13 +11,34 @@ settings.register_profile("dev", max_examples=40, **_shared)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture(params=[1, 7], ids=lambda n: f"threads{n}")
+def widest_cpu_simd() -> str:
+    """The widest vector instruction set the CPU kernels can use here."""
+    from unetseg import _C
+
+    before = _C.cpu_simd()
+    try:
+        _C.set_cpu_simd("avx512")
+        return "avx512"
+    except RuntimeError:
+        return "generic"
+    finally:
+        _C.set_cpu_simd(before)
+
+
+@pytest.fixture(params=[(1, "generic"), (7, "widest")], ids=lambda p: f"threads{p[0]}-{p[1]}-simd")
 def threads(request):
-    """Runs a test single-threaded and with 7 threads (odd strip splits, many seams)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+    """Runs a test single-threaded on the kernels' generic code, and with 7 threads (odd strip
+    splits, many seams) on the widest vector code the CPU has (AVX-512 where present), so both
+    code paths meet every generated input."""
+    from unetseg import _C
+
+    count, simd = request.param
+    before = torch.get_num_threads(), _C.cpu_simd()
+    torch.set_num_threads(count)
+    _C.set_cpu_simd(widest_cpu_simd() if simd == "widest" else simd)
+    yield count
+    torch.set_num_threads(before[0])
+    _C.set_cpu_simd(before[1])
 
 
 def make_checkpoint(architecture="unet", in_channels=1, out_channels=1, seed=0, **options) -> dict:

@@ -296,6 +296,50 @@ def test_large_outputs_reuse_freed_blocks_and_overwrite_them_whole():
     assert seeded.labels.data_ptr() == block and int(seeded.labels.max()) == 1 and int((seeded.labels > 0).sum()) == 100
 
 
+@pytest.mark.parametrize("simd", ["generic", "avx512"])
+def test_large_and_misaligned_outputs_on_every_vector_path(simd):
+    """Outputs of 32 MiB and more are written with streaming stores on AVX-512, and every row of an
+    odd width starts at a different offset in its 64-byte block: labels, out= into a tensor that
+    starts 4 bytes into a block, and seeded labels (whose grown pixels the final write must leave
+    alone) against scipy and the generic code."""
+    import scipy.ndimage as ndi
+    from conftest import widest_cpu_simd
+    from skimage.segmentation import find_boundaries
+
+    from unetseg import _C
+    from unetseg.data import synthetic_nuclei
+
+    if simd != "generic" and widest_cpu_simd() != simd:
+        pytest.skip(f"this CPU has no {simd}")
+    nuclei = synthetic_nuclei((2900, 2901), seed=3)
+    scores = torch.from_numpy(nuclei.probability)  # 33.7 MB of labels
+    boundary = torch.from_numpy(find_boundaries(nuclei.labels, mode="inner").astype(np.float32))
+    two_channel = torch.stack([scores, boundary])
+    before = _C.cpu_simd()
+    try:
+        _C.set_cpu_simd("generic")
+        generic_seeded = unetseg.seeded_label(two_channel, 0.5, 0.5, min_area=5).labels
+        _C.set_cpu_simd(simd)
+        labels = unetseg.label(scores, 0.5).labels
+        out = torch.empty(scores.numel() + 1, dtype=torch.int32)[1:].view(scores.shape)
+        unetseg.label(scores, 0.5, out=(out, torch.empty(1, dtype=torch.int64)))
+        seeded = unetseg.seeded_label(two_channel, 0.5, 0.5, min_area=5).labels
+    finally:
+        _C.set_cpu_simd(before)
+    expected = ndi.label(scores.numpy() > 0.5, np.ones((3, 3)))[0]
+    np.testing.assert_array_equal(labels.numpy(), expected)
+    np.testing.assert_array_equal(out.numpy(), expected)
+    np.testing.assert_array_equal(seeded.numpy(), generic_seeded.numpy())
+    assert int(seeded.max()) > int(expected.max())  # seeds split touching nuclei: grown pixels exist
+
+
+def test_set_cpu_simd_refuses_unknown_names():
+    from unetseg import _C
+
+    with pytest.raises(RuntimeError, match='expected "generic" or "avx512", got "sse9"'):
+        _C.set_cpu_simd("sse9")
+
+
 _Z = torch.zeros(2, 9, 9)
 _BAD_CALLS = [
     ("label", (_Z.long(), 0.5, 8, 0), r"scores must be float32, float16 or bfloat16"),

@@ -40,4 +40,10 @@ float rounded_threshold(at::ScalarType dtype, double threshold);
 void check_label_outputs(const at::Tensor& scores, const ImageBatch& batch,
                          const at::Tensor& labels, const at::Tensor& counts);
 
+// The vector instructions of the CPU kernels' memory-bound steps (thresholding, writing labels):
+// kAvx512 where the CPU has AVX-512F, else kGeneric (SSE2 on x86-64). Found once; set_cpu_simd
+// (ops.h) may pick another. Every choice gives the same labels.
+enum class CpuSimd { kGeneric, kAvx512 };
+CpuSimd simd_level();
+
 } // namespace unetseg::ops

@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -102,7 +103,37 @@ void check_label_outputs(const at::Tensor& scores, const ImageBatch& batch,
               "unetseg.label_out: counts must have shape [", batch.n, "], got ", counts.sizes());
 }
 
+namespace {
+
+CpuSimd native_simd() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  return __builtin_cpu_supports("avx512f") ? CpuSimd::kAvx512 : CpuSimd::kGeneric;
+#else
+  return CpuSimd::kGeneric;
+#endif
+}
+
+std::atomic<CpuSimd>& chosen_simd() {
+  static std::atomic<CpuSimd> chosen{native_simd()};
+  return chosen;
+}
+
+} // namespace
+
+CpuSimd simd_level() { return chosen_simd().load(std::memory_order_relaxed); }
+
 } // namespace ops
+
+std::string cpu_simd() { return ops::simd_level() == ops::CpuSimd::kAvx512 ? "avx512" : "generic"; }
+
+void set_cpu_simd(const std::string& name) {
+  TORCH_CHECK(name == "generic" || name == "avx512", "unetseg.set_cpu_simd: expected \"generic\" or \"avx512\", got \"",
+              name, "\"");
+  const auto level = name == "avx512" ? ops::CpuSimd::kAvx512 : ops::CpuSimd::kGeneric;
+  TORCH_CHECK(level == ops::CpuSimd::kGeneric || ops::native_simd() == level,
+              "unetseg.set_cpu_simd: this CPU has no AVX-512F; \"generic\" is the only choice here");
+  ops::chosen_simd().store(level, std::memory_order_relaxed);
+}
 
 namespace {
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "unetseg/ops.h"
 #include "unetseg/runner.h"
 
 #ifndef UNETSEG_VERSION
@@ -22,6 +23,9 @@ PYBIND11_MODULE(_C, m) {
   m.attr("MIN_RESCALE") = unetseg::kMinRescale;
   m.attr("MAX_RESCALE") = unetseg::kMaxRescale;
   m.attr("DIAMETER_TOLERANCE") = unetseg::kDiameterTolerance;
+  // The CPU kernels' vector instruction set (ops.h): tests and benchmarks compare the choices.
+  m.def("cpu_simd", &unetseg::cpu_simd);
+  m.def("set_cpu_simd", &unetseg::set_cpu_simd, py::arg("name"));
 
   // Options travel as these classes with named fields (never as positional lists), so a field
   // added to or moved in the C++ struct cannot shift another.

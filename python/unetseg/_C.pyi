@@ -8,6 +8,13 @@ MIN_RESCALE: float  # runner.h: factors (canonical / image diameter) stay within
 MAX_RESCALE: float
 DIAMETER_TOLERANCE: float  # an estimate within this factor of the scale in use is taken as it is
 
+def cpu_simd() -> str:
+    """The CPU kernels' vector instruction set: "avx512" where the CPU has AVX-512F, else "generic"."""
+
+def set_cpu_simd(name: str) -> None:
+    """Makes the CPU kernels use "generic" or "avx512" (refused where the CPU lacks it); every choice
+    gives the same labels (tests and benchmarks compare them)."""
+
 class Normalisation:
     low: list[float]
     high: list[float]

@@ -24,6 +24,9 @@
 //            the run's label on it, in fixed-width blocks that may overshoot into the next segment
 //            of the row (which is written right after), so no store loop has a data-dependent tail.
 //
+// Steps 1 and 4 touch every pixel; their AVX-512 versions (end of the file and after threshold_bits)
+// run where the CPU has AVX-512F (ops/label.h: simd_level) and give the same labels.
+//
 // The run table is small for blob-like maps; its worst case (a checkerboard) is one run per two
 // pixels. Threading is left to the caller through `parallel_for(n, fn(begin, end))` so the same
 // core runs under torch's intra-op pool, OpenMP, TBB or a plain loop.
@@ -36,6 +39,18 @@
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+
+// AVX-512 versions of the two memory-bound steps (thresholding, writing labels), compiled for
+// AVX-512F by function attribute and called only when the CPU has it (ops/label.h: cpu_simd), so
+// the rest of the library keeps the compiler's baseline ISA and no inline function exists in two
+// ISA versions.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define UNETSEG_CCL_AVX512 1
+#define UNETSEG_TARGET_AVX512 __attribute__((target("avx512f")))
+#include <immintrin.h>
+#else
+#define UNETSEG_CCL_AVX512 0
 #endif
 
 namespace unetseg::ccl {
@@ -230,6 +245,53 @@ inline void threshold_seed_bits(const float* nucleus, const float* boundary, int
   if (x < width) word(x, width - x);
 }
 
+#if UNETSEG_CCL_AVX512
+namespace detail {
+// The bits of `p[k] > threshold` (`<` when Below) for n <= 64 floats, 16 per compare; lanes past n
+// are neither read nor set.
+template <bool Below>
+UNETSEG_TARGET_AVX512 inline uint64_t compare_bits_avx512(const float* p, int32_t n, __m512 t) {
+  constexpr int kPredicate = Below ? _CMP_LT_OQ : _CMP_GT_OQ; // ordered: NaN compares false
+  if (n == 64) {
+    const uint64_t m0 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p), t, kPredicate);
+    const uint64_t m1 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 16), t, kPredicate);
+    const uint64_t m2 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 32), t, kPredicate);
+    const uint64_t m3 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 48), t, kPredicate);
+    return m0 | m1 << 16 | m2 << 32 | m3 << 48;
+  }
+  uint64_t word = 0;
+  for (int32_t k = 0; k < n; k += 16) {
+    const auto lanes = static_cast<__mmask16>((1u << std::min(16, n - k)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(lanes, p + k);
+    word |= static_cast<uint64_t>(_mm512_mask_cmp_ps_mask(lanes, v, t, kPredicate)) << k;
+  }
+  return word;
+}
+} // namespace detail
+
+// threshold_bits, 16 floats per compare.
+template <bool Below = false>
+UNETSEG_TARGET_AVX512 void threshold_bits_avx512(const float* row, int32_t width, float threshold, uint64_t* bits) {
+  const __m512 t = _mm512_set1_ps(threshold);
+  for (int32_t x = 0; x < width; x += 64)
+    bits[x / 64] = detail::compare_bits_avx512<Below>(row + x, std::min(64, width - x), t);
+}
+
+// threshold_seed_bits, 16 floats per compare.
+UNETSEG_TARGET_AVX512 inline void threshold_seed_bits_avx512(const float* nucleus, const float* boundary,
+                                                             int32_t width, float threshold,
+                                                             float boundary_threshold, uint64_t* foreground,
+                                                             uint64_t* seeds) {
+  const __m512 t = _mm512_set1_ps(threshold), bt = _mm512_set1_ps(boundary_threshold);
+  for (int32_t x = 0; x < width; x += 64) {
+    const int32_t n = std::min(64, width - x);
+    const uint64_t fg = detail::compare_bits_avx512<false>(nucleus + x, n, t);
+    foreground[x / 64] = fg;
+    seeds[x / 64] = fg ? fg & detail::compare_bits_avx512<true>(boundary + x, n, bt) : 0;
+  }
+}
+#endif
+
 // Step 1 for one row: appends the runs of the row's bit row `bits` (words_per_row(width) words,
 // bits past width 0) to `strip` and joins them with the runs of the strip's previous row.
 // `score_sum(row, start, end)` returns the sum of the scores of a run (called only when
@@ -384,5 +446,61 @@ inline void write_rows(const ImageRuns& image, int32_t row_begin, int32_t row_en
     detail::fill_segment(out, x, width, width, 0);
   }
 }
+
+// Scratch ints write_rows_avx512 needs for rows of `width` (zeroed): a row of 64-byte blocks and
+// the alignment slack.
+inline size_t write_scratch_size(int32_t width) { return static_cast<size_t>(width) + 48; }
+
+#if UNETSEG_CCL_AVX512
+// write_rows for rows whose runs are all labelled (none -1): each row is assembled in `scratch` (an
+// L1-resident buffer laid out like the row's 64-byte blocks in memory, all background on entry),
+// each run's label with whole-block stores and one masked store for its end, then copied out one
+// block at a time, each block set back to background as it leaves. Runs of nuclei maps are about one block long, so this costs a few stores per run and
+// two per block, with no branch per block. With `stream` the whole blocks are stored
+// non-temporally: a label image larger than the caches is then written without first reading every
+// line into the cache (the write-allocate that makes a plain store cost twice its bytes). The row's
+// partial end blocks use masked stores, which leave the neighbouring row's lanes untouched. A row
+// with a run labelled -1 is left to write_rows.
+UNETSEG_TARGET_AVX512 inline void write_rows_avx512(const ImageRuns& image, int32_t row_begin, int32_t row_end,
+                                                    int32_t width, int32_t* out, int64_t row_stride, bool stream,
+                                                    int32_t* scratch) {
+  const Run* runs = image.runs.data();
+  const int32_t* labels = image.run_labels.data();
+  auto* lines = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  for (int32_t row = row_begin; row < row_end; ++row, out += row_stride) {
+    const int32_t first = image.row_offsets[row], last = image.row_offsets[row + 1];
+    if (std::any_of(labels + first, labels + last, [](int32_t label) { return label < 0; })) {
+      write_rows(image, row, row + 1, width, out, row_stride);
+      continue;
+    }
+    // buffer[x] sits at the offset of out[x] in its 64-byte block
+    const auto misalign = static_cast<int32_t>((reinterpret_cast<uintptr_t>(out) & 63) / sizeof(int32_t));
+    int32_t* buffer = lines + misalign;
+    const int32_t blocks = (misalign + width + 15) / 16;
+    for (int32_t i = first; i < last; ++i) {
+      const __m512i v = _mm512_set1_epi32(labels[i]);
+      int32_t x = runs[i].start;
+      for (; x + 16 <= runs[i].end; x += 16) _mm512_storeu_si512(buffer + x, v);
+      if (x < runs[i].end) _mm512_mask_storeu_epi32(buffer + x, static_cast<__mmask16>((1u << (runs[i].end - x)) - 1), v);
+    }
+    auto* block = reinterpret_cast<int32_t*>(reinterpret_cast<uintptr_t>(out) & ~uintptr_t{63});
+    for (int32_t k = 0; k < blocks; ++k, block += 16) {
+      const __m512i v = _mm512_load_si512(lines + 16 * k);
+      _mm512_store_si512(lines + 16 * k, _mm512_setzero_si512()); // background for the next row
+      uint32_t keep = 0xFFFFu; // lanes of this row
+      if (k == 0) keep &= 0xFFFFu << misalign;
+      if (k == blocks - 1) keep &= 0xFFFFu >> (16 * blocks - misalign - width);
+      if (keep != 0xFFFFu) {
+        _mm512_mask_store_epi32(block, static_cast<__mmask16>(keep), v);
+      } else if (stream) {
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(block), v);
+      } else {
+        _mm512_store_si512(block, v);
+      }
+    }
+  }
+  if (stream) _mm_sfence(); // streamed stores are weakly ordered: visible before the caller goes on
+}
+#endif
 
 } // namespace unetseg::ccl
