@@ -447,9 +447,48 @@ inline void write_rows(const ImageRuns& image, int32_t row_begin, int32_t row_en
   }
 }
 
-// Scratch ints write_rows_avx512 needs for rows of `width` (zeroed): a row of 64-byte blocks and
-// the alignment slack.
+// Scratch ints write_rows_streamed and write_rows_avx512 need for rows of `width` (zeroed): a row
+// of 64-byte blocks and the alignment slack.
 inline size_t write_scratch_size(int32_t width) { return static_cast<size_t>(width) + 48; }
+
+// write_rows for label images larger than the caches, in portable code: each row whose runs are
+// all labelled (none -1) is assembled in `scratch` (L1-resident, all background on entry, laid out
+// so that scratch and row share their offset in a 16-byte block), then copied out with streaming
+// stores where SSE2 has them: the row is written without first reading its lines into the cache
+// (the write-allocate that makes a plain store cost twice its bytes). Each element is set back to
+// background as it leaves. Rows with a run labelled -1 are left to write_rows.
+inline void write_rows_streamed(const ImageRuns& image, int32_t row_begin, int32_t row_end, int32_t width,
+                                int32_t* out, int64_t row_stride, int32_t* scratch) {
+  const int32_t* labels = image.run_labels.data();
+  auto* lines = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  for (int32_t row = row_begin; row < row_end; ++row, out += row_stride) {
+    const int32_t first = image.row_offsets[row], last = image.row_offsets[row + 1];
+    if (std::any_of(labels + first, labels + last, [](int32_t label) { return label < 0; })) {
+      write_rows(image, row, row + 1, width, out, row_stride);
+      continue;
+    }
+    int32_t* buffer = lines + (reinterpret_cast<uintptr_t>(out) & 15) / sizeof(int32_t);
+    for (int32_t i = first; i < last; ++i) std::fill(buffer + image.runs[i].start, buffer + image.runs[i].end, labels[i]);
+    int32_t x = 0;
+    auto copy_one = [&](int32_t at) {
+      out[at] = buffer[at];
+      buffer[at] = 0;
+    };
+#if defined(__SSE2__)
+    for (; x < width && (reinterpret_cast<uintptr_t>(out + x) & 15) != 0; ++x) copy_one(x);
+    const __m128i zero = _mm_setzero_si128();
+    for (; x + 4 <= width; x += 4) {
+      auto* from = reinterpret_cast<__m128i*>(buffer + x);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(out + x), _mm_load_si128(from));
+      _mm_store_si128(from, zero);
+    }
+#endif
+    for (; x < width; ++x) copy_one(x);
+  }
+#if defined(__SSE2__)
+  _mm_sfence(); // streamed stores are weakly ordered: visible before the caller goes on
+#endif
+}
 
 #if UNETSEG_CCL_AVX512
 // write_rows for rows whose runs are all labelled (none -1): each row is assembled in `scratch` (an
