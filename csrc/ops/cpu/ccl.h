@@ -451,6 +451,20 @@ inline void write_rows(const ImageRuns& image, int32_t row_begin, int32_t row_en
 // of 64-byte blocks and the alignment slack.
 inline size_t write_scratch_size(int32_t width) { return static_cast<size_t>(width) + 48; }
 
+namespace detail {
+// The 64-byte aligned row buffer inside write_scratch_size(width) ints of scratch.
+inline int32_t* row_buffer(int32_t* scratch) {
+  return reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+}
+
+// Whether a row has a run labelled -1, whose pixels the row writers must leave alone.
+inline bool has_kept_run(const ImageRuns& image, int32_t row) {
+  const int32_t* labels = image.run_labels.data();
+  return std::any_of(labels + image.row_offsets[row], labels + image.row_offsets[row + 1],
+                     [](int32_t label) { return label < 0; });
+}
+} // namespace detail
+
 // write_rows for label images larger than the caches, in portable code: each row whose runs are
 // all labelled (none -1) is assembled in `scratch` (L1-resident, all background on entry, laid out
 // so that scratch and row share their offset in a 16-byte block), then copied out with streaming
@@ -459,16 +473,16 @@ inline size_t write_scratch_size(int32_t width) { return static_cast<size_t>(wid
 // background as it leaves. Rows with a run labelled -1 are left to write_rows.
 inline void write_rows_streamed(const ImageRuns& image, int32_t row_begin, int32_t row_end, int32_t width,
                                 int32_t* out, int64_t row_stride, int32_t* scratch) {
-  const int32_t* labels = image.run_labels.data();
-  auto* lines = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  int32_t* lines = detail::row_buffer(scratch);
   for (int32_t row = row_begin; row < row_end; ++row, out += row_stride) {
-    const int32_t first = image.row_offsets[row], last = image.row_offsets[row + 1];
-    if (std::any_of(labels + first, labels + last, [](int32_t label) { return label < 0; })) {
+    if (detail::has_kept_run(image, row)) {
       write_rows(image, row, row + 1, width, out, row_stride);
       continue;
     }
     int32_t* buffer = lines + (reinterpret_cast<uintptr_t>(out) & 15) / sizeof(int32_t);
-    for (int32_t i = first; i < last; ++i) std::fill(buffer + image.runs[i].start, buffer + image.runs[i].end, labels[i]);
+    for (int32_t i = image.row_offsets[row]; i < image.row_offsets[row + 1]; ++i) {
+      std::fill(buffer + image.runs[i].start, buffer + image.runs[i].end, image.run_labels[i]);
+    }
     int32_t x = 0;
     auto copy_one = [&](int32_t at) {
       out[at] = buffer[at];
@@ -494,8 +508,8 @@ inline void write_rows_streamed(const ImageRuns& image, int32_t row_begin, int32
 // write_rows for rows whose runs are all labelled (none -1): each row is assembled in `scratch` (an
 // L1-resident buffer laid out like the row's 64-byte blocks in memory, all background on entry),
 // each run's label with whole-block stores and one masked store for its end, then copied out one
-// block at a time, each block set back to background as it leaves. Runs of nuclei maps are about one block long, so this costs a few stores per run and
-// two per block, with no branch per block. With `stream` the whole blocks are stored
+// block at a time, each block set back to background as it leaves. Runs of nuclei maps are about
+// one block long, so this costs a few stores per run and two per block, with no branch per block. With `stream` the whole blocks are stored
 // non-temporally: a label image larger than the caches is then written without first reading every
 // line into the cache (the write-allocate that makes a plain store cost twice its bytes). The row's
 // partial end blocks use masked stores, which leave the neighbouring row's lanes untouched. A row
@@ -505,10 +519,9 @@ UNETSEG_TARGET_AVX512 inline void write_rows_avx512(const ImageRuns& image, int3
                                                     int32_t* scratch) {
   const Run* runs = image.runs.data();
   const int32_t* labels = image.run_labels.data();
-  auto* lines = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  int32_t* lines = detail::row_buffer(scratch);
   for (int32_t row = row_begin; row < row_end; ++row, out += row_stride) {
-    const int32_t first = image.row_offsets[row], last = image.row_offsets[row + 1];
-    if (std::any_of(labels + first, labels + last, [](int32_t label) { return label < 0; })) {
+    if (detail::has_kept_run(image, row)) {
       write_rows(image, row, row + 1, width, out, row_stride);
       continue;
     }
@@ -516,7 +529,7 @@ UNETSEG_TARGET_AVX512 inline void write_rows_avx512(const ImageRuns& image, int3
     const auto misalign = static_cast<int32_t>((reinterpret_cast<uintptr_t>(out) & 63) / sizeof(int32_t));
     int32_t* buffer = lines + misalign;
     const int32_t blocks = (misalign + width + 15) / 16;
-    for (int32_t i = first; i < last; ++i) {
+    for (int32_t i = image.row_offsets[row]; i < image.row_offsets[row + 1]; ++i) {
       const __m512i v = _mm512_set1_epi32(labels[i]);
       int32_t x = runs[i].start;
       for (; x + 16 <= runs[i].end; x += 16) _mm512_storeu_si512(buffer + x, v);
