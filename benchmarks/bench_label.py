@@ -6,8 +6,8 @@ OpenCV, cc3d, scipy, skimage and the memory floor, in one process with the same 
 Maps come from unetseg's synthetic generator (float32 soft nucleus masks, many touching), at
 2048^2, 4096^2 and a batch of 32 x 256^2. Every competitor gets the same map and threshold; ratios
 are competitor time / unetseg time (above 1: unetseg is faster). The memory floor reads the float
-map and writes int32 labels once (torch's parallel copy, preallocated output). On a CPU with
-AVX-512 the op also runs with its generic (SSE2) code, to show what the vector paths add.
+map and writes int32 labels once (torch's parallel copy, preallocated output). The op also runs
+with each vector path narrower than the CPU's widest (AVX2, generic SSE2), to show what each adds.
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ def make_maps(sizes: list[int], batch: int, small: int) -> dict[str, np.ndarray]
     return maps
 
 
+def narrower_simd(simd: str) -> list[str]:
+    """The kernels' vector paths narrower than `simd`, the one in use (every CPU has "generic")."""
+    levels = ["generic", "avx2", "avx512"]
+    return levels[: levels.index(simd)]
+
+
 def competitors(m: np.ndarray):
     """(name, fn) pairs for one map: (H, W) or a batch (N, H, W), looped in Python per image."""
     scores = torch.from_numpy(m)
@@ -64,11 +70,11 @@ def competitors(m: np.ndarray):
 
     simd = _C.cpu_simd()
 
-    def generic(fn):
-        """fn with the kernels' generic (SSE2) code, to show what the CPU's vector paths add."""
+    def on(level, fn):
+        """fn with the kernels' `level` code, to show what each vector path adds."""
 
         def run():
-            _C.set_cpu_simd("generic")
+            _C.set_cpu_simd(level)
             try:
                 fn()
             finally:
@@ -82,14 +88,14 @@ def competitors(m: np.ndarray):
     def label():
         unetseg.label(scores, THRESHOLD)
 
-    vector_paths = (
-        []
-        if simd == "generic"
-        else [
-            ("unetseg label (out=), generic SIMD", generic(label_out)),
-            ("unetseg label, generic SIMD", generic(label)),
+    vector_paths = [
+        row
+        for level in narrower_simd(simd)
+        for row in [
+            (f"unetseg label (out=), {level}", on(level, label_out)),
+            (f"unetseg label, {level}", on(level, label)),
         ]
-    )
+    ]
     return [
         (f"unetseg label (out=), {simd}", label_out),
         (f"unetseg label, {simd}", label),

@@ -11,31 +11,36 @@ settings.register_profile("dev", max_examples=40, **_shared)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def widest_cpu_simd() -> str:
-    """The widest vector instruction set the CPU kernels can use here."""
+SIMD_LEVELS = ["generic", "avx2", "avx512"]  # narrowest first
+
+
+def available_cpu_simd() -> list[str]:
+    """The vector instruction sets the CPU kernels can use here, narrowest first."""
     from unetseg import _C
 
-    before = _C.cpu_simd()
-    try:
-        _C.set_cpu_simd("avx512")
-        return "avx512"
-    except RuntimeError:
-        return "generic"
-    finally:
-        _C.set_cpu_simd(before)
+    before, found = _C.cpu_simd(), []
+    for name in SIMD_LEVELS:
+        try:
+            _C.set_cpu_simd(name)
+            found.append(name)
+        except RuntimeError:
+            break
+    _C.set_cpu_simd(before)
+    return found
 
 
-@pytest.fixture(params=[(1, "generic"), (7, "widest")], ids=lambda p: f"threads{p[0]}-{p[1]}-simd")
+@pytest.fixture(params=[(1, "generic"), (3, "avx2"), (7, "avx512")], ids=lambda p: f"threads{p[0]}-{p[1]}")
 def threads(request):
-    """Runs a test single-threaded on the kernels' generic code, and with 7 threads (odd strip
-    splits, many seams) on the widest vector code the CPU has (AVX-512 where present), so both
-    code paths meet every generated input."""
+    """Runs a test on 1, 3 and 7 threads (odd strip splits, many seams), each on another of the
+    kernels' vector paths (generic, AVX2, AVX-512; the widest the CPU has where it lacks one), so
+    every path meets every generated input."""
     from unetseg import _C
 
     count, simd = request.param
+    available = available_cpu_simd()
     before = torch.get_num_threads(), _C.cpu_simd()
     torch.set_num_threads(count)
-    _C.set_cpu_simd(widest_cpu_simd() if simd == "widest" else simd)
+    _C.set_cpu_simd(simd if simd in available else available[-1])
     yield count
     torch.set_num_threads(before[0])
     _C.set_cpu_simd(before[1])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SIMD_LEVELS
 from hypothesis import given
 from hypothesis import strategies as st
 from reference import assert_stats_match_regionprops, label_batch
@@ -296,20 +297,20 @@ def test_large_outputs_reuse_freed_blocks_and_overwrite_them_whole():
     assert seeded.labels.data_ptr() == block and int(seeded.labels.max()) == 1 and int((seeded.labels > 0).sum()) == 100
 
 
-@pytest.mark.parametrize("simd", ["generic", "avx512"])
+@pytest.mark.parametrize("simd", SIMD_LEVELS)
 def test_large_and_misaligned_outputs_on_every_vector_path(simd):
-    """Outputs of 32 MiB and more are written with streaming stores on AVX-512, and every row of an
+    """Outputs of 32 MiB and more are written with streaming stores on every path, and every row of an
     odd width starts at a different offset in its 64-byte block: labels, out= into a tensor that
     starts 4 bytes into a block, and seeded labels (whose grown pixels the final write must leave
     alone) against scipy and the generic code."""
     import scipy.ndimage as ndi
-    from conftest import widest_cpu_simd
+    from conftest import available_cpu_simd
     from skimage.segmentation import find_boundaries
 
     from unetseg import _C
     from unetseg.data import synthetic_nuclei
 
-    if simd != "generic" and widest_cpu_simd() != simd:
+    if simd not in available_cpu_simd():
         pytest.skip(f"this CPU has no {simd}")
     nuclei = synthetic_nuclei((2900, 2901), seed=3)
     scores = torch.from_numpy(nuclei.probability)  # 33.7 MB of labels
@@ -336,7 +337,7 @@ def test_large_and_misaligned_outputs_on_every_vector_path(simd):
 def test_set_cpu_simd_refuses_unknown_names():
     from unetseg import _C
 
-    with pytest.raises(RuntimeError, match='expected "generic" or "avx512", got "sse9"'):
+    with pytest.raises(RuntimeError, match='expected "generic", "avx2" or "avx512", got "sse9"'):
         _C.set_cpu_simd("sse9")
 
 

@@ -8,8 +8,11 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <iterator>
+#include <utility>
 #include <limits>
 
 namespace unetseg {
@@ -107,15 +110,25 @@ namespace {
 
 CpuSimd native_simd() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  return __builtin_cpu_supports("avx512f") ? CpuSimd::kAvx512 : CpuSimd::kGeneric;
-#else
-  return CpuSimd::kGeneric;
+  if (__builtin_cpu_supports("avx512f")) return CpuSimd::kAvx512;
+  if (__builtin_cpu_supports("avx2")) return CpuSimd::kAvx2;
 #endif
+  return CpuSimd::kGeneric;
 }
 
 std::atomic<CpuSimd>& chosen_simd() {
   static std::atomic<CpuSimd> chosen{native_simd()};
   return chosen;
+}
+
+constexpr std::pair<CpuSimd, const char*> kSimdNames[] = {
+    {CpuSimd::kGeneric, "generic"}, {CpuSimd::kAvx2, "avx2"}, {CpuSimd::kAvx512, "avx512"}};
+
+const char* simd_name(CpuSimd level) {
+  for (const auto& [value, name] : kSimdNames) {
+    if (value == level) return name;
+  }
+  return "generic";
 }
 
 } // namespace
@@ -124,15 +137,17 @@ CpuSimd simd_level() { return chosen_simd().load(std::memory_order_relaxed); }
 
 } // namespace ops
 
-std::string cpu_simd() { return ops::simd_level() == ops::CpuSimd::kAvx512 ? "avx512" : "generic"; }
+std::string cpu_simd() { return ops::simd_name(ops::simd_level()); }
 
 void set_cpu_simd(const std::string& name) {
-  TORCH_CHECK(name == "generic" || name == "avx512", "unetseg.set_cpu_simd: expected \"generic\" or \"avx512\", got \"",
-              name, "\"");
-  const auto level = name == "avx512" ? ops::CpuSimd::kAvx512 : ops::CpuSimd::kGeneric;
-  TORCH_CHECK(level == ops::CpuSimd::kGeneric || ops::native_simd() == level,
-              "unetseg.set_cpu_simd: this CPU has no AVX-512F; \"generic\" is the only choice here");
-  ops::chosen_simd().store(level, std::memory_order_relaxed);
+  const auto* found = std::find_if(std::begin(ops::kSimdNames), std::end(ops::kSimdNames),
+                                   [&](const auto& entry) { return name == entry.second; });
+  TORCH_CHECK(found != std::end(ops::kSimdNames), "unetseg.set_cpu_simd: expected \"generic\", \"avx2\" or "
+              "\"avx512\", got \"", name, "\"");
+  const ops::CpuSimd widest = ops::native_simd();
+  TORCH_CHECK(found->first <= widest, "unetseg.set_cpu_simd: this CPU has no ", name, "; the widest it has is \"",
+              ops::simd_name(widest), "\"");
+  ops::chosen_simd().store(found->first, std::memory_order_relaxed);
 }
 
 namespace {

@@ -9,11 +9,12 @@ MAX_RESCALE: float
 DIAMETER_TOLERANCE: float  # an estimate within this factor of the scale in use is taken as it is
 
 def cpu_simd() -> str:
-    """The CPU kernels' vector instruction set: "avx512" where the CPU has AVX-512F, else "generic"."""
+    """The CPU kernels' vector instruction set: "avx512" where the CPU has AVX-512F, "avx2" where it
+    has AVX2, else "generic"."""
 
 def set_cpu_simd(name: str) -> None:
-    """Makes the CPU kernels use "generic" or "avx512" (refused where the CPU lacks it); every choice
-    gives the same labels (tests and benchmarks compare them)."""
+    """Makes the CPU kernels use "generic", "avx2" or "avx512" (refused where the CPU lacks it); every
+    choice gives the same labels (tests and benchmarks compare them)."""
 
 class Normalisation:
     low: list[float]

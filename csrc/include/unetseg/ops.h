@@ -57,9 +57,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seeded_label_stats(const at::Tens
                                                                   int64_t connectivity = 8,
                                                                   int64_t min_area = 0);
 
-// The vector instruction set the CPU kernels use: "avx512" where the CPU has AVX-512F (found at run
-// time), else "generic". Every choice gives the same labels; set_cpu_simd picks one for later calls
-// (to compare or time them) and refuses one the CPU lacks. Not meant to change while ops run.
+// The vector instruction set the CPU kernels use: "avx512" where the CPU has AVX-512F, "avx2" where
+// it has AVX2, else "generic" (found at run time). Every choice gives the same labels; set_cpu_simd
+// picks one for later calls (to compare or time them) and refuses one the CPU lacks. Not meant to
+// change while ops run.
 std::string cpu_simd();
 void set_cpu_simd(const std::string& name);
 

@@ -56,8 +56,8 @@ struct RowReader {
     const scalar_t* p = image + row * stride_h;
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (stride_w == 1) {
-#if UNETSEG_CCL_AVX512
-        if (simd_level() == CpuSimd::kAvx512) return ccl::threshold_bits_avx512<Below>(p, width, threshold, bits);
+#if UNETSEG_CCL_X86
+        if (simd_level() >= CpuSimd::kAvx2) return ccl::threshold_bits_avx2<Below>(p, width, threshold, bits);
 #endif
         return ccl::threshold_bits<Below>(p, width, threshold, bits);
       }
@@ -83,10 +83,10 @@ struct RowReader {
       if (stride_w == 1) {
         const scalar_t* nucleus = image + row * stride_h;
         const scalar_t* other = boundary.image + row * boundary.stride_h;
-#if UNETSEG_CCL_AVX512
-        if (simd_level() == CpuSimd::kAvx512) {
-          return ccl::threshold_seed_bits_avx512(nucleus, other, width, threshold, boundary.threshold, foreground,
-                                                 seeds);
+#if UNETSEG_CCL_X86
+        if (simd_level() >= CpuSimd::kAvx2) {
+          return ccl::threshold_seed_bits_avx2(nucleus, other, width, threshold, boundary.threshold, foreground,
+                                               seeds);
         }
 #endif
         return ccl::threshold_seed_bits(nucleus, other, width, threshold, boundary.threshold, foreground, seeds);
@@ -216,7 +216,7 @@ constexpr int64_t kStreamFromBytes = int64_t{32} << 20;
 inline void write_labels(const std::vector<ccl::Strip>& strips, const std::vector<ccl::ImageRuns>& images,
                   const ImageBatch& b, int32_t* out) {
   const auto width = static_cast<int32_t>(b.w);
-  const bool avx512 = UNETSEG_CCL_AVX512 && simd_level() == CpuSimd::kAvx512;
+  const bool avx512 = UNETSEG_CCL_X86 && simd_level() == CpuSimd::kAvx512;
   const bool stream = b.n * b.h * b.w * int64_t{sizeof(int32_t)} >= kStreamFromBytes;
   at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> scratch(avx512 || stream ? ccl::write_scratch_size(width) : 0);
@@ -224,7 +224,7 @@ inline void write_labels(const std::vector<ccl::Strip>& strips, const std::vecto
       const ccl::Strip& strip = strips[k];
       const ccl::ImageRuns& image = images[strip.image];
       int32_t* rows = out + strip.image * b.h * b.w + int64_t{strip.row_begin} * b.w;
-#if UNETSEG_CCL_AVX512
+#if UNETSEG_CCL_X86
       if (avx512) {
         ccl::write_rows_avx512(image, strip.row_begin, strip.row_end, width, rows, b.w, stream, scratch.data());
         continue;
