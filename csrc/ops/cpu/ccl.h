@@ -504,17 +504,15 @@ inline void write_rows_streamed(const ImageRuns& image, int32_t row_begin, int32
 }
 
 #if UNETSEG_CCL_X86
-// write_rows for rows whose runs are all labelled (none -1): each row is assembled in `scratch` (an
-// L1-resident buffer laid out like the row's 64-byte blocks in memory, all background on entry),
-// each run's label with whole-block stores and one masked store for its end, then copied out one
-// block at a time, each block set back to background as it leaves. Runs of nuclei maps are about
-// one block long, so this costs a few stores per run and two per block, with no branch per block. With `stream` the whole blocks are stored
-// non-temporally: a label image larger than the caches is then written without first reading every
-// line into the cache (the write-allocate that makes a plain store cost twice its bytes). The row's
-// partial end blocks use masked stores, which leave the neighbouring row's lanes untouched. A row
-// with a run labelled -1 is left to write_rows.
+// write_rows_streamed with AVX-512: each row is assembled in `scratch` (laid out like the row's
+// 64-byte blocks in memory, all background on entry), each run's label with whole-block stores and
+// one masked store for its end, then copied out one block at a time with streaming stores, each
+// block set back to background as it leaves. Runs of nuclei maps are about one block long, so this
+// costs a few stores per run and two per block, with no branch per block. The row's partial end
+// blocks use masked stores, which leave the neighbouring row's lanes untouched. A row with a run
+// labelled -1 is left to write_rows.
 UNETSEG_TARGET_AVX512 inline void write_rows_avx512(const ImageRuns& image, int32_t row_begin, int32_t row_end,
-                                                    int32_t width, int32_t* out, int64_t row_stride, bool stream,
+                                                    int32_t width, int32_t* out, int64_t row_stride,
                                                     int32_t* scratch) {
   const Run* runs = image.runs.data();
   const int32_t* labels = image.run_labels.data();
@@ -543,14 +541,12 @@ UNETSEG_TARGET_AVX512 inline void write_rows_avx512(const ImageRuns& image, int3
       if (k == blocks - 1) keep &= 0xFFFFu >> (16 * blocks - misalign - width);
       if (keep != 0xFFFFu) {
         _mm512_mask_store_epi32(block, static_cast<__mmask16>(keep), v);
-      } else if (stream) {
-        _mm512_stream_si512(reinterpret_cast<__m512i*>(block), v);
       } else {
-        _mm512_store_si512(block, v);
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(block), v);
       }
     }
   }
-  if (stream) _mm_sfence(); // streamed stores are weakly ordered: visible before the caller goes on
+  _mm_sfence(); // streamed stores are weakly ordered: visible before the caller goes on
 }
 #endif
 

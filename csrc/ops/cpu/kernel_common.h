@@ -207,26 +207,27 @@ inline void merge_and_number(std::initializer_list<RunTable> tables, const Image
 }
 
 // Label outputs of at least this many bytes are written with streaming stores (ccl.h,
-// write_rows_streamed and write_rows_avx512). Measured on a Xeon (2 threads, nuclei maps): streaming 64 MiB of labels took
-// 8 ms against 11.6 ms cached, but 16 MiB took 2.1 against 1.7 ms: smaller outputs still gain from
-// the caches.
+// write_rows_streamed and write_rows_avx512). Measured on a Xeon (2 threads, nuclei maps):
+// streaming 64 MiB of labels took 8 ms against 11.6 ms cached, but 16 MiB took 2.1 against 1.7 ms:
+// smaller outputs still gain from the caches, and there the AVX-512 writer gains nothing on
+// write_rows.
 constexpr int64_t kStreamFromBytes = int64_t{32} << 20;
 
 // Step 4 of ccl.h: writes the labels of every image, strips in parallel.
 inline void write_labels(const std::vector<ccl::Strip>& strips, const std::vector<ccl::ImageRuns>& images,
                   const ImageBatch& b, int32_t* out) {
   const auto width = static_cast<int32_t>(b.w);
-  const bool avx512 = UNETSEG_CCL_X86 && simd_level() == CpuSimd::kAvx512;
   const bool stream = b.n * b.h * b.w * int64_t{sizeof(int32_t)} >= kStreamFromBytes;
+  const bool avx512 = UNETSEG_CCL_X86 && stream && simd_level() == CpuSimd::kAvx512;
   at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> scratch(avx512 || stream ? ccl::write_scratch_size(width) : 0);
+    std::vector<int32_t> scratch(stream ? ccl::write_scratch_size(width) : 0);
     for (int64_t k = begin; k < end; ++k) {
       const ccl::Strip& strip = strips[k];
       const ccl::ImageRuns& image = images[strip.image];
       int32_t* rows = out + strip.image * b.h * b.w + int64_t{strip.row_begin} * b.w;
 #if UNETSEG_CCL_X86
       if (avx512) {
-        ccl::write_rows_avx512(image, strip.row_begin, strip.row_end, width, rows, b.w, stream, scratch.data());
+        ccl::write_rows_avx512(image, strip.row_begin, strip.row_end, width, rows, b.w, scratch.data());
         continue;
       }
 #endif
