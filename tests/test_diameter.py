@@ -57,6 +57,30 @@ def test_given_diameter_equals_resize_predict_resize_back(scaled_model, diameter
     np.testing.assert_allclose(scaled_model.predict([im], diameter=diameter, tile_size=0)[0], back.numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("diameter", [10.0, 40.0])
+def test_min_area_counts_pixels_at_the_canonical_diameter(diameter):
+    """min_area is in pixels at the model's canonical diameter: on an image whose nuclei are
+    `diameter` across, objects under min_area / factor² of its own pixels go (factor = canonical /
+    diameter), so the same nuclei are kept at any scale. The bundled model (canonical 20 px), whose
+    labels the probabilities it returns must reproduce."""
+    runner = unetseg.Runner()
+    canonical = runner.metadata["diameter"]
+    radius = diameter / 2
+    im = synthetic_nuclei((160, 160), seed=4, radius=(0.6 * radius, 1.2 * radius)).image
+    probs = torch.from_numpy(runner.predict([im], diameter=diameter, tile_size=0)[0])
+    areas = np.bincount(runner.segment([im], diameter=diameter, tile_size=0, min_area=0)[0].labels.ravel())[1:]
+    factor = canonical / diameter
+    # a min_area that, counted on the image grid, would keep the objects it drops counted right
+    min_area = int(np.median(areas) * factor**2)
+    on_image_grid = math.floor(min_area / factor**2 + 0.5)
+    expected = unetseg.seeded_label(
+        probs, runner.metadata["threshold"], runner.metadata["boundary_threshold"], min_area=on_image_grid
+    )
+    seg = runner.segment([im], diameter=diameter, tile_size=0, min_area=min_area)[0]
+    np.testing.assert_array_equal(seg.labels, expected.labels.numpy())
+    assert 0 < seg.count < len(areas)
+
+
 def test_auto_diameter_is_the_given_one_it_settled_on(scaled_model):
     for seed in range(3):
         im = image(seed=seed)

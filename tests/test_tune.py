@@ -179,8 +179,9 @@ def test_dev_images_are_scored_when_the_checkpoint_has_them(checkpoint, npz, tmp
 
 
 def test_one_dataset_of_a_multi_dataset_checkpoint_keeps_its_validation_images_out(npz, tmp_path):
-    """A checkpoint trained on several datasets names its images DATASET/NAME; tuned (or evaluated)
-    on one of them, that dataset's validation images are still recognised and left out."""
+    """A checkpoint trained on several datasets names its images DATASET/NAME; tuned on one of them,
+    that dataset's validation images are still recognised and left out; evaluated on it, they are
+    the ones scored (all of them, or a clear error)."""
     from unetseg.data.readers import dataset_name
 
     prefix = dataset_name(npz) + "/"
@@ -190,5 +191,10 @@ def test_one_dataset_of_a_multi_dataset_checkpoint_keeps_its_validation_images_o
     torch.save(ckpt, tmp_path / "multi.pt")
     result = tune(tmp_path / "multi.pt", npz, images=20, thresholds=[0.5], boundary_thresholds=[0.5], progress=False)
     assert sorted(result["images"]) == sorted(names[4:])  # every training image, no validation image
+    # evaluated on that dataset alone: its share of the split, no more
+    scored = evaluate(tmp_path / "multi.pt", npz, progress=False)
+    assert scored["all"]["images"] == 4
+    ckpt["split"]["val"] = names[:4] + [prefix + "gone"]  # one of its own validation images is missing
+    torch.save(ckpt, tmp_path / "multi.pt")
     with pytest.raises(ValueError, match=r"holds only 4 of the model's validation images \(5\)"):
         evaluate(tmp_path / "multi.pt", npz, progress=False)

@@ -23,6 +23,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("MIN_RESCALE") = unetseg::kMinRescale;
   m.attr("MAX_RESCALE") = unetseg::kMaxRescale;
   m.attr("DIAMETER_TOLERANCE") = unetseg::kDiameterTolerance;
+  m.def("min_area_at", &unetseg::min_area_at, py::arg("canonical_min_area"), py::arg("factor"));
   // The CPU kernels' vector instruction set (ops.h): tests and benchmarks compare the choices.
   m.def("cpu_simd", &unetseg::cpu_simd);
   m.def("set_cpu_simd", &unetseg::set_cpu_simd, py::arg("name"));

@@ -462,7 +462,9 @@ struct Runner::Impl {
 
   Segmentation segment_scaled(const at::Tensor& hwc, double factor, const SegmentOptions& opt,
                               const ResolvedOptions& r) const {
-    Segmentation s = std::move(label(scaled_probabilities(hwc, factor, opt), r, opt.connectivity)[0]);
+    ResolvedOptions here = r;
+    here.min_area = min_area_at(r.min_area, factor);
+    Segmentation s = std::move(label(scaled_probabilities(hwc, factor, opt), here, opt.connectivity)[0]);
     s.diameter = info.diameter / factor;
     return s;
   }

@@ -8,6 +8,10 @@ MIN_RESCALE: float  # runner.h: factors (canonical / image diameter) stay within
 MAX_RESCALE: float
 DIAMETER_TOLERANCE: float  # an estimate within this factor of the scale in use is taken as it is
 
+def min_area_at(canonical_min_area: int, factor: float) -> int:
+    """min_area (pixels at the model's canonical diameter) on the grid of an image resized by
+    `factor` to that diameter: min_area / factor², rounded."""
+
 def cpu_simd() -> str:
     """The CPU kernels' vector instruction set: "avx512" where the CPU has AVX-512F, "avx2" where it
     has AVX2, else "generic"."""

@@ -526,7 +526,13 @@ def _add_segment_parser(sub) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("unetseg-out"), help="output folder (default unetseg-out)")
     p.add_argument("-m", "--model", type=Path, help="model file from `unetseg export` (default: the bundled model)")
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
-    p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model's)")
+    p.add_argument(
+        "--min-area",
+        type=int,
+        help="remove objects with fewer pixels, counted at the model's canonical nucleus diameter (so it "
+        "follows the image's scale: with nuclei twice that size, objects under 4x as many of the image's pixels "
+        "go; default: the model's)",
+    )
     _add_labelling_options(p)
     _add_device_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per network call (default 8)")
@@ -688,7 +694,13 @@ def _add_export_parser(sub) -> None:
         default=0.5,
         help="default boundary threshold of seeded labelling (default 0.5)",
     )
-    p.add_argument("--min-area", type=int, default=0, help="default: remove objects with fewer pixels (default 0)")
+    p.add_argument(
+        "--min-area",
+        type=int,
+        default=0,
+        help="default: remove objects with fewer pixels, counted at the model's canonical diameter when it has "
+        "one (an image segmented at twice that diameter drops objects under 4x as many of its pixels; default 0)",
+    )
     p.set_defaults(run=_cmd_export)
 
 
@@ -934,7 +946,8 @@ def _add_tune_parser(sub) -> None:
         type=_ints,
         default=(20,),
         metavar="A,A,...",
-        help="smallest object areas in pixels to try (default 20)",
+        help="smallest object areas to try, in pixels at the model's canonical diameter as `export --min-area` "
+        "stores them (default 20)",
     )
     p.add_argument(
         "--labelling",

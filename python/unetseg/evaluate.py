@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import metrics
+from ._C import min_area_at
 from .data import Sample, read_datasets
 from .data.readers import dataset_name
 from .data.transforms import rescale
@@ -187,7 +188,7 @@ def _checkpoint_segmenter(
         factor = checkpoint_factor(ckpt, sample.labels, diameter)
         with autocast:
             prob = torch.from_numpy(predict(network, sample.image, ckpt, device, tta=tta, factor=factor))
-        return _label(prob, labelling, threshold, boundary_threshold, min_area)
+        return _label(prob, labelling, threshold, boundary_threshold, min_area_at(min_area, factor))
 
     return segment, _checkpoint_splits(ckpt)
 
@@ -273,9 +274,10 @@ def tune(
         rng = np.random.default_rng(seed)
         samples = [samples[i] for i in rng.choice(len(samples), min(images, len(samples)), replace=False)]
     network, device = model_from_checkpoint(ckpt), resolve_device(device)
+    factors = [checkpoint_factor(ckpt, s.labels) for s in samples]
     probs = [
-        torch.from_numpy(predict(network, s.image, ckpt, device, tta=tta, factor=checkpoint_factor(ckpt, s.labels)))
-        for s in tqdm(samples, desc="predict", disable=not progress)
+        torch.from_numpy(predict(network, s.image, ckpt, device, tta=tta, factor=f))
+        for s, f in zip(tqdm(samples, desc="predict", disable=not progress), factors)
     ]
     grid = []
     configs = [
@@ -285,9 +287,14 @@ def tune(
         for a in min_areas
     ]
     for t, tb, area in tqdm(configs, desc="score", disable=not progress):
+        # min_area in pixels at the canonical diameter, as the runner counts it (runner.h, min_area_at)
         rows = [
-            {"dataset": s.dataset, "kind": s.kind, **metrics.image_metrics(s.labels, _label(p, labelling, t, tb, area))}
-            for s, p in zip(samples, probs)
+            {
+                "dataset": s.dataset,
+                "kind": s.kind,
+                **metrics.image_metrics(s.labels, _label(p, labelling, t, tb, min_area_at(area, f))),
+            }
+            for s, p, f in zip(samples, probs, factors)
         ]
         summaries = _summaries(rows)
         overall = summaries.pop("all")
@@ -362,9 +369,14 @@ def _read_as_named(data, skip_invalid: bool, names) -> list:
 
 
 def _named(samples: list, names, what: str, data, fix: str) -> list:
-    """The samples named in `names`, in dataset order; all of them, or a clear error (a score on some of a
-    split's images is not that split's score)."""
+    """The samples named in `names` of the datasets read, in dataset order: all of them, or a clear
+    error (a score on some of a split's images is not that split's score). A model trained on several
+    datasets names its images DATASET/NAME, and its split was drawn per dataset, so the datasets read
+    bring their own share of it: a model trained on nine sets is scored on one of them."""
     names = set(names)
+    if names and all("/" in n for n in names):
+        read = {s.dataset for s in samples}
+        names = {n for n in names if n.split("/", 1)[0] in read} or names
     picked = [s for s in samples if s.name in names]
     if len(picked) != len(names):
         found = "none" if not picked else f"only {len(picked)}"

@@ -403,7 +403,8 @@ def segment_batch(
     model: a model file made by ``unetseg export``, a :class:`Runner`, or None for the bundled
         default model. Loaded runners are cached, so repeated calls do not reload the file.
     threshold: nucleus probability threshold (default: the model's); min_area: drop objects with fewer
-        pixels (default: the model's).
+        pixels (default: the model's), counted at the model's canonical nucleus diameter: an image
+        whose nuclei are twice that size drops objects under 4x as many of its own pixels.
     labelling: "auto" (the model's: "seeded" for nucleus + boundary models, else "plain"), "plain"
         (threshold + connected components of the nucleus map) or "seeded" (seeds inside nuclei grown
         through the foreground, so touching nuclei stay apart; see :func:`unetseg.seeded_label`).

@@ -35,6 +35,8 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
+#include <cmath>
 #include <c10/core/Device.h>
 
 #include "unetseg/ops.h"
@@ -101,9 +103,17 @@ constexpr double kDiameterTolerance = 1.25;
 constexpr double kConfident = 0.88;
 constexpr double kCoarserScales[] = {0.5, 0.25, 0.125};
 
+// min_area counts pixels at the scale the network sees: the model's canonical diameter for a model
+// that has one. So it removes objects by their size against the nuclei at any scale: on the grid of
+// an image resized by `factor` (canonical / image diameter) it is min_area / factor² of the image's
+// pixels (slides, labelled at the canonical scale, use it as it is).
+inline int64_t min_area_at(int64_t canonical_min_area, double factor) {
+  return static_cast<int64_t>(std::llround(static_cast<double>(canonical_min_area) / (factor * factor)));
+}
+
 struct SegmentOptions {
   std::optional<double> threshold;           // probability threshold; default: the model's
-  std::optional<int64_t> min_area;           // remove objects with fewer pixels; default: the model's
+  std::optional<int64_t> min_area;           // remove smaller objects (pixels at the canonical scale: min_area_at); default: the model's
   int64_t connectivity = 8;                  // 8 or 4
   std::string labelling = "auto";            // "auto" (the model's), "plain" or "seeded"
   std::optional<double> boundary_threshold;  // seeded labelling; default: the model's
