@@ -1,7 +1,7 @@
 """Threshold + connected components on nuclei-like probability maps: unetseg's fused op against
 OpenCV, cc3d, scipy, skimage and the memory floor, in one process with the same thread count.
 
-    python benchmarks/bench_label.py [--threads N] [--repeats R] [--markdown]
+    python benchmarks/bench_label.py [--threads N] [--repeats R] [--rounds K] [--markdown]
 
 Maps come from unetseg's synthetic generator (float32 soft nucleus masks, many touching), at
 2048^2, 4096^2 and a batch of 32 x 256^2. Every competitor gets the same map and threshold; ratios
@@ -123,6 +123,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for torch and OpenCV")
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per method (median reported)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096], help="square map sizes")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every method this many times in turn and report the medians of the rounds, with the "
+        "ratios' range: on a shared machine whose speed drifts, ratios taken within a round are steadier",
+    )
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args()
 
@@ -136,19 +143,32 @@ def main() -> None:
     for name, m in make_maps(args.sizes, 32, 256).items():
         check_agreement(m)
         n_objects = unetseg.label(torch.from_numpy(m), THRESHOLD).counts.sum().item()
-        results = [(method, timeit(fn, args.repeats)) for method, fn in competitors(m)]
-        ours = results[0][1]
-        ours_stats = results[2][1]
-        for method, ms in results:
+        methods = competitors(m)
+        times: dict[str, list[float]] = {method: [] for method, _ in methods}
+        for _ in range(args.rounds):  # every method once a round: each round sees the machine's same state
+            for method, fn in methods:
+                times[method].append(timeit(fn, args.repeats))
+        ours, ours_stats = times[methods[0][0]], times[methods[2][0]]
+        for method, _ in methods:
             reference = ours_stats if "Stats" in method else ours
-            rows.append((name, n_objects, method, ms, m.size / ms / 1e3, ms / reference))
+            ratios = [t / r for t, r in zip(times[method], reference)]
+            ms = float(np.median(times[method]))
+            rows.append((name, n_objects, method, ms, m.size / ms / 1e3, np.median(ratios), min(ratios), max(ratios)))
+    spread = args.rounds > 1
     if args.markdown:
-        print("| map | objects | method | ms | Mpx/s | vs unetseg |\n|---|---:|---|---:|---:|---:|")
+        print(
+            "| map | objects | method | ms | Mpx/s | vs unetseg |"
+            + (" ratio range |\n" if spread else "\n")
+            + "|---|---:|---|---:|---:|---:|"
+            + ("---:|" if spread else "")
+        )
         for r in rows:
-            print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.0f} | {r[5]:.2f}x |")
+            extra = f" {r[6]:.2f}-{r[7]:.2f}x |" if spread else ""
+            print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.0f} | {r[5]:.2f}x |{extra}")
     else:
         for r in rows:
-            print(f"{r[0]:>12} {r[1]:>6} {r[2]:<42} {r[3]:9.2f} ms {r[4]:8.0f} Mpx/s {r[5]:7.2f}x")
+            extra = f" ({r[6]:.2f}-{r[7]:.2f}x)" if spread else ""
+            print(f"{r[0]:>12} {r[1]:>6} {r[2]:<42} {r[3]:9.2f} ms {r[4]:8.0f} Mpx/s {r[5]:7.2f}x{extra}")
 
 
 if __name__ == "__main__":
