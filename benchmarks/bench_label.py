@@ -145,8 +145,10 @@ def main() -> None:
         n_objects = unetseg.label(torch.from_numpy(m), THRESHOLD).counts.sum().item()
         methods = competitors(m)
         times: dict[str, list[float]] = {method: [] for method, _ in methods}
-        for _ in range(args.rounds):  # every method once a round: each round sees the machine's same state
-            for method, fn in methods:
+        rng = np.random.default_rng(0)
+        for _ in range(args.rounds):  # every method once a round, in a new order: no method always follows another
+            for k in rng.permutation(len(methods)) if args.rounds > 1 else range(len(methods)):
+                method, fn = methods[k]
                 times[method].append(timeit(fn, args.repeats))
         ours, ours_stats = times[methods[0][0]], times[methods[2][0]]
         for method, _ in methods:
