@@ -58,7 +58,7 @@ class SegmentWidget(Container):
         self.threshold = FloatSpinBox(label="threshold", value=0.5, min=0.0, max=1.0, step=0.05)
         self.boundary_threshold = FloatSpinBox(label="boundary threshold", value=0.5, min=0.0, max=1.0, step=0.05)
         # pixels at the model's canonical diameter (the runner scales it to each image's nuclei)
-        self.min_area = SpinBox(label="min area (px)", value=40, min=0, max=100000)
+        self.min_area = SpinBox(label="min area (px at model scale)", value=40, min=0, max=100000)
         self.precision = ComboBox(label="precision", choices=["auto", "float32", "bfloat16"], value="auto")
         self.tta = CheckBox(text="test-time augmentation (8x slower)", value=False)
         self.run_button = PushButton(text="Segment")
