@@ -614,7 +614,12 @@ def _add_segment_slide_parser(sub) -> None:
     )
     p.add_argument("--channel", type=int, help="nuclear channel of a multi-channel (fluorescence) slide")
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
-    p.add_argument("--min-area", type=int, help="remove objects with fewer pixels (default: the model's)")
+    p.add_argument(
+        "--min-area",
+        type=int,
+        help="remove objects with fewer pixels, counted at the model's canonical diameter, the scale the labels "
+        "are written at (default: the model's)",
+    )
     _add_labelling_options(p)
     p.add_argument(
         "--band-height",
@@ -699,7 +704,8 @@ def _add_export_parser(sub) -> None:
         type=int,
         default=0,
         help="default: remove objects with fewer pixels, counted at the model's canonical diameter when it has "
-        "one (an image segmented at twice that diameter drops objects under 4x as many of its pixels; default 0)",
+        "one (an image whose nuclei are twice that diameter drops objects under 4x as many of its pixels; "
+        "default 0)",
     )
     p.set_defaults(run=_cmd_export)
 
@@ -879,7 +885,10 @@ def _add_evaluate_parser(sub) -> None:
     )
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
     p.add_argument(
-        "--min-area", type=int, help="remove objects with fewer pixels (default: the model file's; 0 for checkpoints)"
+        "--min-area",
+        type=int,
+        help="remove objects with fewer pixels, counted at the model's canonical diameter (default: the model "
+        "file's; 0 for checkpoints)",
     )
     _add_labelling_options(p)
     _add_device_options(p)
