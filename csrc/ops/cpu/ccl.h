@@ -504,6 +504,46 @@ inline void write_rows_streamed(const ImageRuns& image, int32_t row_begin, int32
 }
 
 #if UNETSEG_CCL_X86
+// write_rows_streamed with AVX2: as write_rows_avx512 below, in 32-byte blocks of eight labels,
+// with AVX2's vector-masked stores.
+UNETSEG_TARGET_AVX2 inline void write_rows_avx2(const ImageRuns& image, int32_t row_begin, int32_t row_end,
+                                                int32_t width, int32_t* out, int64_t row_stride, int32_t* scratch) {
+  const Run* runs = image.runs.data();
+  const int32_t* labels = image.run_labels.data();
+  int32_t* lines = detail::row_buffer(scratch);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  auto lanes_below = [&](int32_t n) UNETSEG_TARGET_AVX2 { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane); };
+  for (int32_t row = row_begin; row < row_end; ++row, out += row_stride) {
+    if (detail::has_kept_run(image, row)) {
+      write_rows(image, row, row + 1, width, out, row_stride);
+      continue;
+    }
+    // buffer[x] sits at the offset of out[x] in its 32-byte block
+    const auto misalign = static_cast<int32_t>((reinterpret_cast<uintptr_t>(out) & 31) / sizeof(int32_t));
+    int32_t* buffer = lines + misalign;
+    const int32_t blocks = (misalign + width + 7) / 8;
+    for (int32_t i = image.row_offsets[row]; i < image.row_offsets[row + 1]; ++i) {
+      const __m256i v = _mm256_set1_epi32(labels[i]);
+      int32_t x = runs[i].start;
+      for (; x + 8 <= runs[i].end; x += 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(buffer + x), v);
+      if (x < runs[i].end) _mm256_maskstore_epi32(buffer + x, lanes_below(runs[i].end - x), v);
+    }
+    auto* block = reinterpret_cast<int32_t*>(reinterpret_cast<uintptr_t>(out) & ~uintptr_t{31});
+    for (int32_t k = 0; k < blocks; ++k, block += 8) {
+      auto* line = reinterpret_cast<__m256i*>(lines + 8 * k);
+      const __m256i v = _mm256_load_si256(line);
+      _mm256_store_si256(line, _mm256_setzero_si256()); // background for the next row
+      const int32_t first = k == 0 ? misalign : 0, end = std::min(8, misalign + width - 8 * k); // lanes of this row
+      if (first == 0 && end == 8) {
+        _mm256_stream_si256(reinterpret_cast<__m256i*>(block), v);
+      } else {
+        _mm256_maskstore_epi32(block, _mm256_andnot_si256(lanes_below(first), lanes_below(end)), v);
+      }
+    }
+  }
+  _mm_sfence(); // streamed stores are weakly ordered: visible before the caller goes on
+}
+
 // write_rows_streamed with AVX-512: each row is assembled in `scratch` (laid out like the row's
 // 64-byte blocks in memory, all background on entry), each run's label with whole-block stores and
 // one masked store for its end, then copied out one block at a time with streaming stores, each

@@ -207,7 +207,7 @@ inline void merge_and_number(std::initializer_list<RunTable> tables, const Image
 }
 
 // Label outputs of at least this many bytes are written with streaming stores (ccl.h,
-// write_rows_streamed and write_rows_avx512). Measured on a Xeon (2 threads, nuclei maps):
+// write_rows_streamed, write_rows_avx2 and write_rows_avx512). Measured on a Xeon (2 threads, nuclei maps):
 // streaming 64 MiB of labels took 8 ms against 11.6 ms cached, but 16 MiB took 2.1 against 1.7 ms:
 // smaller outputs still gain from the caches, and there the AVX-512 writer gains nothing on
 // write_rows.
@@ -218,7 +218,7 @@ inline void write_labels(const std::vector<ccl::Strip>& strips, const std::vecto
                   const ImageBatch& b, int32_t* out) {
   const auto width = static_cast<int32_t>(b.w);
   const bool stream = b.n * b.h * b.w * int64_t{sizeof(int32_t)} >= kStreamFromBytes;
-  const bool avx512 = UNETSEG_CCL_X86 && stream && simd_level() == CpuSimd::kAvx512;
+  const CpuSimd simd = UNETSEG_CCL_X86 && stream ? simd_level() : CpuSimd::kGeneric;
   at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> scratch(stream ? ccl::write_scratch_size(width) : 0);
     for (int64_t k = begin; k < end; ++k) {
@@ -226,8 +226,12 @@ inline void write_labels(const std::vector<ccl::Strip>& strips, const std::vecto
       const ccl::ImageRuns& image = images[strip.image];
       int32_t* rows = out + strip.image * b.h * b.w + int64_t{strip.row_begin} * b.w;
 #if UNETSEG_CCL_X86
-      if (avx512) {
+      if (simd == CpuSimd::kAvx512) {
         ccl::write_rows_avx512(image, strip.row_begin, strip.row_end, width, rows, b.w, scratch.data());
+        continue;
+      }
+      if (simd == CpuSimd::kAvx2) {
+        ccl::write_rows_avx2(image, strip.row_begin, strip.row_end, width, rows, b.w, scratch.data());
         continue;
       }
 #endif
@@ -238,7 +242,7 @@ inline void write_labels(const std::vector<ccl::Strip>& strips, const std::vecto
       }
     }
   });
-  (void)avx512;
+  (void)simd;
 }
 
 // Concatenates the per-image statistics into one float64 table.
