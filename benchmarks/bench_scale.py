@@ -17,9 +17,8 @@ from common import cpu_name
 
 import unetseg
 from unetseg import metrics
-from unetseg.data import read_datasets
 from unetseg.data.transforms import median_diameter, rescale
-from unetseg.evaluate import _summaries
+from unetseg.evaluate import _read_as_named, _summaries
 
 
 def main() -> None:
@@ -32,10 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     runner = unetseg.Runner(None if args.model == "default" else args.model, precision=args.precision)
     val = set(runner.metadata["training_data"]["val_names"])
-    samples = read_datasets(args.data, skip_invalid=True)
-    if len(args.data) == 1 and any("/" in n for n in val):  # one dataset of a multi-dataset model
-        for s in samples:
-            s.name = f"{s.dataset}/{s.name}"
+    samples = _read_as_named(args.data, True, val)  # one dataset of a multi-dataset model: DATASET/NAME
     samples = [s for s in samples if s.name in val and (args.kind is None or s.kind == args.kind)]
     print(f"CPU: {cpu_name()}; {runner!r}, precision {runner.precision}; {len(samples)} validation images")
     print("\n| dataset | scale | images | AP@0.5 | change vs 1x | DSB score | diameter error (median) | seconds |")

@@ -1,3 +1,4 @@
+import functools
 import os
 
 import pytest
@@ -14,8 +15,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 SIMD_LEVELS = ["generic", "avx2", "avx512"]  # narrowest first
 
 
-def available_cpu_simd() -> list[str]:
-    """The vector instruction sets the CPU kernels can use here, narrowest first."""
+@functools.cache
+def available_cpu_simd() -> tuple[str, ...]:
+    """The vector instruction sets the CPU kernels can use here, narrowest first (the CPU does not
+    change: probed once)."""
     from unetseg import _C
 
     before, found = _C.cpu_simd(), []
@@ -26,7 +29,7 @@ def available_cpu_simd() -> list[str]:
         except RuntimeError:
             break
     _C.set_cpu_simd(before)
-    return found
+    return tuple(found)
 
 
 @pytest.fixture(params=[(1, "generic"), (3, "avx2"), (7, "avx512")], ids=lambda p: f"threads{p[0]}-{p[1]}")

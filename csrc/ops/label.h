@@ -40,8 +40,8 @@ float rounded_threshold(at::ScalarType dtype, double threshold);
 void check_label_outputs(const at::Tensor& scores, const ImageBatch& batch,
                          const at::Tensor& labels, const at::Tensor& counts);
 
-// The vector instructions of the CPU kernels' memory-bound steps: kAvx2 thresholds with AVX2,
-// kAvx512 also writes labels with AVX-512F, kGeneric uses SSE2 (on x86-64) for both. The widest the
+// The vector instructions of the CPU kernels' memory-bound steps: kAvx2 thresholds and writes
+// labels with AVX2, kAvx512 writes them with AVX-512F, kGeneric uses SSE2 (on x86-64) for both. The widest the
 // CPU has is found once; set_cpu_simd (ops.h) may pick a narrower one. Every choice gives the same
 // labels. Ordered: a level includes the ones below it.
 enum class CpuSimd { kGeneric, kAvx2, kAvx512 };

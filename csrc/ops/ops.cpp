@@ -12,8 +12,8 @@
 #include <atomic>
 #include <cmath>
 #include <iterator>
-#include <utility>
 #include <limits>
+#include <utility>
 
 namespace unetseg {
 

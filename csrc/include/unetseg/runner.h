@@ -35,9 +35,9 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cmath>
-#include <c10/core/Device.h>
 
 #include "unetseg/ops.h"
 
@@ -113,7 +113,8 @@ inline int64_t min_area_at(int64_t canonical_min_area, double factor) {
 
 struct SegmentOptions {
   std::optional<double> threshold;           // probability threshold; default: the model's
-  std::optional<int64_t> min_area;           // remove smaller objects (pixels at the canonical scale: min_area_at); default: the model's
+  std::optional<int64_t> min_area;           // remove smaller objects (canonical-scale pixels, min_area_at);
+                                             // default: the model's
   int64_t connectivity = 8;                  // 8 or 4
   std::string labelling = "auto";            // "auto" (the model's), "plain" or "seeded"
   std::optional<double> boundary_threshold;  // seeded labelling; default: the model's

@@ -25,7 +25,7 @@
 //            of the row (which is written right after), so no store loop has a data-dependent tail.
 //
 // Steps 1 and 4 touch every pixel; their vector versions (AVX2 thresholding after threshold_bits,
-// the AVX-512 writer at the end of the file) run where the CPU has them (ops/label.h:
+// the AVX2 and AVX-512 writers at the end of the file) run where the CPU has them (ops/label.h:
 // simd_level) and give the same labels.
 //
 // The run table is small for blob-like maps; its worst case (a checkerboard) is one run per two
@@ -42,7 +42,7 @@
 #include <emmintrin.h>
 #endif
 
-// Vector versions of the two memory-bound steps, thresholding (AVX2) and writing labels (AVX-512),
+// Vector versions of the two memory-bound steps, thresholding (AVX2) and writing labels (AVX2, AVX-512),
 // compiled for their ISA by function attribute and called only where the CPU has it (ops/label.h:
 // simd_level), so the rest of the library keeps the compiler's baseline ISA and no inline function
 // exists in two ISA versions.
@@ -446,8 +446,8 @@ inline void write_rows(const ImageRuns& image, int32_t row_begin, int32_t row_en
   }
 }
 
-// Scratch ints write_rows_streamed and write_rows_avx512 need for rows of `width` (zeroed): a row
-// of 64-byte blocks and the alignment slack.
+// Scratch ints the streamed row writers (write_rows_streamed, _avx2, _avx512) need for rows of
+// `width` (zeroed): a row of 64-byte blocks and the alignment slack.
 inline size_t write_scratch_size(int32_t width) { return static_cast<size_t>(width) + 48; }
 
 namespace detail {
@@ -570,7 +570,9 @@ UNETSEG_TARGET_AVX512 inline void write_rows_avx512(const ImageRuns& image, int3
       const __m512i v = _mm512_set1_epi32(labels[i]);
       int32_t x = runs[i].start;
       for (; x + 16 <= runs[i].end; x += 16) _mm512_storeu_si512(buffer + x, v);
-      if (x < runs[i].end) _mm512_mask_storeu_epi32(buffer + x, static_cast<__mmask16>((1u << (runs[i].end - x)) - 1), v);
+      if (x < runs[i].end) {
+        _mm512_mask_storeu_epi32(buffer + x, static_cast<__mmask16>((1u << (runs[i].end - x)) - 1), v);
+      }
     }
     auto* block = reinterpret_cast<int32_t*>(reinterpret_cast<uintptr_t>(out) & ~uintptr_t{63});
     for (int32_t k = 0; k < blocks; ++k, block += 16) {
