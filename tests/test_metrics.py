@@ -58,7 +58,27 @@ def test_merged_touching_nuclei_fail_every_threshold():
     true[:, :4], true[:, 4:] = 1, 2
     merged = (true > 0).astype(np.int32)  # one object over two nuclei: IoU 0.5 each, not > 0.5
     assert metrics.dsb_score(true, merged) == 0.0
-    assert metrics.image_metrics(true, merged)["count_error"] == 1
+    row = metrics.image_metrics(true, merged)
+    assert row["count_error"] == 1
+    assert (row["merged"], row["missed"]) == (2, 0)
+
+
+def test_merged_and_missed_known_answers():
+    true, pred = two_nuclei()
+    assert metrics.merged_and_missed(metrics.overlap(true, pred)) == (0, 1)  # A found, B missed
+    split = true.copy()
+    split[0:2, 3:5] = 3  # A cut into 6 + 4 px: the 6 px part holds more than half of it
+    assert metrics.merged_and_missed(metrics.overlap(true, split)) == (0, 0)
+    split[0:2, 2] = 3  # now 4 + 6: still one part holds at least half
+    assert metrics.merged_and_missed(metrics.overlap(true, split)) == (0, 0)
+    thirds = true.copy()
+    thirds[0:2, 2:4], thirds[0:2, 4] = 3, 4  # 4 + 4 + 2 px: no part holds half of A
+    assert metrics.merged_and_missed(metrics.overlap(true, thirds)) == (0, 1)
+    blob = np.zeros_like(true)
+    blob[0:8, 0:8] = 1  # holds all of A and of B
+    assert metrics.merged_and_missed(metrics.overlap(true, blob)) == (2, 0)
+    assert metrics.merged_and_missed(metrics.overlap(true, np.zeros_like(true))) == (0, 2)
+    assert metrics.merged_and_missed(metrics.overlap(np.zeros_like(true), pred)) == (0, 0)
 
 
 def test_summary_pools_ap_over_images():
@@ -69,6 +89,7 @@ def test_summary_pools_ap_over_images():
     assert s["ap@0.90"] == pytest.approx(2 / (2 + 1 + 2))
     assert s["dsb_score"] == pytest.approx((0.1 + 1) / 2)
     assert s["count_error"] == 0.5 and s["images"] == 2
+    assert (s["merged"], s["missed"]) == (0.0, pytest.approx(1 / 4))  # B missed in one image of two
     with pytest.raises(ValueError, match="no images"):
         metrics.summarise([])
 

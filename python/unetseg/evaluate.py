@@ -411,6 +411,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def format_summary(result: dict[str, dict[str, float]]) -> str:
     """A markdown table: one row per group (all, then each kind)."""
     cols = ["images", "dsb_score", "ap@0.50", "ap@0.75", "ap@0.90", "aji", "pq", "dice", "iou", "count_error"]
+    cols += ["merged", "missed"]
     lines = ["| group | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for group, s in result.items():
         cells = [f"{int(s[c])}" if c == "images" else f"{s[c]:.3f}" for c in cols]

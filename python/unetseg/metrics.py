@@ -117,11 +117,27 @@ def panoptic_quality(true: np.ndarray, pred: np.ndarray) -> float:
     return float(matched.sum() / (tp + 0.5 * (n_pred - tp) + 0.5 * (n_true - tp)))
 
 
+def merged_and_missed(o: Overlap) -> tuple[int, int]:
+    """How many true objects are merged (at least half of them lies in one predicted object that also
+    holds at least half of another true object) and how many are missed (no predicted object holds
+    half of them: not found, or split)."""
+    if len(o.true_area) == 0:
+        return 0, 0
+    if len(o.pred_area) == 0:
+        return 0, len(o.true_area)
+    best = o.intersection.argmax(axis=1)
+    held = 2 * o.intersection[np.arange(len(best)), best] >= o.true_area
+    holds = np.bincount(best[held], minlength=len(o.pred_area))
+    return int((held & (holds[best] >= 2)).sum()), int((~held).sum())
+
+
 def image_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """Every per-image metric, plus the TP/FP/FN counts at each DSB threshold for pooled AP."""
+    """Every per-image metric, plus the TP/FP/FN counts at each DSB threshold for pooled AP and the
+    merged and missed true objects (:func:`merged_and_missed`)."""
     o = overlap(true, pred)
     m = o.iou
     n_true, n_pred = len(o.true_area), len(o.pred_area)
+    merged, missed = merged_and_missed(o)
     row: dict[str, float] = {
         "dice": dice(pred > 0, true > 0),
         "iou": iou(pred > 0, true > 0),
@@ -132,6 +148,8 @@ def image_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "n_true": n_true,
         "n_pred": n_pred,
         "count_error": abs(n_pred - n_true),
+        "merged": merged,
+        "missed": missed,
     }
     for t in DSB_THRESHOLDS:
         tp = matches_at(m, t) if n_true and n_pred else 0
@@ -142,7 +160,7 @@ def image_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean of per-image metrics (DSB score as in the competition: the mean over images), AP at each
     threshold pooled over images (TP / (TP + FP + FN) of summed counts), mean absolute and relative
-    count error."""
+    count error, and the fractions of all true objects merged and missed (pooled)."""
     if not rows:
         raise ValueError("no images to summarise")
     out = {k: float(np.mean([r[k] for r in rows])) for k in ("dice", "iou", "pixel_accuracy", "dsb_score", "aji", "pq")}
@@ -151,5 +169,8 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
         out[f"ap@{t:.2f}"] = tp / (tp + fp + fn) if tp + fp + fn else 1.0
     out["count_error"] = float(np.mean([r["count_error"] for r in rows]))
     out["relative_count_error"] = float(np.mean([r["count_error"] / max(r["n_true"], 1) for r in rows]))
+    n_true = sum(r["n_true"] for r in rows)
+    for k in ("merged", "missed"):
+        out[k] = sum(r[k] for r in rows) / n_true if n_true else 0.0
     out["images"] = len(rows)
     return out
