@@ -103,8 +103,8 @@ def test_tiles_at_another_scale_equal_the_untiled_result(scaled_model):
         (0, "diameter must be a positive number of pixels"),
         (-3, "diameter must be a positive number of pixels"),
         (math.nan, "diameter must be a positive number of pixels"),
-        (1.0, r"outside \[0.125, 4\]"),
-        (500.0, r"outside \[0.125, 4\]"),
+        (1.0, r"outside \[0.0625, 4\]"),
+        (500.0, r"outside \[0.0625, 4\]"),
         ("big", "diameter must be a number of pixels or 'auto', got 'big'"),
     ],
 )

@@ -363,7 +363,7 @@ def test_slide_diameter_estimate_and_bad_values(default_runner, model_file, tmp_
         (-3.0, "diameter must be a positive number of pixels"),
         (float("nan"), "diameter must be a positive number of pixels"),
         ("big", "diameter must be a positive number of pixels or 'auto', got 'big'"),
-        (canonical * 100, r"would resize the slide by 0.01, outside \[0.125, 4"),
+        (canonical * 100, r"would resize the slide by 0.01, outside \[0.0625, 4"),
     ):
         with pytest.raises(ValueError, match=message):
             segment_slide(image, tmp_path / "bad", default_runner, diameter=bad, progress=False)

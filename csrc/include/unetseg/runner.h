@@ -93,15 +93,15 @@ constexpr int64_t kAutoTileArea = 2048 * 2048;
 // bounded whatever the image size.
 constexpr int64_t kForwardPixels = 2048 * 1024;
 
-// Rescaling: factors (canonical / image diameter) stay within [kMinRescale, kMaxRescale], as in
-// training; an image is not rescaled to more than kMaxRescaledPixels; an estimated diameter within a
+// Rescaling: factors (canonical / image diameter) stay within [kMinRescale, kMaxRescale] (training
+// clips to the same range, unetseg.data.dataset); an image is not rescaled to more than kMaxRescaledPixels; an estimated diameter within a
 // factor kDiameterTolerance of the scale already used is taken as it is.
-constexpr double kMinRescale = 1.0 / 8.0;
+constexpr double kMinRescale = 1.0 / 16.0;
 constexpr double kMaxRescale = 4.0;
 constexpr int64_t kMaxRescaledPixels = int64_t{1} << 28;
 constexpr double kDiameterTolerance = 1.25;
 constexpr double kConfident = 0.88;
-constexpr double kCoarserScales[] = {0.5, 0.25, 0.125};
+constexpr double kCoarserScales[] = {0.5, 0.25, 0.125, 0.0625};
 
 // min_area counts pixels at the scale the network sees: the model's canonical diameter for a model
 // that has one. So it removes objects by their size against the nuclei at any scale: on the grid of

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .. import _C
 from .readers import Sample
 from .transforms import (
     Augment,
@@ -20,9 +21,9 @@ from .transforms import (
     to_channels,
 )
 
-# Rescaling to the canonical diameter stays within these factors: an image whose labels give an
-# outlandish diameter (a few fragments, one huge blob) is not blown up or crushed.
-MIN_RESCALE, MAX_RESCALE = 1 / 8, 4.0
+# Rescaling to the canonical diameter stays within the runner's factors (runner.h): an image whose
+# labels give an outlandish diameter (a few fragments, one huge blob) is not blown up or crushed.
+MIN_RESCALE, MAX_RESCALE = _C.MIN_RESCALE, _C.MAX_RESCALE
 
 
 def stratum(sample: Sample) -> str:
