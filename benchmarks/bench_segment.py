@@ -28,15 +28,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from common import cpu_name, median_seconds
+from common import cpu_name, interleaved_median_seconds
 
 import unetseg
 from unetseg.data import Normalisation, synthetic_nuclei, to_channels
 from unetseg.export import export, quiet_jit, read_metadata
 from unetseg.models import build_model
 from unetseg.segment import default_model_path
-
-timeit = median_seconds
 
 
 def checkpoint_like_default() -> dict:
@@ -132,11 +130,13 @@ def main() -> None:
     for name, (images, batch) in cases.items():
         runner = unetseg.Runner(tmp / "model.pt", device="cpu", batch_size=batch)  # the default: precision auto
         size = images[0].shape[0]
-        ours = timeit(lambda: runner.segment(images), args.repeats)
         runner32 = unetseg.Runner(tmp / "model.pt", device="cpu", batch_size=batch, precision="float32")
-        ours32 = timeit(lambda: runner32.segment(images), args.repeats)
+        # the network alone as the runner calls it: channels-last float32 batches
         batches = [
-            torch.from_numpy(normalised_batch(images[s : s + batch], channels)) for s in range(0, len(images), batch)
+            torch.from_numpy(normalised_batch(images[s : s + batch], channels)).contiguous(
+                memory_format=torch.channels_last
+            )
+            for s in range(0, len(images), batch)
         ]
 
         def network_only():
@@ -144,9 +144,17 @@ def main() -> None:
                 for x in batches:
                     scripted(x)
 
-        net = timeit(network_only, args.repeats)
-        starter = timeit(starter_pipeline(model, images, channels, batch), args.repeats)
-        ort_time = timeit(onnx_pipeline(model, channels, size, args.threads)(images, batch), args.repeats)
+        t = interleaved_median_seconds(
+            {
+                "ours": lambda: runner.segment(images),
+                "ours32": lambda: runner32.segment(images),
+                "net": network_only,
+                "starter": starter_pipeline(model, images, channels, batch),
+                "ort": onnx_pipeline(model, channels, size, args.threads)(images, batch),
+            },
+            args.repeats,
+        )
+        ours, ours32, net, starter, ort_time = t["ours"], t["ours32"], t["net"], t["starter"], t["ort"]
         mpx = sum(im.shape[0] * im.shape[1] for im in images) / 1e6
         rows.append((name, mpx, ours, ours32, starter, ort_time, net))
 
@@ -154,7 +162,7 @@ def main() -> None:
     print(
         f"# segment_batch, {ckpt['model']['architecture']} {ckpt['model']['options']}; {cpu}; "
         f"{args.threads} threads; torch {torch.__version__}; precision auto = {runner.precision}; "
-        f"median of {args.repeats}\n"
+        f"median of {args.repeats}, the five pipelines in turn in every repeat\n"
     )
     header = (
         "| images | unetseg (auto) ms | Mpx/s | unetseg float32 ms | starter ms (/ auto, / float32) "
