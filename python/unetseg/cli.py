@@ -857,9 +857,9 @@ def _add_evaluate_parser(sub) -> None:
         description="Segment the images of DATA with MODEL and score them against their labels: DSB "
         "2018 score, AP at IoU 0.5..0.95, AJI, PQ, Dice, IoU, pixel accuracy, count error, and the "
         "fractions of true nuclei merged with another (at least half of each in one predicted object) "
-        "and missed (no predicted object holds half of it); overall and per image kind. MODEL is a training checkpoint (runs/NAME/best.pt), a model file from "
-        "`unetseg export` (run by the C++ runner, as `unetseg segment` runs it), or `default` for "
-        "the bundled model.",
+        "and missed (no predicted object holds half of it); overall and per image kind. MODEL is a "
+        "training checkpoint (runs/NAME/best.pt), a model file from `unetseg export` (run by the C++ "
+        "runner, as `unetseg segment` runs it), or `default` for the bundled model.",
     )
     p.add_argument("model", help="checkpoint, model file, or `default`")
     p.add_argument(
