@@ -115,14 +115,14 @@ def test_reader_opens_a_slide_output(tmp_path, model_file, labels_format):
     assert meta["scale"] == (1.0, 1.0)
 
 
-def test_reader_puts_resized_slide_labels_on_level0(tmp_path):
+def test_reader_opens_a_resized_slides_labels_on_its_grid(tmp_path):
     from unetseg.slide import segment_slide
 
     runner = unetseg.Runner(device="cpu")
     image = np.tile(_io.sample_fluorescence()[0][0], (2, 2))[:300, :280]
     segment_slide(image, tmp_path / "slide", runner, diameter=2 * runner.diameter, progress=False)
     [(data, meta, _)] = _io.get_reader(str(tmp_path / "slide"))(str(tmp_path / "slide"))
-    assert data.shape == (150, 140) and meta["scale"] == pytest.approx((2.0, 2.0))
+    assert data.shape == (300, 280) and meta["scale"] == pytest.approx((1.0, 1.0))
 
 
 def test_samples_open():

@@ -317,32 +317,47 @@ def test_scaled_reader_is_the_same_in_every_block_and_equals_torchs_resize():
         assert scaled.downsample == pytest.approx(300 / h)
 
 
-def test_a_slide_at_another_diameter_is_its_resized_image_with_level0_coordinates(default_runner, tmp_path):
-    from unetseg.slide.readers import ArrayReader, ScaledReader
+@pytest.mark.parametrize("factor", [0.5, 1.6])
+def test_a_slide_at_another_diameter_is_labelled_on_its_own_grid_with_exact_seams(default_runner, tmp_path, factor):
+    """The network reads the slide resized by `factor` and its probabilities are resized back: the
+    labels are those of the whole resized image's probabilities resized to the slide's grid and
+    labelled there (min_area counted at the network's scale), whatever the blocks."""
+    from unetseg._C import min_area_at
+    from unetseg.slide.readers import ArrayReader, ScaledReader, apply_taps, taps
 
     image = np.tile(read_image(SAMPLES / "fluorescence.png"), (2, 2))[:400, :380]
+    h, w = image.shape
     canonical = default_runner.diameter
-    result = segment_slide(
-        image,
-        tmp_path / "out",
-        default_runner,
-        diameter=2 * canonical,
-        band_height=64,
-        block_width=128,
-        progress=False,
-    )
-    small = ScaledReader(ArrayReader(image, axes="YX"), 0.5).read(0, 200)
+    scaled = ScaledReader(ArrayReader(image, axes="YX"), factor)
+    sh, sw = scaled.shape
+    small = scaled.read(0, sh)
     ranges = default_runner.normalisation(small)
-    want = default_runner.segment([small], tile_size=0, diameter=canonical, normalisation=ranges)[0]
-    labels = tifffile.imread(result.labels)
-    assert labels.shape == (200, 190) and result.count == want.count > 10
-    # the same nuclei, up to pixels whose probability the block shapes round to the other side
-    assert (labels > 0).sum() == pytest.approx((want.labels > 0).sum(), rel=0.01)
+    probs = default_runner.predict([small], tile_size=0, diameter=canonical, normalisation=ranges)[0]
+    rows, _ = taps(0, h, h / sh, sh)
+    cols, _ = taps(0, w, w / sw, sw)
+    full = apply_taps(apply_taps(probs, rows, 0, axis=1), cols, 0, axis=2)
+    t, tb = threshold_away_from([full]), threshold_away_from([full], 1)
+    min_area = default_runner.metadata["min_area"]
+    want = unetseg.seeded_label(torch.from_numpy(full), t, tb, 8, min_area_at(min_area, factor)).labels.numpy()
+    for band, block in ((64, 128), (1024, 4096)):
+        result = segment_slide(
+            image,
+            tmp_path / f"out{band}",
+            default_runner,
+            diameter=canonical / factor,
+            band_height=band,
+            block_width=block,
+            threshold=t,
+            boundary_threshold=tb,
+            progress=False,
+        )
+        labels = tifffile.imread(result.labels)
+        np.testing.assert_array_equal(labels, want)
+        assert result.count == want.max() > 10 and result.scale == factor
     summary = json.loads(result.summary.read_text())
-    assert summary["downsample"] == pytest.approx(2.0) and summary["scale"] == result.scale == 0.5
+    assert summary["downsample"] == 1 and summary["scale"] == factor and summary["shape"] == [h, w]
     table = pd.read_csv(result.table)
-    assert table.centroid_row.max() > 300  # level-0 (the original image's) pixels
-    assert table.area.sum() == pytest.approx(4 * (labels > 0).sum())
+    assert table.area.sum() == (labels > 0).sum()
 
 
 def test_slide_diameter_estimate_and_bad_values(default_runner, model_file, tmp_path):

@@ -400,7 +400,7 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
         f"({h * w / max(total, 1e-9) / 1e6:.2f} Mpx/s; {shares})"
     )
     if result.scale != 1.0:
-        print(f"the slide was resized by {result.scale:.3g} for the network (--diameter); the labels are on that grid")
+        print(f"the network read the slide resized by {result.scale:.3g} (--diameter); the labels are on its own grid")
     outputs = [result.labels, result.table, result.geojson, result.rois, result.summary]
     outputs = [p for p in outputs if p]
     print("wrote " + ", ".join(str(p) for p in outputs))
@@ -641,9 +641,9 @@ def _add_segment_slide_parser(sub) -> None:
     _add_diameter_option(
         p,
         "the slide's median nucleus diameter in pixels (of the level read), for models trained at a canonical "
-        "diameter (the bundled one): the whole slide is resized by canonical / PX as it is read, and the labels "
-        "come on that grid (the downsample in summary.json; tables and GeoJSON in level-0 pixels); auto "
-        "(default): estimated on sample crops; within 25%% of the canonical diameter the slide is not resized",
+        "diameter (the bundled one): the network reads the slide resized by canonical / PX and its probabilities "
+        "are resized back, so the labels come on the slide's own grid; auto (default): estimated on sample "
+        "crops; within 25%% of the canonical diameter the slide is not resized",
     )
     p.add_argument("--no-geojson", action="store_true", help="do not write objects.geojson")
     p.add_argument(

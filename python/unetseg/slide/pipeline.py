@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._C import min_area_at
 from ..geometry import (
     LENGTH_COLUMNS,
     checked_pixel_size,
@@ -49,7 +50,7 @@ from ..geometry import (
 )
 from ..io import atomic_path
 from ..segment import ObjectTable
-from .readers import ScaledReader, SlideReader, open_slide
+from .readers import ScaledReader, SlideReader, apply_taps, open_slide, taps
 from .stream import StreamLabeller, raster_numbering
 
 PARTIAL = ".unetseg-partial"
@@ -184,11 +185,13 @@ def segment_slide(
         OME-Zarr scale, OpenSlide mpp); with one the table gains µm columns and the labels their
         physical size.
     diameter: the slide's median nucleus diameter in pixels of the level read, for models with a
-        canonical diameter (``Runner.diameter``): the slide is resized by canonical / diameter as it
-        is read (one factor for the whole slide, so seams stay exact), and the labels come on that
-        grid, like a pyramid level's (the downsample in summary.json; tables and polygons in
-        level-0 pixels). "auto" (default): estimated on sample crops of the slide; None: the
-        slide's own scale. Within 25% of the canonical diameter the slide is not resized.
+        canonical diameter (``Runner.diameter``): the network reads the slide resized by canonical /
+        diameter (one factor for the whole slide, so seams stay exact) and its probabilities are
+        resized back, so the labels come on the slide's own grid (``scale`` in summary.json).
+        ``band_height`` and ``block_width`` are then the network's blocks (a slide resized up is
+        labelled in blocks smaller by the factor, so memory stays bounded). "auto" (default):
+        estimated on sample crops of the slide; None: the slide's own scale. Within 25% of the
+        canonical diameter the slide is not resized.
     Coordinates: the object table and the GeoJSON are in level-0 pixels whatever ``level`` was read
     (the downsample is in summary.json), so they land right on the full-resolution slide in QuPath;
     the label image keeps the level's grid. The labels equal those of segmenting the whole slide at
@@ -231,10 +234,10 @@ def segment_slide(
                 "and start over with restart=True (--restart)"
             )
         factor = slide_factor(reader, runner, diameter)
-        if factor != 1.0:
-            reader = ScaledReader(reader, factor)
         job = _Job(
             reader,
+            ScaledReader(reader, factor) if factor != 1.0 else reader,
+            factor,
             runner,
             options,
             output,
@@ -316,6 +319,8 @@ class _Job:
     folder and formats, block shape (rows, columns) and the settings a resume must match."""
 
     reader: SlideReader
+    scaled: SlideReader  # what the network reads: the slide resized by `factor` (the reader itself at 1)
+    factor: float
     runner: object
     options: dict
     output: Path
@@ -352,6 +357,7 @@ def _run(job: _Job) -> SlideResult:
         "shape": [h, w],
         "level": level,
         "downsample": reader.downsample,
+        "scale": job.factor,
         "channel": channel,
         "model": str(runner.path.resolve()),
         "model_bytes": runner.path.stat().st_size,
@@ -369,7 +375,7 @@ def _run(job: _Job) -> SlideResult:
         threshold=options["threshold"],
         boundary_threshold=options["boundary_threshold"],
         connectivity=options["connectivity"],
-        min_area=options["min_area"],
+        min_area=min_area_at(options["min_area"], job.factor),  # min_area counts pixels at the network's scale
         outlines=geojson or job.rois,
     )
     seconds = {"normalisation": 0.0, "read": 0.0, "network": 0.0, "labelling": 0.0, "write": 0.0}
@@ -383,7 +389,7 @@ def _run(job: _Job) -> SlideResult:
             f.truncate(h * w * 4)
         start = time.perf_counter()
         # Normalisation ranges of the whole slide (from a subsample when it is very large), once.
-        ranges = runner.normalisation(reader.thumbnail())
+        ranges = runner.normalisation(job.scaled.thumbnail())
         seconds["normalisation"] = time.perf_counter() - start
         first_band = 0
     else:
@@ -391,11 +397,11 @@ def _run(job: _Job) -> SlideResult:
         ranges = (state["ranges_low"].tolist(), state["ranges_high"].tolist())
         seconds.update(json.loads(str(state["seconds"])))
         first_band = int(state["band"])
-    halo = runner.halo
-    # blocks run at the slide's own scale (a diameter estimated block by block would differ between them)
-    native = {"diameter": runner.diameter} if runner.diameter else {}
-    bands = [(r, min(h, r + block[0])) for r in range(0, h, block[0])]
-    columns = [(c, min(w, c + block[1])) for c in range(0, w, block[1])]
+    # a slide resized up for the network is labelled in blocks smaller by the factor: the network's
+    # blocks stay band_height x block_width
+    band, width = (max(1, int(n / max(1.0, job.factor))) for n in block)
+    bands = [(r, min(h, r + band)) for r in range(0, h, band)]
+    columns = [(c, min(w, c + width)) for c in range(0, w, width)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -410,20 +416,9 @@ def _run(job: _Job) -> SlideResult:
         with open(work.objects, "ab") as objects_file, open(work.outlines, "a") as outlines_file:
             for b in range(first_band, len(bands)):
                 r0, r1 = bands[b]
-                y0, y1 = max(0, r0 - halo), min(h, r1 + halo)
                 for c0, c1 in columns:
                     t0 = time.perf_counter()
-                    x0, x1 = max(0, c0 - halo), min(w, c1 + halo)
-                    image = reader.read(y0, y1, x0, x1)
-                    t1 = time.perf_counter()
-                    probs = runner.predict(
-                        [image],
-                        tile_size=tile_size,
-                        normalisation=ranges,
-                        tta=tta,
-                        context=(r0 - y0, y1 - r1, c0 - x0, x1 - c1),
-                        **native,
-                    )[0]
+                    probs, t1 = _block_probabilities(job, ranges, r0, r1, c0, c1)
                     t2 = time.perf_counter()
                     done = labeller.feed(probs, last=b == len(bands) - 1)
                     t3 = time.perf_counter()
@@ -448,10 +443,48 @@ def _run(job: _Job) -> SlideResult:
     result = _write_outputs(job, work, ranges, labeller.id_bound)
     seconds["write"] += time.perf_counter() - start
     result.seconds = seconds
-    result.scale = getattr(reader, "factor", 1.0)
+    result.scale = job.factor
     _write_summary(result, reader, runner, options, ranges, fingerprint)
     shutil.rmtree(work.folder, ignore_errors=True)
     return result
+
+
+def _block_probabilities(job: _Job, ranges, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, float]:
+    """The probabilities (C, r1 - r0, c1 - c0) of a block of the slide, and when its read finished. A
+    slide resized for the network gives the probabilities of the block's taps (the network's pixels
+    its pixels interpolate, as ScaledReader interpolates), resized back: every pixel is computed
+    from the same network pixels in whatever block it falls, so seams stay exact."""
+    if job.factor == 1.0:
+        return _network_probabilities(job, ranges, r0, r1, c0, c1)
+    (h, w), (sh, sw) = job.reader.shape, job.scaled.shape
+    rows, (s0, s1) = taps(r0, r1, h / sh, sh)
+    cols, (t0, t1) = taps(c0, c1, w / sw, sw)
+    probs, read = _network_probabilities(job, ranges, s0, s1, t0, t1)
+    return apply_taps(apply_taps(probs, rows, s0, axis=1), cols, t0, axis=2), read
+
+
+def _network_probabilities(job: _Job, ranges, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, float]:
+    """The network's probabilities (C, r1 - r0, c1 - c0) of a block of ``job.scaled``, read with the
+    network's halo around it as context, from a corner on the network's pooling grid (so a pixel's
+    probability does not depend on the block it is computed in), and when the read finished."""
+    runner = job.runner
+    h, w = job.scaled.shape
+    halo, multiple = runner.halo, int(runner.metadata["size_multiple"])
+    y0, y1 = max(0, (r0 - halo) // multiple * multiple), min(h, r1 + halo)
+    x0, x1 = max(0, (c0 - halo) // multiple * multiple), min(w, c1 + halo)
+    image = job.scaled.read(y0, y1, x0, x1)
+    read = time.perf_counter()
+    # blocks run at the network's scale (a diameter estimated block by block would differ between them)
+    native = {"diameter": runner.diameter} if runner.diameter else {}
+    probs = runner.predict(
+        [image],
+        tile_size=job.tile_size,
+        normalisation=ranges,
+        tta=job.tta,
+        context=(r0 - y0, y1 - r1, c0 - x0, x1 - c1),
+        **native,
+    )[0]
+    return probs, read
 
 
 def _rows(path: Path, shape: tuple[int, int], r0: int, r1: int, mode: str = "r") -> np.ndarray:
@@ -673,8 +706,8 @@ def _write_summary(result: SlideResult, reader, runner, options, ranges, fingerp
         "pixel_size_um": reader.pixel_size,
         "downsample": reader.downsample,
         "scale": result.scale,
-        "coordinates": "table and GeoJSON: level-0 pixels (and µm with a pixel size); labels: the grid read "
-        "(the level, resized by `scale`)",
+        "coordinates": "table and GeoJSON: level-0 pixels (and µm with a pixel size); labels: the level's grid "
+        "(the network read it resized by `scale`)",
         "outputs": {
             k: str(getattr(result, k).name) for k in ("labels", "table", "geojson", "rois") if getattr(result, k)
         },

@@ -186,17 +186,17 @@ class ScaledReader(SlideReader):
     def read(self, row0: int, row1: int, col0: int = 0, col1: int | None = None) -> np.ndarray:
         col1 = self.shape[1] if col1 is None else col1
         (h, w), (sh, sw) = self.source.shape, self.shape
-        rows, (r0, r1) = _taps(row0, row1, sh / h, h)  # each axis's own scale, as torch's resize to a size
-        cols, (c0, c1) = _taps(col0, col1, sw / w, w)
+        rows, (r0, r1) = taps(row0, row1, sh / h, h)  # each axis's own scale, as torch's resize to a size
+        cols, (c0, c1) = taps(col0, col1, sw / w, w)
         block = self.source.read(r0, r1, c0, c1).astype(np.float32)
-        block = _apply_taps(block, rows, r0, axis=0)
-        return _apply_taps(block, cols, c0, axis=1)
+        block = apply_taps(block, rows, r0, axis=0)
+        return apply_taps(block, cols, c0, axis=1)
 
     def close(self) -> None:
         self.source.close()
 
 
-def _taps(start: int, stop: int, scale: float, size: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[int, int]]:
+def taps(start: int, stop: int, scale: float, size: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[int, int]]:
     """Source indices and weights (n, K) of output pixels [start, stop) of an axis of ``size``
     source pixels resized by ``scale``, and the source range they read."""
     support = max(1.0, 1.0 / scale)  # the filter's half-width in source pixels
@@ -211,8 +211,10 @@ def _taps(start: int, stop: int, scale: float, size: int) -> tuple[tuple[np.ndar
     return (index, weights.astype(np.float32)), (int(index.min()), int(index.max()) + 1)
 
 
-def _apply_taps(block: np.ndarray, taps, offset: int, axis: int) -> np.ndarray:
-    index, weights = taps
+def apply_taps(block: np.ndarray, table: tuple[np.ndarray, np.ndarray], offset: int, axis: int) -> np.ndarray:
+    """`block` resized along `axis` by a tap table of :func:`taps`; `offset` is the source index of the
+    block's first pixel on that axis. Float32."""
+    index, weights = table
     block = np.moveaxis(block, axis, 0)
     out = np.zeros((index.shape[0], *block.shape[1:]), np.float32)
     extra = (1,) * (block.ndim - 1)
