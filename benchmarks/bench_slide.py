@@ -1,6 +1,7 @@
 """Large slide tiles and streamed slides: throughput, peak memory and where the time goes.
 
     python benchmarks/bench_slide.py [--tiles 2048 4096 8192] [--slides 8192 16384 32768] [--workdir DIR]
+        [--diameter PX]
 
 Tiles (in memory, the bundled default model, seeded labelling): unetseg tiled (tiles of 1024 plus
 the model's halo, stitched, labelled whole) against unetseg untiled on the same pixels and against
@@ -137,7 +138,7 @@ def peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
-def child(slide: str, output: str, band_height: int, block_width: int) -> None:
+def child(slide: str, output: str, band_height: int, block_width: int, diameter: str) -> None:
     """Runs in a fresh process: segment_slide, then its peak RSS."""
     import shutil
 
@@ -145,14 +146,24 @@ def child(slide: str, output: str, band_height: int, block_width: int) -> None:
 
     shutil.rmtree(output, ignore_errors=True)  # a fresh run, never a resumed one
     t0 = time.perf_counter()
-    result = unetseg.segment_slide(slide, output, progress=False, band_height=band_height, block_width=block_width)
+    result = unetseg.segment_slide(
+        slide,
+        output,
+        progress=False,
+        band_height=band_height,
+        block_width=block_width,
+        diameter=diameter if diameter == "auto" else float(diameter),
+    )
     wall = time.perf_counter() - t0
     rss = peak_rss()
     print(json.dumps({"wall": wall, "seconds": result.seconds, "count": result.count, "rss": rss}))
 
 
-def bench_slides(sizes: list[int], workdir: Path, band_height: int, block_width: int) -> None:
-    print(f"\n## Streamed slides (segment_slide, blocks {band_height} x {block_width}, tiles 1024; {cpu_name()})\n")
+def bench_slides(sizes: list[int], workdir: Path, band_height: int, block_width: int, diameter: str) -> None:
+    print(
+        f"\n## Streamed slides (segment_slide, blocks {band_height} x {block_width}, tiles 1024, diameter "
+        f"{diameter}; {cpu_name()})\n"
+    )
     print(
         "| slide | wall s | Mpx/s | nuclei | peak RSS | peak / first slide's | read | network | labelling + stitching "
         "| writing |"
@@ -174,6 +185,8 @@ def bench_slides(sizes: list[int], workdir: Path, band_height: int, block_width:
                 str(band_height),
                 "--block-width",
                 str(block_width),
+                "--diameter",
+                diameter,
             ],
             check=True,
             capture_output=True,
@@ -201,20 +214,26 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, help="where slides and outputs go (default: a temporary folder)")
     p.add_argument("--band-height", type=int, default=1024, help="segment_slide's rows per band (default 1024)")
     p.add_argument("--block-width", type=int, default=4096, help="segment_slide's columns per block (default 4096)")
+    p.add_argument(
+        "--diameter",
+        default="auto",
+        help="segment_slide's nucleus diameter in pixels, or auto (default); another than the model's "
+        "canonical one runs the network on the slide resized and labels on the slide's grid",
+    )
     p.add_argument("--child", nargs=2, metavar=("SLIDE", "OUTPUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(*args.child, args.band_height, args.block_width)
+        child(*args.child, args.band_height, args.block_width, args.diameter)
         return
     if args.tiles:
         bench_tiles(args.tiles, args.untiled_limit)
     if args.slides:
         if args.workdir:
             args.workdir.mkdir(parents=True, exist_ok=True)
-            bench_slides(args.slides, args.workdir, args.band_height, args.block_width)
+            bench_slides(args.slides, args.workdir, args.band_height, args.block_width, args.diameter)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                bench_slides(args.slides, Path(tmp), args.band_height, args.block_width)
+                bench_slides(args.slides, Path(tmp), args.band_height, args.block_width, args.diameter)
 
 
 if __name__ == "__main__":
