@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_checkpoint
 
 import unetseg
 from unetseg.checkpoint import model_from_checkpoint
@@ -319,3 +320,33 @@ def test_cli_segment_tta(tmp_path, model_file):
         wants.append(unetseg.segment_batch([image], model_file[0], threshold=t, tta=tta)[0])
         np.testing.assert_array_equal(read_image(out / "im_labels.png"), wants[-1].labels)
     assert not np.array_equal(wants[0].labels, wants[1].labels)  # the flag reached the runner
+
+
+@pytest.mark.parametrize(
+    "architecture,options",
+    [("unet", {"base_width": 8, "depth": 3}), ("unet", {"batch_norm": False}), ("mobilenetv2_unet", {})],
+)
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_cpu_graph_computes_what_the_model_file_does(tmp_path, architecture, options, precision):
+    """The CPU runner runs its own version of the file's graph (oneDNN convolutions with fused ReLUs,
+    concatenations split into two convolutions: csrc/runner/cpu_graph.h); its probabilities are the
+    file's graph's, run on the same input (in bfloat16 under autocast, as the file runs elsewhere)."""
+    from unetseg.export import load
+
+    if precision == "bfloat16" and not unetseg.Runner(device="cpu").precision == "bfloat16":
+        pytest.skip("this CPU has no native bfloat16")
+    ckpt = make_checkpoint(architecture, 3, 2, **options)
+    export(ckpt, tmp_path / "m.pt")
+    runner = unetseg.Runner(tmp_path / "m.pt", device="cpu", precision=precision)
+    scripted, _ = load(tmp_path / "m.pt")
+    multiple = read_metadata(tmp_path / "m.pt")["size_multiple"]
+    image = np.random.default_rng(0).random((3 * multiple, 5 * multiple, 3), dtype=np.float32)
+    got = runner.predict([image], normalisation=([0.0] * 3, [1.0] * 3), tile_size=0)[0]
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bfloat16"):
+        logits = scripted(x).float()
+    want = torch.sigmoid(logits)[0].numpy()
+    if precision == "float32":
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    else:  # bfloat16 rounds where the two graphs sum in another order
+        assert np.abs(got - want).max() < 0.05 and np.abs(got - want).mean() < 0.005

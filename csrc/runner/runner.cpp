@@ -20,6 +20,7 @@
 #include <map>
 #include <utility>
 
+#include "cpu_graph.h"
 #include "preprocess.h"
 #include "unetseg/ops.h"
 
@@ -249,6 +250,7 @@ struct Runner::Impl {
   RunnerOptions options;
   c10::Device device{c10::kCPU};
   c10::ScalarType precision = at::kFloat;
+  bool cpu_graph = false;  // the graph specialised for the CPU in `precision` (cpu_graph.h): no autocast
 
   // Probabilities (B, out_channels, h, w) on the device for B inputs of size (h, w), in one forward
   // (eight with `tta`); fill(i, view) writes input i, normalised, into view, a float32 (h, w,
@@ -292,9 +294,11 @@ struct Runner::Impl {
   // Probabilities (B, out_channels, H, W), float32, of a normalised, padded batch (B, C, H, W).
   at::Tensor network(const at::Tensor& batch) const {
     at::Tensor logits;
-    {
+    auto m = module;  // a handle; copies share the frozen network
+    if (cpu_graph) {
+      logits = m.forward({batch.to(precision)}).toTensor();
+    } else {
       AutocastScope autocast(device, precision);
-      auto m = module;  // a handle; copies share the frozen network
       logits = m.forward({batch}).toTensor();
     }
     const int64_t h = batch.size(2), w = batch.size(3);
@@ -613,6 +617,9 @@ Runner::Runner(const std::string& model_path, const RunnerOptions& options) {
   impl->module.eval();
   if (impl->info.halo < 0) {
     impl->info.halo = impl->measure_halo();
+  }
+  if (!impl->device.is_cuda()) {
+    impl->cpu_graph = runner::specialise_for_cpu(impl->module, impl->precision);
   }
   impl_ = std::move(impl);
 }

@@ -1,0 +1,147 @@
+#include "cpu_graph.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+namespace unetseg::runner {
+namespace {
+
+using torch::jit::Graph;
+using torch::jit::Node;
+using torch::jit::Value;
+
+const c10::Symbol kConv = c10::Symbol::fromQualString("aten::conv2d");
+const c10::Symbol kCat = c10::Symbol::fromQualString("aten::cat");
+const c10::Symbol kReluInPlace = c10::Symbol::fromQualString("aten::relu_");
+const c10::Symbol kRelu = c10::Symbol::fromQualString("aten::relu");
+const c10::Symbol kFused = c10::Symbol::fromQualString("mkldnn::_convolution_pointwise");
+
+// What a U-Net's frozen graph holds: tensor ops that run in any floating dtype, and the integer and
+// list arithmetic of its padding and cropping. A graph with anything else is left to autocast.
+const std::unordered_set<std::string>& known_ops() {
+  static const std::unordered_set<std::string> ops{
+      "aten::conv2d", "aten::conv_transpose2d", "aten::relu_", "aten::relu", "aten::max_pool2d",
+      "aten::cat", "aten::pad", "aten::slice", "aten::size", "aten::dim", "aten::len", "aten::__getitem__",
+      "aten::append", "aten::add", "aten::sub", "aten::mul", "aten::floordiv", "aten::remainder",
+      "aten::neg", "aten::eq", "aten::ne", "aten::lt", "aten::le", "aten::gt", "aten::ge", "aten::__not__",
+      "aten::Bool", "aten::Int", "prim::Constant", "prim::ListConstruct", "prim::ListUnpack",
+      "prim::TupleConstruct", "prim::TupleUnpack", "prim::If", "prim::Loop", "prim::RaiseException",
+      "prim::Uninitialized", "prim::unchecked_cast", "aten::format", "aten::__is__", "aten::__isnot__"};
+  return ops;
+}
+
+bool has_op(const char* name, const char* overload) {
+  return c10::Dispatcher::singleton().findSchema({name, overload}).has_value();
+}
+
+// Every node of the graph, nested blocks included.
+std::vector<Node*> all_nodes(const std::shared_ptr<Graph>& graph) {
+  std::vector<Node*> nodes;
+  std::vector<torch::jit::Block*> blocks{graph->block()};
+  while (!blocks.empty()) {
+    torch::jit::Block* block = blocks.back();
+    blocks.pop_back();
+    for (Node* n : block->nodes()) {
+      nodes.push_back(n);
+      for (torch::jit::Block* b : n->blocks()) blocks.push_back(b);
+    }
+  }
+  return nodes;
+}
+
+bool rewritable(const std::shared_ptr<Graph>& graph) {
+  for (Node* n : all_nodes(graph)) {
+    if (!known_ops().count(n->kind().toQualString())) return false;
+    // conv2d's default overload: padding as numbers, not the string "same"
+    if (n->kind() == kConv && (!n->maybeSchema() || !n->schema().overload_name().empty())) return false;
+  }
+  return true;
+}
+
+// The ReLU that alone uses `conv`'s output, or nullptr.
+Node* sole_relu(Node* conv) {
+  const auto& uses = conv->output()->uses();
+  if (uses.size() != 1) return nullptr;
+  Node* user = uses[0].user;
+  return user->kind() == kReluInPlace || user->kind() == kRelu ? user : nullptr;
+}
+
+// The two tensors `conv` convolves the concatenation of along channels, with the cat node; or
+// nullptrs.
+std::pair<Node*, std::array<Value*, 2>> concatenated_input(Node* conv) {
+  Node* cat = conv->input(0)->node();
+  if (cat->kind() != kCat || cat->output()->uses().size() != 1) return {nullptr, {}};
+  Node* list = cat->input(0)->node();
+  const auto dim = torch::jit::toIValue(cat->input(1));
+  if (list->kind() != c10::prim::ListConstruct || list->inputs().size() != 2 || !dim || !dim->isInt() ||
+      dim->toInt() != 1 || list->output()->uses().size() != 1) {
+    return {nullptr, {}};
+  }
+  return {cat, {list->input(0), list->input(1)}};
+}
+
+Value* no_scalars(Graph& graph) {
+  return graph.insertNode(graph.createList(c10::OptionalType::create(c10::NumberType::get()), {}))->output();
+}
+
+// conv (+ relu) -> one oneDNN convolution with the ReLU as a post-op.
+Value* fuse_conv(Graph& graph, Node* conv, Node* relu) {
+  Value *x = conv->input(0), *w = conv->input(1), *b = conv->input(2);
+  Value *stride = conv->input(3), *padding = conv->input(4), *dilation = conv->input(5), *groups = conv->input(6);
+  Value* attr = relu ? graph.insertConstant(std::string("relu")) : graph.insertConstant(std::string("none"));
+  return graph.insert(kFused, {x, w, b, padding, stride, dilation, groups, attr, no_scalars(graph), c10::IValue()});
+}
+
+// conv(cat([a, b])) (+ relu) -> conv(a, W[:, :Ca]) then conv(b, W[:, Ca:]) + that (+ relu). The
+// ReLU stays an op of its own: where oneDNN cannot take the operands' layout (a channel count of 1
+// reads as either layout), torch falls back to conv + add_relu, which has no bfloat16 kernel.
+Value* split_conv(Graph& graph, Node* conv, Node* relu, const std::array<Value*, 2>& parts) {
+  Value *w = conv->input(1), *bias = conv->input(2);
+  Value *stride = conv->input(3), *padding = conv->input(4), *dilation = conv->input(5), *groups = conv->input(6);
+  Value* first_channels = graph.insert(c10::aten::size, {parts[0], 1});
+  Value* w_first = graph.insert(c10::aten::slice, {w, 1, c10::IValue(), first_channels});
+  Value* w_second = graph.insert(c10::aten::slice, {w, 1, first_channels, c10::IValue()});
+  Value* first = graph.insert(kFused, {parts[0], w_first, bias, padding, stride, dilation, groups,
+                                       std::string("none"), no_scalars(graph), c10::IValue()});
+  Value* sum = graph.insert(kFused, {parts[1], first, w_second, c10::IValue(), padding, stride, dilation, groups,
+                                     std::string("add"), 1.0, c10::IValue(), no_scalars(graph), c10::IValue()});
+  return relu ? graph.insert(c10::aten::relu_, {sum}) : sum;
+}
+
+} // namespace
+
+bool specialise_for_cpu(torch::jit::Module& module, c10::ScalarType dtype) {
+  if (!has_op("mkldnn::_convolution_pointwise", "") || !has_op("mkldnn::_convolution_pointwise", "binary")) {
+    return false;
+  }
+  const std::shared_ptr<Graph> graph = module.get_method("forward").graph();
+  if (!rewritable(graph)) return false;
+  if (dtype != at::kFloat) {
+    for (Node* n : all_nodes(graph)) {
+      if (n->kind() != c10::prim::Constant || !n->output()->type()->cast<c10::TensorType>()) continue;
+      const at::Tensor t = n->t(c10::attr::value);
+      if (!t.is_floating_point()) continue;
+      n->t_(c10::attr::value, t.to(dtype));
+      n->output()->inferTypeFrom(n->t(c10::attr::value));
+    }
+  }
+  for (Node* conv : all_nodes(graph)) {
+    if (conv->kind() != kConv) continue;
+    Node* relu = sole_relu(conv);
+    const auto [cat, parts] = concatenated_input(conv);
+    torch::jit::WithInsertPoint guard(conv);
+    Value* fused = cat ? split_conv(*graph, conv, relu, parts) : fuse_conv(*graph, conv, relu);
+    (relu ? relu : conv)->output()->replaceAllUsesWith(fused);
+    if (relu) relu->destroy();
+    conv->destroy();
+  }
+  torch::jit::EliminateDeadCode(graph);
+  return true;
+}
+
+} // namespace unetseg::runner
