@@ -618,7 +618,9 @@ Runner::Runner(const std::string& model_path, const RunnerOptions& options) {
   if (impl->info.halo < 0) {
     impl->info.halo = impl->measure_halo();
   }
-  if (!impl->device.is_cuda()) {
+  // oneDNN's bfloat16 convolutions need a CPU with native bfloat16 (AVX512-BF16 or AMX); elsewhere an
+  // asked-for bfloat16 keeps autocast, whose convolutions fall back to torch's own kernels.
+  if (!impl->device.is_cuda() && at::hasMKLDNN() && (impl->precision == at::kFloat || cpu_has_native_bfloat16())) {
     impl->cpu_graph = runner::specialise_for_cpu(impl->module, impl->precision);
   }
   impl_ = std::move(impl);
