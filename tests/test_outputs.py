@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import roifile
 import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from shapely.geometry import Polygon
 
 import unetseg
@@ -261,3 +264,15 @@ def test_measurements_are_regionprops_of_the_labels_on_the_image(tmp_path, model
             assert row.solidity == pytest.approx(prop.solidity, abs=1e-4)
         if name == "b":  # a gray image has one channel: the colour image's other columns stay empty
             assert rows.intensity_mean_c2.isna().all()
+
+
+@settings(deadline=None)
+@given(
+    arrays(np.int32, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(0, 3)),
+)
+def test_inner_boundaries_are_skimages(labels):
+    from skimage.segmentation import find_boundaries
+
+    from unetseg.io import inner_boundaries
+
+    np.testing.assert_array_equal(inner_boundaries(labels), find_boundaries(labels, mode="inner"))
