@@ -130,8 +130,12 @@ bool specialise_for_cpu(torch::jit::Module& module, c10::ScalarType dtype) {
       n->output()->inferTypeFrom(n->t(c10::attr::value));
     }
   }
-  for (Node* conv : all_nodes(graph)) {
-    if (conv->kind() != kConv) continue;
+  // the convolutions first: the loop destroys ReLU nodes a list of every node would still point to
+  std::vector<Node*> convs;
+  for (Node* n : all_nodes(graph)) {
+    if (n->kind() == kConv) convs.push_back(n);
+  }
+  for (Node* conv : convs) {
     Node* relu = sole_relu(conv);
     const auto [cat, parts] = concatenated_input(conv);
     torch::jit::WithInsertPoint guard(conv);
