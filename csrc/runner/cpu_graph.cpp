@@ -19,13 +19,16 @@ const c10::Symbol kConv = c10::Symbol::fromQualString("aten::conv2d");
 const c10::Symbol kCat = c10::Symbol::fromQualString("aten::cat");
 const c10::Symbol kReluInPlace = c10::Symbol::fromQualString("aten::relu_");
 const c10::Symbol kRelu = c10::Symbol::fromQualString("aten::relu");
+const c10::Symbol kHardtanhInPlace = c10::Symbol::fromQualString("aten::hardtanh_");
+const c10::Symbol kHardtanh = c10::Symbol::fromQualString("aten::hardtanh");
 const c10::Symbol kFused = c10::Symbol::fromQualString("mkldnn::_convolution_pointwise");
 
 // What a U-Net's frozen graph holds: tensor ops that run in any floating dtype, and the integer and
 // list arithmetic of its padding and cropping. A graph with anything else is left to autocast.
 const std::unordered_set<std::string>& known_ops() {
   static const std::unordered_set<std::string> ops{
-      "aten::conv2d", "aten::conv_transpose2d", "aten::relu_", "aten::relu", "aten::max_pool2d",
+      "aten::conv2d", "aten::conv_transpose2d", "aten::relu_", "aten::relu", "aten::hardtanh_",
+      "aten::hardtanh", "aten::max_pool2d",
       "aten::cat", "aten::pad", "aten::slice", "aten::size", "aten::dim", "aten::len", "aten::__getitem__",
       "aten::append", "aten::add", "aten::sub", "aten::mul", "aten::floordiv", "aten::remainder",
       "aten::neg", "aten::eq", "aten::ne", "aten::lt", "aten::le", "aten::gt", "aten::ge", "aten::__not__",
@@ -63,12 +66,17 @@ bool rewritable(const std::shared_ptr<Graph>& graph) {
   return true;
 }
 
-// The ReLU that alone uses `conv`'s output, or nullptr.
-Node* sole_relu(Node* conv) {
+bool is_relu(Node* n) { return n->kind() == kReluInPlace || n->kind() == kRelu; }
+
+// The activation that alone uses `conv`'s output: a ReLU, or a hardtanh with constant bounds
+// (MobileNetV2's ReLU6); or nullptr.
+Node* sole_activation(Node* conv) {
   const auto& uses = conv->output()->uses();
   if (uses.size() != 1) return nullptr;
   Node* user = uses[0].user;
-  return user->kind() == kReluInPlace || user->kind() == kRelu ? user : nullptr;
+  if (is_relu(user)) return user;
+  const bool hardtanh = user->kind() == kHardtanhInPlace || user->kind() == kHardtanh;
+  return hardtanh && torch::jit::toIValue(user->input(1)) && torch::jit::toIValue(user->input(2)) ? user : nullptr;
 }
 
 // The two tensors `conv` convolves the concatenation of along channels, with the cat node; or
@@ -85,32 +93,40 @@ std::pair<Node*, std::array<Value*, 2>> concatenated_input(Node* conv) {
   return {cat, {list->input(0), list->input(1)}};
 }
 
-Value* no_scalars(Graph& graph) {
-  return graph.insertNode(graph.createList(c10::OptionalType::create(c10::NumberType::get()), {}))->output();
+Value* scalars(Graph& graph, std::vector<Value*> values = {}) {
+  return graph.insertNode(graph.createList(c10::OptionalType::create(c10::NumberType::get()), values))->output();
 }
 
-// conv (+ relu) -> one oneDNN convolution with the ReLU as a post-op.
-Value* fuse_conv(Graph& graph, Node* conv, Node* relu) {
+// conv (+ activation) -> one oneDNN convolution with the activation as a post-op.
+Value* fuse_conv(Graph& graph, Node* conv, Node* act) {
   Value *x = conv->input(0), *w = conv->input(1), *b = conv->input(2);
   Value *stride = conv->input(3), *padding = conv->input(4), *dilation = conv->input(5), *groups = conv->input(6);
-  Value* attr = relu ? graph.insertConstant(std::string("relu")) : graph.insertConstant(std::string("none"));
-  return graph.insert(kFused, {x, w, b, padding, stride, dilation, groups, attr, no_scalars(graph), c10::IValue()});
+  const std::string attr = !act ? "none" : is_relu(act) ? "relu" : "hardtanh";
+  Value* bounds = act && !is_relu(act) ? scalars(graph, {act->input(1), act->input(2)}) : scalars(graph);
+  return graph.insert(kFused, {x, w, b, padding, stride, dilation, groups, attr, bounds, c10::IValue()});
 }
 
-// conv(cat([a, b])) (+ relu) -> conv(a, W[:, :Ca]) then conv(b, W[:, Ca:]) + that (+ relu). The
-// ReLU stays an op of its own: where oneDNN cannot take the operands' layout (a channel count of 1
-// reads as either layout), torch falls back to conv + add_relu, which has no bfloat16 kernel.
-Value* split_conv(Graph& graph, Node* conv, Node* relu, const std::array<Value*, 2>& parts) {
+// The activation `act` applied in place to `x`.
+Value* activate(Graph& graph, Node* act, Value* x) {
+  if (is_relu(act)) return graph.insert(c10::aten::relu_, {x});
+  return graph.insert(c10::aten::hardtanh_, {x, act->input(1), act->input(2)});
+}
+
+// conv(cat([a, b])) (+ activation) -> conv(a, W[:, :Ca]) then conv(b, W[:, Ca:]) + that (+ the
+// activation). The activation stays an op of its own: where oneDNN cannot take the operands' layout
+// (a channel count of 1 reads as either layout), torch falls back to conv + add_relu, which has no
+// bfloat16 kernel.
+Value* split_conv(Graph& graph, Node* conv, Node* act, const std::array<Value*, 2>& parts) {
   Value *w = conv->input(1), *bias = conv->input(2);
   Value *stride = conv->input(3), *padding = conv->input(4), *dilation = conv->input(5), *groups = conv->input(6);
   Value* first_channels = graph.insert(c10::aten::size, {parts[0], 1});
   Value* w_first = graph.insert(c10::aten::slice, {w, 1, c10::IValue(), first_channels});
   Value* w_second = graph.insert(c10::aten::slice, {w, 1, first_channels, c10::IValue()});
   Value* first = graph.insert(kFused, {parts[0], w_first, bias, padding, stride, dilation, groups,
-                                       std::string("none"), no_scalars(graph), c10::IValue()});
+                                       std::string("none"), scalars(graph), c10::IValue()});
   Value* sum = graph.insert(kFused, {parts[1], first, w_second, c10::IValue(), padding, stride, dilation, groups,
-                                     std::string("add"), 1.0, c10::IValue(), no_scalars(graph), c10::IValue()});
-  return relu ? graph.insert(c10::aten::relu_, {sum}) : sum;
+                                     std::string("add"), 1.0, c10::IValue(), scalars(graph), c10::IValue()});
+  return act ? activate(graph, act, sum) : sum;
 }
 
 } // namespace
@@ -130,18 +146,18 @@ bool specialise_for_cpu(torch::jit::Module& module, c10::ScalarType dtype) {
       n->output()->inferTypeFrom(n->t(c10::attr::value));
     }
   }
-  // the convolutions first: the loop destroys ReLU nodes a list of every node would still point to
+  // the convolutions first: the loop destroys activation nodes a list of every node would still point to
   std::vector<Node*> convs;
   for (Node* n : all_nodes(graph)) {
     if (n->kind() == kConv) convs.push_back(n);
   }
   for (Node* conv : convs) {
-    Node* relu = sole_relu(conv);
+    Node* act = sole_activation(conv);
     const auto [cat, parts] = concatenated_input(conv);
     torch::jit::WithInsertPoint guard(conv);
-    Value* fused = cat ? split_conv(*graph, conv, relu, parts) : fuse_conv(*graph, conv, relu);
-    (relu ? relu : conv)->output()->replaceAllUsesWith(fused);
-    if (relu) relu->destroy();
+    Value* fused = cat ? split_conv(*graph, conv, act, parts) : fuse_conv(*graph, conv, act);
+    (act ? act : conv)->output()->replaceAllUsesWith(fused);
+    if (act) act->destroy();
     conv->destroy();
   }
   torch::jit::EliminateDeadCode(graph);

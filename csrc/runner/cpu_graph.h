@@ -10,12 +10,13 @@ namespace unetseg::runner {
 // Rewrites the frozen `module`'s forward graph in place for the CPU, in `dtype` (float32 or
 // bfloat16), and returns true; returns false and leaves it untouched when the graph holds an op the
 // rewrite does not know or this torch lacks oneDNN's fused convolutions. The rewrite:
-// - every 3x3 (any) convolution followed by a ReLU becomes one oneDNN convolution with the ReLU as
-//   a post-op (mkldnn::_convolution_pointwise): the ReLU's extra pass over memory goes;
+// - every convolution followed by a ReLU (or MobileNetV2's ReLU6, a hardtanh) becomes one oneDNN
+//   convolution with the activation as a post-op (mkldnn::_convolution_pointwise): the
+//   activation's extra pass over memory goes;
 // - a convolution of a concatenation of two tensors (a U-Net's skip and up-sampled features)
 //   becomes a convolution of the first with its part of the weights, then a convolution of the
-//   second that adds the first's result (and the ReLU) as post-ops: the concatenated tensor is
-//   never written;
+//   second that adds the first's result as a post-op (the activation follows): the concatenated
+//   tensor is never written;
 // - for bfloat16 every floating constant (weights, biases) is stored in bfloat16, and the caller
 //   passes bfloat16 inputs instead of running the graph under autocast (autocast does not know the
 //   fused ops).
