@@ -341,6 +341,7 @@ def test_the_cpu_graph_computes_what_the_model_file_does(tmp_path, architecture,
     scripted, _ = load(tmp_path / "m.pt")
     multiple = read_metadata(tmp_path / "m.pt")["size_multiple"]
     image = np.random.default_rng(0).random((3 * multiple, 5 * multiple, 3), dtype=np.float32)
+    assert runner.fused  # every op of these graphs is one the rewrite knows
     got = runner.predict([image], normalisation=([0.0] * 3, [1.0] * 3), tile_size=0)[0]
     x = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bfloat16"):

@@ -89,6 +89,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("device", [](const unetseg::Runner& r) { return r.device().str(); })
       .def_property_readonly("batch_size", [](const unetseg::Runner& r) { return r.options().batch_size; })
       .def_property_readonly("precision", [](const unetseg::Runner& r) { return r.options().precision; })
+      .def_property_readonly("fused", &unetseg::Runner::fused)
       .def("resolve", &unetseg::Runner::resolve, py::arg("options"))
       .def(
           "normalisation",

@@ -629,6 +629,7 @@ Runner::Runner(const std::string& model_path, const RunnerOptions& options) {
 const ModelInfo& Runner::info() const { return impl_->info; }
 c10::Device Runner::device() const { return impl_->device; }
 const RunnerOptions& Runner::options() const { return impl_->options; }
+bool Runner::fused() const { return impl_->cpu_graph; }
 
 std::vector<at::Tensor> Runner::predict(const std::vector<at::Tensor>& images, const SegmentOptions& options) const {
   c10::InferenceMode guard;

@@ -227,6 +227,10 @@ class Runner:
         self._runner = _C.Runner(str(path), device=device, precision=precision, batch_size=batch_size)
         self.precision: str = self._runner.precision
         """the precision the network runs in ("auto" resolved): "float32", "bfloat16" or "float16"."""
+        self.fused: bool = self._runner.fused
+        """whether the network runs the graph the CPU runner specialises for oneDNN (activations fused
+        into the convolutions, skip concatenations split: docs/design.md) rather than the model
+        file's graph as it is (CUDA, or a graph with ops the rewrite does not know)."""
         self.metadata: dict = json.loads(self._runner.info.json)
 
     @property

@@ -166,6 +166,9 @@ class Runner {
   const ModelInfo& info() const;
   c10::Device device() const;
   const RunnerOptions& options() const;
+  // Whether the network runs the graph the CPU runner rewrote for oneDNN (fused activations, split
+  // skip concatenations; csrc/runner/cpu_graph.h), rather than the model file's graph as it is.
+  bool fused() const;
 
   // Images: CPU tensors (H, W) or (H, W, C), uint8, uint16 or float32, any sizes; C 1, 3 or 4 (an
   // alpha channel is dropped; gray is repeated for RGB models and RGB averaged for gray ones), or
