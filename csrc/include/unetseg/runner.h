@@ -37,10 +37,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
-#include <cmath>
-
 #include "unetseg/ops.h"
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -94,8 +93,9 @@ constexpr int64_t kAutoTileArea = 2048 * 2048;
 constexpr int64_t kForwardPixels = 2048 * 1024;
 
 // Rescaling: factors (canonical / image diameter) stay within [kMinRescale, kMaxRescale] (training
-// clips to the same range, unetseg.data.dataset); an image is not rescaled to more than kMaxRescaledPixels; an estimated diameter within a
-// factor kDiameterTolerance of the scale already used is taken as it is.
+// clips to the same range, unetseg.data.dataset); an image is not rescaled to more than
+// kMaxRescaledPixels; an estimated diameter within a factor kDiameterTolerance of the scale already
+// used is taken as it is.
 constexpr double kMinRescale = 1.0 / 16.0;
 constexpr double kMaxRescale = 4.0;
 constexpr int64_t kMaxRescaledPixels = int64_t{1} << 28;
@@ -106,7 +106,7 @@ constexpr double kCoarserScales[] = {0.5, 0.25, 0.125, 0.0625};
 // min_area counts pixels at the scale the network sees: the model's canonical diameter for a model
 // that has one. So it removes objects by their size against the nuclei at any scale: on the grid of
 // an image resized by `factor` (canonical / image diameter) it is min_area / factor² of the image's
-// pixels (slides, labelled at the canonical scale, use it as it is).
+// pixels (slides, labelled on their own grid too, count it the same way).
 inline int64_t min_area_at(int64_t canonical_min_area, double factor) {
   return static_cast<int64_t>(std::llround(static_cast<double>(canonical_min_area) / (factor * factor)));
 }
