@@ -456,6 +456,24 @@ inline int32_t* row_buffer(int32_t* scratch) {
   return reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
 }
 
+// Where a row of labels starting at `out` lies in aligned blocks of `Bytes` bytes: its first block,
+// the ints of that block before out[0] (`misalign`: the row buffer is laid out the same way, so
+// buffer[x] shares out[x]'s offset in its block), and how many blocks its `width` labels touch.
+template <uintptr_t Bytes>
+struct BlockedRow {
+  int32_t* first;
+  int32_t misalign;
+  int32_t blocks;
+};
+
+template <uintptr_t Bytes>
+inline BlockedRow<Bytes> blocked_row(int32_t* out, int32_t width) {
+  constexpr auto lanes = static_cast<int32_t>(Bytes / sizeof(int32_t));
+  const auto address = reinterpret_cast<uintptr_t>(out);
+  const auto misalign = static_cast<int32_t>((address & (Bytes - 1)) / sizeof(int32_t));
+  return {reinterpret_cast<int32_t*>(address & ~(Bytes - 1)), misalign, (misalign + width + lanes - 1) / lanes};
+}
+
 // Whether a row has a run labelled -1, whose pixels the row writers must leave alone.
 inline bool has_kept_run(const ImageRuns& image, int32_t row) {
   const int32_t* labels = image.run_labels.data();
@@ -478,7 +496,7 @@ inline void write_rows_streamed(const ImageRuns& image, int32_t row_begin, int32
       write_rows(image, row, row + 1, width, out, row_stride);
       continue;
     }
-    int32_t* buffer = lines + (reinterpret_cast<uintptr_t>(out) & 15) / sizeof(int32_t);
+    int32_t* buffer = lines + detail::blocked_row<16>(out, width).misalign;
     for (int32_t i = image.row_offsets[row]; i < image.row_offsets[row + 1]; ++i) {
       std::fill(buffer + image.runs[i].start, buffer + image.runs[i].end, image.run_labels[i]);
     }
@@ -518,17 +536,15 @@ UNETSEG_TARGET_AVX2 inline void write_rows_avx2(const ImageRuns& image, int32_t 
       write_rows(image, row, row + 1, width, out, row_stride);
       continue;
     }
-    // buffer[x] sits at the offset of out[x] in its 32-byte block
-    const auto misalign = static_cast<int32_t>((reinterpret_cast<uintptr_t>(out) & 31) / sizeof(int32_t));
+    const auto [first_block, misalign, blocks] = detail::blocked_row<32>(out, width);
     int32_t* buffer = lines + misalign;
-    const int32_t blocks = (misalign + width + 7) / 8;
     for (int32_t i = image.row_offsets[row]; i < image.row_offsets[row + 1]; ++i) {
       const __m256i v = _mm256_set1_epi32(labels[i]);
       int32_t x = runs[i].start;
       for (; x + 8 <= runs[i].end; x += 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(buffer + x), v);
       if (x < runs[i].end) _mm256_maskstore_epi32(buffer + x, lanes_below(runs[i].end - x), v);
     }
-    auto* block = reinterpret_cast<int32_t*>(reinterpret_cast<uintptr_t>(out) & ~uintptr_t{31});
+    int32_t* block = first_block;
     for (int32_t k = 0; k < blocks; ++k, block += 8) {
       auto* line = reinterpret_cast<__m256i*>(lines + 8 * k);
       const __m256i v = _mm256_load_si256(line);
@@ -562,10 +578,8 @@ UNETSEG_TARGET_AVX512 inline void write_rows_avx512(const ImageRuns& image, int3
       write_rows(image, row, row + 1, width, out, row_stride);
       continue;
     }
-    // buffer[x] sits at the offset of out[x] in its 64-byte block
-    const auto misalign = static_cast<int32_t>((reinterpret_cast<uintptr_t>(out) & 63) / sizeof(int32_t));
+    const auto [first_block, misalign, blocks] = detail::blocked_row<64>(out, width);
     int32_t* buffer = lines + misalign;
-    const int32_t blocks = (misalign + width + 15) / 16;
     for (int32_t i = image.row_offsets[row]; i < image.row_offsets[row + 1]; ++i) {
       const __m512i v = _mm512_set1_epi32(labels[i]);
       int32_t x = runs[i].start;
@@ -574,7 +588,7 @@ UNETSEG_TARGET_AVX512 inline void write_rows_avx512(const ImageRuns& image, int3
         _mm512_mask_storeu_epi32(buffer + x, static_cast<__mmask16>((1u << (runs[i].end - x)) - 1), v);
       }
     }
-    auto* block = reinterpret_cast<int32_t*>(reinterpret_cast<uintptr_t>(out) & ~uintptr_t{63});
+    int32_t* block = first_block;
     for (int32_t k = 0; k < blocks; ++k, block += 16) {
       const __m512i v = _mm512_load_si512(lines + 16 * k);
       _mm512_store_si512(lines + 16 * k, _mm512_setzero_si512()); // background for the next row
