@@ -324,12 +324,17 @@ def test_cli_segment_tta(tmp_path, model_file):
 
 @pytest.mark.parametrize(
     "architecture,options",
-    [("unet", {"base_width": 8, "depth": 3}), ("unet", {"batch_norm": False}), ("mobilenetv2_unet", {})],
+    [
+        ("unet", {"base_width": 8, "depth": 3}),
+        ("unet", {"batch_norm": False}),
+        ("mobilenetv2_unet", {}),
+    ],
 )
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_the_cpu_graph_computes_what_the_model_file_does(tmp_path, architecture, options, precision):
     """The CPU runner runs its own version of the file's graph (oneDNN convolutions with fused ReLUs,
-    concatenations split into two convolutions: csrc/runner/cpu_graph.h); its probabilities are the
+    concatenations split into two convolutions, max-pools as maxima of strided quarters:
+    csrc/runner/cpu_graph.h); its probabilities are the
     file's graph's, run on the same input (in bfloat16 under autocast, as the file runs elsewhere)."""
     from unetseg.export import load
 
