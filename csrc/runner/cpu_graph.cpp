@@ -4,6 +4,8 @@
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 
+#include <algorithm>
+#include <optional>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -96,17 +98,73 @@ std::pair<Node*, std::array<Value*, 2>> concatenated_input(Node* conv) {
   return {cat, {list->input(0), list->input(1)}};
 }
 
+// The items of `list` as `reader` sees them: a ListConstruct's inputs and then what the appends
+// before `reader` add, when every append is in reader's block and before it and nothing else
+// changes the list (reads: __getitem__, len); or nullopt. (A U-Net's forward keeps its skips in
+// such a list.)
+std::optional<std::vector<Value*>> list_items(Value* list, Node* reader) {
+  if (list->node()->kind() != c10::prim::ListConstruct) return std::nullopt;
+  std::vector<Node*> appends;
+  for (const torch::jit::Use& use : list->uses()) {
+    Node* user = use.user;
+    if (user->kind() == c10::aten::__getitem__ || user->kind() == c10::aten::len) continue;
+    if (user->kind() != c10::aten::append || user->owningBlock() != reader->owningBlock() || !user->isBefore(reader)) {
+      return std::nullopt;
+    }
+    appends.push_back(user);
+  }
+  std::sort(appends.begin(), appends.end(), [](Node* a, Node* b) { return a->isBefore(b); });
+  std::vector<Value*> items(list->node()->inputs().begin(), list->node()->inputs().end());
+  for (Node* append : appends) items.push_back(append->input(1));
+  return items;
+}
+
+// The value of an int the graph computes from constants, list lengths (list_items) and + and -; or
+// nullopt.
+std::optional<int64_t> constant_int(Value* v) {
+  Node* n = v->node();
+  if (const auto c = torch::jit::toIValue(v)) return c->isInt() ? std::optional<int64_t>(c->toInt()) : std::nullopt;
+  if (n->kind() == c10::aten::len) {
+    const auto items = list_items(n->input(0), n);
+    return items ? std::optional<int64_t>(static_cast<int64_t>(items->size())) : std::nullopt;
+  }
+  if ((n->kind() == c10::aten::sub || n->kind() == c10::aten::add) && n->inputs().size() == 2) {
+    const auto a = constant_int(n->input(0)), b = constant_int(n->input(1));
+    if (!a || !b) return std::nullopt;
+    return n->kind() == c10::aten::sub ? *a - *b : *a + *b;
+  }
+  return std::nullopt;
+}
+
+// What `list[index]` (a __getitem__ node) reads when its list and index are fixed by the graph
+// (list_items, constant_int); or nullptr.
+Value* list_item(Node* getitem) {
+  const auto items = list_items(getitem->input(0), getitem);
+  const auto index = constant_int(getitem->input(1));
+  if (!items || !index) return nullptr;
+  const auto size = static_cast<int64_t>(items->size());
+  const int64_t i = *index < 0 ? *index + size : *index;
+  return i >= 0 && i < size ? (*items)[i] : nullptr;
+}
+
 // The channel count of `v` when the graph fixes it: the output channels of the convolution that made
-// it (its constant weight's first dimension), looked up through activations and crops; or -1.
+// it (its constant weight's first dimension), looked up through activations, crops and a list of
+// skips; or -1.
 int64_t known_channels(Value* v) {
   for (Node* n = v->node();; n = n->input(0)->node()) {
+    if (n->kind() == c10::aten::__getitem__) {
+      Value* item = list_item(n);
+      if (!item) return -1;
+      n = item->node();
+    }
     if (n->kind() == kConv || n->kind() == kFused) {
       const auto w = torch::jit::toIValue(n->input(1));
       return w && w->isTensor() ? w->toTensor().size(0) : -1;
     }
     const bool activation = is_relu(n) || n->kind() == kHardtanhInPlace || n->kind() == kHardtanh;
     const auto dim = n->kind() == kSlice ? torch::jit::toIValue(n->input(1)) : std::nullopt;
-    const bool crop = dim && dim->isInt() && (dim->toInt() == 2 || dim->toInt() == 3);
+    const bool crop = dim && dim->isInt() && dim->toInt() != 0 && dim->toInt() != 1 && dim->toInt() != -3 &&
+                      dim->toInt() != -4; // a 4-d tensor's rows or columns
     const auto pads = n->kind() == kPad ? torch::jit::toIValue(n->input(1)) : std::nullopt;
     const bool spatial_pad = pads && pads->isIntList() && pads->toIntList().size() <= 4;
     if (!activation && !crop && !spatial_pad) return -1;
@@ -133,20 +191,24 @@ Value* activate(Graph& graph, Node* act, Value* x) {
 }
 
 // conv(cat([a, b])) (+ activation) -> conv(a, W[:, :Ca]) then conv(b, W[:, Ca:]) + that (+ the
-// activation). The activation stays an op of its own: where oneDNN cannot take the operands' layout
-// (a channel count of 1 reads as either layout), torch falls back to conv + add_relu, which has no
-// bfloat16 kernel.
+// activation). A ReLU joins the second convolution as a post-op only where its weights are a
+// constant whose layout reads as channels-last alone (more than one input channel, a kernel larger
+// than 1x1): oneDNN then always takes the fused path, whereas torch's fallback for other layouts
+// (conv + add_relu) has no bfloat16 kernel. Elsewhere the activation stays an op of its own.
 Value* split_conv(Graph& graph, Node* conv, Node* act, const std::array<Value*, 2>& parts) {
   Value *w = conv->input(1), *bias = conv->input(2);
   Value *stride = conv->input(3), *padding = conv->input(4), *dilation = conv->input(5), *groups = conv->input(6);
   Value *w_first = nullptr, *w_second = nullptr;
+  bool unambiguous = false; // the second weights' layout reads as channels-last only
   const auto weight = torch::jit::toIValue(w);
   const int64_t known = known_channels(parts[0]);
   if (weight && weight->isTensor() && known > 0 && known < weight->toTensor().size(1)) {
     // the two parts of the weights as constants of their own, not strided views copied on every call
     const at::Tensor whole = weight->toTensor();
+    const at::Tensor second = whole.slice(1, known).contiguous(at::MemoryFormat::ChannelsLast);
     w_first = graph.insertConstant(whole.slice(1, 0, known).contiguous(at::MemoryFormat::ChannelsLast));
-    w_second = graph.insertConstant(whole.slice(1, known).contiguous(at::MemoryFormat::ChannelsLast));
+    w_second = graph.insertConstant(second);
+    unambiguous = second.dim() == 4 && second.size(1) > 1 && second.size(2) * second.size(3) > 1;
   } else {
     Value* first_channels = graph.insert(c10::aten::size, {parts[0], 1});
     w_first = graph.insert(c10::aten::slice, {w, 1, c10::IValue(), first_channels});
@@ -154,9 +216,11 @@ Value* split_conv(Graph& graph, Node* conv, Node* act, const std::array<Value*, 
   }
   Value* first = graph.insert(kFused, {parts[0], w_first, bias, padding, stride, dilation, groups,
                                        std::string("none"), scalars(graph), c10::IValue()});
+  const bool fuse_relu = act && is_relu(act) && unambiguous;
+  const c10::IValue unary = fuse_relu ? c10::IValue(std::string("relu")) : c10::IValue();
   Value* sum = graph.insert(kFused, {parts[1], first, w_second, c10::IValue(), padding, stride, dilation, groups,
-                                     std::string("add"), 1.0, c10::IValue(), scalars(graph), c10::IValue()});
-  return act ? activate(graph, act, sum) : sum;
+                                     std::string("add"), 1.0, unary, scalars(graph), c10::IValue()});
+  return act && !fuse_relu ? activate(graph, act, sum) : sum;
 }
 
 // Whether `pool` is a 2x2 max-pool of stride 2, without padding, dilation or ceil mode.

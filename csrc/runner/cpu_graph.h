@@ -16,8 +16,9 @@ namespace unetseg::runner {
 // - a convolution of a concatenation of two tensors (a U-Net's skip and up-sampled features)
 //   becomes a convolution of the first with its part of the weights, then a convolution of the
 //   second that adds the first's result as a post-op (the activation follows): the concatenated
-//   tensor is never written; the two parts of its weights are constants when the graph fixes the
-//   first tensor's channel count (the convolution that made it);
+//   tensor is never written; when the graph fixes the first tensor's channel count (the convolution
+//   that made it, found through crops and the forward's list of skips) the two parts of its weights
+//   are constants, and a ReLU after it joins the second convolution as a post-op;
 // - in bfloat16 every 2x2 max-pool of stride 2 becomes the maximum of the four strided quarters of
 //   its input: torch's CPU max-pool also writes the argmax indices (int64), and is 3x slower;
 // - convolution weights are stored channels-last, the activations' layout, so oneDNN does not copy
