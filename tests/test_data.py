@@ -175,64 +175,6 @@ def test_each_epoch_draws_new_crops_in_the_loaders_workers(workers):
     assert torch.equal(epochs[1], epochs[3])
 
 
-def _reference_proximity(labels: np.ndarray) -> np.ndarray:
-    """boundary_proximity from its definition, nucleus by nucleus, with skimage's inner boundaries."""
-    import scipy.ndimage as ndi
-    from skimage.segmentation import find_boundaries
-
-    out = np.zeros(labels.shape, np.float32)
-    edges = find_boundaries(labels, mode="inner") & (labels > 0)
-    if not edges.any():
-        return out
-    for k in np.unique(labels[labels > 0]):
-        here = labels == k
-        d = ndi.distance_transform_edt(~edges) + 1.0
-        out[here] = 1.0 - d[here] / d[here].max()
-    return out
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.integers(0, 23), st.integers(0, 27), st.integers(1, 12), st.integers(1, 12)),
-        min_size=0,
-        max_size=6,
-    )
-)
-def test_the_proximity_target_falls_from_each_nuclei_edge_to_its_centre(boxes):
-    """Overlapping boxes make touching nuclei of any shape; the target is 0 off nuclei, in [0, 1) on them,
-    0 at each nucleus's innermost pixel, highest on its edge, and equals the definition nucleus by nucleus."""
-    labels = np.zeros((24, 28), np.int32)
-    for k, (y, x, h, w) in enumerate(boxes, start=1):
-        labels[y : y + h, x : x + w] = k
-    t = targets(labels, 2, boundary="proximity")
-    np.testing.assert_array_equal(t[0], labels > 0)
-    p = t[1]
-    np.testing.assert_allclose(p, _reference_proximity(labels), atol=1e-6)
-    assert (p[labels == 0] == 0).all() and (p[labels > 0] < 1).all() and (p >= 0).all()
-    for k in np.unique(labels[labels > 0]):
-        assert p[labels == k].min() == 0
-
-
-def test_the_proximity_target_seeds_two_touching_nuclei_apart():
-    """Two squares sharing a long side: the pixels under 0.5 are two blobs, one inside each square,
-    which the band target's seeds join wherever its contact band has a gap; a lone nucleus cut by the
-    crop's edge keeps its distances (the image border is not an edge)."""
-    import scipy.ndimage as ndi
-
-    labels = np.zeros((20, 40), np.int32)
-    labels[2:18, 2:18], labels[2:18, 18:34] = 1, 2
-    seeds = (targets(labels, 2, boundary="proximity")[1] < 0.5) & (labels > 0)
-    parts, n = ndi.label(seeds)
-    assert n == 2 and set(np.unique(labels[parts == 1])) == {1} and set(np.unique(labels[parts == 2])) == {2}
-    cut = np.zeros((10, 10), np.int32)
-    cut[:, :5] = 1
-    p = targets(cut, 2, boundary="proximity")[1]
-    np.testing.assert_allclose(p[:, 0], 0)  # farthest from its only edge, column 4
-    with pytest.raises(ValueError, match="boundary target must be one of .* got 'distance'"):
-        targets(labels, 2, boundary="distance")
-
-
 @pytest.mark.parametrize("width", [1, 2, 3])
 def test_contact_width_widens_the_boundary_target_where_nuclei_touch(width):
     """Two nuclei touching along a vertical line, a third apart: the boundary target covers the

@@ -196,21 +196,6 @@ def test_init_weights_fine_tunes_from_a_checkpoint(npz, tmp_path):
         train(config(npz, tmp_path / "neg", epochs=1, out_channels=2, contact_width=-1))
 
 
-def test_a_fine_tuned_model_keeps_the_boundary_target_it_starts_from(npz, tmp_path):
-    base = train(config(npz, tmp_path / "base", epochs=1, out_channels=2, boundary_target="proximity"))
-    assert base["output_meaning"] == ["nucleus", "nucleus boundary proximity"]
-    tuned = train(
-        config(npz, tmp_path / "tuned", epochs=1, out_channels=2, init_weights=str(tmp_path / "base" / "last.pt"))
-    )
-    assert tuned["config"]["boundary_target"] == "proximity" and tuned["output_meaning"] == base["output_meaning"]
-    fresh = train(config(npz, tmp_path / "fresh", epochs=1, out_channels=2))
-    assert fresh["config"]["boundary_target"] == "band" and fresh["output_meaning"] == ["nucleus", "nucleus boundary"]
-    with pytest.raises(ValueError, match="contact_width 2 widens the band boundary target"):
-        train(config(npz, tmp_path / "both", epochs=1, out_channels=2, boundary_target="proximity", contact_width=2))
-    with pytest.raises(ValueError, match="boundary_target must be one of .* got 'ring'"):
-        train(config(npz, tmp_path / "ring", epochs=1, out_channels=2, boundary_target="ring"))
-
-
 def test_dev_images_are_held_out_of_training_and_validation(npz, tmp_path):
     ckpt = train(config(npz, tmp_path / "dev", epochs=1, dev_fraction=0.25))
     split = ckpt["split"]

@@ -121,7 +121,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         samples_per_epoch=args.samples_per_epoch,
         contact_width=args.contact_width,
-        boundary_target=args.boundary_target,
         init_weights=args.init_weights,
         separation_weight=args.separation_weight,
         separation_sigma=args.separation_sigma,
@@ -802,14 +801,6 @@ def _add_train_parser(sub) -> None:
         default=0,
         help="2-channel models: the boundary target also covers nucleus pixels within this many pixels "
         "of another nucleus, so touching nuclei get a wider cut (default 0: inner boundaries only)",
-    )
-    p.add_argument(
-        "--boundary-target",
-        choices=["band", "proximity"],
-        help="2-channel models: what the boundary output learns. band: 1 on each nucleus's inner boundary "
-        "(and the contact band); proximity: 1 on its edge falling to 0 at its centre (seeds are then each "
-        "nucleus's inner half, which keeps touching nuclei apart). Default: the --init-weights model's, "
-        "else band",
     )
     p.add_argument(
         "--separation-weight",

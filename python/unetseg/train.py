@@ -8,7 +8,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from .checkpoint import CHECKPOINT_FORMAT, default_checkpoint_path, load_checkpo
 from .data import Augment, Normalisation, NucleiDataset, PixelWeights, read_datasets
 from .data.dataset import stratum
 from .data.readers import Sample
-from .data.transforms import BOUNDARY_TARGETS
 from .device import autocast, resolve_device, resolve_precision
 from .io import atomic_path, check_output_folder, write_overlay
 from .models import DEFAULT_OPTIONS, build_model
@@ -48,10 +47,6 @@ class TrainConfig:
     boundary_weight: float = 2.0
     contact_width: int = 0
     """boundary target also on nucleus pixels within this many pixels of another nucleus (0: off)"""
-    boundary_target: str | None = None
-    """the boundary channel's target (unetseg.data.targets): "band" (inner boundaries, plus the
-    contact band) or "proximity" (1 - distance to the nucleus's edge over its largest, soft); None:
-    the init_weights checkpoint's (a fine-tuned model keeps what its outputs mean), else band"""
     separation_weight: float = 0.0
     separation_sigma: float = 5.0
     """w0 and sigma of Ronneberger's weight map on the BCE (unetseg.data.separation_weights); w0 0: off"""
@@ -91,10 +86,6 @@ class TrainConfig:
     it (or `resume`) such a folder is an error, so a run is never overwritten by accident"""
     skip_invalid: bool = False
     """leave out (with a warning) image/label pairs of different sizes instead of stopping"""
-
-
-# what the boundary channel of a model trained on each target holds (recorded in its model file)
-OUTPUT_MEANING = {"band": "nucleus boundary", "proximity": "nucleus boundary proximity"}
 
 
 def make_augment(options: dict[str, Any]) -> Augment:
@@ -202,7 +193,6 @@ def _check_run_folder(out: Path, config: TrainConfig) -> None:
 def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     """Trains a model as `config` says; returns the final checkpoint dict (best weights in best.pt)."""
     _check_config(config)
-    config = replace(config, boundary_target=_boundary_target(config))
     rank, world, device, precision = _devices(config)
     out = check_output_folder(config.output)
     _check_run_folder(out, config)
@@ -291,13 +281,6 @@ def _check_config(config: TrainConfig) -> None:
     """Bad values are refused before any work, each naming itself."""
     if config.contact_width < 0:
         raise ValueError(f"contact_width must be >= 0 pixels, got {config.contact_width}")
-    if config.boundary_target not in (None, *BOUNDARY_TARGETS):
-        raise ValueError(f"boundary_target must be one of {BOUNDARY_TARGETS}, got {config.boundary_target!r}")
-    if config.boundary_target == "proximity" and config.contact_width:
-        raise ValueError(
-            f"contact_width {config.contact_width} widens the band boundary target; the proximity target "
-            "already marks contacts as edges: drop contact_width"
-        )
     for name, value, low in (
         ("crop", config.crop, 16),
         ("batch_size", config.batch_size, 1),
@@ -308,20 +291,6 @@ def _check_config(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if not config.lr >= 0:
         raise ValueError(f"lr must be a learning rate >= 0, got {config.lr}")
-
-
-def _boundary_target(config: TrainConfig) -> str:
-    """The configured boundary target; unset: the one the init_weights checkpoint was trained on."""
-    if config.boundary_target is not None:
-        return config.boundary_target
-    if config.init_weights and not config.resume:
-        init = load_checkpoint(_init_path(config.init_weights))
-        return init.get("config", {}).get("boundary_target") or "band"
-    return "band"
-
-
-def _init_path(init_weights: str) -> Path | str:
-    return default_checkpoint_path() if init_weights == "default" else init_weights
 
 
 def _devices(config: TrainConfig) -> tuple[int, int, torch.device, str]:
@@ -359,7 +328,7 @@ def _build_model(config: TrainConfig) -> tuple[torch.nn.Module, dict]:
     if config.imagenet_weights:
         model.load_imagenet_weights(config.imagenet_weights)
     if config.init_weights and not config.resume:
-        init = load_checkpoint(_init_path(config.init_weights))
+        init = load_checkpoint(default_checkpoint_path() if config.init_weights == "default" else config.init_weights)
         if init["model"] != {"architecture": config.architecture, "options": options}:
             raise ValueError(
                 f"--init-weights {config.init_weights} holds a {init['model']} model; this run builds "
@@ -405,7 +374,6 @@ def _dataset(config: TrainConfig, samples: list[Sample], normalisation, training
         samples_per_epoch=config.samples_per_epoch if training else None,
         seed=config.seed,
         contact_width=config.contact_width,
-        boundary_target=config.boundary_target,
         pixel_weights=pixel_weights,
         diameter=config.diameter,
         balanced=config.balanced and training,
@@ -439,7 +407,7 @@ def _checkpoint_meta(config: TrainConfig, options: dict, split: dict, normalisat
         "model": {"architecture": config.architecture, "options": options},
         "in_channels": config.in_channels,
         "out_channels": config.out_channels,
-        "output_meaning": ["nucleus", OUTPUT_MEANING[config.boundary_target]][: config.out_channels],
+        "output_meaning": ["nucleus", "nucleus boundary"][: config.out_channels],
         "threshold": 0.5,
         "normalisation": normalisation.to_dict(),
         "config": asdict(config),

@@ -9,8 +9,6 @@ import numpy as np
 import scipy.ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from ..io import inner_boundaries
-
 
 @dataclass(frozen=True)
 class Normalisation:
@@ -50,29 +48,15 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot make {channels} channels from an image with {image.shape[2]}")
 
 
-BOUNDARY_TARGETS = ("band", "proximity")
-
-
-def targets(labels: np.ndarray, channels: int, contact_width: int = 0, boundary: str = "band") -> np.ndarray:
-    """(C, H, W) float32 targets: nucleus mask, and for 2 channels also a boundary channel whose
-    low values inside a nucleus are where seeded labelling starts (seeds: nucleus high and boundary
-    low), so touching nuclei get a seed each.
-
-    `boundary` "band": 1 on the inner boundary pixels of each instance, 0 elsewhere. With
-    `contact_width` w > 0 it also covers every nucleus pixel within w pixels (a (2w+1)² window) of
-    another nucleus: a band 2w wide where nuclei touch, so the model learns to cut there.
-    "proximity": :func:`boundary_proximity`, 1 - each nucleus pixel's distance to the nucleus's edge
-    over the largest such distance in that nucleus (1 on the edge, 0 at the centre; 0 outside nuclei,
-    as the band, so a model trained on one is near the other where it matters least).
-    Seeds at proximity < 0.5 are each nucleus's inner half whatever its size and however long its
-    contact with its neighbours (Naylor et al., IEEE TMI 2019, regress the distance map for this)."""
-    if boundary not in BOUNDARY_TARGETS:
-        raise ValueError(f"boundary target must be one of {BOUNDARY_TARGETS}, got {boundary!r}")
+def targets(labels: np.ndarray, channels: int, contact_width: int = 0) -> np.ndarray:
+    """(C, H, W) float32 targets: nucleus mask, and for 2 channels also the nucleus boundaries
+    (the inner boundary pixels of each instance, so touching nuclei are separated). With
+    `contact_width` w > 0 the boundary also covers every nucleus pixel within w pixels (a (2w+1)²
+    window) of another nucleus: a band 2w wide where nuclei touch, so the model learns to cut
+    there (touching nuclei are where seeded labelling fails when the cut has gaps)."""
     mask = (labels > 0).astype(np.float32)
     if channels == 1:
         return mask[None]
-    if boundary == "proximity":
-        return np.stack([mask, boundary_proximity(labels)])
     boundary = find_boundaries(labels, mode="inner") & (labels > 0)
     if contact_width > 0:
         size = 2 * contact_width + 1
@@ -85,26 +69,6 @@ def targets(labels: np.ndarray, channels: int, contact_width: int = 0, boundary:
         )
         boundary |= (labels > 0) & ((nearby_max > labels) | (nearby_min < labels))
     return np.stack([mask, boundary.astype(np.float32)])
-
-
-def boundary_proximity(labels: np.ndarray) -> np.ndarray:
-    """(H, W) float32: 1 - d / max d over each nucleus, and 0 outside nuclei. d is 1 plus a pixel's
-    Euclidean distance to the nearest edge pixel, a nucleus pixel with a 4-neighbour of another label
-    (background or another nucleus: contacts are edges too), so edge pixels have d 1. The image's
-    border is not an edge: a nucleus cut by it keeps its distances."""
-    inside = labels > 0
-    # distance to the nearest edge pixel (4-neighbour inner boundary), plus that pixel's own 1
-    edges = inner_boundaries(labels) & inside
-    if not edges.any():  # no edge in sight: one nucleus covers everything, all of it inner
-        return np.zeros(labels.shape, np.float32)
-    distance = np.where(inside, ndi.distance_transform_edt(~edges) + 1.0, 0.0)
-    ids = np.unique(labels[inside])
-    largest = np.zeros(int(labels.max()) + 1, np.float64)
-    if ids.size:
-        largest[ids] = ndi.maximum(distance, labels, ids)
-    proximity = np.zeros(labels.shape, np.float32)
-    proximity[inside] = 1.0 - distance[inside] / largest[labels[inside]]
-    return proximity
 
 
 def separation_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
