@@ -322,6 +322,25 @@ def test_cli_segment_tta(tmp_path, model_file):
     assert not np.array_equal(wants[0].labels, wants[1].labels)  # the flag reached the runner
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_cpu_graph_leaves_no_separate_relu_or_indexed_pooling_in_a_unet(tmp_path, precision):
+    """Speed the parity test cannot see: in the runner's graph of a U-Net every ReLU is a convolution's
+    post-op (the decoder's too, after the split concatenations), and in bfloat16 no max-pool computes
+    argmax indices. Read from the ops the runner calls (torch.profiler sees the C++ runner's calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if precision == "bfloat16" and not unetseg.Runner(device="cpu").precision == "bfloat16":
+        pytest.skip("this CPU has no native bfloat16")
+    export(make_checkpoint("unet", 3, 2, base_width=8, depth=3), tmp_path / "m.pt")
+    runner = unetseg.Runner(tmp_path / "m.pt", device="cpu", precision=precision)
+    image = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        runner.predict([image], tile_size=0)
+    ops = {e.key for e in p.key_averages()}
+    assert "mkldnn::_convolution_pointwise" in ops and not ops & {"aten::relu_", "aten::relu", "aten::clamp_min_"}
+    assert ("aten::max_pool2d_with_indices" in ops) == (precision == "float32")
+
+
 @pytest.mark.parametrize(
     "architecture,options",
     [
