@@ -72,6 +72,7 @@ bool rewritable(const std::shared_ptr<Graph>& graph) {
 }
 
 bool is_relu(Node* n) { return n->kind() == kReluInPlace || n->kind() == kRelu; }
+bool is_hardtanh(Node* n) { return n->kind() == kHardtanhInPlace || n->kind() == kHardtanh; }
 
 // The activation that alone uses `conv`'s output: a ReLU, or a hardtanh with constant bounds
 // (MobileNetV2's ReLU6); or nullptr.
@@ -80,8 +81,8 @@ Node* sole_activation(Node* conv) {
   if (uses.size() != 1) return nullptr;
   Node* user = uses[0].user;
   if (is_relu(user)) return user;
-  const bool hardtanh = user->kind() == kHardtanhInPlace || user->kind() == kHardtanh;
-  return hardtanh && torch::jit::toIValue(user->input(1)) && torch::jit::toIValue(user->input(2)) ? user : nullptr;
+  return is_hardtanh(user) && torch::jit::toIValue(user->input(1)) && torch::jit::toIValue(user->input(2)) ? user
+                                                                                                         : nullptr;
 }
 
 // The two tensors `conv` convolves the concatenation of along channels, with the cat node; or
@@ -136,6 +137,22 @@ std::optional<int64_t> constant_int(Value* v) {
   return std::nullopt;
 }
 
+// The values of an int list the graph fixes: a constant list, or a list of constant_int items; or
+// nullopt.
+std::optional<std::vector<int64_t>> constant_ints(Value* v) {
+  if (const auto list = torch::jit::toIValue(v)) {
+    return list->isIntList() ? std::optional(list->toIntList().vec()) : std::nullopt;
+  }
+  if (v->node()->kind() != c10::prim::ListConstruct) return std::nullopt;
+  std::vector<int64_t> out;
+  for (Value* item : v->node()->inputs()) {
+    const auto k = constant_int(item);
+    if (!k) return std::nullopt;
+    out.push_back(*k);
+  }
+  return out;
+}
+
 // What `list[index]` (a __getitem__ node) reads when its list and index are fixed by the graph
 // (list_items, constant_int); or nullptr.
 Value* list_item(Node* getitem) {
@@ -161,10 +178,9 @@ int64_t known_channels(Value* v) {
       const auto w = torch::jit::toIValue(n->input(1));
       return w && w->isTensor() ? w->toTensor().size(0) : -1;
     }
-    const bool activation = is_relu(n) || n->kind() == kHardtanhInPlace || n->kind() == kHardtanh;
-    const auto dim = n->kind() == kSlice ? torch::jit::toIValue(n->input(1)) : std::nullopt;
-    const bool crop = dim && dim->isInt() && dim->toInt() != 0 && dim->toInt() != 1 && dim->toInt() != -3 &&
-                      dim->toInt() != -4; // a 4-d tensor's rows or columns
+    const bool activation = is_relu(n) || is_hardtanh(n);
+    const auto dim = n->kind() == kSlice ? constant_int(n->input(1)) : std::nullopt;
+    const bool crop = dim && (*dim == 2 || *dim == 3 || *dim == -2 || *dim == -1); // a 4-d tensor's rows or columns
     const auto pads = n->kind() == kPad ? torch::jit::toIValue(n->input(1)) : std::nullopt;
     const bool spatial_pad = pads && pads->isIntList() && pads->toIntList().size() <= 4;
     if (!activation && !crop && !spatial_pad) return -1;
@@ -225,24 +241,13 @@ Value* split_conv(Graph& graph, Node* conv, Node* act, const std::array<Value*, 
 
 // Whether `pool` is a 2x2 max-pool of stride 2, without padding, dilation or ceil mode.
 bool is_pool_2x2(Node* pool) {
-  // a constant int list, or a list of constant ints; {-1} when neither
-  auto ints = [&](size_t i) {
-    Value* v = pool->input(i);
-    if (const auto list = torch::jit::toIValue(v)) return list->isIntList() ? list->toIntList().vec() : std::vector<int64_t>{-1};
-    if (v->node()->kind() != c10::prim::ListConstruct) return std::vector<int64_t>{-1};
-    std::vector<int64_t> out;
-    for (Value* item : v->node()->inputs()) {
-      const auto k = torch::jit::toIValue(item);
-      if (!k || !k->isInt()) return std::vector<int64_t>{-1};
-      out.push_back(k->toInt());
-    }
-    return out;
-  };
+  using Ints = std::optional<std::vector<int64_t>>;
+  const Ints two{{2, 2}};
+  const Ints stride = constant_ints(pool->input(2));
   const auto ceil = torch::jit::toIValue(pool->input(5));
-  const auto stride = ints(2);
-  return ints(1) == std::vector<int64_t>{2, 2} && (stride.empty() || stride == std::vector<int64_t>{2, 2}) &&
-         ints(3) == std::vector<int64_t>{0, 0} && ints(4) == std::vector<int64_t>{1, 1} && ceil && ceil->isBool() &&
-         !ceil->toBool();
+  return constant_ints(pool->input(1)) == two && (stride == two || (stride && stride->empty())) &&
+         constant_ints(pool->input(3)) == Ints{{0, 0}} && constant_ints(pool->input(4)) == Ints{{1, 1}} && ceil &&
+         ceil->isBool() && !ceil->toBool();
 }
 
 // max_pool2d(x, 2) as the maximum of x's four pixels of each 2x2 cell, strided views of x (odd
@@ -299,8 +304,10 @@ bool specialise_for_cpu(torch::jit::Module& module, c10::ScalarType dtype) {
   // bfloat16 only: torch's float32 max-pool keeps up with the quarters (1024², 24 channels: 6 ms
   // against 9), its bfloat16 one does not (23 ms against 8)
   std::vector<Node*> pools;
-  for (Node* n : all_nodes(graph)) {
-    if (dtype != at::kFloat && n->kind() == kMaxPool && is_pool_2x2(n)) pools.push_back(n);
+  if (dtype != at::kFloat) {
+    for (Node* n : all_nodes(graph)) {
+      if (n->kind() == kMaxPool && is_pool_2x2(n)) pools.push_back(n);
+    }
   }
   for (Node* pool : pools) {
     torch::jit::WithInsertPoint guard(pool);
