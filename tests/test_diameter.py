@@ -2,7 +2,9 @@
 estimated), and the probabilities resized back before labelling."""
 
 import math
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from conftest import make_checkpoint
 
 import unetseg
 from unetseg.data import synthetic_nuclei
+from unetseg.data.transforms import median_diameter, rescale
 from unetseg.export import export
 
 CANONICAL = 12.0
@@ -130,3 +133,28 @@ def test_models_without_a_canonical_diameter_never_rescale(runner):
 
 def test_the_metadata_records_the_diameter(scaled_model):
     assert scaled_model.diameter == CANONICAL and scaled_model.metadata["diameter"] == CANONICAL
+
+
+KOYUNCU = Path(__file__).resolve().parents[2] / "shared" / "data" / "koyuncu_hepg2"
+
+
+def surety(seg) -> float:
+    """The estimate's measure: the area-weighted mean nucleus probability of a segmentation's objects."""
+    area = seg.objects.area
+    return float((area * seg.objects.mean_probability).sum() / area.sum())
+
+
+@pytest.mark.skipif(not KOYUNCU.exists(), reason="../shared/data/koyuncu_hepg2 is absent (not on users' machines)")
+def test_nuclei_seen_as_sure_fragments_are_found_at_half_the_size():
+    """Koyuncu's image 13 enlarged 2x has 56 px nuclei. At its own scale the default model outlines fragments of
+    them and is sure of those; at half the size it is surer of the whole nuclei. The estimate must follow: it
+    once kept the own scale (20 px, 26 objects for 18 nuclei)."""
+    image = cv2.imread(str(KOYUNCU / "images" / "13.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(KOYUNCU / "labels" / "13.png"), cv2.IMREAD_UNCHANGED)
+    image, labels = rescale(np.atleast_3d(image), labels, 2.0)
+    runner = unetseg.Runner()
+    canonical = runner.metadata["diameter"]
+    own_scale = runner.segment([image], diameter=canonical)[0]
+    half_size = runner.segment([image], diameter=2 * canonical)[0]
+    assert surety(half_size) > surety(own_scale)
+    assert runner.segment([image])[0].diameter == pytest.approx(median_diameter(labels), rel=0.25)

@@ -503,20 +503,23 @@ struct Runner::Impl {
       const int64_t h = hwc[i].size(0), w = hwc[i].size(1);
       const double largest = std::min(kMaxRescale, std::sqrt(double(kMaxRescaledPixels) / (double(h) * double(w))));
       // 1. the scale at which the network is surest of its nuclei: where nuclei are far larger than
-      // it was trained on it finds their bright parts, unsure; far smaller, blobs, unsure.
+      // it was trained on it finds their bright parts, unsure; far smaller, blobs, unsure. A sure
+      // first pass is still checked at half the size: nuclei two to three times the canonical size
+      // can come out as confident fragments, and only there does halving make the network surer.
       double factor = 1.0, best = confidence(segs[i]);
-      if (best < kConfident) {
-        for (const double coarser : kCoarserScales) {
-          if (double(std::min(h, w)) * coarser < double(info.size_multiple)) {
-            break;
-          }
-          Segmentation s = segment_scaled(hwc[i], coarser, opt, r);
-          const double c = confidence(s);
-          if (c > best) {
-            best = c;
-            factor = coarser;
-            segs[i] = std::move(s);
-          }
+      const bool sure = best >= kConfident;
+      for (const double coarser : kCoarserScales) {
+        if (double(std::min(h, w)) * coarser < double(info.size_multiple)) {
+          break;
+        }
+        Segmentation s = segment_scaled(hwc[i], coarser, opt, r);
+        const double c = confidence(s);
+        if (c > best) {
+          best = c;
+          factor = coarser;
+          segs[i] = std::move(s);
+        } else if (sure) {
+          break;
         }
       }
       // 2. at that scale, the nuclei's own median diameter gives the exact factor.

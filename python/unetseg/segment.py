@@ -428,7 +428,8 @@ def segment_batch(
         diameter (``Runner.diameter``, the bundled model's included): each image is resized by
         canonical / diameter for the network, and the probabilities resized back before labelling,
         so labels are at the image's resolution. "auto" (default): estimated per image from a first
-        pass (no extra cost when it is within 25% of the canonical diameter). Models without a
+        pass (plus a check at half the size, a quarter of a pass, when it is within 25% of the
+        canonical diameter). Models without a
         canonical diameter never rescale and refuse a number.
     channel: the channel holding the nuclei (0-based, channels last) of multi-channel images, e.g.
         the DAPI plane of a fluorescence composite: segmented alone, as a gray image. Without it

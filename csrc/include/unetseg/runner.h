@@ -21,12 +21,15 @@
 // Scale: a model trained at a canonical nucleus diameter (ModelInfo::diameter, in pixels) sees each
 // image resized so that its nuclei have that diameter: SegmentOptions::diameter gives the images'
 // median nucleus diameter, or, unset, it is estimated per image: (1) the image at its own scale,
-// and, when the network is unsure there (area-weighted mean nucleus probability under
-// kConfident), also at kCoarserScales (cheap: a quarter of the pixels and less); the scale with
-// the surest nuclei wins (nuclei far larger than the network knows come out as fragments of their
-// bright parts, far smaller ones as blobs, both unsure); (2) the median diameter of the nuclei
-// found there gives the exact factor, and the image is segmented again at it unless that is within
-// kDiameterTolerance of the scale already used. Images near the canonical scale cost one pass.
+// and at kCoarserScales (cheap: a quarter of the pixels and less): all of them when the network is
+// unsure at its own scale (area-weighted mean nucleus probability under kConfident), else only as
+// long as each halving makes it surer; the scale with the surest nuclei wins (nuclei far larger
+// than the network knows come out as fragments of their bright parts, far smaller ones as blobs,
+// both unsure; fragments of nuclei two to three times the canonical size can be sure, but less so
+// than the whole nuclei at half the size); (2) the median diameter of the nuclei found there gives
+// the exact factor, and the image is segmented again at it unless that is within
+// kDiameterTolerance of the scale already used. Images near the canonical scale cost one pass and
+// a quarter (the half-size check).
 // The probabilities are resized back to the image's own grid before labelling, so labels and
 // objects are always at the image's resolution.
 //
