@@ -38,8 +38,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     runner = unetseg.Runner(None if args.model == "default" else args.model, precision=args.precision)
-    canonical = runner.metadata["diameter"]  # the range of diameters the runner resizes to its canonical one
-    diameter_range = (canonical / unetseg._C.MAX_RESCALE, canonical / unetseg._C.MIN_RESCALE)
+    # the diameters the runner can resize to its canonical one
+    diameter_range = (runner.diameter / unetseg._C.MAX_RESCALE, runner.diameter / unetseg._C.MIN_RESCALE)
     val = set(runner.metadata["training_data"]["val_names"])
     samples = _read_as_named(args.data, True, val)  # one dataset of a multi-dataset model: DATASET/NAME
     samples = [s for s in samples if s.name in val and (args.kind is None or s.kind == args.kind)]
@@ -59,10 +59,13 @@ def main() -> None:
                 {"image": s.name, "dataset": s.dataset, "kind": s.kind, **metrics.image_metrics(labels, seg.labels)}
             )
             true = median_diameter(labels)
-            if np.isfinite(true) and true > 0:
+            has_nuclei = np.isfinite(true) and true > 0
+            if has_nuclei:
                 errors.setdefault(s.dataset, []).append(abs(seg.diameter / true - 1))
-            if args.true_diameter:
-                given = runner.segment([image], diameter=float(np.clip(true, *diameter_range)))[0]
+            if args.true_diameter:  # an image without labelled nuclei has no true diameter: its estimate stands
+                given = seg
+                if has_nuclei:
+                    given = runner.segment([image], diameter=float(np.clip(true, *diameter_range)))[0]
                 true_rows.append({"dataset": s.dataset, "kind": s.kind, **metrics.image_metrics(labels, given.labels)})
         seconds = time.perf_counter() - t0
         summary, true_summary = _summaries(rows), _summaries(true_rows) if true_rows else {}
