@@ -506,21 +506,34 @@ struct Runner::Impl {
       // it was trained on it finds their bright parts, unsure; far smaller, blobs, unsure. A sure
       // first pass is still checked at half the size: nuclei two to three times the canonical size
       // can come out as confident fragments, and only there does halving make the network surer.
+      // A coarser scale must leave the image kNucleiAcross canonical nuclei across: on fewer pixels
+      // a crowd of small nuclei looks like one sure nucleus.
       double factor = 1.0, best = confidence(segs[i]);
       const bool sure = best >= kConfident;
-      for (const double coarser : kCoarserScales) {
-        if (double(std::min(h, w)) * coarser < double(info.size_multiple)) {
-          break;
-        }
-        Segmentation s = segment_scaled(hwc[i], coarser, opt, r);
+      const auto try_scale = [&](double scale) {
+        Segmentation s = segment_scaled(hwc[i], scale, opt, r);
         const double c = confidence(s);
-        if (c > best) {
-          best = c;
-          factor = coarser;
-          segs[i] = std::move(s);
-        } else if (sure) {
+        if (c <= best) {
+          return false;
+        }
+        best = c;
+        factor = scale;
+        segs[i] = std::move(s);
+        return true;
+      };
+      const double shortest = double(std::min(h, w));
+      for (const double coarser : kCoarserScales) {
+        if (shortest * coarser < std::max(double(info.size_multiple), kNucleiAcross * info.diameter)) {
           break;
         }
+        if (!try_scale(coarser) && sure) {
+          break;
+        }
+      }
+      // Nuclei a third of the canonical size or less are missed or merged at the image's own scale,
+      // unsure: an unsure image is also seen at kFinerScale, where they are nuclei again.
+      if (!sure && double(h) * double(w) <= double(kFinerCheckPixels) && kFinerScale <= largest) {
+        try_scale(kFinerScale);
       }
       // 2. at that scale, the nuclei's own median diameter gives the exact factor.
       const double d = median_diameter(segs[i]);

@@ -21,13 +21,16 @@
 // Scale: a model trained at a canonical nucleus diameter (ModelInfo::diameter, in pixels) sees each
 // image resized so that its nuclei have that diameter: SegmentOptions::diameter gives the images'
 // median nucleus diameter, or, unset, it is estimated per image: (1) the image at its own scale,
-// and at kCoarserScales (cheap: a quarter of the pixels and less): all of them when the network is
-// unsure at its own scale (area-weighted mean nucleus probability under kConfident), else only as
-// long as each halving makes it surer; the scale with the surest nuclei wins (nuclei far larger
-// than the network knows come out as fragments of their bright parts, far smaller ones as blobs,
+// and at kCoarserScales (cheap: a quarter of the pixels and less) while the image stays
+// kNucleiAcross canonical diameters across: all of them when the network is unsure at its own
+// scale (area-weighted mean nucleus probability under kConfident), else only as long as each
+// halving makes it surer; an unsure image of at most kFinerCheckPixels is also seen at
+// kFinerScale. The scale with the surest nuclei wins (nuclei far larger than the network knows
+// come out as fragments of their bright parts, far smaller ones are missed or merged into blobs,
 // both unsure; fragments of nuclei two to three times the canonical size can be sure, but less so
-// than the whole nuclei at half the size); (2) the median diameter of the nuclei found there gives
-// the exact factor, and the image is segmented again at it unless that is within
+// than the whole nuclei at half the size; on a few pixels a crowd of small nuclei looks like one
+// sure nucleus, hence the width a coarser scale must leave); (2) the median diameter of the nuclei
+// found there gives the exact factor, and the image is segmented again at it unless that is within
 // kDiameterTolerance of the scale already used. Images near the canonical scale cost one pass and
 // a quarter (the half-size check).
 // The probabilities are resized back to the image's own grid before labelling, so labels and
@@ -105,6 +108,9 @@ constexpr int64_t kMaxRescaledPixels = int64_t{1} << 28;
 constexpr double kDiameterTolerance = 1.25;
 constexpr double kConfident = 0.88;
 constexpr double kCoarserScales[] = {0.5, 0.25, 0.125, 0.0625};
+constexpr double kNucleiAcross = 4.0;
+constexpr double kFinerScale = 2.0;
+constexpr int64_t kFinerCheckPixels = int64_t{1} << 20;
 
 // min_area counts pixels at the scale the network sees: the model's canonical diameter for a model
 // that has one. So it removes objects by their size against the nuclei at any scale: on the grid of
