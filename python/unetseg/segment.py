@@ -427,9 +427,9 @@ def segment_batch(
     diameter: the images' median nucleus diameter in pixels, for models trained at a canonical
         diameter (``Runner.diameter``, the bundled model's included): each image is resized by
         canonical / diameter for the network, and the probabilities resized back before labelling,
-        so labels are at the image's resolution. "auto" (default): estimated per image from a first
-        pass (plus a check at half the size, a quarter of a pass, when it is within 25% of the
-        canonical diameter). Models without a
+        so labels are at the image's resolution. "auto" (default): estimated per image by the
+        network itself (a first pass, other sizes where it is unsure or to check it, then a pass at
+        the estimate; see the README). Models without a
         canonical diameter never rescale and refuse a number.
     channel: the channel holding the nuclei (0-based, channels last) of multi-channel images, e.g.
         the DAPI plane of a fluorescence composite: segmented alone, as a gray image. Without it
