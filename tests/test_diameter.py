@@ -195,3 +195,29 @@ def test_nuclei_too_small_to_see_at_their_own_scale_are_found_at_twice_it():
     smallest = runner.diameter / unetseg._C.MAX_RESCALE
     assert smallest <= seg.diameter <= 1.3 * median_diameter(labels)
     assert seg.count > 0.7 * labels.max()
+
+
+@pytest.mark.skipif(not DSB.exists(), reason="../shared/data/dsb2018_stage1_train is absent (not on users' machines)")
+def test_a_large_image_of_nuclei_too_small_to_see_is_checked_by_a_crop():
+    """The same 4.4 px nuclei tiled 9 x 9 (1152 x 1152): the image is checked at twice its size by its central
+    crop, and the result is the whole image segmented at the diameter found there (not the crop)."""
+    image, labels = dsb_at_half_size("9e4f8ec60a0d622a02c0e16eedcc0101f88ddefbcec2383946c4572b57a1e43a")
+    image = np.tile(image, (9, 9, 1))  # sides over the runner's kFinerCheckSide (1024)
+    runner = unetseg.Runner()
+    seg = runner.segment([image])[0]
+    assert seg.labels.shape == image.shape[:2]
+    assert seg.diameter <= 1.3 * median_diameter(labels)
+    assert seg.count > 0.7 * 81 * labels.max()
+
+
+@pytest.mark.skipif(not DSB.exists(), reason="../shared/data/dsb2018_stage1_train is absent (not on users' machines)")
+def test_crowds_in_a_large_image_are_not_taken_for_nuclei():
+    """The crowd image tiled 4 x 3 (1208 x 1908) stays four canonical diameters across at 1/8, where each copy
+    is one sure blob (the estimate once said 160 px, 12 objects); twice the size finds hundreds of nuclei for
+    each blob, so the blobs are crowds."""
+    image, labels = dsb_at_half_size("20b20ab049372d184c705acebe7af026d3580f5fd5a72ed796e3622e1685af2f")
+    image = np.tile(image, (4, 3, 1))
+    runner = unetseg.Runner()
+    seg = runner.segment([image])[0]
+    assert seg.diameter == pytest.approx(median_diameter(labels), rel=0.25)
+    assert seg.count > 0.8 * 12 * labels.max()

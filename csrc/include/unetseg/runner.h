@@ -24,15 +24,17 @@
 // and at kCoarserScales (cheap: a quarter of the pixels and less) while the image stays
 // kNucleiAcross canonical diameters across: all of them when the network is unsure at its own
 // scale (area-weighted mean nucleus probability under kConfident), else only as long as each
-// halving makes it surer; an unsure image of at most kFinerCheckPixels is also seen at
-// kFinerScale. The scale with the surest nuclei wins (nuclei far larger than the network knows
-// come out as fragments of their bright parts, far smaller ones are missed or merged into blobs,
-// both unsure; fragments of nuclei two to three times the canonical size can be sure, but less so
-// than the whole nuclei at half the size; on a few pixels a crowd of small nuclei looks like one
-// sure nucleus, hence the width a coarser scale must leave); (2) the median diameter of the nuclei
-// found there gives the exact factor, and the image is segmented again at it unless that is within
-// kDiameterTolerance of the scale already used. Images near the canonical scale cost one pass and
-// a quarter (the half-size check).
+// halving makes it surer; an unsure image is also seen at kFinerScale (by its central crop of
+// kFinerCheckSide pixels a side when larger). The scale with the surest nuclei wins (nuclei far
+// larger than the network knows come out as fragments of their bright parts, far smaller ones are
+// missed or merged into blobs, both unsure; fragments of nuclei two to three times the canonical
+// size can be sure, but less so than the whole nuclei at half the size), except that a crowd of
+// small nuclei can look like one sure nucleus at a coarser scale: hence the width a coarser scale
+// must leave, and a coarser scale loses when the finer pass finds kCrowdObjects objects for each
+// of its own; (2) the median diameter of the nuclei found there gives the exact factor, and the
+// image is segmented again at it unless that is within kDiameterTolerance of a scale at which the
+// whole image was seen. Images near the canonical scale cost one pass and a quarter (the
+// half-size check).
 // The probabilities are resized back to the image's own grid before labelling, so labels and
 // objects are always at the image's resolution.
 //
@@ -110,7 +112,8 @@ constexpr double kConfident = 0.88;
 constexpr double kCoarserScales[] = {0.5, 0.25, 0.125, 0.0625};
 constexpr double kNucleiAcross = 4.0;
 constexpr double kFinerScale = 2.0;
-constexpr int64_t kFinerCheckPixels = int64_t{1} << 20;
+constexpr int64_t kFinerCheckSide = 1024;
+constexpr double kCrowdObjects = 10.0;
 
 // min_area counts pixels at the scale the network sees: the model's canonical diameter for a model
 // that has one. So it removes objects by their size against the nuclei at any scale: on the grid of
