@@ -516,10 +516,13 @@ struct Runner::Impl {
       // factor's pass below then always runs. The finer pass also vets the coarser scales: where it
       // finds kCrowdObjects or more objects for each object of a coarser scale (per pixel), that
       // scale's objects are crowds of small nuclei, not large nuclei (which break into a few
-      // fragments at most).
+      // fragments at most). Either counts only when the finer pass is plausible (kPlausible).
       std::optional<Segmentation> finer;
       if (!sure && kFinerScale <= largest) {
         finer = finer_sample(hwc[i], opt, r);
+        if (confidence(*finer) < kPlausible) {
+          finer.reset();
+        }
       }
       const auto density = [](const Segmentation& s) { return double(s.count) / double(s.labels.numel()); };
       const auto crowds = [&](const Segmentation& s) {
@@ -552,8 +555,10 @@ struct Runner::Impl {
         whole = finer->labels.size(0) == h && finer->labels.size(1) == w;
         segs[i] = std::move(*finer);
       }
-      // 2. at that scale, the nuclei's own median diameter gives the exact factor.
-      const double d = median_diameter(segs[i]);
+      // 2. at that scale, the nuclei's own median diameter gives the exact factor, if they are
+      // plausibly nuclei: on an image of background the network finds specks it is unsure of, whose
+      // size says nothing (and the image stays at the scale found).
+      const double d = best >= kPlausible ? median_diameter(segs[i]) : 0.0;
       if (d > 0) {
         const double exact = std::clamp(info.diameter / d, kMinRescale, std::max(kMinRescale, largest));
         if (!whole || std::abs(std::log(exact / factor)) > std::log(kDiameterTolerance)) {

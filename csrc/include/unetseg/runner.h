@@ -25,15 +25,16 @@
 // kNucleiAcross canonical diameters across: all of them when the network is unsure at its own
 // scale (area-weighted mean nucleus probability under kConfident), else only as long as each
 // halving makes it surer; an unsure image is also seen at kFinerScale (by its central crop of
-// kFinerCheckSide pixels a side when larger). The scale with the surest nuclei wins (nuclei far
+// kFinerCheckSide pixels a side when larger), which counts when its objects are plausible
+// nuclei (surety kPlausible; specks of background come out less sure). The scale with the surest nuclei wins (nuclei far
 // larger than the network knows come out as fragments of their bright parts, far smaller ones are
 // missed or merged into blobs, both unsure; fragments of nuclei two to three times the canonical
 // size can be sure, but less so than the whole nuclei at half the size), except that a crowd of
 // small nuclei can look like one sure nucleus at a coarser scale: hence the width a coarser scale
 // must leave, and a coarser scale loses when the finer pass finds kCrowdObjects objects for each
-// of its own; (2) the median diameter of the nuclei found there gives the exact factor, and the
-// image is segmented again at it unless that is within kDiameterTolerance of a scale at which the
-// whole image was seen. Images near the canonical scale cost one pass and a quarter (the
+// of its own; (2) the median diameter of the nuclei found there, when plausible, gives the exact
+// factor, and the image is segmented again at it unless that is within kDiameterTolerance of a
+// scale at which the whole image was seen. Images near the canonical scale cost one pass and a quarter (the
 // half-size check).
 // The probabilities are resized back to the image's own grid before labelling, so labels and
 // objects are always at the image's resolution.
@@ -114,6 +115,9 @@ constexpr double kNucleiAcross = 4.0;
 constexpr double kFinerScale = 2.0;
 constexpr int64_t kFinerCheckSide = 1024;
 constexpr double kCrowdObjects = 10.0;
+// The least surety at which a pass's objects are taken as nuclei to measure (the exact factor, the
+// finer check): specks of background noise come out at 0.70-0.79, nuclei at 0.85 and more.
+constexpr double kPlausible = 0.85;
 
 // min_area counts pixels at the scale the network sees: the model's canonical diameter for a model
 // that has one. So it removes objects by their size against the nuclei at any scale: on the grid of
