@@ -502,70 +502,73 @@ struct Runner::Impl {
     for (size_t i = 0; i < hwc.size(); ++i) {
       const int64_t h = hwc[i].size(0), w = hwc[i].size(1);
       const double largest = std::min(kMaxRescale, std::sqrt(double(kMaxRescaledPixels) / (double(h) * double(w))));
-      // 1. the scale at which the network is surest of its nuclei: where nuclei are far larger than
-      // it was trained on it finds their bright parts, unsure; far smaller, blobs, unsure. A sure
-      // first pass is still checked at half the size: nuclei two to three times the canonical size
-      // can come out as confident fragments, and only there does halving make the network surer.
-      // A coarser scale must leave the image kNucleiAcross canonical nuclei across: on fewer pixels
-      // a crowd of small nuclei looks like one sure nucleus.
-      double factor = 1.0, best = confidence(segs[i]);
-      const bool sure = best >= kConfident;
-      // Nuclei a third of the canonical size or less are missed or merged at the image's own scale,
-      // unsure: an unsure image is also seen at kFinerScale, where they are nuclei again. A larger
-      // image is seen there by a sample (finer_sample), which cannot be its result: the exact
-      // factor's pass below then always runs. The finer pass also vets the coarser scales: where it
-      // finds kCrowdObjects or more objects for each object of a coarser scale (per pixel), that
-      // scale's objects are crowds of small nuclei, not large nuclei (which break into a few
-      // fragments at most). Either counts only when the finer pass is plausible (kPlausible).
-      std::optional<Segmentation> finer;
-      if (!sure && kFinerScale <= largest) {
-        finer = finer_sample(hwc[i], opt, r);
-        if (confidence(*finer) < kPlausible) {
-          finer.reset();
-        }
-      }
-      const auto density = [](const Segmentation& s) { return double(s.count) / double(s.labels.numel()); };
-      const auto crowds = [&](const Segmentation& s) {
-        return finer && density(*finer) >= kCrowdObjects * density(s);
-      };
-      const auto try_scale = [&](double scale) {
-        Segmentation s = segment_scaled(hwc[i], scale, opt, r);
-        const double c = confidence(s);
-        if (c <= best || crowds(s)) {
-          return false;
-        }
-        best = c;
-        factor = scale;
-        segs[i] = std::move(s);
-        return true;
-      };
-      const double shortest = double(std::min(h, w));
-      for (const double coarser : kCoarserScales) {
-        if (shortest * coarser < std::max(double(info.size_multiple), kNucleiAcross * info.diameter)) {
-          break;
-        }
-        if (!try_scale(coarser) && sure) {
-          break;
-        }
-      }
-      bool whole = true;
-      if (finer && confidence(*finer) > best) {
-        best = confidence(*finer);
-        factor = kFinerScale;
-        whole = finer->labels.size(0) == h && finer->labels.size(1) == w;
-        segs[i] = std::move(*finer);
-      }
+      const SurestScale surest = surest_scale(hwc[i], largest, opt, r, segs[i]);
       // 2. at that scale, the nuclei's own median diameter gives the exact factor, if they are
       // plausibly nuclei: on an image of background the network finds specks it is unsure of, whose
       // size says nothing (and the image stays at the scale found).
-      const double d = best >= kPlausible ? median_diameter(segs[i]) : 0.0;
+      const double d = surest.surety >= kPlausible ? median_diameter(segs[i]) : 0.0;
       if (d > 0) {
         const double exact = std::clamp(info.diameter / d, kMinRescale, std::max(kMinRescale, largest));
-        if (!whole || std::abs(std::log(exact / factor)) > std::log(kDiameterTolerance)) {
+        if (!surest.whole || std::abs(std::log(exact / surest.factor)) > std::log(kDiameterTolerance)) {
           segs[i] = segment_scaled(hwc[i], exact, opt, r);
         }
       }
     }
+  }
+
+  struct SurestScale {
+    double factor = 1.0;  // the scale the image was seen at
+    double surety = 0.0;  // confidence() there
+    bool whole = true;    // false: `seg` is of finer_sample's crop, not of the whole image
+  };
+
+  // 1. The scale at which the network is surest of its nuclei, and (into `seg`, which holds the image
+  // at its own scale on entry) the segmentation there. Where nuclei are far larger than it was
+  // trained on it finds their bright parts, unsure; far smaller, blobs, unsure. A sure first pass is
+  // still checked at half the size: nuclei two to three times the canonical size can come out as
+  // confident fragments, and only there does halving make the network surer. A coarser scale must
+  // leave the image kNucleiAcross canonical nuclei across: on fewer pixels a crowd of small nuclei
+  // looks like one sure nucleus.
+  SurestScale surest_scale(const at::Tensor& hwc, double largest, const SegmentOptions& opt, const ResolvedOptions& r,
+                           Segmentation& seg) const {
+    SurestScale surest{1.0, confidence(seg), true};
+    const bool sure = surest.surety >= kConfident;
+    // Nuclei a third of the canonical size or less are missed or merged at the image's own scale,
+    // unsure: an unsure image is also seen at kFinerScale, where they are nuclei again. The finer
+    // pass also vets the coarser scales: where it finds kCrowdObjects or more objects for each
+    // object of a coarser scale (per pixel), that scale's objects are crowds of small nuclei, not
+    // large nuclei (which break into a few fragments at most). Either counts only when the finer
+    // pass is plausible (kPlausible).
+    std::optional<Segmentation> finer;
+    if (!sure && kFinerScale <= largest) {
+      finer = finer_sample(hwc, opt, r);
+      if (confidence(*finer) < kPlausible) {
+        finer.reset();
+      }
+    }
+    const auto density = [](const Segmentation& s) { return double(s.count) / double(s.labels.numel()); };
+    const auto surer = [&](Segmentation&& s, double factor) {
+      const double c = confidence(s);
+      if (c <= surest.surety || (factor < 1.0 && finer && density(*finer) >= kCrowdObjects * density(s))) {
+        return false;
+      }
+      surest = {factor, c, s.labels.size(0) == hwc.size(0) && s.labels.size(1) == hwc.size(1)};
+      seg = std::move(s);
+      return true;
+    };
+    const double shortest = double(std::min(hwc.size(0), hwc.size(1)));
+    for (const double coarser : kCoarserScales) {
+      if (shortest * coarser < std::max(double(info.size_multiple), kNucleiAcross * info.diameter)) {
+        break;
+      }
+      if (!surer(segment_scaled(hwc, coarser, opt, r), coarser) && sure) {
+        break;
+      }
+    }
+    if (finer) {
+      surer(std::move(*finer), kFinerScale);
+    }
+    return surest;
   }
 
   // The image segmented at kFinerScale, or, when a side is longer than kFinerCheckSide, its central
