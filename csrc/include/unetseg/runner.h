@@ -20,22 +20,21 @@
 //
 // Scale: a model trained at a canonical nucleus diameter (ModelInfo::diameter, in pixels) sees each
 // image resized so that its nuclei have that diameter: SegmentOptions::diameter gives the images'
-// median nucleus diameter, or, unset, it is estimated per image: (1) the image at its own scale,
-// and at kCoarserScales (cheap: a quarter of the pixels and less) while the image stays
-// kNucleiAcross canonical diameters across: all of them when the network is unsure at its own
-// scale (area-weighted mean nucleus probability under kConfident), else only as long as each
-// halving makes it surer; an unsure image is also seen at kFinerScale (by its central crop of
-// kFinerCheckSide pixels a side when larger), which counts when its objects are plausible
-// nuclei (surety kPlausible; specks of background come out less sure). The scale with the surest nuclei wins (nuclei far
-// larger than the network knows come out as fragments of their bright parts, far smaller ones are
-// missed or merged into blobs, both unsure; fragments of nuclei two to three times the canonical
-// size can be sure, but less so than the whole nuclei at half the size), except that a crowd of
-// small nuclei can look like one sure nucleus at a coarser scale: hence the width a coarser scale
-// must leave, and a coarser scale loses when the finer pass finds kCrowdObjects objects for each
-// of its own; (2) the median diameter of the nuclei found there, when plausible, gives the exact
-// factor, and the image is segmented again at it unless that is within kDiameterTolerance of a
-// scale at which the whole image was seen. Images near the canonical scale cost one pass and a quarter (the
-// half-size check).
+// median nucleus diameter, or, unset, it is estimated per image (docs/design.md has the measurements).
+// (1) The scale at which the network is surest of its nuclei (area-weighted mean nucleus probability):
+// the image at its own scale, and at kCoarserScales (cheap: a quarter of the pixels and less) while it
+// stays kNucleiAcross canonical diameters across, all of them when the network is unsure at its own
+// scale (under kConfident), else only as long as each halving makes it surer; an unsure image is also
+// seen at kFinerScale (by its central crop of kFinerCheckSide pixels a side when larger), which counts
+// when its objects are plausible nuclei (kPlausible; specks of background come out less sure). Nuclei
+// far larger than the network knows come out as fragments of their bright parts, far smaller ones are
+// missed or merged into blobs, both unsure; fragments of nuclei two to three times the canonical size
+// can be sure, but less so than the whole nuclei at half the size. A crowd of small nuclei can look
+// like one sure nucleus at a coarser scale: hence the width a coarser scale must leave, and a coarser
+// scale loses when a sure finer pass finds kCrowdObjects objects for each of its own. (2) The median
+// diameter of the nuclei found there, when plausible, gives the exact factor, and the image is
+// segmented again at it unless that is within kDiameterTolerance of a scale at which the whole image
+// was seen. Images near the canonical scale cost one pass and a quarter (the half-size check).
 // The probabilities are resized back to the image's own grid before labelling, so labels and
 // objects are always at the image's resolution.
 //
