@@ -533,25 +533,9 @@ struct Runner::Impl {
                            Segmentation& seg) const {
     SurestScale surest{1.0, confidence(seg), true};
     const bool sure = surest.surety >= kConfident;
-    // Nuclei a third of the canonical size or less are missed or merged at the image's own scale,
-    // unsure: an unsure image is also seen at kFinerScale, where they are nuclei again (it counts
-    // when plausible, kPlausible). When the network is sure there (kConfident), the finer pass also
-    // vets the coarser scales: where it finds kCrowdObjects or more objects for each object of a
-    // coarser scale (per pixel), that scale's objects are crowds of small nuclei, not large nuclei
-    // (which break into a few fragments at most). Only when sure: H&E stroma seen at four times
-    // its scale comes out as many plausible but unsure "nuclei".
-    std::optional<Segmentation> finer;
-    if (!sure && kFinerScale <= largest) {
-      finer = finer_sample(hwc, opt, r);
-      if (confidence(*finer) < kPlausible) {
-        finer.reset();
-      }
-    }
-    const bool vets = finer && confidence(*finer) >= kConfident;
-    const auto density = [](const Segmentation& s) { return double(s.count) / double(s.labels.numel()); };
     const auto surer = [&](Segmentation&& s, double factor) {
       const double c = confidence(s);
-      if (c <= surest.surety || (factor < 1.0 && vets && density(*finer) >= kCrowdObjects * density(s))) {
+      if (c <= surest.surety) {
         return false;
       }
       surest = {factor, c, s.labels.size(0) == hwc.size(0) && s.labels.size(1) == hwc.size(1)};
@@ -567,8 +551,14 @@ struct Runner::Impl {
         break;
       }
     }
-    if (finer) {
-      surer(std::move(*finer), kFinerScale);
+    // Nuclei a third of the canonical size or less are missed or merged at the image's own scale,
+    // unsure: an unsure image is also seen at kFinerScale, where they are nuclei again. It counts
+    // only when its objects are plausible nuclei (kPlausible): background comes out as specks.
+    if (!sure && kFinerScale <= largest) {
+      Segmentation finer = finer_sample(hwc, opt, r);
+      if (confidence(finer) >= kPlausible) {
+        surer(std::move(finer), kFinerScale);
+      }
     }
     return surest;
   }

@@ -29,9 +29,8 @@
 // when its objects are plausible nuclei (kPlausible; specks of background come out less sure). Nuclei
 // far larger than the network knows come out as fragments of their bright parts, far smaller ones are
 // missed or merged into blobs, both unsure; fragments of nuclei two to three times the canonical size
-// can be sure, but less so than the whole nuclei at half the size. A crowd of small nuclei can look
-// like one sure nucleus at a coarser scale: hence the width a coarser scale must leave, and a coarser
-// scale loses when a sure finer pass finds kCrowdObjects objects for each of its own. (2) The median
+// can be sure, but less so than the whole nuclei at half the size; a crowd of small nuclei can look
+// like one sure nucleus at a coarser scale, hence the width a coarser scale must leave. (2) The median
 // diameter of the nuclei found there, when plausible, gives the exact factor, and the image is
 // segmented again at it unless that is within kDiameterTolerance of a scale at which the whole image
 // was seen. Images near the canonical scale cost one pass and a quarter (the half-size check).
@@ -113,7 +112,6 @@ constexpr double kCoarserScales[] = {0.5, 0.25, 0.125, 0.0625};
 constexpr double kNucleiAcross = 4.0;
 constexpr double kFinerScale = 2.0;
 constexpr int64_t kFinerCheckSide = 1024;
-constexpr double kCrowdObjects = 10.0;
 // The least surety at which a pass's objects are taken as nuclei to measure (the exact factor, the
 // finer check): specks of background noise come out at 0.70-0.79, nuclei at 0.85 and more.
 constexpr double kPlausible = 0.85;
