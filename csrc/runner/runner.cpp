@@ -509,7 +509,9 @@ struct Runner::Impl {
       const double d = surest.surety >= kPlausible ? median_diameter(segs[i]) : 0.0;
       if (d > 0) {
         const double exact = std::clamp(info.diameter / d, kMinRescale, std::max(kMinRescale, largest));
-        if (!surest.whole || std::abs(std::log(exact / surest.factor)) > std::log(kDiameterTolerance)) {
+        // a crop's segmentation (finer_sample) is no result: the whole image is segmented again
+        const bool whole = segs[i].labels.size(0) == h && segs[i].labels.size(1) == w;
+        if (!whole || std::abs(std::log(exact / surest.factor)) > std::log(kDiameterTolerance)) {
           segs[i] = segment_scaled(hwc[i], exact, opt, r);
         }
       }
@@ -519,7 +521,6 @@ struct Runner::Impl {
   struct SurestScale {
     double factor = 1.0;  // the scale the image was seen at
     double surety = 0.0;  // confidence() there
-    bool whole = true;    // false: `seg` is of finer_sample's crop, not of the whole image
   };
 
   // 1. The scale at which the network is surest of its nuclei, and (into `seg`, which holds the image
@@ -531,14 +532,14 @@ struct Runner::Impl {
   // looks like one sure nucleus.
   SurestScale surest_scale(const at::Tensor& hwc, double largest, const SegmentOptions& opt, const ResolvedOptions& r,
                            Segmentation& seg) const {
-    SurestScale surest{1.0, confidence(seg), true};
+    SurestScale surest{1.0, confidence(seg)};
     const bool sure = surest.surety >= kConfident;
     const auto surer = [&](Segmentation&& s, double factor) {
       const double c = confidence(s);
       if (c <= surest.surety) {
         return false;
       }
-      surest = {factor, c, s.labels.size(0) == hwc.size(0) && s.labels.size(1) == hwc.size(1)};
+      surest = {factor, c};
       seg = std::move(s);
       return true;
     };
@@ -563,14 +564,11 @@ struct Runner::Impl {
     return surest;
   }
 
-  // The image segmented at kFinerScale, or, when a side is longer than kFinerCheckSide, its central
-  // crop of at most kFinerCheckSide x kFinerCheckSide normalised with the whole image's ranges: a
-  // sample whose nuclei speak for the image's at a sixteenth of the cost of a 4096 x 4096 image.
+  // The image's central crop of at most kFinerCheckSide x kFinerCheckSide (the whole image when it
+  // fits), normalised with the whole image's ranges, segmented at kFinerScale: a sample whose nuclei
+  // speak for the image's at a sixteenth of the cost of a 4096 x 4096 image.
   Segmentation finer_sample(const at::Tensor& hwc, const SegmentOptions& opt, const ResolvedOptions& r) const {
     const int64_t h = hwc.size(0), w = hwc.size(1);
-    if (h <= kFinerCheckSide && w <= kFinerCheckSide) {
-      return segment_scaled(hwc, kFinerScale, opt, r);
-    }
     SegmentOptions o = opt;
     if (!o.normalisation) {
       o.normalisation = runner::image_ranges(hwc, info);
