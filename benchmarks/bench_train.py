@@ -1,7 +1,11 @@
 """Training speed: crops per second of one training step (forward, BCE + Dice loss, backward, Adam) of
 the nucleus + boundary U-Net, in float32 NCHW (unetseg's training before bfloat16), float32
 channels_last, and bfloat16 autocast + channels_last (``unetseg train --precision bfloat16``, what
-``auto`` picks on CPUs with AVX512-BF16 or AMX), for base widths 16 and 32, in one run with ratios.
+``auto`` picks on CPUs with AVX512-BF16 or AMX), for base widths 16, 24 (the default model's) and
+32, in one run with ratios. The channels-last variants run as ``unetseg train`` does
+(``to_training_layout``: its batch norm included); "torch's batch norm" is the bfloat16 step with
+``nn.BatchNorm2d``'s own channels-last kernels, which are slow at channel counts that are not a
+multiple of 16 (models/batch_norm.py).
 
 The step is unetseg.train's (same model, loss and optimizer); the batches are random tensors so the
 data pipeline (a separate worker process in training) is not timed. Run when nothing else runs:
@@ -18,23 +22,30 @@ from common import cpu_name, interleaved_median_seconds
 
 from unetseg.device import autocast, cpu_has_native_bfloat16
 from unetseg.models import build_model
-from unetseg.train import loss_fn
+from unetseg.train import loss_fn, to_training_layout
 
+#: name: (precision, layout: "NCHW", "training" (unetseg train's) or "torch batch norm")
 VARIANTS = {
-    "float32 NCHW": ("float32", torch.contiguous_format),
-    "float32 channels_last": ("float32", torch.channels_last),
-    "bfloat16 channels_last": ("bfloat16", torch.channels_last),
+    "float32 NCHW": ("float32", "NCHW"),
+    "float32 channels_last": ("float32", "training"),
+    "bfloat16 channels_last, torch's batch norm": ("bfloat16", "torch batch norm"),
+    "bfloat16 channels_last": ("bfloat16", "training"),
 }
 
 
-def step_fn(base: int, precision: str, layout: torch.memory_format, batch: int, crop: int):
+def step_fn(base: int, precision: str, layout: str, batch: int, crop: int):
     torch.manual_seed(0)
     model = build_model("unet", in_channels=3, out_channels=2, base_width=base, depth=4, batch_norm=True)
-    model = model.to(memory_format=layout).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images = torch.rand(batch, 3, crop, crop).contiguous(memory_format=layout)
-    target = (torch.rand(batch, 2, crop, crop) > 0.7).float()
     device = torch.device("cpu")
+    if layout == "training":
+        to_training_layout(model, device)
+    elif layout == "torch batch norm":
+        model.to(device, memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    memory_format = torch.contiguous_format if layout == "NCHW" else torch.channels_last
+    images = torch.rand(batch, 3, crop, crop).contiguous(memory_format=memory_format)
+    target = (torch.rand(batch, 2, crop, crop) > 0.7).float()
 
     def step():
         with autocast(device, precision):
@@ -52,7 +63,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant (median)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=192)
-    parser.add_argument("--bases", default="16,32")
+    parser.add_argument("--bases", default="16,24,32")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,7 +84,7 @@ def main() -> None:
             print(f"| {base} | {name} | {rate:.1f} | {ratio:.2f}x |")
     else:
         for base, name, rate, ratio in rows:
-            print(f"base {base:>2}  {name:<24} {rate:6.1f} crops/s  {ratio:5.2f}x float32 NCHW")
+            print(f"base {base:>2}  {name:<42} {rate:6.1f} crops/s  {ratio:5.2f}x float32 NCHW")
 
 
 if __name__ == "__main__":

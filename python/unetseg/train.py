@@ -24,6 +24,7 @@ from .data.readers import Sample
 from .device import autocast, resolve_device, resolve_precision
 from .io import atomic_path, check_output_folder, write_overlay
 from .models import DEFAULT_OPTIONS, build_model
+from .models.batch_norm import with_channels_last_batch_norm
 from .predict import checkpoint_factor, predict
 
 
@@ -205,8 +206,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     split = _split(config, samples)
     by_name = {s.name: s for s in samples}
     model, options = _build_model(config)
-    # channels_last: oneDNN's fast convolution layout on the CPU (and tensor cores' on GPUs)
-    model.to(device, memory_format=torch.channels_last)
+    to_training_layout(model, device)
     optimizer = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_patience)
     state = {"history": [], "start_epoch": 0, "best": math.inf, "stale": 0}
@@ -316,6 +316,16 @@ def _split(config: TrainConfig, samples: list[Sample]) -> dict:
         kept = set(train_names)
         train_names, dev_names = split_by_kind([s for s in samples if s.name in kept], config.dev_fraction, config.seed)
     return {"train": train_names, "val": val_names, "dev": dev_names, "seed": config.seed}
+
+
+def to_training_layout(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Moves `model` to `device` in the layout training runs in: channels_last (oneDNN's fast
+    convolution layout on the CPU, and tensor cores' on GPUs) and, on the CPU, batch norm that is
+    fast in that layout at any channel count (models/batch_norm.py)."""
+    model.to(device, memory_format=torch.channels_last)
+    if device.type == "cpu":
+        with_channels_last_batch_norm(model)
+    return model
 
 
 def _build_model(config: TrainConfig) -> tuple[torch.nn.Module, dict]:
