@@ -24,6 +24,15 @@ PYBIND11_MODULE(_C, m) {
   m.attr("MAX_RESCALE") = unetseg::kMaxRescale;
   m.attr("DIAMETER_TOLERANCE") = unetseg::kDiameterTolerance;
   m.def("min_area_at", &unetseg::min_area_at, py::arg("canonical_min_area"), py::arg("factor"));
+  // Which channel of a colour image is all of it (runner.h), for Python's to_channels and the slides'
+  // one decision per slide.
+  m.def(
+      "signal_channel",
+      [](const at::Tensor& image) {
+        py::gil_scoped_release nogil;
+        return unetseg::signal_channel(image);
+      },
+      py::arg("image"));
   // The CPU kernels' vector instruction set (ops.h): tests and benchmarks compare the choices.
   m.def("cpu_simd", &unetseg::cpu_simd);
   m.def("set_cpu_simd", &unetseg::set_cpu_simd, py::arg("name"));
@@ -93,11 +102,11 @@ PYBIND11_MODULE(_C, m) {
       .def("resolve", &unetseg::Runner::resolve, py::arg("options"))
       .def(
           "normalisation",
-          [](const unetseg::Runner& r, const at::Tensor& image) {
+          [](const unetseg::Runner& r, const at::Tensor& image, std::optional<int64_t> channel) {
             py::gil_scoped_release nogil;
-            return r.normalisation(image);
+            return r.normalisation(image, channel);
           },
-          py::arg("image"))
+          py::arg("image"), py::arg("channel") = py::none())
       .def(
           "segment",
           [](const unetseg::Runner& r, const std::vector<at::Tensor>& images, const unetseg::SegmentOptions& options) {

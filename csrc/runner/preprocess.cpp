@@ -37,8 +37,14 @@ at::Tensor check_image(const at::Tensor& image, size_t index, std::optional<int6
     TORCH_CHECK_VALUE(at::isfinite(hwc).all().item<bool>(), "unetseg.Runner: image ", index,
                       " contains NaN or infinite values");
   }
+  if (!channel) {
+    if (const auto k = unetseg::signal_channel(hwc)) {
+      hwc = hwc.narrow(2, *k, 1);
+    }
+  }
   return hwc;
 }
+
 
 namespace {
 
@@ -212,3 +218,44 @@ void normalise_into(const at::Tensor& hwc, const ModelInfo& info, const at::Tens
 }
 
 } // namespace unetseg::runner
+
+namespace unetseg {
+
+std::optional<int64_t> signal_channel(const at::Tensor& hwc) {
+  if (hwc.dim() != 3) {
+    return std::nullopt;
+  }
+  const int64_t c = hwc.size(2);
+  if (c != 3 && c != 4) {
+    return std::nullopt;
+  }
+  // The ranges from a strided subsample of at most ~4 Mpx: a decision, not a normalisation.
+  const int64_t h = hwc.size(0), w = hwc.size(1);
+  const auto stride = int64_t(std::ceil(std::sqrt(double(h) * double(w) / double(int64_t{1} << 22))));
+  const at::Tensor sample = hwc.slice(0, 0, h, stride).slice(1, 0, w, stride);
+  const bool integral = hwc.scalar_type() != at::kFloat;
+  double range[3], widest = 0.0;
+  for (int64_t k = 0; k < 3; ++k) {
+    const auto [lo, hi] = runner::percentiles(sample.select(2, k).to(at::kFloat), kSignalPercentiles[0],
+                                      kSignalPercentiles[1], integral);
+    range[k] = double(hi) - double(lo);
+    widest = std::max(widest, range[k]);
+  }
+  if (widest <= 0.0) {
+    return std::nullopt;  // a constant image: nothing to choose
+  }
+  std::optional<int64_t> signal;
+  for (int64_t k = 0; k < 3; ++k) {
+    if (range[k] < widest * kEmptyChannelRange) {
+      continue;
+    }
+    if (!signal) {
+      signal = k;
+    } else if (!at::equal(hwc.select(2, k), hwc.select(2, *signal))) {
+      return std::nullopt;  // two different signals: a colour image
+    }
+  }
+  return signal;
+}
+
+} // namespace unetseg

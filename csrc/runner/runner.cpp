@@ -712,9 +712,9 @@ std::vector<at::Tensor> Runner::predict(const std::vector<at::Tensor>& images, c
   return out;
 }
 
-Normalisation Runner::normalisation(const at::Tensor& image) const {
+Normalisation Runner::normalisation(const at::Tensor& image, std::optional<int64_t> channel) const {
   c10::InferenceMode guard;
-  return runner::image_ranges(runner::check_image(image, 0), impl_->info);
+  return runner::image_ranges(runner::check_image(image, 0, channel), impl_->info);
 }
 
 ResolvedOptions Runner::resolve(const SegmentOptions& options) const {

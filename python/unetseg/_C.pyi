@@ -12,6 +12,10 @@ def min_area_at(canonical_min_area: int, factor: float) -> int:
     """min_area (pixels at the model's canonical diameter) on the grid of an image resized by
     `factor` to that diameter: min_area / factor², rounded."""
 
+def signal_channel(image: torch.Tensor) -> int | None:
+    """The channel that holds all of a colour image that is one gray image in colour (a DAPI image
+    saved as blue RGB), or None (runner.h)."""
+
 def cpu_simd() -> str:
     """The CPU kernels' vector instruction set: "avx512" where the CPU has AVX-512F, "avx2" where it
     has AVX2, else "generic"."""
@@ -94,7 +98,7 @@ class Runner:
     @property
     def fused(self) -> bool: ...
     def resolve(self, options: SegmentOptions) -> ResolvedOptions: ...
-    def normalisation(self, image: torch.Tensor) -> Normalisation: ...
+    def normalisation(self, image: torch.Tensor, channel: int | None = None) -> Normalisation: ...
     def segment(
         self, images: list[torch.Tensor], options: SegmentOptions
     ) -> list[tuple[torch.Tensor, int, torch.Tensor, float]]: ...

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .segment import ObjectTable, Runner, Segmentation, default_model_path
+from .segment import ObjectTable, Runner, Segmentation, default_model_path, signal_channel
 
 
 @functools.lru_cache(maxsize=4)
@@ -33,7 +33,9 @@ def _worker_runner(path: str, device: str, precision: str) -> Runner:
     return Runner(path, device=device, batch_size=4, precision=precision)
 
 
-def _predict_block(block, *, model, device, precision, tile_size, ranges, halo, core_rows, core_cols, block_info=None):
+def _predict_block(
+    block, *, model, device, precision, tile_size, ranges, channel, halo, core_rows, core_cols, block_info=None
+):
     """The network on one chunk with its overlap; returns the chunk's core, (h, w, out_channels)."""
     i, j = block_info[None]["chunk-location"][:2]
     top = halo if i > 0 and len(core_rows) > 1 else 0
@@ -41,7 +43,7 @@ def _predict_block(block, *, model, device, precision, tile_size, ranges, halo, 
     runner = _worker_runner(model, device, precision)
     # chunks run at the array's own scale (a per-chunk diameter estimate would differ chunk to chunk)
     native = {"diameter": runner.diameter} if runner.diameter else {}
-    probs = runner.predict([np.asarray(block)], tile_size=tile_size, normalisation=ranges, **native)[0]
+    probs = runner.predict([np.asarray(block)], tile_size=tile_size, normalisation=ranges, channel=channel, **native)[0]
     core = probs[:, top : top + core_rows[i], left : left + core_cols[j]]
     return np.ascontiguousarray(np.moveaxis(core, 0, -1))
 
@@ -81,7 +83,9 @@ def probabilities(
 ):
     """The network's probabilities of a dask array (H, W) or (H, W, C), lazily: a dask array
     (H, W, out_channels) float32 computed chunk by chunk with overlap on the workers.
-    normalisation: (low, high) ranges; default: from a subsample of the array (as segment_slide).
+    normalisation: (low, high) ranges; default: from a subsample of the array (as segment_slide). A
+    colour array that is one gray image in colour (a DAPI image saved as blue RGB) is read at that
+    channel in every chunk (:func:`unetseg.segment.signal_channel` of the subsample).
     precision: the network's (as :class:`unetseg.Runner`; a Runner given as `model` brings its own)."""
     import dask.array as da
 
@@ -95,9 +99,15 @@ def probabilities(
     if array.ndim != 3 or not 1 <= array.shape[2] <= 4:
         raise ValueError(f"expected a dask array (H, W) or (H, W, C) with C in 1..4, got shape {array.shape}")
     h, w = array.shape[:2]
-    if normalisation is None:
+    # the channel a colour array that is one gray image in colour is read at, decided once for all chunks
+    channel = None
+    if normalisation is None or array.shape[2] >= 3:
         step = thumbnail_step(h, w)
-        normalisation = runner.normalisation(np.asarray(array[::step, ::step].compute()).squeeze(2))
+        subsample = np.asarray(array[::step, ::step].compute())
+        subsample = subsample[..., 0] if subsample.shape[2] == 1 else subsample
+        channel = signal_channel(subsample)
+        if normalisation is None:
+            normalisation = runner.normalisation(subsample, channel=channel)
     multiple, halo = int(runner.metadata["size_multiple"]), runner.halo
     array = array.rechunk(
         {0: _grid_chunks(array.chunks[0], multiple, halo), 1: _grid_chunks(array.chunks[1], multiple, halo), 2: -1}
@@ -117,6 +127,7 @@ def probabilities(
         precision=runner.precision,
         tile_size=tile_size,
         ranges=(list(normalisation[0]), list(normalisation[1])),
+        channel=channel,
         halo=halo,
         core_rows=array.chunks[0],
         core_cols=array.chunks[1],

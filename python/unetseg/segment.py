@@ -152,6 +152,19 @@ def _as_tensor(image, index: int) -> torch.Tensor:
     raise TypeError(f"image {index} is a {type(image).__name__}; expected a numpy array, a torch tensor or a file path")
 
 
+def signal_channel(image) -> int | None:
+    """The channel that holds all of a colour image (H, W, 3|4) that is one gray image in colour: a
+    DAPI image saved as blue RGB, or a gray image under a colour table that copies it into several
+    channels (cyan, magenta); every other colour channel is empty (its 1st-99.8th percentile range
+    under 1/16 of the widest channel's) or equal to it. None for every other image: gray, stained
+    tissue, composites of several stains. Without ``channel=`` the runner reads such an image as that
+    channel alone (a gray image, as the network was trained on); training reads it the same way."""
+    image = _as_tensor(image, 0)
+    if image.dim() != 3 or image.shape[2] not in (3, 4):
+        return None
+    return _C.signal_channel(image)
+
+
 def _as_list(images) -> list:
     """A list of images from a list/tuple, a (N, H, W) or (N, H, W, C) array or tensor, or a path."""
     if isinstance(images, (str, os.PathLike)):
@@ -259,11 +272,13 @@ class Runner:
         are never rescaled."""
         return self._runner.info.diameter
 
-    def normalisation(self, image) -> tuple[list[float], list[float]]:
-        """The per-channel (low, high) ranges the runner would normalise ``image`` with: percentiles
-        of the whole image. Pass them as ``normalisation=`` to normalise pieces of a large image the
-        same way (:mod:`unetseg.slide` does, from a subsample of the slide)."""
-        n = self._runner.normalisation(_as_tensor(image, 0))
+    def normalisation(self, image, channel: int | None = None) -> tuple[list[float], list[float]]:
+        """The per-channel (low, high) ranges the runner would normalise ``image`` with (``channel``:
+        as :meth:`segment`'s): percentiles of the whole image. Pass them as ``normalisation=`` to
+        normalise pieces of a large image the same way (:mod:`unetseg.slide` does, from a subsample
+        of the slide), with the channel :func:`signal_channel` finds in the whole image when none is
+        given, so that every piece is read as the whole image is."""
+        n = self._runner.normalisation(_as_tensor(image, 0), channel)
         return n.low, n.high
 
     def resolve(

@@ -113,6 +113,7 @@ void test_dtypes_and_channels(const unetseg::Runner& runner) {
       u8.to(at::kFloat) / 255.0,                       // float
       u8.unsqueeze(2),                                 // (H, W, 1)
       u8.unsqueeze(2).expand({96, 96, 3}),             // RGB with equal channels (averaged back)
+      at::stack({u8 * 0, u8 * 0, u8}, 2),              // gray saved as blue RGB: the blue channel
   };
   for (const auto& p : runner.predict(same_images)) {
     CHECK((p - want).abs().max().item<float>() < 1e-5);
@@ -129,6 +130,10 @@ void test_dtypes_and_channels(const unetseg::Runner& runner) {
     refused = std::string(e.what_without_backtrace()).find("pick the nuclear channel with channel=N") != std::string::npos;
   }
   CHECK(refused);
+  // which channel of a colour image is all of it (runner.h)
+  CHECK(unetseg::signal_channel(at::stack({u8 * 0, u8, u8 * 0}, 2)) == 1);
+  CHECK(!unetseg::signal_channel(at::stack({u8, u8.flip(1), u8 * 0}, 2)).has_value());
+  CHECK(!unetseg::signal_channel(u8).has_value());
 }
 
 void test_batching_and_threads(const std::string& model) {

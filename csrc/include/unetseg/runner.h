@@ -90,6 +90,22 @@ struct Normalisation {
   std::vector<double> low, high;  // one value per model input channel
 };
 
+// Percentiles whose range says whether a colour channel holds anything (signal_channel).
+constexpr double kSignalPercentiles[2] = {1.0, 99.8};
+// A colour channel is empty when its range is under this fraction of the widest channel's range.
+// A gray image saved as blue RGB and compressed as JPEG bleeds 1/40 to 1/20 of the blue range into
+// red and green; stained tissue keeps at least 0.15 in every channel (the narrowest of the 708 H&E
+// training images).
+constexpr double kEmptyChannelRange = 1.0 / 16.0;
+
+// The channel that holds all of a colour image (H, W, 3|4, alpha ignored; uint8, uint16 or float32)
+// that is one gray image in colour: a DAPI image saved as blue RGB, or a gray image under a colour
+// table that copies it into several channels (cyan, magenta): every other colour channel is empty
+// (kEmptyChannelRange) or equal to it. nullopt for every other image (stained tissue, composites of
+// several stains, gray images). Without SegmentOptions::channel the runner reads such an image as
+// that channel alone, a gray image, as the network was trained on.
+std::optional<int64_t> signal_channel(const at::Tensor& image);
+
 // Tiles: automatic (tile_size unset) tiles images of more than kAutoTileArea pixels with cores of
 // kAutoTile pixels; tile_size N > 0 tiles images with a side longer than N; 0 never tiles.
 constexpr int64_t kAutoTile = 1024;
@@ -202,7 +218,8 @@ class Runner {
   // The normalisation ranges the runner computes for `image` (percentiles of the whole image); a
   // caller streaming a large slide computes them once (e.g. on a subsample) and passes them to
   // every band through SegmentOptions::normalisation.
-  Normalisation normalisation(const at::Tensor& image) const;
+  // `channel` as SegmentOptions::channel.
+  Normalisation normalisation(const at::Tensor& image, std::optional<int64_t> channel = std::nullopt) const;
 
  private:
   struct Impl;

@@ -9,6 +9,8 @@ import numpy as np
 import scipy.ndimage as ndi
 from skimage.segmentation import find_boundaries
 
+from ..segment import signal_channel
+
 
 @dataclass(frozen=True)
 class Normalisation:
@@ -30,11 +32,18 @@ class Normalisation:
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """(H, W) / (H, W, 1|3|4) -> (H, W, channels): alpha dropped, gray repeated or RGB averaged."""
+    """(H, W) / (H, W, 1|3|4) -> (H, W, channels): alpha dropped, gray repeated or RGB averaged; a
+    colour image that is one gray image in colour (a DAPI image saved as blue RGB) is that channel,
+    gray, as the runner reads it (:func:`unetseg.segment.signal_channel`)."""
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
         raise ValueError(f"expected an (H, W) or (H, W, C) image with C in 1..4, got shape {image.shape}")
+    if image.shape[2] in (3, 4):
+        readable = image.dtype in (np.uint8, np.uint16, np.float32, np.float64, np.bool_)
+        k = signal_channel(image if readable else image.astype(np.float32))
+        if k is not None:
+            image = image[..., k : k + 1]
     if image.shape[2] == 4:
         image = image[..., :3]
     elif image.shape[2] == 2:  # gray + alpha

@@ -49,7 +49,7 @@ from ..geometry import (
     write_imagej_rois,
 )
 from ..io import atomic_path
-from ..segment import ObjectTable
+from ..segment import ObjectTable, signal_channel
 from .readers import ScaledReader, SlideReader, apply_taps, open_slide, taps
 from .stream import StreamLabeller, raster_numbering
 
@@ -114,13 +114,16 @@ class _Work:
                 f.truncate(int(state[key]))
         return state
 
-    def save(self, fingerprint: dict, band: int, ranges, labeller: StreamLabeller, seconds: dict) -> None:
+    def save(
+        self, fingerprint: dict, band: int, ranges, read_channel: int | None, labeller: StreamLabeller, seconds: dict
+    ) -> None:
         state = {f"labeller_{k}": np.asarray(v) for k, v in labeller.state_dict().items()}
         state.update(
             fingerprint=json.dumps(fingerprint),
             band=band,
             ranges_low=np.asarray(ranges[0]),
             ranges_high=np.asarray(ranges[1]),
+            read_channel=-1 if read_channel is None else read_channel,
             seconds=json.dumps(seconds),
             objects_bytes=self.objects.stat().st_size,
             outlines_bytes=self.outlines.stat().st_size,
@@ -337,6 +340,10 @@ class _Job:
     slide: object
     level: int
     channel: int | None
+    read_channel: int | None = None
+    """the one channel the network reads of a colour slide that is one gray image in colour (a DAPI
+    slide saved as blue RGB: :func:`unetseg.segment.signal_channel` of its thumbnail), decided once so
+    that every block is read alike; None: the slide as read"""
 
 
 def _run(job: _Job) -> SlideResult:
@@ -389,12 +396,16 @@ def _run(job: _Job) -> SlideResult:
             f.truncate(h * w * 4)
         start = time.perf_counter()
         # Normalisation ranges of the whole slide (from a subsample when it is very large), once.
-        ranges = runner.normalisation(job.scaled.thumbnail())
+        thumbnail = job.scaled.thumbnail()
+        job.read_channel = signal_channel(thumbnail)
+        ranges = runner.normalisation(thumbnail, channel=job.read_channel)
         seconds["normalisation"] = time.perf_counter() - start
         first_band = 0
     else:
         labeller.load_state_dict({k[len("labeller_") :]: v for k, v in state.items() if k.startswith("labeller_")})
         ranges = (state["ranges_low"].tolist(), state["ranges_high"].tolist())
+        read_channel = int(state.get("read_channel", -1))  # runs saved before it was recorded: -1
+        job.read_channel = read_channel if read_channel >= 0 else None
         seconds.update(json.loads(str(state["seconds"])))
         first_band = int(state["band"])
     # a slide resized up for the network is labelled in blocks smaller by the factor: the network's
@@ -435,7 +446,7 @@ def _run(job: _Job) -> SlideResult:
                         bar.update(1)
                 for f in (objects_file, outlines_file):
                     f.flush()
-                work.save(fingerprint, b + 1, ranges, labeller, seconds)
+                work.save(fingerprint, b + 1, ranges, job.read_channel, labeller, seconds)
     finally:
         if bar is not None:
             bar.close()
@@ -444,7 +455,7 @@ def _run(job: _Job) -> SlideResult:
     seconds["write"] += time.perf_counter() - start
     result.seconds = seconds
     result.scale = job.factor
-    _write_summary(result, reader, runner, options, ranges, fingerprint)
+    _write_summary(result, reader, runner, options, ranges, job.read_channel, fingerprint)
     shutil.rmtree(work.folder, ignore_errors=True)
     return result
 
@@ -480,6 +491,7 @@ def _network_probabilities(job: _Job, ranges, r0: int, r1: int, c0: int, c1: int
         [image],
         tile_size=job.tile_size,
         normalisation=ranges,
+        channel=job.read_channel,
         tta=job.tta,
         context=(r0 - y0, y1 - r1, c0 - x0, x1 - c1),
         **native,
@@ -689,7 +701,7 @@ def level0_table(frame, downsample: float, pixel_size: float | None):
     return frame
 
 
-def _write_summary(result: SlideResult, reader, runner, options, ranges, fingerprint) -> None:
+def _write_summary(result: SlideResult, reader, runner, options, ranges, read_channel, fingerprint) -> None:
     summary = {
         "slide": fingerprint["slide"],
         "reader": reader.description,
@@ -701,7 +713,8 @@ def _write_summary(result: SlideResult, reader, runner, options, ranges, fingerp
         "band_height": fingerprint["band_height"],
         "block_width": fingerprint["block_width"],
         "tile_size": fingerprint["tile_size"],
-        "normalisation": {"low": list(ranges[0]), "high": list(ranges[1])},
+        # channel: the one channel the network read of a slide that is one gray image in colour
+        "normalisation": {"low": list(ranges[0]), "high": list(ranges[1]), "channel": read_channel},
         "count": result.count,
         "pixel_size_um": reader.pixel_size,
         "downsample": reader.downsample,
