@@ -118,3 +118,27 @@ def assert_stats_match_regionprops(
             np.testing.assert_array_equal(row[1:5], p.bbox)
             np.testing.assert_allclose(row[5:7], p.centroid, rtol=0, atol=1e-9)
             np.testing.assert_allclose(row[7], p.intensity_mean, rtol=1e-6)
+
+
+def outline_polygon(contour: np.ndarray) -> np.ndarray:
+    """unetseg.geometry.outline_polygon one object at a time, with shapely's geometry objects."""
+    import shapely
+    from shapely.geometry import LineString, MultiPoint, Point, Polygon
+
+    centres = np.asarray(contour, np.float64).reshape(-1, 2) + 0.5
+    if len(centres) == 1:
+        shape = Point(centres[0])
+    elif len(centres) == 2:
+        shape = LineString(centres)
+    else:
+        shape = shapely.make_valid(Polygon(centres))
+        if shape.is_empty:
+            shape = MultiPoint(centres)
+    grown = shape.buffer(0.5, cap_style="square", join_style="mitre", mitre_limit=2.0)
+    # mitres at sharp turns reach past the pixels: the object's box of pixel edges bounds it
+    (x0, y0), (x1, y1) = centres.min(axis=0) - 0.5, centres.max(axis=0) + 0.5
+    grown = grown.intersection(shapely.box(x0, y0, x1, y1))
+    parts = [p for p in getattr(grown, "geoms", [grown]) if p.geom_type == "Polygon"]
+    outer = max(parts, key=lambda p: p.area)
+    ring = shapely.geometry.polygon.orient(Polygon(outer.exterior), sign=1.0)
+    return np.asarray(ring.exterior.coords)

@@ -16,7 +16,7 @@ from shapely.geometry import Polygon
 import unetseg
 from unetseg.cli import main
 from unetseg.data import read_image, synthetic_nuclei
-from unetseg.geometry import object_outlines, outline_polygon
+from unetseg.geometry import object_outlines, outline_polygon, outline_polygons
 
 
 def test_outlines_are_valid_and_have_the_pixel_area():
@@ -40,6 +40,22 @@ def test_outlines_are_valid_and_have_the_pixel_area():
     assert np.allclose(
         sorted(map(tuple, outline_polygon(np.array([[25, 18]]))[:-1])), [(25, 18), (25, 19), (26, 18), (26, 19)]
     )  # the pixel's square
+
+
+@given(arrays(np.uint8, st.tuples(st.integers(1, 14), st.integers(1, 14)), elements=st.integers(0, 1)))
+def test_outlines_of_many_objects_equal_the_per_object_reference(mask):
+    """outline_polygons (shapely's vectorised operations) gives each object's polygon exactly as the
+    one-object-at-a-time reference, for every connected shape of random masks (necks, notches, holes,
+    diagonal touches, single pixels and lines) and for all of them in one call."""
+    import reference
+
+    contours, _ = cv2.findContours(np.pad(mask, 1), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours = [c[:, 0, :] - 1 for c in contours]
+    got = outline_polygons(contours)
+    assert len(got) == len(contours)
+    for contour, polygon in zip(contours, got):
+        np.testing.assert_array_equal(polygon, reference.outline_polygon(contour))
+    assert outline_polygons([]) == []
 
 
 @pytest.fixture(scope="module")

@@ -20,26 +20,45 @@ def outline_polygon(contour: np.ndarray) -> np.ndarray:
     the square [c, c + 1] x [r, r + 1]), closed (first point repeated), counter-clockwise in image
     coordinates (shapely's orientation), of an object whose boundary-pixel centres
     are `contour` (N, 2) (x, y) integers, e.g. from ``cv2.findContours``."""
-    import shapely
-    from shapely.geometry import LineString, MultiPoint, Point, Polygon
+    return outline_polygons([contour])[0]
 
-    centres = np.asarray(contour, np.float64).reshape(-1, 2) + 0.5
-    if len(centres) == 1:
-        shape = Point(centres[0])
-    elif len(centres) == 2:
-        shape = LineString(centres)
-    else:
-        shape = shapely.make_valid(Polygon(centres))
-        if shape.is_empty:
-            shape = MultiPoint(centres)
-    grown = shape.buffer(0.5, cap_style="square", join_style="mitre", mitre_limit=2.0)
+
+def outline_polygons(contours) -> list[np.ndarray]:
+    """:func:`outline_polygon` of each contour, with shapely's vectorised operations: slides have
+    hundreds of thousands of objects, and a call per object and operation cost 3.5x the time."""
+    import shapely
+
+    centres = [np.asarray(c, np.float64).reshape(-1, 2) + 0.5 for c in contours]
+    if not centres:
+        return []
+    sizes = np.array([len(c) for c in centres])
+    shapes = np.empty(len(centres), object)
+    rings = np.flatnonzero(sizes >= 3)
+    if len(rings):
+        owner = np.repeat(np.arange(len(rings)), sizes[rings])  # each ring closed by shapely
+        points = np.concatenate([centres[i] for i in rings])
+        shapes[rings] = shapely.make_valid(shapely.polygons(shapely.linearrings(points, indices=owner)))
+    for i in range(len(centres)):
+        if sizes[i] == 1:
+            shapes[i] = shapely.points(centres[i][0])
+        elif sizes[i] == 2:
+            shapes[i] = shapely.linestrings(centres[i])
+        elif shapes[i].is_empty:  # a ring of collinear points
+            shapes[i] = shapely.multipoints(centres[i])
+    grown = shapely.buffer(shapes, 0.5, cap_style="square", join_style="mitre", mitre_limit=2.0)
     # mitres at sharp turns reach past the pixels: the object's box of pixel edges bounds it
-    (x0, y0), (x1, y1) = centres.min(axis=0) - 0.5, centres.max(axis=0) + 0.5
-    grown = grown.intersection(shapely.box(x0, y0, x1, y1))
-    parts = [p for p in getattr(grown, "geoms", [grown]) if p.geom_type == "Polygon"]
-    outer = max(parts, key=lambda p: p.area)
-    ring = shapely.geometry.polygon.orient(Polygon(outer.exterior), sign=1.0)
-    return np.asarray(ring.exterior.coords)
+    low = np.array([c.min(axis=0) for c in centres]) - 0.5
+    high = np.array([c.max(axis=0) for c in centres]) + 0.5
+    grown = shapely.intersection(grown, shapely.box(low[:, 0], low[:, 1], high[:, 0], high[:, 1]))
+    # the largest polygon of each object is its outline (holes dropped: one outer boundary an object)
+    parts, index = shapely.get_parts(grown, return_index=True)
+    is_polygon = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
+    parts, index = parts[is_polygon], index[is_polygon]
+    order = np.lexsort((np.arange(len(parts)), -shapely.area(parts), index))  # by object, largest first
+    first = np.r_[True, index[order][1:] != index[order][:-1]]
+    outer = shapely.orient_polygons(shapely.polygons(shapely.get_exterior_ring(parts[order][first])))
+    coords, which = shapely.get_coordinates(shapely.get_exterior_ring(outer), return_index=True)
+    return np.split(coords, np.flatnonzero(np.diff(which)) + 1)
 
 
 def detection_feature(polygon: np.ndarray, label: int, area_px: float) -> dict:
@@ -178,14 +197,13 @@ def measure_in_windows(bboxes: np.ndarray, shape, read_labels, read_image, windo
 
 
 def object_outlines(labels: np.ndarray, bboxes: np.ndarray) -> list[np.ndarray]:
-    """:func:`outline_polygon` of every object of instance labels (H, W) (objects 1..K), found in
+    """:func:`outline_polygons` of every object of instance labels (H, W) (objects 1..K), found in
     its bbox (K, 4) (min_row, min_col, max_row, max_col), in the image's pixel-edge coordinates."""
     import cv2
 
-    polygons = []
+    outer = []
     for k, (r0, c0, r1, c1) in enumerate(np.asarray(bboxes, np.int64), start=1):
         mask = np.ascontiguousarray(labels[r0:r1, c0:c1] == k).astype(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        contour = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))[:, 0, :]
-        polygons.append(outline_polygon(contour + (c0, r0)))
-    return polygons
+        outer.append(max(contours, key=lambda c: (cv2.contourArea(c), len(c)))[:, 0, :] + (c0, r0))
+    return outline_polygons(outer)

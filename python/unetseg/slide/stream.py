@@ -264,7 +264,7 @@ class StreamLabeller:
     @staticmethod
     def _outline(labels: np.ndarray, k: int, box: list[int], row0: int, col0: int) -> np.ndarray:
         """The outer boundary of object k: its boundary pixels' centres, OpenCV's border following
-        (unetseg.geometry.outline_polygon makes the valid pixel-edge polygon of it when writing)."""
+        (unetseg.geometry.outline_polygons makes the valid pixel-edge polygon of it when writing)."""
         import cv2
 
         r0, c0, r1, c1 = box
