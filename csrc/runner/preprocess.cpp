@@ -45,7 +45,6 @@ at::Tensor check_image(const at::Tensor& image, size_t index, std::optional<int6
   return hwc;
 }
 
-
 namespace {
 
 // Order statistics of a channel's values, fed in pieces (rows of an image): a histogram for
@@ -229,15 +228,18 @@ std::optional<int64_t> signal_channel(const at::Tensor& hwc) {
   if (c != 3 && c != 4) {
     return std::nullopt;
   }
+  const auto dtype = hwc.scalar_type();
+  TORCH_CHECK_VALUE(dtype == at::kByte || dtype == at::kUInt16 || dtype == at::kFloat,
+                    "unetseg.signal_channel: the image has dtype ", dtype, "; expected uint8, uint16 or float32");
   // The ranges from a strided subsample of at most ~4 Mpx: a decision, not a normalisation.
   const int64_t h = hwc.size(0), w = hwc.size(1);
   const auto stride = int64_t(std::ceil(std::sqrt(double(h) * double(w) / double(int64_t{1} << 22))));
   const at::Tensor sample = hwc.slice(0, 0, h, stride).slice(1, 0, w, stride);
-  const bool integral = hwc.scalar_type() != at::kFloat;
+  const bool integral = dtype != at::kFloat;
   double range[3], widest = 0.0;
   for (int64_t k = 0; k < 3; ++k) {
-    const auto [lo, hi] = runner::percentiles(sample.select(2, k).to(at::kFloat), kSignalPercentiles[0],
-                                      kSignalPercentiles[1], integral);
+    const auto [lo, hi] =
+        runner::percentiles(sample.select(2, k).to(at::kFloat), kSignalPercentiles[0], kSignalPercentiles[1], integral);
     range[k] = double(hi) - double(lo);
     widest = std::max(widest, range[k]);
   }
