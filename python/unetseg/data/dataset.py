@@ -157,7 +157,7 @@ class NucleiDataset(Dataset):
                 window = int(np.ceil(self.size / self.augment.scale[0])) + 2
                 image, labels = random_crop(image, labels, window, rng)
             if self.augment is not None:
-                image, labels = self.augment(image, labels, rng)
+                image, labels = self.augment.geometric(image, labels, rng)
             if self.mode == "crop":
                 image, labels = random_crop(image, labels, self.size, rng)
             else:
@@ -168,8 +168,10 @@ class NucleiDataset(Dataset):
                     labels[y : y + self.size, x : x + self.size],
                 )
         if self.mode == "resize" and self.augment is not None:
-            image, labels = self.augment(image, labels, rng)
+            image, labels = self.augment.geometric(image, labels, rng)
             image, labels = random_crop(image, labels, self.size, rng)
+        if self.augment is not None:  # per pixel: on the crop's pixels only
+            image = self.augment.photometric(image, rng)
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
         labels = np.ascontiguousarray(labels)
         target = targets(labels, self.out_channels, self.contact_width)

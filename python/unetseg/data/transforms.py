@@ -243,6 +243,12 @@ class Augment:
                 raise ValueError(f"augmentation {name} must be >= 0, got {getattr(self, name)}")
 
     def __call__(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+        """:meth:`geometric`, then :meth:`photometric`."""
+        image, labels = self.geometric(image, labels, rng)
+        return self.photometric(image, rng), labels
+
+    def geometric(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+        """Scale, elastic deformation, flips and quarter turns, of the image and its labels alike."""
         if self.scale != (1.0, 1.0):
             s = float(np.exp(rng.uniform(np.log(self.scale[0]), np.log(self.scale[1]))))
             h, w = max(1, round(image.shape[0] * s)), max(1, round(image.shape[1] * s))
@@ -258,6 +264,12 @@ class Augment:
         if self.rotations:
             k = int(rng.integers(4))
             image, labels = np.rot90(image, k), np.rot90(labels, k)
+        return image, np.ascontiguousarray(labels)
+
+    def photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Gamma, contrast, brightness, channel jitter, inversion, blur and noise of the image: per
+        pixel (the blur nearly so), so a training crop takes them after it is cut from its scaled
+        window, on its own pixels only (a 192² crop is 24-98% of the window's)."""
         image = np.clip(image, 0, None) if self.gamma else image
         if self.gamma:
             image = np.power(image, rng.uniform(*self.gamma), dtype=np.float32)
@@ -276,5 +288,5 @@ class Augment:
             if sigma > 0.1:
                 image = cv2.GaussianBlur(np.ascontiguousarray(image), (0, 0), sigma).reshape(image.shape)
         if self.noise:
-            image = image + rng.normal(0, rng.uniform(0, self.noise), image.shape).astype(np.float32)
-        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels)
+            image = image + rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(0, self.noise))
+        return np.ascontiguousarray(image, dtype=np.float32)
