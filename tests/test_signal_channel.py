@@ -145,3 +145,23 @@ def test_slide_and_dask_decide_once_for_the_whole_image(tmp_path):
     probs_gray = probabilities(da.from_array(image, chunks=chunks), runner).compute()
     probs_blue = probabilities(da.from_array(blue, chunks=(*chunks, 3)), runner).compute()
     np.testing.assert_array_equal(probs_blue, probs_gray)
+
+
+def test_the_cli_says_what_to_try_when_it_finds_nothing(tmp_path, capsys):
+    """An image where nothing is found gets a hint naming --channel, --diameter and --threshold;
+    a composite with its nuclear channel given, or a gray image saved as blue, finds nuclei and gets
+    none."""
+    from unetseg.cli import main
+
+    image = gray()
+    composite = in_colour(image, (2,))
+    composite[..., 1] = np.roll(image, 37, axis=1)  # a second stain in green
+    cv2.imwrite(str(tmp_path / "composite.png"), composite[..., ::-1])
+    cv2.imwrite(str(tmp_path / "blue.png"), in_colour(image, (2,))[..., ::-1])
+    cv2.imwrite(str(tmp_path / "blank.png"), np.zeros((64, 64, 3), np.uint8))
+    assert main(["segment", str(tmp_path / "blank.png"), "-o", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "no nuclei found in 1 image(s) (blank)" in err and all(o in err for o in ("--channel", "--diameter"))
+    for args in (["composite.png", "--channel", "2"], ["blue.png"]):
+        assert main(["segment", str(tmp_path / args[0]), *args[1:], "-o", str(tmp_path / args[0][:-4])]) == 0
+        assert "no nuclei found" not in capsys.readouterr().err, args

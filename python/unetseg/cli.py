@@ -350,6 +350,15 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         f"{', outlines for QuPath (*.geojson)' if not args.no_geojson else ''}"
         f"{', ImageJ ROI sets (*_rois.zip)' if args.rois else ''}, objects.csv and summary.csv are in {args.output}/"
     )
+    empty = [s.name for s in result.images if s.count == 0]
+    if empty:
+        print(
+            f"no nuclei found in {len(empty)} image(s) ({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}). "
+            "A colour image of several fluorescence stains needs --channel N (its nuclear channel, e.g. 2 for DAPI in "
+            "blue); nuclei far from the estimate need --diameter D (their size in pixels); a lower --threshold finds "
+            "fainter ones.",
+            file=sys.stderr,
+        )
     for path, why in result.failed:
         print(f"skipped {path}: {why}", file=sys.stderr)
     return 1 if result.failed else 0
