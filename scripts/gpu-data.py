@@ -8,7 +8,7 @@ DSB layout `unetseg train` reads.
 Packing keeps every image and its name, kind and group (so `unetseg train --seed 0` draws the same
 validation split as on the full data) and makes them smaller in three ways, each said in the file:
 an image whose nuclei are larger than the canonical 20 px is shrunk towards that (training would
-shrink it the same way: `--diameter 20`, INTER_AREA), gray images saved as RGB(A) keep one channel,
+shrink it the same way: `--diameter 20`, INTER_AREA), gray images saved in colour keep their one channel,
 and 8-bit images take the smaller of PNG and JPEG at the highest quality (90, 85, ... 50) at which
 everything fits `--max-mib`; labels are kept exactly (uint16, xz). Pairs whose sizes differ are
 left out, as `--skip-invalid` does.
@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from unetseg.data.transforms import median_diameter, rescale
+from unetseg.segment import signal_channel
 
 CANONICAL = 20.0
 QUALITIES = (90, 85, 80, 75, 70, 65, 60, 55, 50)
@@ -48,17 +49,17 @@ def _pairs(root: Path):
                     f"left out {folder.name}/{path.name}: unreadable, or its labels are another size", file=sys.stderr
                 )
                 continue
-            items.append((path.stem, _smaller(_gray_if_equal(image), labels)))
+            items.append((path.stem, _smaller(_one_channel_if_gray(image), labels)))
         yield folder.name, manifest, items
 
 
-def _gray_if_equal(image: np.ndarray) -> np.ndarray:
-    """Alpha dropped; a gray image saved as RGB as its one channel."""
+def _one_channel_if_gray(image: np.ndarray) -> np.ndarray:
+    """Alpha dropped; a gray image saved in colour as the one channel that holds it, as training
+    reads it anyway (:func:`unetseg.segment.signal_channel`)."""
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[..., :3]
-    if image.ndim == 3 and all(np.array_equal(image[..., 0], image[..., k]) for k in (1, 2)):
-        image = image[..., 0]
-    return image
+    k = signal_channel(image)
+    return image if k is None else image[..., k]
 
 
 def _smaller(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

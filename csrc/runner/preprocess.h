@@ -15,10 +15,9 @@ namespace unetseg::runner {
 // Checks image `index` of a call (CPU; (H, W) or (H, W, C); uint8, uint16 or float32; finite) and
 // returns it as (H, W, C): with `channel`, that channel alone (H, W, 1); without, C must be 1 (gray),
 // 3 (RGB) or 4 (RGBA): two channels are ambiguous (gray + alpha, or two stains), and a colour image
-// that is one gray image in colour (unetseg::signal_channel) comes back as that channel alone. Errors name
-// what was received and what is expected.
+// that is one gray image in colour (unetseg::signal_channel) comes back as that channel alone.
+// Errors name what was received and what is expected.
 at::Tensor check_image(const at::Tensor& image, size_t index, std::optional<int64_t> channel = std::nullopt);
-
 
 // Writes the image (H, W, C) converted to info.in_channels and normalised into `out`, a float32
 // (H, W, in_channels) view of a channels-last batch buffer: with `fixed` ranges when given, else with

@@ -38,17 +38,17 @@ def outline_polygons(contours) -> list[np.ndarray]:
         owner = np.repeat(np.arange(len(rings)), sizes[rings])  # each ring closed by shapely
         points = np.concatenate([centres[i] for i in rings])
         shapes[rings] = shapely.make_valid(shapely.polygons(shapely.linearrings(points, indices=owner)))
-    for i in range(len(centres)):
-        if sizes[i] == 1:
-            shapes[i] = shapely.points(centres[i][0])
-        elif sizes[i] == 2:
-            shapes[i] = shapely.linestrings(centres[i])
-        elif shapes[i].is_empty:  # a ring of collinear points
+        for i in rings[shapely.is_empty(shapes[rings])]:  # a ring of collinear points
             shapes[i] = shapely.multipoints(centres[i])
+    for i in np.flatnonzero(sizes == 1):
+        shapes[i] = shapely.points(centres[i][0])
+    for i in np.flatnonzero(sizes == 2):
+        shapes[i] = shapely.linestrings(centres[i])
     grown = shapely.buffer(shapes, 0.5, cap_style="square", join_style="mitre", mitre_limit=2.0)
     # mitres at sharp turns reach past the pixels: the object's box of pixel edges bounds it
-    low = np.array([c.min(axis=0) for c in centres]) - 0.5
-    high = np.array([c.max(axis=0) for c in centres]) + 0.5
+    every, starts = np.concatenate(centres), np.r_[0, np.cumsum(sizes)[:-1]]
+    low = np.minimum.reduceat(every, starts) - 0.5
+    high = np.maximum.reduceat(every, starts) + 0.5
     grown = shapely.intersection(grown, shapely.box(low[:, 0], low[:, 1], high[:, 0], high[:, 1]))
     # the largest polygon of each object is its outline (holes dropped: one outer boundary an object)
     parts, index = shapely.get_parts(grown, return_index=True)
