@@ -4,10 +4,10 @@
 # 16384², layouts, half precision, streams, opcheck, the Runner on CUDA), then
 # benchmarks/bench_cuda.py --markdown. Everything lands under $OUT (default ./gpu-out): device.txt,
 # build.log, test_cuda.log, bench_cuda.md, and gpu-check.log with each step's exit status and time.
-# Made for a lent GPU machine with no internet (a CUDA torch, nvcc, CMake, pytest, hypothesis,
+# Made for a GPU machine with no internet (a CUDA torch, nvcc, CMake, pytest, hypothesis,
 # scipy, scikit-image, OpenCV and CuPy installed): packages it lacks travel as wheels in .whl/
-# (scripts/gpu-wheels.sh makes them here; name .whl in the run's carry). Each step has a time limit,
-# 9.5 minutes in all, within one device call.
+# (scripts/gpu-wheels.sh makes them here; copy .whl/ there with the checkout). Each step has a
+# time limit, 9.5 minutes in all.
 #
 #   bash scripts/gpu-check.sh            # PYTHON=python3, OUT=./gpu-out unless set
 set -uo pipefail

@@ -1,5 +1,5 @@
 """Packs the training sets of ../shared/data into one file small enough to travel with the checkout to
-a lent GPU machine (the checkout and what it carries: 64 MiB in all), and unpacks it there into the
+a GPU machine without internet access (the checkout and the data: 64 MiB in all), and unpacks it there into the
 DSB layout `unetseg train` reads.
 
     python scripts/gpu-data.py pack [--data ../shared/data] [--out device_data/train.npz] [--max-mib 24]

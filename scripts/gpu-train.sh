@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The default model's recipe on a lent GPU in one device call (issue 31): unpacks the training sets
+# The default model's recipe on a GPU machine in one command (issue 31): unpacks the training sets
 # carried as device_data/train.npz (scripts/gpu-data.py pack makes it here, from ../shared/data),
 # fine-tunes the bundled default model on all nine sets for GPU_TRAIN_SECONDS (default 420) with
 # the model card's recipe at a GPU's batch size, scores the best checkpoint on the validation
@@ -7,7 +7,7 @@
 # the best checkpoint without optimizer state in parts under 16 MiB (best.pt.part-aa, -ab: join
 # with `cat best.pt.part-* > best.pt`), and gpu-train.log.
 #
-#   bash scripts/gpu-train.sh     # carry device_data; DEVICE=cuda, OUT=./gpu-out unless set
+#   bash scripts/gpu-train.sh     # device_data/ copied with the checkout; DEVICE=cuda, OUT=./gpu-out unless set
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}

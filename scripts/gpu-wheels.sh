@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Downloads into .whl/ (git-ignored) the wheels the lent GPU machine lacks for scripts/gpu-check.sh
+# Downloads into .whl/ (git-ignored) the wheels a GPU machine without internet lacks for scripts/gpu-check.sh
 # (its image: Python 3.12 with a CUDA torch, numpy, scipy, scikit-image, OpenCV, tifffile, pandas,
 # pytest, hypothesis and CuPy, but not the headers unetseg builds against). Run it here, where PyPI
-# is reachable; the device run names .whl in its carry.
+# is reachable, and copy .whl/ to that machine with the checkout.
 #
 #   bash scripts/gpu-wheels.sh
 set -euo pipefail
