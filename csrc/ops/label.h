@@ -40,8 +40,9 @@ float rounded_threshold(at::ScalarType dtype, double threshold);
 void check_label_outputs(const at::Tensor& scores, const ImageBatch& batch,
                          const at::Tensor& labels, const at::Tensor& counts);
 
-// The vector instructions of the CPU kernels' memory-bound steps: kAvx2 thresholds and writes
-// labels with AVX2, kAvx512 writes them with AVX-512F, kGeneric uses SSE2 (on x86-64) for both. The widest the
+// The vector instructions of the CPU kernels: kAvx2 thresholds and writes labels with AVX2 and
+// finds runs with BMI1/2 and POPCNT, kAvx512 writes labels with AVX-512F, kGeneric uses SSE2 (on
+// x86-64) and the compiler's baseline. The widest the
 // CPU has is found once; set_cpu_simd (ops.h) may pick a narrower one. Every choice gives the same
 // labels. Ordered: a level includes the ones below it.
 enum class CpuSimd { kGeneric, kAvx2, kAvx512 };

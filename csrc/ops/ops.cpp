@@ -110,8 +110,12 @@ namespace {
 
 CpuSimd native_simd() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (__builtin_cpu_supports("avx512f")) return CpuSimd::kAvx512;
-  if (__builtin_cpu_supports("avx2")) return CpuSimd::kAvx2;
+  // The AVX2 level also scans with BMI1/2 and POPCNT (ccl.h: UNETSEG_TARGET_AVX2), which every CPU
+  // with AVX2 has; checked all the same.
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi") &&
+                    __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
+  if (avx2 && __builtin_cpu_supports("avx512f")) return CpuSimd::kAvx512;
+  if (avx2) return CpuSimd::kAvx2;
 #endif
   return CpuSimd::kGeneric;
 }

@@ -37,6 +37,16 @@ namespace unetseg::ops::cpu {
 static_assert(static_cast<int64_t>(ccl::kNumStatsColumns) == stats::kNumColumns);
 static_assert(static_cast<int64_t>(ccl::kMeanScore) == stats::kMeanScore);
 
+// Runs `fn()` compiled for the widest instruction set level the scan has (ccl::with_avx2) when the
+// CPU has it: the same results, the bit work in one instruction each.
+template <class Fn>
+void with_widest_isa(Fn&& fn) {
+#if UNETSEG_CCL_X86
+  if (simd_level() >= CpuSimd::kAvx2) return ccl::with_avx2(fn);
+#endif
+  fn();
+}
+
 // Rows per strip never drop below this, so small images are not cut into slivers.
 constexpr int64_t kMinStripRows = 4;
 
@@ -187,21 +197,41 @@ struct RunTable {
   bool keep_scores; // keep the runs' score sums
 };
 
-// Step 2-3 of ccl.h after the scan: merges and numbers every image's runs of every table, all
-// tables and images at once (statistics of the first table into `image_stats` when non-null).
+// Steps 2-3 of ccl.h after the scan: merges and numbers every image's runs of every table (statistics
+// of the first table into `image_stats` when non-null). The copies of all strips of all tables run in
+// parallel, then the joins and numbering of all images of all tables.
 inline void merge_and_number(std::initializer_list<RunTable> tables, const ImageBatch& b, int64_t strips_per_image,
-                      bool eight_connected, int64_t min_area, std::vector<std::vector<double>>* image_stats) {
-  for (const RunTable& table : tables) table.images->resize(static_cast<size_t>(b.n));
-  if (image_stats) image_stats->resize(static_cast<size_t>(b.n));
+                             bool eight_connected, int64_t min_area, std::vector<std::vector<double>>* image_stats) {
   const auto num_tables = static_cast<int64_t>(tables.size());
-  at::parallel_for(0, num_tables * b.n, 1, [&](int64_t begin, int64_t end) {
+  auto table = [&](int64_t k) -> const RunTable& { return tables.begin()[k]; };
+  auto strips_of = [&](int64_t k, int64_t i) { // the strips of image i of table k, top to bottom
     std::vector<const ccl::Strip*> own(static_cast<size_t>(strips_per_image));
+    for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &(*table(k).strips)[i * strips_per_image + s];
+    return own;
+  };
+  auto with_scores = [&](int64_t k) { return table(k).keep_scores || (k == 0 && image_stats); };
+  std::vector<std::vector<int32_t>> offsets(static_cast<size_t>(num_tables * b.n)); // of table k, image i: [k * n + i]
+  for (int64_t k = 0; k < num_tables; ++k) {
+    table(k).images->resize(static_cast<size_t>(b.n));
+    for (int64_t i = 0; i < b.n; ++i) {
+      ccl::size_image((*table(k).images)[i], strips_of(k, i).data(), strips_per_image, with_scores(k),
+                      offsets[k * b.n + i]);
+    }
+  }
+  const int64_t strips_per_table = b.n * strips_per_image;
+  at::parallel_for(0, num_tables * strips_per_table, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t k = task % num_tables, i = task / num_tables;
-      const RunTable& table = tables.begin()[k];
-      for (int64_t s = 0; s < strips_per_image; ++s) own[s] = &(*table.strips)[i * strips_per_image + s];
-      ccl::merge_and_number((*table.images)[i], own.data(), strips_per_image, eight_connected, min_area,
-                            k == 0 && image_stats ? &(*image_stats)[i] : nullptr, table.keep_scores);
+      const int64_t k = task / strips_per_table, strip = task % strips_per_table;
+      const int64_t i = strip / strips_per_image, s = strip % strips_per_image;
+      ccl::copy_strip((*table(k).images)[i], (*table(k).strips)[strip], offsets[k * b.n + i][s], with_scores(k));
+    }
+  });
+  if (image_stats) image_stats->resize(static_cast<size_t>(b.n));
+  at::parallel_for(0, num_tables * b.n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t k = task / b.n, i = task % b.n;
+      ccl::join_and_number((*table(k).images)[i], strips_of(k, i).data(), strips_per_image, eight_connected, min_area,
+                           k == 0 && image_stats ? &(*image_stats)[i] : nullptr);
     }
   });
 }

@@ -28,15 +28,17 @@ void label_kernel_impl(const at::Tensor& scores, const ImageBatch& b, double thr
         at::parallel_for(0, static_cast<int64_t>(strips.size()), 1, [&](int64_t begin, int64_t end) {
           std::vector<uint8_t> bytes(static_cast<size_t>(width));
           std::vector<uint64_t> bits;
-          for (int64_t k = begin; k < end; ++k) {
-            ccl::Strip& strip = strips[k];
-            const RowReader<scalar_t> reader{base + strip.image * b.stride_n, b.stride_h, b.stride_w,
-                                             t, width, bytes.data()};
-            ccl::scan_strip(
-                strip, width, eight_connected, with_stats,
-                [&](int32_t row, uint64_t* words) { reader.threshold_row(row, words); },
-                [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); }, bits);
-          }
+          with_widest_isa([&] {
+            for (int64_t k = begin; k < end; ++k) {
+              ccl::Strip& strip = strips[k];
+              const RowReader<scalar_t> reader{base + strip.image * b.stride_n, b.stride_h, b.stride_w,
+                                               t, width, bytes.data()};
+              ccl::scan_strip(
+                  strip, width, eight_connected, with_stats,
+                  [&](int32_t row, uint64_t* words) { reader.threshold_row(row, words); },
+                  [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); }, bits);
+            }
+          });
         });
       }),
       at::kFloat, at::kHalf, at::kBFloat16, at::kByte, at::kBool);

@@ -59,11 +59,13 @@ void seeded_kernel_impl(const at::Tensor& scores, const ImageBatch& b, int64_t c
             auto score_sum = [&](int32_t row, int32_t s, int32_t e) { return reader.score_sum(row, s, e); };
             ccl::reset(strip);
             ccl::reset(seed_strip);
-            for (int32_t row = strip.row_begin; row < strip.row_end; ++row) {
-              reader.threshold_seed_row(boundary, row, foreground.data(), below.data(), seeds + row * words);
-              ccl::append_row(strip, row, foreground.data(), width, widen, with_stats, score_sum);
-              ccl::append_row(seed_strip, row, seeds + row * words, width, widen, false, score_sum);
-            }
+            with_widest_isa([&] {
+              for (int32_t row = strip.row_begin; row < strip.row_end; ++row) {
+                reader.threshold_seed_row(boundary, row, foreground.data(), below.data(), seeds + row * words);
+                ccl::append_row(strip, row, foreground.data(), width, widen, with_stats, score_sum);
+                ccl::append_row(seed_strip, row, seeds + row * words, width, widen, false, score_sum);
+              }
+            });
           }
         });
         // The foreground's and the seeds' runs of every image merged and numbered, all at once.
