@@ -124,6 +124,8 @@ EDGE_CASES = {
     "single row": np.random.default_rng(1).random((1, 1000)) > 0.5,
     "single column": np.random.default_rng(2).random((1000, 1)) > 0.5,
     "checkerboard": (np.add.outer(np.arange(131), np.arange(77)) % 2).astype(bool),
+    # 32 edges a word, and every other row ends inside a run at a word's last bit
+    "checkerboard of whole words": (np.add.outer(np.arange(9), np.arange(128)) % 2).astype(bool),
     "diagonal stripes": (np.add.outer(np.arange(90), np.arange(90)) % 3 == 0),
     "anti-diagonals": (np.subtract.outer(np.arange(90), np.arange(90)) % 4 == 0),
     "spiral": spiral(101),
