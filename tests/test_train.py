@@ -196,6 +196,20 @@ def test_init_weights_fine_tunes_from_a_checkpoint(npz, tmp_path):
         train(config(npz, tmp_path / "neg", epochs=1, out_channels=2, contact_width=-1))
 
 
+def test_fine_tuning_with_another_split_warns_of_optimistic_validation(npz, tmp_path, capsys):
+    train(config(npz, tmp_path / "base", epochs=1, seed=0))
+    init = str(tmp_path / "base" / "last.pt")
+    capsys.readouterr()
+    train(config(npz, tmp_path / "same", epochs=1, seed=0, init_weights=init))
+    assert "optimistic" not in capsys.readouterr().out
+    ckpt = train(config(npz, tmp_path / "other", epochs=1, seed=1, init_weights=init))
+    seen = set(load_checkpoint(init)["split"]["train"]) & set(ckpt["split"]["val"])
+    assert seen  # the other seed draws other validation images
+    out = capsys.readouterr().out
+    assert f"trained on {len(seen)} of this run's {len(ckpt['split']['val'])} validation images" in out
+    assert "use that seed" in out and "--seed 0" in out
+
+
 def test_dev_images_are_held_out_of_training_and_validation(npz, tmp_path):
     ckpt = train(config(npz, tmp_path / "dev", epochs=1, dev_fraction=0.25))
     split = ckpt["split"]

@@ -205,13 +205,16 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         samples = samples[: config.max_images]
     split = _split(config, samples)
     by_name = {s.name: s for s in samples}
-    model, options = _build_model(config)
+    model, options, init_split = _build_model(config)
     to_training_layout(model, device)
     optimizer = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_patience)
     state = {"history": [], "start_epoch": 0, "best": math.inf, "stale": 0}
     if config.resume:
         state, split = _resume(out / "last.pt", model, optimizer, scheduler, rank)
+    warning = _optimistic_validation_warning(init_split, split, config.init_weights)
+    if warning and rank == 0:
+        print(warning, flush=True)
 
     normalisation = Normalisation()
     train_set = _dataset(config, [by_name[n] for n in split["train"]], normalisation, training=True)
@@ -328,8 +331,9 @@ def to_training_layout(model: torch.nn.Module, device: torch.device) -> torch.nn
     return model
 
 
-def _build_model(config: TrainConfig) -> tuple[torch.nn.Module, dict]:
-    """The network and its constructor options, with ImageNet or --init-weights weights loaded."""
+def _build_model(config: TrainConfig) -> tuple[torch.nn.Module, dict, dict | None]:
+    """The network, its constructor options and the --init-weights checkpoint's split (None without
+    one), with ImageNet or --init-weights weights loaded."""
     model_options = (
         DEFAULT_OPTIONS.get(config.architecture, {}) if config.model_options is None else config.model_options
     )
@@ -346,7 +350,24 @@ def _build_model(config: TrainConfig) -> tuple[torch.nn.Module, dict]:
                 "--architecture, --model-options and channels"
             )
         model.load_state_dict(init["state_dict"])
-    return model, options
+        return model, options, init.get("split")
+    return model, options, None
+
+
+def _optimistic_validation_warning(init_split: dict | None, split: dict, init_weights: str) -> str | None:
+    """What to tell a user whose validation images the --init-weights model trained on (its scores
+    there would be optimistic), or None when it trained on none of them."""
+    if not init_split:
+        return None
+    seen = set(init_split["train"]) & set(split["val"])
+    if not seen:
+        return None
+    return (
+        f"warning: the --init-weights {init_weights} model trained on {len(seen)} of this run's "
+        f"{len(split['val'])} validation images (e.g. {sorted(seen)[0]}), so validation scores will be "
+        f"optimistic; its split came from --seed {init_split['seed']}: use that seed to keep its "
+        "validation images unseen"
+    )
 
 
 def _resume(path: Path, model, optimizer, scheduler, rank: int) -> tuple[dict, dict]:
