@@ -93,6 +93,17 @@ def test_auto_diameter_is_the_given_one_it_settled_on(scaled_model):
         np.testing.assert_array_equal(auto.labels, given.labels)
 
 
+def test_auto_diameter_probabilities_are_those_at_the_diameter_it_settled_on():
+    runner = unetseg.Runner()  # the default model: it estimates these nuclei's sizes
+    nuclei = synthetic_nuclei((96, 128), seed=1, radius=(6, 10)).image
+    images = [nuclei, cv2.resize(nuclei, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)]
+    settled = [seg.diameter for seg in runner.segment(images)]
+    assert settled[0] == runner.diameter and settled[1] > 1.3 * runner.diameter
+    auto = runner.predict(images)  # in one call: each at its own scale
+    for im, probs, diameter in zip(images, auto, settled):
+        np.testing.assert_array_equal(probs, runner.predict([im], diameter=diameter)[0])
+
+
 def test_tiles_at_another_scale_equal_the_untiled_result(scaled_model):
     im = image((150, 170), seed=4)
     untiled = scaled_model.segment([im], diameter=6.0, tile_size=0)[0]

@@ -422,13 +422,22 @@ struct Runner::Impl {
   }
 
   // Every image at its own scale, images of equal size batched.
+  // The images segmented at their own scale; with `probs`, their probabilities too, (out_channels,
+  // H, W) on the CPU.
   std::vector<Segmentation> segment_native(const std::vector<at::Tensor>& hwc, const SegmentOptions& opt,
-                                           const ResolvedOptions& r) const {
+                                           const ResolvedOptions& r, std::vector<at::Tensor>* probs = nullptr) const {
     std::vector<Segmentation> out(hwc.size());
-    probabilities(hwc, opt, [&](const std::vector<size_t>& which, const at::Tensor& probs) {
-      auto segs = label(probs, r, opt.connectivity);
+    if (probs) {
+      probs->resize(hwc.size());
+    }
+    probabilities(hwc, opt, [&](const std::vector<size_t>& which, const at::Tensor& batch) {
+      auto segs = label(batch, r, opt.connectivity);
+      const at::Tensor cpu = probs ? batch.cpu() : at::Tensor();
       for (size_t i = 0; i < which.size(); ++i) {
         out[which[i]] = std::move(segs[i]);
+        if (probs) {
+          (*probs)[which[i]] = cpu[int64_t(i)].contiguous();
+        }
       }
     });
     return out;
@@ -495,25 +504,42 @@ struct Runner::Impl {
     return factor;
   }
 
-  // Each image segmented at the scale of its estimated diameter (see runner.h); `segs` holds the
-  // images at their own scale on entry.
+  // The scale an image is segmented at, from its estimated diameter (see runner.h). `seg` holds the
+  // image at its own scale on entry, and on return the segmentation at `factor` when `segmented`;
+  // else it must be segmented again at `factor`.
+  struct Estimate {
+    double factor = 1.0;
+    bool segmented = true;
+  };
+
+  Estimate estimate(const at::Tensor& hwc, const SegmentOptions& opt, const ResolvedOptions& r,
+                    Segmentation& seg) const {
+    const int64_t h = hwc.size(0), w = hwc.size(1);
+    const double largest = std::min(kMaxRescale, std::sqrt(double(kMaxRescaledPixels) / (double(h) * double(w))));
+    const SurestScale surest = surest_scale(hwc, largest, opt, r, seg);
+    // 2. at that scale, the nuclei's own median diameter gives the exact factor, if they are
+    // plausibly nuclei: on an image of background the network finds specks it is unsure of, whose
+    // size says nothing (and the image stays at the scale found).
+    const double d = surest.surety >= kPlausible ? median_diameter(seg) : 0.0;
+    if (d > 0) {
+      const double exact = std::clamp(info.diameter / d, kMinRescale, std::max(kMinRescale, largest));
+      // a crop's segmentation (finer_sample) is no result: the whole image is segmented again
+      const bool whole = seg.labels.size(0) == h && seg.labels.size(1) == w;
+      if (!whole || std::abs(std::log(exact / surest.factor)) > std::log(kDiameterTolerance)) {
+        return {exact, false};
+      }
+    }
+    return {surest.factor, true};
+  }
+
+  // Each image segmented at the scale of its estimated diameter; `segs` holds the images at their
+  // own scale on entry.
   void estimate_and_rescale(const std::vector<at::Tensor>& hwc, const SegmentOptions& opt, const ResolvedOptions& r,
                             std::vector<Segmentation>& segs) const {
     for (size_t i = 0; i < hwc.size(); ++i) {
-      const int64_t h = hwc[i].size(0), w = hwc[i].size(1);
-      const double largest = std::min(kMaxRescale, std::sqrt(double(kMaxRescaledPixels) / (double(h) * double(w))));
-      const SurestScale surest = surest_scale(hwc[i], largest, opt, r, segs[i]);
-      // 2. at that scale, the nuclei's own median diameter gives the exact factor, if they are
-      // plausibly nuclei: on an image of background the network finds specks it is unsure of, whose
-      // size says nothing (and the image stays at the scale found).
-      const double d = surest.surety >= kPlausible ? median_diameter(segs[i]) : 0.0;
-      if (d > 0) {
-        const double exact = std::clamp(info.diameter / d, kMinRescale, std::max(kMinRescale, largest));
-        // a crop's segmentation (finer_sample) is no result: the whole image is segmented again
-        const bool whole = segs[i].labels.size(0) == h && segs[i].labels.size(1) == w;
-        if (!whole || std::abs(std::log(exact / surest.factor)) > std::log(kDiameterTolerance)) {
-          segs[i] = segment_scaled(hwc[i], exact, opt, r);
-        }
+      const Estimate e = estimate(hwc[i], opt, r, segs[i]);
+      if (!e.segmented) {
+        segs[i] = segment_scaled(hwc[i], e.factor, opt, r);
       }
     }
   }
@@ -685,17 +711,26 @@ std::vector<at::Tensor> Runner::predict(const std::vector<at::Tensor>& images, c
   const std::optional<double> given = impl.given_factor(options);
   const bool context = has_context(options);
   std::vector<double> factors(hwc.size(), given.value_or(1.0));
+  std::vector<at::Tensor> out(images.size());
   if (impl.info.diameter > 0 && !given && !context) {
-    // the scale segment() would choose, found by segmenting (the estimate needs the nuclei)
-    const auto segs = segment(images, options);
-    for (size_t i = 0; i < segs.size(); ++i) {
-      factors[i] = impl.info.diameter / segs[i].diameter;
+    // the scale segment() would choose, found by segmenting (the estimate needs the nuclei); the
+    // pass at the images' own scale gives the probabilities of those that stay there
+    const ResolvedOptions r = resolve(options);
+    std::vector<at::Tensor> native_probs;
+    std::vector<Segmentation> segs = impl.segment_native(hwc, options, r, &native_probs);
+    for (size_t i = 0; i < hwc.size(); ++i) {
+      factors[i] = impl.estimate(hwc[i], options, r, segs[i]).factor;
+      if (factors[i] == 1.0) {
+        out[i] = std::move(native_probs[i]);
+      }
     }
   }
-  std::vector<at::Tensor> out(images.size());
   std::vector<at::Tensor> native;
   std::vector<size_t> native_index;
   for (size_t i = 0; i < hwc.size(); ++i) {
+    if (out[i].defined()) {
+      continue;
+    }
     if (factors[i] == 1.0) {
       native.push_back(hwc[i]);
       native_index.push_back(i);

@@ -211,7 +211,9 @@ class Runner {
   ResolvedOptions resolve(const SegmentOptions& options = {}) const;
 
   // The network's probabilities: float32 (out_channels, H, W) per image, on the CPU. Uses the
-  // tiling and normalisation fields of `options` (the labelling fields do not apply).
+  // tiling and normalisation fields of `options`; the labelling fields only where the diameter is
+  // estimated, which segments each image as segment() does (the probabilities are those at the
+  // scale it settles on, for about the time segment() takes).
   std::vector<at::Tensor> predict(const std::vector<at::Tensor>& images,
                                   const SegmentOptions& options = {}) const;
 
