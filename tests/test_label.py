@@ -399,3 +399,25 @@ def test_cpu_kernels_are_built_with_openmp():
     lib = Path(unetseg.__file__).parent / "libunetseg.so"
     symbols = subprocess.run(["nm", "-D", "--undefined-only", str(lib)], capture_output=True, text=True, check=True)
     assert "GOMP_parallel" in symbols.stdout, f"{lib} calls no OpenMP: its CPU kernels run on one thread"
+
+
+def test_the_phases_benchmark_builds_and_finds_the_ops_objects(tmp_path, monkeypatch):
+    """benchmarks/label_phases.cpp times the torch-free core step by step; it must keep compiling
+    against ccl.h and find what the op finds."""
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ to build benchmarks/label_phases.cpp")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_label_phases import build
+
+    from unetseg.data import synthetic_nuclei
+
+    scores = synthetic_nuclei((128, 192), seed=5).probability.astype(np.float32)
+    scores.tofile(tmp_path / "map.f32")
+    out = subprocess.run(
+        [str(build(tmp_path)), str(tmp_path / "map.f32"), "128", "192", "2", "1"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rows = dict(line.split("\t") for line in out.splitlines())
+    assert int(rows["objects"]) == unetseg.label(torch.from_numpy(scores), 0.5).counts.item()
