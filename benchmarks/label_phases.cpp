@@ -85,7 +85,6 @@ int main(int argc, char** argv) {
     strip_ptrs.push_back(&strips[s]);
   }
   ImageRuns image;
-  std::vector<int32_t> offsets;
   std::vector<std::vector<int32_t>> scratch(num_strips, std::vector<int32_t>(write_scratch_size(w)));
   std::vector<std::vector<uint64_t>> bits(num_strips, std::vector<uint64_t>(words_per_row(w)));
 
@@ -126,12 +125,13 @@ int main(int argc, char** argv) {
       });
     });
     timed("2 scan (threshold, runs, joins)", [&] { in_parallel(threads, num_strips, scan); });
-    timed("3 copy runs (strips in parallel)", [&] {
-      size_image(image, strip_ptrs.data(), num_strips, false, offsets);
-      in_parallel(threads, num_strips, [&](int s) { copy_strip(image, strips[s], offsets[s], false); });
+    timed("3 copy and number runs within strips (strips in parallel)", [&] {
+      size_image(image, strip_ptrs.data(), num_strips, false);
+      in_parallel(threads, num_strips, [&](int s) { copy_strip(image, strips[s], s, false); });
     });
-    timed("4 seams and numbering (one thread)", [&] { join_and_number(image, strip_ptrs.data(), num_strips, true, 0, nullptr); });
-    timed("5 write labels", [&] { in_parallel(threads, num_strips, write); });
+    timed("4 join seams, strip tables (one thread)", [&] { join_strips(image, strip_ptrs.data(), num_strips, true); });
+    timed("5 relabel (strips in parallel)", [&] { in_parallel(threads, num_strips, [&](int s) { label_strip(image, s); }); });
+    timed("6 write labels", [&] { in_parallel(threads, num_strips, write); });
     timed("memory floor (streamed copy, f32 in, i32 out)", [&] {
       in_parallel(threads, num_strips, [&](int s) {
         const size_t begin = size_t(strips[s].row_begin) * w, end = size_t(strips[s].row_end) * w;

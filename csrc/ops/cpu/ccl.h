@@ -16,11 +16,15 @@
 //            the first row of every strip is joined with the last row of the strip above. Union
 //            always links the larger root under the smaller, so every root is the first run of its
 //            component in raster order and every other run has parent < itself.
-//  3. number (per image, one forward pass over runs) A root gets the next label; any other run
-//            takes its parent's label, which is already final because parent < run. Labels thus
-//            follow the raster order of each object's first pixel: scipy.ndimage.label's order.
-//            min_area drops objects by renumbering here, at the run level, and per-object
-//            statistics are summed from runs (area, bbox, centroid, score sum), never from pixels.
+//  3. number (strips in parallel, a table per strip in between) While a strip is copied, its runs
+//            are numbered within it: a root gets the strip's next number, any other run its
+//            parent's, already numbered because parent < run. After the seams, each strip's table
+//            maps those numbers to the image's labels (the roots still roots take the next labels,
+//            strip after strip; those joined to a strip above the label of their new root), and
+//            every run is relabelled through it. Labels thus follow the raster order of each
+//            object's first pixel: scipy.ndimage.label's order. min_area drops objects by
+//            renumbering here, at the run level, and per-object statistics are summed from runs
+//            (area, bbox, centroid, score sum), never from pixels.
 //  4. write  (parallel over strips) Each row of labels is written once: zeros between runs and
 //            the run's label on it, in fixed-width blocks that may overshoot into the next segment
 //            of the row (which is written right after), so no store loop has a data-dependent tail.
@@ -380,33 +384,51 @@ struct ImageRuns {
   std::vector<double> score_sums;
   std::vector<int32_t> run_labels;  // final label of each run (0: removed by min_area)
   int64_t count = 0;
+  // Numbering, strip by strip: where each strip's runs start (and the total), each strip's roots
+  // before the seams were joined (global indices, in order), and each strip's table from a run's
+  // label within its strip (its root's place among them, from 1) to its label in the image.
+  std::vector<int32_t> strip_runs;
+  std::vector<std::vector<int32_t>> strip_roots;
+  std::vector<std::vector<int32_t>> strip_labels;
 };
 
 // Step 2, first half, for one image given its strips in top-to-bottom order: sizes the image's
-// tables for the strips' runs and sets `offsets` (num_strips + 1 entries) to where each strip's
-// runs go. copy_strip then fills them, strips in parallel: copying every run is as long as
-// numbering them, so it is not left to one thread.
-inline void size_image(ImageRuns& image, const Strip* const* strips, int64_t num_strips, bool with_scores,
-                       std::vector<int32_t>& offsets) {
-  offsets.assign(1, 0);
+// tables for the strips' runs and sets strip_runs. copy_strip then fills them, strips in
+// parallel.
+inline void size_image(ImageRuns& image, const Strip* const* strips, int64_t num_strips, bool with_scores) {
+  image.strip_runs.assign(1, 0);
   for (int64_t s = 0; s < num_strips; ++s) {
-    offsets.push_back(offsets.back() + static_cast<int32_t>(strips[s]->runs.size()));
+    image.strip_runs.push_back(image.strip_runs.back() + static_cast<int32_t>(strips[s]->runs.size()));
   }
-  const auto total = static_cast<size_t>(offsets.back());
+  const auto total = static_cast<size_t>(image.strip_runs.back());
   image.runs.resize(total);
   image.row_offsets.resize(static_cast<size_t>(strips[num_strips - 1]->row_end) + 1);
-  image.row_offsets.back() = offsets.back();
+  image.row_offsets.back() = image.strip_runs.back();
   image.score_sums.resize(with_scores ? total : 0);
   image.run_labels.resize(total);
+  image.strip_roots.resize(static_cast<size_t>(num_strips));
+  image.strip_labels.resize(static_cast<size_t>(num_strips));
 }
 
-// Copies one strip's runs (and score sums when with_scores) into the image's tables from `offset`,
-// its parents made global.
-inline void copy_strip(ImageRuns& image, const Strip& strip, int32_t offset, bool with_scores) {
+// Copies strip `s` of the image (its runs, and score sums when with_scores) into the image's
+// tables, its parents made global, and numbers its runs within the strip: a root gets the strip's
+// next number, any other run its parent's (already numbered: parent < run, in the same strip).
+inline void copy_strip(ImageRuns& image, const Strip& strip, int64_t s, bool with_scores) {
+  const int32_t offset = image.strip_runs[s];
   Run* dst = image.runs.data() + offset;
+  int32_t* labels = image.run_labels.data();
+  std::vector<int32_t>& roots = image.strip_roots[s];
+  roots.clear();
   for (size_t i = 0; i < strip.runs.size(); ++i) {
+    const auto run = static_cast<int32_t>(i) + offset;
     dst[i] = strip.runs[i];
     dst[i].parent += offset;
+    if (dst[i].parent == run) {
+      roots.push_back(run);
+      labels[run] = static_cast<int32_t>(roots.size());
+    } else {
+      labels[run] = labels[dst[i].parent];
+    }
   }
   if (with_scores) std::copy(strip.score_sums.begin(), strip.score_sums.end(), image.score_sums.begin() + offset);
   for (int32_t r = 0; r < strip.row_end - strip.row_begin; ++r) {
@@ -414,27 +436,52 @@ inline void copy_strip(ImageRuns& image, const Strip& strip, int32_t offset, boo
   }
 }
 
-// Step 2, second half, and step 3 for one image whose strips copy_strip has copied: joins each
-// strip's first row with the last row of the strip above, then numbers. When `stats` is non-null
-// it receives count * kNumStatsColumns values (row-major), after min_area; the image must then
-// have its runs' score sums.
-inline void join_and_number(ImageRuns& image, const Strip* const* strips, int64_t num_strips, bool eight_connected,
-                            int64_t min_area, std::vector<double>* stats) {
+// Step 2, second half, and the tables of step 3 for one image whose strips copy_strip has copied:
+// joins each strip's first row with the last row of the strip above, then gives each strip's
+// roots their labels in the image: those still roots the image's next label, in raster order, the
+// others (joined to a strip above) the label of the root they now have. Sets the image's count.
+inline void join_strips(ImageRuns& image, const Strip* const* strips, int64_t num_strips, bool eight_connected) {
+  Run* runs = image.runs.data();
   for (int64_t s = 1; s < num_strips; ++s) {
     const int32_t row = strips[s]->row_begin;
-    detail::join_rows<false>(image.runs.data(), image.row_offsets[row - 1], image.row_offsets[row], image.row_offsets[row],
-                      image.row_offsets[row + 1], eight_connected ? 1 : 0);
+    detail::join_rows<false>(runs, image.row_offsets[row - 1], image.row_offsets[row], image.row_offsets[row],
+                             image.row_offsets[row + 1], eight_connected ? 1 : 0);
   }
-  const size_t total = image.runs.size();
+  int32_t count = 0;
+  for (int64_t s = 0; s < num_strips; ++s) {
+    const std::vector<int32_t>& roots = image.strip_roots[s];
+    std::vector<int32_t>& table = image.strip_labels[s];
+    table.resize(roots.size() + 1);
+    table[0] = 0;
+    for (size_t k = 0; k < roots.size(); ++k) {
+      const int32_t root = detail::find_root(runs, roots[k]);
+      if (root == roots[k]) {
+        table[k + 1] = ++count;
+      } else { // in a strip above, whose table is done
+        const auto above = std::upper_bound(image.strip_runs.begin(), image.strip_runs.end(), root) - 1;
+        table[k + 1] = image.strip_labels[above - image.strip_runs.begin()][image.run_labels[root]];
+      }
+    }
+  }
+  image.count = count;
+}
 
-  // Step 3: parent < index for every non-root, so one forward pass resolves every label.
+// Step 3 for the runs of strip `s` after join_strips: each run's label within its strip becomes
+// its label in the image.
+inline void label_strip(ImageRuns& image, int64_t s) {
+  const int32_t* table = image.strip_labels[s].data();
+  int32_t* labels = image.run_labels.data();
+  for (int32_t i = image.strip_runs[s]; i < image.strip_runs[s + 1]; ++i) labels[i] = table[labels[i]];
+}
+
+// The end of step 3 for one labelled image: drops objects under min_area (renumbering the rest in
+// order) and, when `stats` is non-null, writes count * kNumStatsColumns values (row-major) into it;
+// the image must then have its runs' score sums.
+inline void keep_and_measure(ImageRuns& image, int64_t min_area, std::vector<double>* stats) {
+  const size_t total = image.runs.size();
   const Run* runs = image.runs.data();
   int32_t* labels = image.run_labels.data();
-  int32_t count = 0;
-  for (size_t i = 0; i < total; ++i) {
-    labels[i] = runs[i].parent == static_cast<int32_t>(i) ? ++count : labels[runs[i].parent];
-  }
-
+  auto count = static_cast<int32_t>(image.count);
   if (min_area > 0 && count > 0) {
     std::vector<int64_t> area(static_cast<size_t>(count) + 1, 0);
     for (size_t i = 0; i < total; ++i) area[labels[i]] += runs[i].end - runs[i].start;

@@ -197,9 +197,11 @@ struct RunTable {
   bool keep_scores; // keep the runs' score sums
 };
 
-// Steps 2-3 of ccl.h after the scan: merges and numbers every image's runs of every table (statistics
-// of the first table into `image_stats` when non-null). The copies of all strips of all tables run in
-// parallel, then the joins and numbering of all images of all tables.
+// Steps 2-3 of ccl.h after the scan, for every image of every table: the strips' runs copied into
+// one table per image and numbered within their strip (all strips at once), the seams joined and
+// each strip's roots given their labels in the image (all images at once), every run relabelled
+// (all strips at once) and, where asked, objects under min_area dropped and the first table's
+// statistics written into `image_stats` (all images at once).
 inline void merge_and_number(std::initializer_list<RunTable> tables, const ImageBatch& b, int64_t strips_per_image,
                              bool eight_connected, int64_t min_area, std::vector<std::vector<double>>* image_stats) {
   const auto num_tables = static_cast<int64_t>(tables.size());
@@ -210,30 +212,39 @@ inline void merge_and_number(std::initializer_list<RunTable> tables, const Image
     return own;
   };
   auto with_scores = [&](int64_t k) { return table(k).keep_scores || (k == 0 && image_stats); };
-  std::vector<std::vector<int32_t>> offsets(static_cast<size_t>(num_tables * b.n)); // of table k, image i: [k * n + i]
   for (int64_t k = 0; k < num_tables; ++k) {
     table(k).images->resize(static_cast<size_t>(b.n));
     for (int64_t i = 0; i < b.n; ++i) {
-      ccl::size_image((*table(k).images)[i], strips_of(k, i).data(), strips_per_image, with_scores(k),
-                      offsets[k * b.n + i]);
+      ccl::size_image((*table(k).images)[i], strips_of(k, i).data(), strips_per_image, with_scores(k));
     }
   }
   const int64_t strips_per_table = b.n * strips_per_image;
-  at::parallel_for(0, num_tables * strips_per_table, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t k = task / strips_per_table, strip = task % strips_per_table;
-      const int64_t i = strip / strips_per_image, s = strip % strips_per_image;
-      ccl::copy_strip((*table(k).images)[i], (*table(k).strips)[strip], offsets[k * b.n + i][s], with_scores(k));
-    }
+  auto each_strip = [&](auto&& fn) { // fn(image, table k, strip index in the table)
+    at::parallel_for(0, num_tables * strips_per_table, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t k = task / strips_per_table, strip = task % strips_per_table;
+        fn((*table(k).images)[strip / strips_per_image], k, strip);
+      }
+    });
+  };
+  auto each_image = [&](auto&& fn) { // fn(image, table k, image index i)
+    at::parallel_for(0, num_tables * b.n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) fn((*table(task / b.n).images)[task % b.n], task / b.n, task % b.n);
+    });
+  };
+  each_strip([&](ccl::ImageRuns& image, int64_t k, int64_t strip) {
+    ccl::copy_strip(image, (*table(k).strips)[strip], strip % strips_per_image, with_scores(k));
   });
+  each_image([&](ccl::ImageRuns& image, int64_t k, int64_t i) {
+    ccl::join_strips(image, strips_of(k, i).data(), strips_per_image, eight_connected);
+  });
+  each_strip([&](ccl::ImageRuns& image, int64_t, int64_t strip) { ccl::label_strip(image, strip % strips_per_image); });
   if (image_stats) image_stats->resize(static_cast<size_t>(b.n));
-  at::parallel_for(0, num_tables * b.n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t k = task / b.n, i = task % b.n;
-      ccl::join_and_number((*table(k).images)[i], strips_of(k, i).data(), strips_per_image, eight_connected, min_area,
-                           k == 0 && image_stats ? &(*image_stats)[i] : nullptr);
-    }
-  });
+  if (min_area > 0 || image_stats) {
+    each_image([&](ccl::ImageRuns& image, int64_t k, int64_t i) {
+      ccl::keep_and_measure(image, min_area, k == 0 && image_stats ? &(*image_stats)[i] : nullptr);
+    });
+  }
 }
 
 // Label outputs of at least this many bytes are written with streaming stores (ccl.h,

@@ -706,7 +706,7 @@ class SeededGrowth {
 } // namespace detail
 
 // Growth and numbering of one image. On entry `foreground` and `seeds` hold the labelled runs of
-// the foreground and of the seeds (join_and_number with min_area 0; the foreground's score_sums
+// the foreground and of the seeds (numbered without min_area; the foreground's score_sums
 // filled when `stats`), and `scratch.seeds` the seed bits. A foreground component with no seed is an object
 // of its own (its seeds were all boundary: e.g. a nucleus so small that its boundary covers it), so
 // the seeded mode never loses an object that plain labelling finds; one with a single seed is that
