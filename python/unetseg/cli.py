@@ -802,7 +802,9 @@ def _add_train_parser(sub) -> None:
         "--init-weights",
         metavar="CKPT|default",
         help="start from the weights of this checkpoint, or `default` for the bundled model's (fine-tuning; "
-        "fresh optimizer and schedule; same architecture and options)",
+        "fresh optimizer and schedule; same architecture and options). Training on the checkpoint's own "
+        "datasets, keep its --seed (0 for `default`) so that its validation images stay unseen; train warns "
+        "when they would not",
     )
     p.add_argument(
         "--contact-width",
