@@ -22,27 +22,9 @@ using namespace unetseg::ccl;
 
 namespace {
 
-// The op's AVX2 level also needs BMI1/2 and POPCNT (ops.cpp).
-bool has_avx2() {
-#if UNETSEG_CCL_X86
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
-         __builtin_cpu_supports("popcnt");
-#else
-  return false;
-#endif
-}
-
-bool has_avx512() {
-#if UNETSEG_CCL_X86
-  return has_avx2() && __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
-
 void threshold_row(const float* row, int32_t width, uint64_t* bits) {
 #if UNETSEG_CCL_X86
-  if (has_avx2()) return threshold_bits_avx2(row, width, 0.5f, bits);
+  if (cpu_has_avx2_level()) return threshold_bits_avx2(row, width, 0.5f, bits);
 #endif
   threshold_bits(row, width, 0.5f, bits);
 }
@@ -95,17 +77,17 @@ int main(int argc, char** argv) {
           [](int32_t, int32_t, int32_t) { return 0.0; }, bits[s]);
     };
 #if UNETSEG_CCL_X86
-    if (has_avx2()) return with_avx2(body);
+    if (cpu_has_avx2_level()) return with_avx2(body);
 #endif
     body();
   };
   auto write = [&](int s) {
     int32_t* rows = out + size_t(strips[s].row_begin) * w;
 #if UNETSEG_CCL_X86
-    if (has_avx512()) {
+    if (cpu_has_avx512_level()) {
       return write_rows_avx512(image, strips[s].row_begin, strips[s].row_end, w, rows, w, scratch[s].data());
     }
-    if (has_avx2()) return write_rows_avx2(image, strips[s].row_begin, strips[s].row_end, w, rows, w, scratch[s].data());
+    if (cpu_has_avx2_level()) return write_rows_avx2(image, strips[s].row_begin, strips[s].row_end, w, rows, w, scratch[s].data());
 #endif
     write_rows_streamed(image, strips[s].row_begin, strips[s].row_end, w, rows, w, scratch[s].data());
   };

@@ -2,6 +2,7 @@
 // the argument checks every backend shares. Kernels live in cpu/ and cuda/, one file each.
 #include "unetseg/ops.h"
 
+#include "cpu/ccl.h"
 #include "label.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -109,14 +110,8 @@ void check_label_outputs(const at::Tensor& scores, const ImageBatch& batch,
 namespace {
 
 CpuSimd native_simd() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  // The AVX2 level also scans with BMI1/2 and POPCNT (ccl.h: UNETSEG_TARGET_AVX2), which every CPU
-  // with AVX2 has; checked all the same.
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi") &&
-                    __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
-  if (avx2 && __builtin_cpu_supports("avx512f")) return CpuSimd::kAvx512;
-  if (avx2) return CpuSimd::kAvx2;
-#endif
+  if (ccl::cpu_has_avx512_level()) return CpuSimd::kAvx512;
+  if (ccl::cpu_has_avx2_level()) return CpuSimd::kAvx2;
   return CpuSimd::kGeneric;
 }
 

@@ -421,9 +421,8 @@ struct Runner::Impl {
     return out;
   }
 
-  // Every image at its own scale, images of equal size batched.
-  // The images segmented at their own scale; with `probs`, their probabilities too, (out_channels,
-  // H, W) on the CPU.
+  // Every image segmented at its own scale, images of equal size batched; with `probs`, their
+  // probabilities too, (out_channels, H, W) on the CPU.
   std::vector<Segmentation> segment_native(const std::vector<at::Tensor>& hwc, const SegmentOptions& opt,
                                            const ResolvedOptions& r, std::vector<at::Tensor>* probs = nullptr) const {
     std::vector<Segmentation> out(hwc.size());

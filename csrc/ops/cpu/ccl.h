@@ -61,6 +61,27 @@
 #endif
 
 namespace unetseg::ccl {
+// Whether the CPU runs what UNETSEG_TARGET_AVX2 code may use (AVX2, BMI1, BMI2, POPCNT: every CPU
+// with AVX2 has the others, checked all the same), and also UNETSEG_TARGET_AVX512's.
+inline bool cpu_has_avx2_level() {
+#if UNETSEG_CCL_X86
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+         __builtin_cpu_supports("popcnt");
+#else
+  return false;
+#endif
+}
+
+inline bool cpu_has_avx512_level() {
+#if UNETSEG_CCL_X86
+  return cpu_has_avx2_level() && __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+} // namespace unetseg::ccl
+
+namespace unetseg::ccl {
 
 struct Run {
   int32_t row;
