@@ -35,6 +35,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("image"));
   // The CPU kernels' vector instruction set (ops.h): tests and benchmarks compare the choices.
   m.def("cpu_simd", &unetseg::cpu_simd);
+  m.def("use_huge_pages", &unetseg::use_huge_pages);
   m.def("set_cpu_simd", &unetseg::set_cpu_simd, py::arg("name"));
 
   // Options travel as these classes with named fields (never as positional lists), so a field

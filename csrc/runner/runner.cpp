@@ -695,6 +695,7 @@ Runner::Runner(const std::string& model_path, const RunnerOptions& options) {
   if (!impl->device.is_cuda() && at::hasMKLDNN() && (impl->precision == at::kFloat || cpu_has_native_bfloat16())) {
     impl->cpu_graph = runner::specialise_for_cpu(impl->module, impl->precision);
   }
+  if (!impl->device.is_cuda()) use_huge_pages();
   impl_ = std::move(impl);
 }
 

@@ -3,6 +3,7 @@
 // and the statistics table, new label tensors.
 #pragma once
 
+#include "../../common/huge_pages.h"
 #include "../label.h"
 #include "ccl.h"
 #include "seeded.h"
@@ -18,9 +19,6 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include <algorithm>
 #include <initializer_list>
@@ -326,7 +324,7 @@ class LabelAllocator final : public c10::Allocator {
     void* p = take(bytes);
     if (p == nullptr) {
       p = c10::alloc_cpu(bytes);
-      advise_huge_pages(p, bytes);
+      advise_huge_pages(p, bytes); // faulting in a 64 MiB output 4 KiB at a time costs more than labelling it
     }
     std::lock_guard<std::mutex> lock(mutex_);
     live_[p] = bytes;
@@ -374,21 +372,6 @@ class LabelAllocator final : public c10::Allocator {
       }
     }
     for (void* q : drop) c10::free_cpu(q);
-  }
-
-  // Transparent huge pages for a fresh block before its first touch: faulting in a 64 MiB output
-  // 4 KiB at a time costs more than labelling it. A hint; ignored where THP are off.
-  static void advise_huge_pages(void* p, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-    const auto begin = reinterpret_cast<uintptr_t>(p);
-    const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-    const uintptr_t last = (begin + bytes) & ~(kHuge - 1);
-    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#else
-    (void)p;
-    (void)bytes;
-#endif
   }
 
   std::mutex mutex_;

@@ -1,0 +1,56 @@
+"""Transparent huge pages for torch's large CPU tensors (unetseg.use_huge_pages in runner.h)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+KERNEL_HAS_THP = THP_SETTING.exists() and "[never]" not in THP_SETTING.read_text()
+
+
+def run_python(code: str, **env: str) -> str:
+    environment = {**os.environ, **env}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+# A tensor allocated before unetseg (by torch's own allocator) and one after; both are touched, the
+# second one's huge pages counted in /proc/self/smaps, then both freed.
+PROBE = """
+import torch
+before = torch.ones(64 << 20, dtype=torch.uint8)
+import unetseg
+from unetseg import _C
+after = torch.ones(64 << 20, dtype=torch.uint8)
+start, end = after.data_ptr(), after.data_ptr() + after.numel()
+huge_kb, inside = 0, False
+for line in open('/proc/self/smaps'):  # the mappings that overlap the tensor (advice splits them)
+    head = line.split()[0]
+    if '-' in head and ':' not in head:
+        low, high = (int(x, 16) for x in head.split('-'))
+        inside = low < end and start < high
+    elif inside and head == 'AnonHugePages:':
+        huge_kb += int(line.split()[1])
+del before, after
+print(_C.use_huge_pages(), huge_kb)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not KERNEL_HAS_THP,
+    reason="needs Linux with transparent huge pages (madvise or always)",
+)
+def test_large_tensors_get_huge_pages_and_tensors_from_before_free_alike():
+    installed, huge_kb = run_python(PROBE).split()
+    assert installed == "True"
+    assert int(huge_kb) >= 32 << 10  # most of the 64 MiB: the kernel may not find every huge page
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the probe reads /proc/self/smaps")
+def test_opting_out_leaves_torchs_allocator_alone():
+    installed, _ = run_python(PROBE, UNETSEG_HUGE_PAGES="0").split()
+    assert installed == "False"
