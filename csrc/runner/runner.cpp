@@ -463,6 +463,12 @@ struct Runner::Impl {
     if (!o.normalisation) {
       o.normalisation = runner::image_ranges(hwc, info);
     }
+    if (!o.tile_size && h * w > kAutoTileArea) {
+      // tiled at every scale, as at its own: a 4096² image seen at half its size is 2048² pixels, which
+      // alone would not be tiled, and its activations in one call took twice the memory of the
+      // whole tiled pass
+      o.tile_size = kAutoTile;
+    }
     at::Tensor probs;
     {  // the resized image goes before the probabilities are resized back
       const at::Tensor x = resize(hwc.to(at::kFloat).permute({2, 0, 1}).unsqueeze(0), sh, sw);

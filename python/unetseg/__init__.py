@@ -16,8 +16,9 @@ from .slide import open_slide, segment_slide
 
 __version__: str = _C.__version__
 
-# torch's large CPU tensors in transparent huge pages (csrc/include/unetseg/runner.h: the network's
-# forward runs 1.25-1.5x faster); UNETSEG_HUGE_PAGES=0 in the environment turns it off
+# torch's large CPU tensors as cached mappings in transparent huge pages (csrc/include/unetseg/runner.h:
+# the network's forward runs 1.25-1.5x faster, large images take half the memory);
+# UNETSEG_HUGE_PAGES=0 in the environment turns it off
 _C.use_huge_pages()
 
 cmake_prefix_path: str = str(__import__("pathlib").Path(__file__).parent / "share" / "cmake")

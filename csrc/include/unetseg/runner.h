@@ -106,17 +106,22 @@ constexpr double kEmptyChannelRange = 1.0 / 16.0;
 // that channel alone, a gray image, as the network was trained on.
 std::optional<int64_t> signal_channel(const at::Tensor& image);
 
-// Has torch back every CPU tensor of 2 MiB or more with transparent huge pages (madvise), once per
-// process, and returns whether it does. A network's activations are large fresh allocations, which
-// the kernel otherwise fills one 4 KiB page fault at a time: on a Xeon (2 threads) the bfloat16
-// forward at 1024² ran 1.5x faster with huge pages, the float32 one 1.25x. Every CPU Runner calls
-// it, and so does `import unetseg`. It wraps the CPU allocator torch had (same memory, same
-// deleters); it does nothing where the kernel has no transparent huge pages, where the environment
-// has UNETSEG_HUGE_PAGES=0, or where a host installed its own allocator with a higher priority.
+// Has torch hand out every CPU tensor of 4 MiB or more as a mapping of its own in transparent huge
+// pages, with a cache of freed ones (256 MiB at most, shared with the label outputs), once per
+// process, and returns whether it does. A network's activations are large fresh allocations,
+// which the kernel otherwise fills one 4 KiB page fault at a time, and which malloc's heaps kept
+// as they grew tile after tile on large images: on a Xeon (2 threads) the bfloat16 forward at
+// 1024² ran 1.5x faster, the float32 one 1.25x, and a 5000² image peaked at 26 instead of 46-53
+// bytes a pixel. Every CPU Runner calls it, and so does `import unetseg`. It wraps the CPU
+// allocator torch had (small blocks still come from it; tensors from before free alike); it does
+// nothing where the kernel has no transparent huge pages, where the environment has
+// UNETSEG_HUGE_PAGES=0, or where a host installed its own allocator (one without a raw deleter, or
+// with a higher priority).
 bool use_huge_pages();
 
 // Tiles: automatic (tile_size unset) tiles images of more than kAutoTileArea pixels with cores of
-// kAutoTile pixels; tile_size N > 0 tiles images with a side longer than N; 0 never tiles.
+// kAutoTile pixels, at whatever scale the diameter has them seen; tile_size N > 0 tiles images with
+// a side longer than N; 0 never tiles.
 constexpr int64_t kAutoTile = 1024;
 constexpr int64_t kAutoTileArea = 2048 * 2048;
 // One network call takes at most batch_size images or tiles, and fewer when they are large: no more

@@ -3,7 +3,7 @@
 // and the statistics table, new label tensors.
 #pragma once
 
-#include "../../common/huge_pages.h"
+#include "../../common/mapped_blocks.h"
 #include "../label.h"
 #include "ccl.h"
 #include "seeded.h"
@@ -25,7 +25,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -301,34 +300,27 @@ inline bool empty_batch(const ImageBatch& b, const at::Tensor& scores, at::Tenso
   return true;
 }
 
-// Large label outputs come from a cache of blocks that earlier outputs gave back. A fresh block is
-// zeroed by the kernel page by page on its first touch, about as long as labelling it takes (4096²:
+// Large label outputs are mapped blocks from the process's cache (common/mapped_blocks.h): a fresh
+// block is zeroed by the kernel on its first touch, about as long as labelling it takes (4096²:
 // 64 MiB, ~4 ms); a reused block is not (the kernels write every label, background included).
-// Blocks of at least kCachedFrom bytes are cached, up to kCachedBytes in all, the oldest given
-// back first; smaller ones go straight to torch's allocator (malloc reuses those by itself).
+// Smaller ones go straight to torch's allocator (malloc reuses those by itself). torch's own CPU
+// allocator hands out the same blocks where use_huge_pages() wrapped it; this one does whatever the
+// process's allocator is.
 class LabelAllocator final : public c10::Allocator {
  public:
-  static constexpr size_t kCachedFrom = size_t{4} << 20;
-  static constexpr size_t kCachedBytes = size_t{256} << 20;
-
   static LabelAllocator& instance() {
     static auto* allocator = new LabelAllocator(); // never destroyed: tensors may outlive static destruction
     return *allocator;
   }
 
   c10::DataPtr allocate(size_t bytes) override {
-    if (bytes < kCachedFrom) {
-      void* p = c10::alloc_cpu(bytes);
-      return {p, p, &c10::free_cpu, c10::Device(c10::kCPU)};
+    if (kHasMappedBlocks && bytes >= MappedBlocks::kMappedFrom) {
+      void* p = MappedBlocks::shared().take(bytes);
+      TORCH_CHECK_WITH(OutOfMemoryError, p != nullptr, "unetseg: out of memory for ", bytes, " bytes of labels");
+      return {p, p, &release, c10::Device(c10::kCPU)};
     }
-    void* p = take(bytes);
-    if (p == nullptr) {
-      p = c10::alloc_cpu(bytes);
-      advise_huge_pages(p, bytes); // faulting in a 64 MiB output 4 KiB at a time costs more than labelling it
-    }
-    std::lock_guard<std::mutex> lock(mutex_);
-    live_[p] = bytes;
-    return {p, p, &release, c10::Device(c10::kCPU)};
+    void* p = c10::alloc_cpu(bytes);
+    return {p, p, &c10::free_cpu, c10::Device(c10::kCPU)};
   }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
@@ -336,48 +328,7 @@ class LabelAllocator final : public c10::Allocator {
   }
 
  private:
-  // A given-back block of exactly `bytes`, or nullptr.
-  void* take(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = free_.begin(); it != free_.end(); ++it) {
-      if (it->first == bytes) {
-        void* p = it->second;
-        free_bytes_ -= bytes;
-        free_.erase(it);
-        return p;
-      }
-    }
-    return nullptr;
-  }
-
-  static void release(void* p) { instance().give_back(p); }
-
-  void give_back(void* p) {
-    std::vector<void*> drop;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      const auto it = live_.find(p);
-      const size_t bytes = it->second;
-      live_.erase(it);
-      if (bytes > kCachedBytes) {
-        drop.push_back(p);
-      } else {
-        free_.emplace_back(bytes, p);
-        free_bytes_ += bytes;
-      }
-      while (free_bytes_ > kCachedBytes) {
-        drop.push_back(free_.front().second);
-        free_bytes_ -= free_.front().first;
-        free_.erase(free_.begin());
-      }
-    }
-    for (void* q : drop) c10::free_cpu(q);
-  }
-
-  std::mutex mutex_;
-  std::unordered_map<void*, size_t> live_;      // the size of each cached-size block handed out
-  std::vector<std::pair<size_t, void*>> free_;  // blocks given back, oldest first
-  size_t free_bytes_ = 0;
+  static void release(void* p) { MappedBlocks::shared().give_back(p); }
 };
 
 // A new (uninitialised) int32 label tensor on the CPU, from the LabelAllocator.
