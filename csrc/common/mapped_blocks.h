@@ -20,6 +20,7 @@
 #include <vector>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -39,7 +40,15 @@ class MappedBlocks {
 
   // The process's one cache (never destroyed: blocks may be freed during static destruction).
   static MappedBlocks& shared() {
-    static auto* blocks = new MappedBlocks();
+    static auto* blocks = [] {
+      auto* made = new MappedBlocks();
+#if defined(__linux__)
+      // a fork (a DataLoader starting its workers) while another thread holds the lock would leave it
+      // locked forever in the child: the lock is taken around every fork
+      pthread_atfork(&lock_shared, &unlock_shared, &unlock_shared);
+#endif
+      return made;
+    }();
     return *blocks;
   }
 
@@ -87,6 +96,9 @@ class MappedBlocks {
   }
 
  private:
+  static void lock_shared() { shared().mutex_.lock(); }
+  static void unlock_shared() { shared().mutex_.unlock(); }
+
   static size_t rounded(size_t bytes) { return (bytes + kHugePage - 1) & ~(kHugePage - 1); }
 
   // `size` bytes (a multiple of kHugePage) starting on a huge page, advised huge pages: mapped with a
