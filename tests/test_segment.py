@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_checkpoint
+from hypothesis import given
+from hypothesis import strategies as st
 
 import unetseg
 from unetseg.checkpoint import model_from_checkpoint
@@ -339,6 +341,42 @@ def test_the_cpu_graph_leaves_no_separate_relu_or_indexed_pooling_in_a_unet(tmp_
     ops = {e.key for e in p.key_averages()}
     assert "mkldnn::_convolution_pointwise" in ops and not ops & {"aten::relu_", "aten::relu", "aten::clamp_min_"}
     assert ("aten::max_pool2d_with_indices" in ops) == (precision == "float32")
+    assert ("unetseg::_max_pool_2x2" in ops) == (precision == "bfloat16")
+
+
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 40),
+    h=st.integers(2, 33),
+    w=st.integers(2, 33),
+    specials=st.lists(
+        st.sampled_from([float("nan"), -float("nan"), float("inf"), -float("inf"), -0.0, 0.0]), max_size=6
+    ),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_the_bfloat16_max_pool_is_torchs(n, c, h, w, specials, channels_last, seed):
+    """unetseg::_max_pool_2x2 (the CPU graph's bfloat16 pool) against torch's max_pool2d: the same
+    values, NaN where a cell holds one, odd last rows and columns dropped, any input layout."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g).to(torch.bfloat16)
+    flat = x.view(-1)
+    for value, at in zip(specials, torch.randint(0, flat.numel(), (len(specials),), generator=g).tolist()):
+        flat[at] = value
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = torch.ops.unetseg._max_pool_2x2(x)
+    want = torch.nn.functional.max_pool2d(x.float(), 2)  # exact: the maximum is one of the inputs
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.float().isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(got.float()), torch.nan_to_num(want))
+
+
+def test_the_bfloat16_max_pool_of_one_row_is_empty_and_other_dtypes_are_refused():
+    assert torch.ops.unetseg._max_pool_2x2(torch.zeros(2, 3, 1, 9, dtype=torch.bfloat16)).shape == (2, 3, 0, 4)
+    with pytest.raises(RuntimeError, match="bfloat16 CPU tensor"):
+        torch.ops.unetseg._max_pool_2x2(torch.zeros(1, 1, 4, 4))
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,9 @@ namespace unetseg::runner {
 //   tensor is never written; when the graph fixes the first tensor's channel count (the convolution
 //   that made it, found through crops and the forward's list of skips) the two parts of its weights
 //   are constants, and a ReLU after it joins the second convolution as a post-op;
-// - in bfloat16 every 2x2 max-pool of stride 2 becomes the maximum of the four strided quarters of
-//   its input: torch's CPU max-pool also writes the argmax indices (int64), and is 3x slower;
+// - in bfloat16 every 2x2 max-pool of stride 2 becomes unetseg::_max_pool_2x2 (max_pool.h), one pass
+//   over memory: torch's CPU max-pool also writes the argmax indices (int64) and converts every
+//   value, and is 14x slower;
 // - convolution weights are stored channels-last, the activations' layout, so oneDNN does not copy
 //   them into it on every call;
 // - for bfloat16 every floating constant (weights, biases) is stored in bfloat16, and the caller
