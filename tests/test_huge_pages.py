@@ -9,6 +9,10 @@ import pytest
 
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 KERNEL_HAS_THP = THP_SETTING.exists() and "[never]" not in THP_SETTING.read_text()
+needs_thp = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not KERNEL_HAS_THP,
+    reason="needs Linux with transparent huge pages (madvise or always)",
+)
 
 
 def run_python(code: str, **env: str) -> str:
@@ -40,10 +44,7 @@ print(_C.use_huge_pages(), huge_kb)
 """
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not KERNEL_HAS_THP,
-    reason="needs Linux with transparent huge pages (madvise or always)",
-)
+@needs_thp
 def test_large_tensors_get_huge_pages_and_tensors_from_before_free_alike():
     installed, huge_kb = run_python(PROBE).split()
     assert installed == "True"
@@ -71,10 +72,7 @@ print(unetseg._C.use_huge_pages(), (rss() - base) >> 20)
 """
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not KERNEL_HAS_THP,
-    reason="needs Linux with transparent huge pages (madvise or always)",
-)
+@needs_thp
 def test_freed_blocks_kept_for_reuse_stay_within_the_cache_budget():
     installed, kept_mib = run_python(BOUNDED).split()
     assert installed == "True"
