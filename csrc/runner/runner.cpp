@@ -463,11 +463,11 @@ struct Runner::Impl {
     if (!o.normalisation) {
       o.normalisation = runner::image_ranges(hwc, info);
     }
-    if (!o.tile_size && h * w > kAutoTileArea) {
-      // tiled at every scale, as at its own: a 4096² image seen at half its size is 2048² pixels, which
-      // alone would not be tiled, and its activations in one call took twice the memory of the
-      // whole tiled pass
-      o.tile_size = kAutoTile;
+    if (!o.tile_size) {
+      // tiled at every scale as at its own size (tile_for's rule): a 4096² image seen at half its size
+      // is 2048² pixels, which alone would not be tiled, and its activations in one call took twice
+      // the memory of the whole tiled pass
+      if (const int64_t tile = tile_for(h, w, o)) o.tile_size = tile;
     }
     at::Tensor probs;
     {  // the resized image goes before the probabilities are resized back

@@ -19,7 +19,6 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
-
 #include <algorithm>
 #include <initializer_list>
 #include <memory>
