@@ -1,0 +1,97 @@
+"""A candidate kernel for the default model's 24-channel full-resolution layers in bfloat16, against
+oneDNN, on CPUs with AVX512-BF16 (where oneDNN's 16-lane kernels leave a quarter of their lanes
+unused at 24 output channels). The kernel (benchmarks/conv24_bf16.cpp: a 3x3 convolution, stride 1,
+padding 1, channels-last, + bias + ReLU, and the split skip convolution's `+ add` form) is built
+here with torch.utils.cpp_extension; unetseg does not use it. The script first checks both against
+a float32 convolution of the same bfloat16 tensors, then times them in turn (medians).
+
+    python benchmarks/bench_conv24.py [--sizes 512 1024] [--repeats 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from common import cpu_name, interleaved_median_seconds
+
+import unetseg  # noqa: F401  (its allocator: large tensors in cached huge-page mappings, as in the runner)
+
+
+def build():
+    from torch.utils.cpp_extension import load
+
+    flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp"]
+    return load(
+        "unetseg_bench_conv24",
+        [str(Path(__file__).with_name("conv24_bf16.cpp"))],
+        extra_cflags=flags,
+        extra_ldflags=["-fopenmp"],
+        build_directory=tempfile.mkdtemp(),
+        verbose=False,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    if (
+        not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        or "avx512_bf16" not in Path("/proc/cpuinfo").read_text()
+    ):
+        sys.exit("bench_conv24 needs a CPU with AVX512-BF16")
+    torch.set_num_threads(args.threads)
+    ext = build()
+    pointwise = torch.ops.mkldnn._convolution_pointwise
+    cl = torch.channels_last
+    print(f"# {cpu_name()}, {args.threads} threads, torch {torch.__version__}")
+    print(
+        "| image | form | oneDNN ms | kernel ms | GFLOP/s (oneDNN, kernel) | oneDNN / kernel "
+        "| max error (oneDNN, kernel) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    torch.manual_seed(0)
+    for size in args.sizes:
+        x = torch.randn(1, 24, size, size).bfloat16().contiguous(memory_format=cl)
+        other = torch.randn(1, 24, size, size).bfloat16().contiguous(memory_format=cl)
+        weight = (torch.randn(24, 24, 3, 3) * 0.1).bfloat16()
+        bias = torch.randn(24).bfloat16()
+        conv32 = torch.nn.functional.conv2d(x.float(), weight.float(), bias.float(), padding=1)
+        packed = ext.pack(weight)
+        w_cl = weight.contiguous(memory_format=cl)
+        forms = {
+            "conv + bias + ReLU": (
+                lambda: pointwise(x, w_cl, bias, [1, 1], [1, 1], [1, 1], 1, "relu", [], None),
+                lambda: ext.conv(x, packed, bias, None, True),
+                torch.relu(conv32),
+            ),
+            "conv + bias + add + ReLU": (
+                lambda: pointwise.binary(x, other, w_cl, bias, [1, 1], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], None),
+                lambda: ext.conv(x, packed, bias, other, True),
+                torch.relu(conv32 + other.float()),
+            ),
+        }
+        flop = 2 * size * size * 24 * 24 * 9
+        with torch.inference_mode():
+            for form, (onednn, kernel, reference) in forms.items():
+                errors = [(f().float() - reference).abs().max().item() for f in (onednn, kernel)]
+                # bfloat16 outputs: a rounding of the result (8 bits of mantissa) is the tolerance
+                bound = reference.abs().max().item() * 2**-7
+                if max(errors) > bound:
+                    sys.exit(f"{form} at {size}²: errors {errors} above one bfloat16 rounding ({bound:.3g})")
+                t = interleaved_median_seconds({"onednn": onednn, "kernel": kernel}, args.repeats)
+                print(
+                    f"| {size}² x 24 | {form} | {t['onednn'] * 1e3:.1f} | {t['kernel'] * 1e3:.1f} | "
+                    f"{flop / t['onednn'] / 1e9:.0f}, {flop / t['kernel'] / 1e9:.0f} | "
+                    f"{t['onednn'] / t['kernel']:.2f}x | {errors[0]:.3g}, {errors[1]:.3g} |"
+                )
+
+
+if __name__ == "__main__":
+    main()
