@@ -77,3 +77,25 @@ def test_freed_blocks_kept_for_reuse_stay_within_the_cache_budget():
     installed, kept_mib = run_python(BOUNDED).split()
     assert installed == "True"
     assert 150 <= int(kept_mib) <= 256 + 32  # the last block; the budget and a few MiB of other allocations
+
+
+# A 64 MiB tensor freed (kept by the cache), then a 320 MiB one, more than the whole budget: that
+# one is unmapped at once and the 64 MiB block stays cached, instead of the large one pushing it out.
+LARGER_THAN_BUDGET = """
+import torch, unetseg
+def rss():
+    return int(open('/proc/self/statm').read().split()[1]) * 4096
+base = rss()
+t = torch.ones(64 << 20, dtype=torch.uint8)
+del t
+t = torch.ones(320 << 20, dtype=torch.uint8)
+del t
+print(unetseg._C.use_huge_pages(), (rss() - base) >> 20)
+"""
+
+
+@needs_thp
+def test_a_block_larger_than_the_cache_budget_does_not_empty_the_cache():
+    installed, kept_mib = run_python(LARGER_THAN_BUDGET).split()
+    assert installed == "True"
+    assert 60 <= int(kept_mib) <= 64 + 32  # the 64 MiB block, and a few MiB of other allocations

@@ -82,9 +82,15 @@ class MappedBlocks {
       std::lock_guard<std::mutex> lock(mutex_);
       const auto it = live_.find(p);
       if (it == live_.end()) return false;
-      free_.emplace_back(it->second, p);
-      free_bytes_ += it->second;
+      const size_t size = it->second;
       live_.erase(it);
+      if (size > kCachedBytes) {
+        // larger than the whole budget: cached, it would first push every other block out
+        drop.emplace_back(size, p);
+      } else {
+        free_.emplace_back(size, p);
+        free_bytes_ += size;
+      }
       while (free_bytes_ > kCachedBytes) {
         drop.push_back(free_.front());
         free_bytes_ -= free_.front().first;
