@@ -21,6 +21,11 @@ from common import cpu_name, interleaved_median_seconds
 import unetseg  # noqa: F401  (its allocator: large tensors in cached huge-page mappings, as in the runner)
 
 
+def has_avx512_bf16() -> bool:
+    """Whether this CPU runs the kernel (ATen's cpuinfo, as unetseg.device reads it)."""
+    return bool(torch._C._cpu._get_cpu_capability().get("avx512_bf16"))
+
+
 def build():
     from torch.utils.cpp_extension import load
 
@@ -41,10 +46,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    if (
-        not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-        or "avx512_bf16" not in Path("/proc/cpuinfo").read_text()
-    ):
+    if not has_avx512_bf16():
         sys.exit("bench_conv24 needs a CPU with AVX512-BF16")
     torch.set_num_threads(args.threads)
     ext = build()

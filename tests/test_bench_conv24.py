@@ -12,15 +12,10 @@ import torch
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to build benchmarks/conv24_bf16.cpp")
 
 
-def has_avx512_bf16() -> bool:
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.exists() and "avx512_bf16" in cpuinfo.read_text()
-
-
 @needs_gxx
 def test_the_conv24_candidate_builds_and_matches_a_float32_convolution(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from bench_conv24 import build
+    from bench_conv24 import build, has_avx512_bf16
 
     ext = build()
     if not has_avx512_bf16():
