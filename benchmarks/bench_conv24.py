@@ -1,9 +1,9 @@
-"""A candidate kernel for the default model's 24-channel full-resolution layers in bfloat16, against
-oneDNN, on CPUs with AVX512-BF16 (where oneDNN's 16-lane kernels leave a quarter of their lanes
-unused at 24 output channels). The kernel (benchmarks/conv24_bf16.cpp: a 3x3 convolution, stride 1,
-padding 1, channels-last, + bias + ReLU, and the split skip convolution's `+ add` form) is built
-here with torch.utils.cpp_extension; unetseg does not use it. The script first checks both against
-a float32 convolution of the same bfloat16 tensors, then times them in turn (medians).
+"""unetseg::_conv3x3_c24, the CPU runner's bfloat16 convolution for 24 output channels
+(csrc/runner/conv3x3_c24.h), against oneDNN's, on CPUs with AVX512-BF16: the default model's
+full-resolution layers, where oneDNN's 16-lane kernels leave a quarter of their lanes unused. Both
+forms the runner's graph uses: + bias + ReLU, and the split skip convolution's + add + ReLU. The
+script first checks both against a float32 convolution of the same bfloat16 tensors, then times
+them in turn (medians).
 
     python benchmarks/bench_conv24.py [--sizes 512 1024] [--repeats 9]
 """
@@ -12,32 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
 from common import cpu_name, interleaved_median_seconds
 
-import unetseg  # noqa: F401  (its allocator: large tensors in cached huge-page mappings, as in the runner)
+import unetseg  # noqa: F401  (the op, and its allocator: large tensors in cached huge-page mappings, as in the runner)
 
 
 def has_avx512_bf16() -> bool:
-    """Whether this CPU runs the kernel (ATen's cpuinfo, as unetseg.device reads it)."""
+    """Whether this CPU runs the op (ATen's cpuinfo, as the runner reads it)."""
     return bool(torch._C._cpu._get_cpu_capability().get("avx512_bf16"))
-
-
-def build():
-    from torch.utils.cpp_extension import load
-
-    flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp"]
-    return load(
-        "unetseg_bench_conv24",
-        [str(Path(__file__).with_name("conv24_bf16.cpp"))],
-        extra_cflags=flags,
-        extra_ldflags=["-fopenmp"],
-        build_directory=tempfile.mkdtemp(),
-        verbose=False,
-    )
 
 
 def main() -> None:
@@ -49,13 +33,12 @@ def main() -> None:
     if not has_avx512_bf16():
         sys.exit("bench_conv24 needs a CPU with AVX512-BF16")
     torch.set_num_threads(args.threads)
-    ext = build()
     pointwise = torch.ops.mkldnn._convolution_pointwise
     cl = torch.channels_last
     print(f"# {cpu_name()}, {args.threads} threads, torch {torch.__version__}")
     print(
-        "| image | form | oneDNN ms | kernel ms | GFLOP/s (oneDNN, kernel) | oneDNN / kernel "
-        "| max error (oneDNN, kernel) |"
+        "| image | form | oneDNN ms | unetseg ms | GFLOP/s (oneDNN, unetseg) | oneDNN / unetseg "
+        "| max error (oneDNN, unetseg) |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")
     torch.manual_seed(0)
@@ -65,17 +48,17 @@ def main() -> None:
         weight = (torch.randn(24, 24, 3, 3) * 0.1).bfloat16()
         bias = torch.randn(24).bfloat16()
         conv32 = torch.nn.functional.conv2d(x.float(), weight.float(), bias.float(), padding=1)
-        packed = ext.pack(weight)
+        packed = torch.ops.unetseg._pack_conv3x3_c24(weight)
         w_cl = weight.contiguous(memory_format=cl)
         forms = {
             "conv + bias + ReLU": (
                 lambda: pointwise(x, w_cl, bias, [1, 1], [1, 1], [1, 1], 1, "relu", [], None),
-                lambda: ext.conv(x, packed, bias, None, True),
+                lambda: torch.ops.unetseg._conv3x3_c24(x, packed, bias, None, True),
                 torch.relu(conv32),
             ),
             "conv + bias + add + ReLU": (
                 lambda: pointwise.binary(x, other, w_cl, bias, [1, 1], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], None),
-                lambda: ext.conv(x, packed, bias, other, True),
+                lambda: torch.ops.unetseg._conv3x3_c24(x, packed, bias, other, True),
                 torch.relu(conv32 + other.float()),
             ),
         }

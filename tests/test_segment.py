@@ -344,6 +344,26 @@ def test_the_cpu_graph_leaves_no_separate_relu_or_indexed_pooling_in_a_unet(tmp_
     assert ("unetseg::_max_pool_2x2" in ops) == (precision == "bfloat16")
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_cpu_graph_takes_the_c24_convolution_where_it_wins(tmp_path, precision):
+    """On a CPU with AVX512-BF16 and no AMX, a bfloat16 U-Net of base width 24 runs its four
+    full-resolution 3x3 convolutions of 24 channels after the first (the decoder's split one as two)
+    as unetseg::_conv3x3_c24; elsewhere and in float32, none."""
+    from torch.profiler import ProfilerActivity, profile
+
+    caps = torch._C._cpu._get_cpu_capability()
+    wins = bool(caps.get("avx512_bf16")) and not caps.get("amx_bf16")
+    if precision == "bfloat16" and not unetseg.Runner(device="cpu").precision == "bfloat16":
+        pytest.skip("this CPU has no native bfloat16")
+    export(make_checkpoint("unet", 3, 2, base_width=24, depth=2), tmp_path / "m.pt")
+    runner = unetseg.Runner(tmp_path / "m.pt", device="cpu", precision=precision)
+    image = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        runner.predict([image], tile_size=0)
+    calls = {e.key: e.count for e in p.key_averages()}
+    assert calls.get("unetseg::_conv3x3_c24", 0) == (4 if precision == "bfloat16" and wins else 0)
+
+
 @given(
     n=st.integers(1, 3),
     c=st.integers(1, 40),
@@ -383,6 +403,7 @@ def test_the_bfloat16_max_pool_of_one_row_is_empty_and_other_dtypes_are_refused(
     "architecture,options",
     [
         ("unet", {"base_width": 8, "depth": 3}),
+        ("unet", {"base_width": 24, "depth": 2}),  # unetseg::_conv3x3_c24 where it wins
         ("unet", {"batch_norm": False}),
         ("mobilenetv2_unet", {}),
     ],

@@ -1,5 +1,6 @@
 #include "cpu_graph.h"
 
+#include "conv3x3_c24.h"
 #include "max_pool.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -30,6 +31,7 @@ const c10::Symbol kMaxPool = c10::Symbol::fromQualString("aten::max_pool2d");
 const c10::Symbol kSlice = c10::Symbol::fromQualString("aten::slice");
 const c10::Symbol kPad = c10::Symbol::fromQualString("aten::pad");
 const c10::Symbol kMaxPool2x2 = c10::Symbol::fromQualString("unetseg::_max_pool_2x2");
+const c10::Symbol kConv24 = c10::Symbol::fromQualString("unetseg::_conv3x3_c24");
 
 // What a U-Net's frozen graph holds: tensor ops that run in any floating dtype, and the integer and
 // list arithmetic of its padding and cropping. A graph with anything else is left to autocast.
@@ -181,6 +183,7 @@ int64_t known_channels(Value* v) {
       const auto w = torch::jit::toIValue(n->input(1));
       return w && w->isTensor() ? w->toTensor().size(0) : -1;
     }
+    if (n->kind() == kConv24) return 24; // rewritten before the convolution that asks
     const bool activation = is_relu(n) || is_hardtanh(n);
     const auto dim = n->kind() == kSlice ? constant_int(n->input(1)) : std::nullopt;
     const bool crop = dim && (*dim == 2 || *dim == 3 || *dim == -2 || *dim == -1); // a 4-d tensor's rows or columns
@@ -194,10 +197,34 @@ Value* scalars(Graph& graph, std::vector<Value*> values = {}) {
   return graph.insertNode(graph.createList(c10::OptionalType::create(c10::NumberType::get()), values))->output();
 }
 
-// conv (+ activation) -> one oneDNN convolution with the activation as a post-op.
+// The constant weights of `conv` when unetseg::_conv3x3_c24 computes it faster than oneDNN: this CPU
+// is one where it wins, the weights fit it, and the convolution has stride 1, padding 1, dilation 1
+// and one group; or nullopt.
+std::optional<at::Tensor> conv3x3_c24_weights(Node* conv, const c10::IValue& weight) {
+  using Ints = std::optional<std::vector<int64_t>>;
+  const Ints ones{{1, 1}};
+  if (!conv3x3_c24_wins() || !weight.isTensor() || !conv3x3_c24_fits(weight.toTensor())) return std::nullopt;
+  const bool plain = constant_ints(conv->input(3)) == ones && constant_ints(conv->input(4)) == ones &&
+                     constant_ints(conv->input(5)) == ones && constant_int(conv->input(6)) == std::optional<int64_t>(1);
+  return plain ? std::optional(weight.toTensor()) : std::nullopt;
+}
+
+// unetseg::_conv3x3_c24 of `x` with `weight` (packed here, once) and `bias` (+ `add`) (+ ReLU).
+Value* conv3x3_c24_node(Graph& graph, Value* x, const at::Tensor& weight, Value* bias, Value* add, bool relu) {
+  Value* packed = graph.insertConstant(pack_conv3x3_c24(weight));
+  const torch::jit::NamedValue added = add ? torch::jit::NamedValue(add) : torch::jit::NamedValue(c10::IValue());
+  return graph.insert(kConv24, {x, packed, bias, added, relu});
+}
+
+// conv (+ activation) -> one oneDNN convolution with the activation as a post-op, or
+// unetseg::_conv3x3_c24 (+ ReLU) where that is faster.
 Value* fuse_conv(Graph& graph, Node* conv, Node* act) {
   Value *x = conv->input(0), *w = conv->input(1), *b = conv->input(2);
   Value *stride = conv->input(3), *padding = conv->input(4), *dilation = conv->input(5), *groups = conv->input(6);
+  const auto weight = torch::jit::toIValue(w);
+  if (const auto c24 = weight ? conv3x3_c24_weights(conv, *weight) : std::nullopt; c24 && (!act || is_relu(act))) {
+    return conv3x3_c24_node(graph, x, *c24, b, nullptr, act != nullptr);
+  }
   const std::string attr = !act ? "none" : is_relu(act) ? "relu" : "hardtanh";
   Value* bounds = act && !is_relu(act) ? scalars(graph, {act->input(1), act->input(2)}) : scalars(graph);
   return graph.insert(kFused, {x, w, b, padding, stride, dilation, groups, attr, bounds, c10::IValue()});
@@ -213,28 +240,37 @@ Value* activate(Graph& graph, Node* act, Value* x) {
 // activation). A ReLU joins the second convolution as a post-op only where its weights are a
 // constant whose layout reads as channels-last alone (more than one input channel, a kernel larger
 // than 1x1): oneDNN then always takes the fused path, whereas torch's fallback for other layouts
-// (conv + add_relu) has no bfloat16 kernel. Elsewhere the activation stays an op of its own.
+// (conv + add_relu) has no bfloat16 kernel. Elsewhere the activation stays an op of its own. Either
+// convolution is unetseg::_conv3x3_c24 where that is faster (its own `add` and ReLU).
 Value* split_conv(Graph& graph, Node* conv, Node* act, const std::array<Value*, 2>& parts) {
   Value *w = conv->input(1), *bias = conv->input(2);
   Value *stride = conv->input(3), *padding = conv->input(4), *dilation = conv->input(5), *groups = conv->input(6);
   Value *w_first = nullptr, *w_second = nullptr;
+  std::optional<at::Tensor> c24_first, c24_second;
   bool unambiguous = false; // the second weights' layout reads as channels-last only
   const auto weight = torch::jit::toIValue(w);
   const int64_t known = known_channels(parts[0]);
   if (weight && weight->isTensor() && known > 0 && known < weight->toTensor().size(1)) {
     // the two parts of the weights as constants of their own, not strided views copied on every call
     const at::Tensor whole = weight->toTensor();
+    const at::Tensor first = whole.slice(1, 0, known).contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor second = whole.slice(1, known).contiguous(at::MemoryFormat::ChannelsLast);
-    w_first = graph.insertConstant(whole.slice(1, 0, known).contiguous(at::MemoryFormat::ChannelsLast));
+    w_first = graph.insertConstant(first);
     w_second = graph.insertConstant(second);
     unambiguous = second.dim() == 4 && second.size(1) > 1 && second.size(2) * second.size(3) > 1;
+    c24_first = conv3x3_c24_weights(conv, first);
+    c24_second = conv3x3_c24_weights(conv, second);
   } else {
     Value* first_channels = graph.insert(c10::aten::size, {parts[0], 1});
     w_first = graph.insert(c10::aten::slice, {w, 1, c10::IValue(), first_channels});
     w_second = graph.insert(c10::aten::slice, {w, 1, first_channels, c10::IValue()});
   }
-  Value* first = graph.insert(kFused, {parts[0], w_first, bias, padding, stride, dilation, groups,
-                                       std::string("none"), scalars(graph), c10::IValue()});
+  Value* first = c24_first ? conv3x3_c24_node(graph, parts[0], *c24_first, bias, nullptr, false)
+                           : graph.insert(kFused, {parts[0], w_first, bias, padding, stride, dilation, groups,
+                                                   std::string("none"), scalars(graph), c10::IValue()});
+  if (c24_second && (!act || is_relu(act))) {
+    return conv3x3_c24_node(graph, parts[1], *c24_second, graph.insertConstant(c10::IValue()), first, act != nullptr);
+  }
   const bool fuse_relu = act && is_relu(act) && unambiguous;
   const c10::IValue unary = fuse_relu ? c10::IValue(std::string("relu")) : c10::IValue();
   Value* sum = graph.insert(kFused, {parts[1], first, w_second, c10::IValue(), padding, stride, dilation, groups,

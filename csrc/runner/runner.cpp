@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
-#include <ATen/cpu/Utils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
@@ -20,6 +19,7 @@
 #include <map>
 #include <utility>
 
+#include "cpu_capability.h"
 #include "cpu_graph.h"
 #include "preprocess.h"
 #include "unetseg/ops.h"
@@ -117,14 +117,7 @@ c10::Device resolve_device(const std::string& name) {
 
 // Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16): without it, autocast to
 // bfloat16 is emulated and slower than float32. ATen's cpuinfo answers, as torch's own kernels ask.
-bool cpu_has_native_bfloat16() {
-  const auto caps = at::cpu::get_cpu_capabilities();
-  const auto has = [&](const char* name) {
-    const auto it = caps.find(name);
-    return it != caps.end() && it->second.isBool() && it->second.toBool();
-  };
-  return has("avx512_bf16") || has("amx_bf16");
-}
+bool cpu_has_native_bfloat16() { return runner::cpu_has("avx512_bf16") || runner::cpu_has("amx_bf16"); }
 
 // "auto": bfloat16 on a CPU with native bfloat16 and on CUDA devices, else float32.
 c10::ScalarType resolve_precision(const std::string& name, const c10::Device& device) {
