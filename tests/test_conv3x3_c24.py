@@ -1,9 +1,10 @@
-"""unetseg::_conv3x3_c24, the CPU runner's bfloat16 convolution for 24 output channels on CPUs with
+"""unetseg::_conv3x3_c24, the CPU runner's 3x3 convolution for 24 output channels on CPUs with
 AVX512-BF16 and no AMX (csrc/runner/conv3x3_c24.h), bit for bit against a plain reference that does
 its arithmetic in the order the header states: the sum starts at the bias, then per tap inside the
-image and per input pair, the odd product and then the even one, each added with one float32
-rounding (vdpbf16ps); + add, ReLU, and rounding to bfloat16. Values are drawn with exponents that
-keep every product and sum normal (the instruction treats denormals as zero)."""
+image, in bfloat16 per input pair the odd product and then the even one, each added with one float32
+rounding (vdpbf16ps), in float32 per input channel a fused multiply-add; + add, ReLU, and the
+output's rounding. The values keep every product and sum normal (vdpbf16ps treats denormals as
+zero), and in float32 let float64 hold a multiply-add exactly."""
 
 import numpy as np
 import pytest
@@ -28,8 +29,21 @@ def bfloat16_values(rng: np.random.Generator, shape) -> torch.Tensor:
     return torch.from_numpy(value.astype(np.float32)).bfloat16()
 
 
+def float32_values(rng: np.random.Generator, shape) -> torch.Tensor:
+    """float32 values with 16 significant bits and exponents in [-2, 2], some zeros: each product
+    has up to 32 bits, more than float32 holds (a fused multiply-add is not a multiply and an add),
+    and every sum is a multiple of 2^-34 below 2^16, which float64 holds exactly."""
+    sign = rng.choice([-1.0, 1.0], shape)
+    value = sign * (1 + rng.integers(0, 2**15, shape) / 2**15) * 2.0 ** rng.integers(-2, 3, shape)
+    value[rng.random(shape) < 0.1] = 0.0
+    value[rng.random(shape) < 0.05] = -0.0
+    return torch.from_numpy(value.astype(np.float32))
+
+
 def reference(x, weight, bias, add, relu):
-    """The op's arithmetic in numpy float32, one rounding an operation, in the header's order."""
+    """The op's arithmetic in numpy, one float32 rounding an operation, in the header's order; the
+    output in x's dtype."""
+    bfloat16 = x.dtype == torch.bfloat16
     x = x.float().permute(0, 2, 3, 1).numpy()  # NHWC
     w = weight.float().numpy()  # [24, ic, 3, 3]
     n, h, width, ic = x.shape
@@ -37,6 +51,9 @@ def reference(x, weight, bias, add, relu):
     padded[:, :, 1:-1] = x
     total = np.empty((n, h, width, 24), np.float32)
     total[...] = bias.float().numpy() if bias is not None else np.float32(0)
+    # bfloat16: odd channel, then even, two float32 additions of exact products; float32: a fused
+    # multiply-add a channel, exact in float64 for float32_values, then rounded once
+    order = [c for pair in range(ic // 2) for c in (2 * pair + 1, 2 * pair)] if bfloat16 else range(ic)
     for ky in range(3):
         rows = [y for y in range(h) if 0 <= y + ky - 1 < h]  # taps outside the image are skipped
         if not rows:
@@ -44,18 +61,22 @@ def reference(x, weight, bias, add, relu):
         source = padded[:, [y + ky - 1 for y in rows]]
         for kx in range(3):
             s = source[:, :, kx : kx + width]
-            for pair in range(ic // 2):
-                for c in (2 * pair + 1, 2 * pair):
+            for c in order:
+                if bfloat16:
                     total[:, rows] = total[:, rows] + s[..., c, None] * w[:, c, ky, kx]
+                else:
+                    fma = total[:, rows].astype(np.float64) + s[..., c, None].astype(np.float64) * w[:, c, ky, kx]
+                    total[:, rows] = fma.astype(np.float32)
     if add is not None:
         total = total + add.float().permute(0, 2, 3, 1).numpy()
     if relu:
         total = np.where(total > 0, total, np.float32(0))
-    return torch.from_numpy(np.ascontiguousarray(total)).permute(0, 3, 1, 2).bfloat16()
+    out = torch.from_numpy(np.ascontiguousarray(total)).permute(0, 3, 1, 2)
+    return out.bfloat16() if bfloat16 else out
 
 
 @needs_avx512_bf16
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     n=st.integers(1, 2),
     pairs=st.integers(1, 26),
@@ -65,25 +86,29 @@ def reference(x, weight, bias, add, relu):
     with_add=st.booleans(),
     relu=st.booleans(),
     channels_last=st.booleans(),
+    dtype=st.sampled_from([torch.bfloat16, torch.float32]),
+    odd=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_the_c24_convolution_is_its_reference_bit_for_bit(
-    n, pairs, h, width, with_bias, with_add, relu, channels_last, seed
+    n, pairs, h, width, with_bias, with_add, relu, channels_last, dtype, odd, seed
 ):
     rng = np.random.default_rng(seed)
-    ic = 2 * pairs
-    x = bfloat16_values(rng, (n, ic, h, width))
+    ic = 2 * pairs - (odd and dtype == torch.float32)  # float32 takes any channel count
+    values = bfloat16_values if dtype == torch.bfloat16 else float32_values
+    x = values(rng, (n, ic, h, width))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    weight = bfloat16_values(rng, (24, ic, 3, 3))
-    bias = bfloat16_values(rng, (24,)) if with_bias else None
-    add = bfloat16_values(rng, (n, 24, h, width)) if with_add else None
+    weight = values(rng, (24, ic, 3, 3))
+    bias = values(rng, (24,)) if with_bias else None
+    add = values(rng, (n, 24, h, width)) if with_add else None
     packed = torch.ops.unetseg._pack_conv3x3_c24(weight)
     got = torch.ops.unetseg._conv3x3_c24(x, packed, bias, add, relu)
     want = reference(x, weight, bias, add, relu)
-    assert got.dtype == torch.bfloat16 and got.shape == (n, 24, h, width)
+    assert got.dtype == dtype and got.shape == (n, 24, h, width)
     assert got.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(got.view(torch.int16), want.contiguous(memory_format=torch.channels_last).view(torch.int16))
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    assert torch.equal(got.view(bits), want.contiguous(memory_format=torch.channels_last).view(bits))
 
 
 @needs_avx512_bf16
@@ -121,17 +146,23 @@ def test_the_c24_convolution_of_an_empty_batch_is_empty():
 
 
 def test_the_c24_ops_refuse_what_they_do_not_compute():
-    with pytest.raises(RuntimeError, match=r"bfloat16 weights \[24, even, 3, 3\], got Float"):
-        torch.ops.unetseg._pack_conv3x3_c24(torch.zeros(24, 2, 3, 3))
-    with pytest.raises(RuntimeError, match=r"\[24, even, 3, 3\], got BFloat16 \[24, 3, 3, 3\]"):
+    with pytest.raises(RuntimeError, match=r"in float32, or in bfloat16 with an even C, got Double"):
+        torch.ops.unetseg._pack_conv3x3_c24(torch.zeros(24, 2, 3, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"with an even C, got BFloat16 \[24, 3, 3, 3\]"):
         torch.ops.unetseg._pack_conv3x3_c24(torch.zeros(24, 3, 3, 3, dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match=r"got Float \[16, 2, 3, 3\]"):
+        torch.ops.unetseg._pack_conv3x3_c24(torch.zeros(24 - 8, 2, 3, 3))
     if not torch._C._cpu._get_cpu_capability().get("avx512_bf16"):
         return
     packed = torch.ops.unetseg._pack_conv3x3_c24(torch.zeros(24, 2, 3, 3, dtype=torch.bfloat16))
-    with pytest.raises(RuntimeError, match="with an even C, got Float"):
+    with pytest.raises(RuntimeError, match="packed weights .* for 2 input channels in Float expected, got BFloat16"):
         torch.ops.unetseg._conv3x3_c24(torch.zeros(1, 2, 4, 4), packed, None, None, True)
-    with pytest.raises(RuntimeError, match="packed weights .* for 4 input channels expected"):
+    with pytest.raises(RuntimeError, match="with an even C, got BFloat16 \\[1, 3, 4, 4\\]"):
+        torch.ops.unetseg._conv3x3_c24(torch.zeros(1, 3, 4, 4, dtype=torch.bfloat16), packed, None, None, True)
+    with pytest.raises(RuntimeError, match="packed weights .* for 4 input channels in BFloat16 expected"):
         torch.ops.unetseg._conv3x3_c24(torch.zeros(1, 4, 4, 4, dtype=torch.bfloat16), packed, None, None, True)
-    with pytest.raises(RuntimeError, match="`add` of the output's shape"):
+    with pytest.raises(
+        RuntimeError, match="`add` of the output's shape .* in BFloat16 expected, got BFloat16 \\[1, 24, 4, 5\\]"
+    ):
         x = torch.zeros(1, 2, 4, 4, dtype=torch.bfloat16)
         torch.ops.unetseg._conv3x3_c24(x, packed, None, torch.zeros(1, 24, 4, 5, dtype=torch.bfloat16), True)

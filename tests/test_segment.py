@@ -346,9 +346,9 @@ def test_the_cpu_graph_leaves_no_separate_relu_or_indexed_pooling_in_a_unet(tmp_
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_the_cpu_graph_takes_the_c24_convolution_where_it_wins(tmp_path, precision):
-    """On a CPU with AVX512-BF16 and no AMX, a bfloat16 U-Net of base width 24 runs its four
-    full-resolution 3x3 convolutions of 24 channels after the first (the decoder's split one as two)
-    as unetseg::_conv3x3_c24; elsewhere and in float32, none."""
+    """On a CPU with AVX512-BF16 and no AMX, a U-Net of base width 24 runs its full-resolution 3x3
+    convolutions to 24 channels (the decoder's split one as two) as unetseg::_conv3x3_c24: all five
+    in float32, the four after the first (three input channels) in bfloat16; elsewhere none."""
     from torch.profiler import ProfilerActivity, profile
 
     caps = torch._C._cpu._get_cpu_capability()
@@ -361,7 +361,7 @@ def test_the_cpu_graph_takes_the_c24_convolution_where_it_wins(tmp_path, precisi
     with profile(activities=[ProfilerActivity.CPU]) as p:
         runner.predict([image], tile_size=0)
     calls = {e.key: e.count for e in p.key_averages()}
-    assert calls.get("unetseg::_conv3x3_c24", 0) == (4 if precision == "bfloat16" and wins else 0)
+    assert calls.get("unetseg::_conv3x3_c24", 0) == ((4 if precision == "bfloat16" else 5) if wins else 0)
 
 
 @given(

@@ -22,8 +22,8 @@ namespace unetseg::runner {
 // - in bfloat16 every 2x2 max-pool of stride 2 becomes unetseg::_max_pool_2x2 (max_pool.h), one pass
 //   over memory: torch's CPU max-pool also writes the argmax indices (int64) and converts every
 //   value, and is 14x slower;
-// - in bfloat16, on a CPU with AVX512-BF16 and no AMX, a 3x3 convolution to 24 channels (stride 1,
-//   padding 1, constant weights, an even number of input channels; either half of a split one too)
+// - on a CPU with AVX512-BF16 and no AMX, a 3x3 convolution to 24 channels (stride 1, padding 1,
+//   constant weights; in bfloat16 an even number of input channels; either half of a split one too)
 //   becomes unetseg::_conv3x3_c24 (conv3x3_c24.h), with its ReLU and `+ add`: oneDNN leaves a quarter
 //   of its vector lanes idle on such layers, the default model's full-resolution ones;
 // - convolution weights are stored channels-last, the activations' layout, so oneDNN does not copy
