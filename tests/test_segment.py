@@ -324,21 +324,27 @@ def test_cli_segment_tta(tmp_path, model_file):
     assert not np.array_equal(wants[0].labels, wants[1].labels)  # the flag reached the runner
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_the_cpu_graph_leaves_no_separate_relu_or_indexed_pooling_in_a_unet(tmp_path, precision):
-    """Speed the parity test cannot see: in the runner's graph of a U-Net every ReLU is a convolution's
-    post-op (the decoder's too, after the split concatenations), and in bfloat16 no max-pool computes
-    argmax indices. Read from the ops the runner calls (torch.profiler sees the C++ runner's calls)."""
+def cpu_graph_op_calls(tmp_path, precision: str, **model_options) -> dict[str, int]:
+    """How often the CPU runner calls each op on one 64² image with a random U-Net of these options
+    (torch.profiler sees the C++ runner's calls); skips where the precision has no native support."""
     from torch.profiler import ProfilerActivity, profile
 
     if precision == "bfloat16" and not unetseg.Runner(device="cpu").precision == "bfloat16":
         pytest.skip("this CPU has no native bfloat16")
-    export(make_checkpoint("unet", 3, 2, base_width=8, depth=3), tmp_path / "m.pt")
+    export(make_checkpoint("unet", 3, 2, **model_options), tmp_path / "m.pt")
     runner = unetseg.Runner(tmp_path / "m.pt", device="cpu", precision=precision)
     image = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
     with profile(activities=[ProfilerActivity.CPU]) as p:
         runner.predict([image], tile_size=0)
-    ops = {e.key for e in p.key_averages()}
+    return {e.key: e.count for e in p.key_averages()}
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_cpu_graph_leaves_no_separate_relu_or_indexed_pooling_in_a_unet(tmp_path, precision):
+    """Speed the parity test cannot see: in the runner's graph of a U-Net every ReLU is a convolution's
+    post-op (the decoder's too, after the split concatenations), and in bfloat16 no max-pool computes
+    argmax indices."""
+    ops = set(cpu_graph_op_calls(tmp_path, precision, base_width=8, depth=3))
     assert "mkldnn::_convolution_pointwise" in ops and not ops & {"aten::relu_", "aten::relu", "aten::clamp_min_"}
     assert ("aten::max_pool2d_with_indices" in ops) == (precision == "float32")
     assert ("unetseg::_max_pool_2x2" in ops) == (precision == "bfloat16")
@@ -349,18 +355,9 @@ def test_the_cpu_graph_takes_the_c24_convolution_where_it_wins(tmp_path, precisi
     """On a CPU with AVX512-BF16 and no AMX, a U-Net of base width 24 runs its full-resolution 3x3
     convolutions to 24 channels (the decoder's split one as two) as unetseg::_conv3x3_c24: all five
     in float32, the four after the first (three input channels) in bfloat16; elsewhere none."""
-    from torch.profiler import ProfilerActivity, profile
-
     caps = torch._C._cpu._get_cpu_capability()
     wins = bool(caps.get("avx512_bf16")) and not caps.get("amx_bf16")
-    if precision == "bfloat16" and not unetseg.Runner(device="cpu").precision == "bfloat16":
-        pytest.skip("this CPU has no native bfloat16")
-    export(make_checkpoint("unet", 3, 2, base_width=24, depth=2), tmp_path / "m.pt")
-    runner = unetseg.Runner(tmp_path / "m.pt", device="cpu", precision=precision)
-    image = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
-    with profile(activities=[ProfilerActivity.CPU]) as p:
-        runner.predict([image], tile_size=0)
-    calls = {e.key: e.count for e in p.key_averages()}
+    calls = cpu_graph_op_calls(tmp_path, precision, base_width=24, depth=2)
     assert calls.get("unetseg::_conv3x3_c24", 0) == ((4 if precision == "bfloat16" else 5) if wins else 0)
 
 
