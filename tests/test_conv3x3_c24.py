@@ -138,6 +138,21 @@ def test_the_c24_convolution_of_real_sized_values_is_a_float32_convolution_to_on
 
 
 @needs_avx512_bf16
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_c24_convolution_of_a_cropped_view_is_that_of_its_copy(dtype):
+    """A valid-padding U-Net crops its skips: the op gets strided views, and reads them as copies."""
+    torch.manual_seed(0)
+    whole = torch.randn(2, 24, 20, 30).to(dtype).contiguous(memory_format=torch.channels_last)
+    view = whole[:, :, 3:-2, 5:-4]
+    weight, bias = (torch.randn(24, 24, 3, 3) * 0.2).to(dtype), torch.randn(24).to(dtype)
+    add = torch.randn(2, 24, 21, 15).to(dtype).transpose(2, 3)  # strided too
+    packed = torch.ops.unetseg._pack_conv3x3_c24(weight)
+    got = torch.ops.unetseg._conv3x3_c24(view, packed, bias, add, True)
+    want = torch.ops.unetseg._conv3x3_c24(view.contiguous(), packed, bias, add.contiguous(), True)
+    assert torch.equal(got, want)
+
+
+@needs_avx512_bf16
 def test_the_c24_convolution_of_an_empty_batch_is_empty():
     packed = torch.ops.unetseg._pack_conv3x3_c24(torch.zeros(24, 2, 3, 3, dtype=torch.bfloat16))
     assert torch.ops.unetseg._conv3x3_c24(
