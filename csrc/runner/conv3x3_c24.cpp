@@ -18,6 +18,7 @@ namespace unetseg::runner {
 namespace {
 
 constexpr int kOut = 24;
+#ifdef UNETSEG_HAVE_AVX512_BF16
 constexpr int kBlock = 12; // pixels a block: 24 accumulators of the 32 vector registers
 
 // The two element types. `step` input channels feed each multiply-add of a pixel's 16 + 8 sums;
@@ -162,11 +163,17 @@ void conv(const at::Tensor& in, const at::Tensor& packed, const at::Tensor& bias
   });
 }
 
+#endif // UNETSEG_HAVE_AVX512_BF16
+
 } // namespace
 
 bool conv3x3_c24_wins() {
+#ifdef UNETSEG_HAVE_AVX512_BF16
   static const bool wins = cpu_has("avx512_bf16") && !cpu_has("amx_bf16");
   return wins;
+#else
+  return false;
+#endif
 }
 
 bool conv3x3_c24_fits(const at::Tensor& weight) {
@@ -185,6 +192,11 @@ at::Tensor pack_conv3x3_c24(const at::Tensor& weight) {
 
 at::Tensor conv3x3_c24(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& add, bool relu) {
+#ifndef UNETSEG_HAVE_AVX512_BF16
+  static_cast<void>(relu);
+  TORCH_CHECK(false, "unetseg::_conv3x3_c24: this build of unetseg has no AVX512-BF16 kernels (its compiler lacked "
+                     "the intrinsics)");
+#endif
   TORCH_CHECK(cpu_has("avx512_bf16"), "unetseg::_conv3x3_c24 needs a CPU with AVX512-BF16");
   const at::ScalarType dtype = x.scalar_type();
   const bool bfloat16 = dtype == at::kBFloat16;
@@ -205,11 +217,13 @@ at::Tensor conv3x3_c24(const at::Tensor& x, const at::Tensor& packed, const std:
   const at::Tensor in = x.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor added = add ? add->contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
   const at::Tensor b = bias ? bias->to(at::kFloat).contiguous() : at::zeros({kOut}, at::kFloat);
+#ifdef UNETSEG_HAVE_AVX512_BF16
   if (bfloat16) {
     conv<BFloat16>(in, packed, b, added, relu, out);
   } else {
     conv<Float32>(in, packed, b, added, relu, out);
   }
+#endif
   return out;
 }
 
