@@ -28,10 +28,11 @@ at::Tensor pack_conv3x3_c24(const at::Tensor& weight);
 // the input is read in place but for each row's two end pixels. The arithmetic, bit for bit: each
 // sum starts at the bias (0 without), then for each tap (row-major) whose input row is inside the
 // image: in float32, for each input channel, sum = fma(x, w, sum); in bfloat16, for each input pair
-// (2i, 2i + 1), sum = f32(sum + x[2i + 1] w[2i + 1]), then sum = f32(sum + x[2i] w[2i]) (vdpbf16ps;
-// the products are exact, denormal inputs and results are zero); columns outside the image count as
-// +0 inputs; then sum = f32(sum + add), ReLU as max(sum, +0), and in bfloat16 rounding to the nearest,
-// ties to even. Needs AVX512-BF16 (an error elsewhere). The op unetseg::_conv3x3_c24.
+// (2i, 2i + 1), sum = f32(sum + x[2i + 1] w[2i + 1]), then sum = f32(sum + x[2i] w[2i])
+// (vdpbf16ps, as Intel's pseudocode states and Zen 4 computes; the products are exact, denormal
+// inputs and results are zero); columns outside the image count as +0 inputs; then
+// sum = f32(sum + add), ReLU as max(sum, +0), and in bfloat16 rounding to the nearest, ties to
+// even. Needs AVX512-BF16 (an error elsewhere). The op unetseg::_conv3x3_c24.
 at::Tensor conv3x3_c24(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& add, bool relu);
 
