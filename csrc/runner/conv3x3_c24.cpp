@@ -7,8 +7,8 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -18,6 +18,14 @@ namespace unetseg::runner {
 namespace {
 
 constexpr int kOut = 24;
+
+// Whether this CPU has AVX512-BF16, asked once: ATen builds its whole capability map on every query,
+// and the op checks on every call.
+bool cpu_has_avx512_bf16() {
+  static const bool has = cpu_has("avx512_bf16");
+  return has;
+}
+
 #ifdef UNETSEG_HAVE_AVX512_BF16
 constexpr int kBlock = 12; // pixels a block: 24 accumulators of the 32 vector registers
 
@@ -169,7 +177,7 @@ void conv(const at::Tensor& in, const at::Tensor& packed, const at::Tensor& bias
 
 bool conv3x3_c24_wins() {
 #ifdef UNETSEG_HAVE_AVX512_BF16
-  static const bool wins = cpu_has("avx512_bf16") && !cpu_has("amx_bf16");
+  static const bool wins = cpu_has_avx512_bf16() && !cpu_has("amx_bf16");
   return wins;
 #else
   return false;
@@ -197,7 +205,7 @@ at::Tensor conv3x3_c24(const at::Tensor& x, const at::Tensor& packed, const std:
   TORCH_CHECK(false, "unetseg::_conv3x3_c24: this build of unetseg has no AVX512-BF16 kernels (its compiler lacked "
                      "the intrinsics)");
 #endif
-  TORCH_CHECK(cpu_has("avx512_bf16"), "unetseg::_conv3x3_c24 needs a CPU with AVX512-BF16");
+  TORCH_CHECK(cpu_has_avx512_bf16(), "unetseg::_conv3x3_c24 needs a CPU with AVX512-BF16");
   const at::ScalarType dtype = x.scalar_type();
   const bool bfloat16 = dtype == at::kBFloat16;
   TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() && (bfloat16 ? x.size(1) % 2 == 0 : dtype == at::kFloat),
