@@ -14,9 +14,8 @@ from hypothesis import strategies as st
 
 import unetseg  # noqa: F401  (registers the unetseg ops)
 
-needs_avx512_bf16 = pytest.mark.skipif(
-    not torch._C._cpu._get_cpu_capability().get("avx512_bf16"), reason="unetseg::_conv3x3_c24 needs AVX512-BF16"
-)
+HAS_AVX512_BF16 = bool(torch._C._cpu._get_cpu_capability().get("avx512_bf16"))
+needs_avx512_bf16 = pytest.mark.skipif(not HAS_AVX512_BF16, reason="unetseg::_conv3x3_c24 needs AVX512-BF16")
 
 
 def bfloat16_values(rng: np.random.Generator, shape) -> torch.Tensor:
@@ -173,7 +172,7 @@ def test_the_c24_ops_refuse_what_they_do_not_compute():
         torch.ops.unetseg._pack_conv3x3_c24(torch.zeros(24, 3, 3, 3, dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match=r"got Float \[16, 2, 3, 3\]"):
         torch.ops.unetseg._pack_conv3x3_c24(torch.zeros(24 - 8, 2, 3, 3))
-    if not torch._C._cpu._get_cpu_capability().get("avx512_bf16"):
+    if not HAS_AVX512_BF16:
         return
     packed = torch.ops.unetseg._pack_conv3x3_c24(torch.zeros(24, 2, 3, 3, dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match="packed weights .* for 2 input channels in Float expected, got BFloat16"):

@@ -61,41 +61,38 @@ def test_opting_out_leaves_torchs_allocator_alone():
 # cache of freed blocks keeps the latest up to 256 MiB (here the 160 MiB one: with the 156 MiB one
 # it would be over).
 BOUNDED = """
-import torch, unetseg
-def rss():
-    return int(open('/proc/self/statm').read().split()[1]) * 4096
-base = rss()
 for mib in range(4, 164, 4):
     t = torch.ones(mib << 20, dtype=torch.uint8)
     del t
-print(unetseg._C.use_huge_pages(), (rss() - base) >> 20)
 """
+
+
+def mib_kept(script: str) -> int:
+    """The MiB a child process's resident memory grew by while it ran `script` (torch and unetseg
+    loaded before), checking that unetseg's allocator was installed there."""
+    start = "import torch, unetseg\n"
+    start += "def rss():\n    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+    report = "print(unetseg._C.use_huge_pages(), (rss() - base) >> 20)\n"
+    installed, kept = run_python(start + "base = rss()\n" + script + report).split()
+    assert installed == "True"
+    return int(kept)
 
 
 @needs_thp
 def test_freed_blocks_kept_for_reuse_stay_within_the_cache_budget():
-    installed, kept_mib = run_python(BOUNDED).split()
-    assert installed == "True"
-    assert 150 <= int(kept_mib) <= 256 + 32  # the last block; the budget and a few MiB of other allocations
+    assert 150 <= mib_kept(BOUNDED) <= 256 + 32  # the last block; the budget and a few MiB of other allocations
 
 
 # A 64 MiB tensor freed (kept by the cache), then a 320 MiB one, more than the whole budget: that
 # one is unmapped at once and the 64 MiB block stays cached, instead of the large one pushing it out.
 LARGER_THAN_BUDGET = """
-import torch, unetseg
-def rss():
-    return int(open('/proc/self/statm').read().split()[1]) * 4096
-base = rss()
 t = torch.ones(64 << 20, dtype=torch.uint8)
 del t
 t = torch.ones(320 << 20, dtype=torch.uint8)
 del t
-print(unetseg._C.use_huge_pages(), (rss() - base) >> 20)
 """
 
 
 @needs_thp
 def test_a_block_larger_than_the_cache_budget_does_not_empty_the_cache():
-    installed, kept_mib = run_python(LARGER_THAN_BUDGET).split()
-    assert installed == "True"
-    assert 60 <= int(kept_mib) <= 64 + 32  # the 64 MiB block, and a few MiB of other allocations
+    assert 60 <= mib_kept(LARGER_THAN_BUDGET) <= 64 + 32  # the 64 MiB block, and a few MiB of other allocations
