@@ -348,3 +348,50 @@ def test_blur_and_channel_jitter():
     assert min(roughness) < 0.5 * np.abs(np.diff(image, axis=0)).mean() < max(roughness)  # about half are blurred
     with pytest.raises(ValueError, match="augmentation elastic must be >= 0, got -2"):
         Augment(elastic=-2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    stains=st.lists(st.floats(0.02, 0.06), min_size=3, max_size=3),
+    scale=st.lists(st.floats(0.8, 1.2), min_size=3, max_size=3),
+    shift=st.lists(st.floats(-0.05, 0.05), min_size=3, max_size=3),
+)
+def test_stain_jitter_scales_and_shifts_the_stains_scikit_image_separates(stains, scale, shift):
+    """The jittered image's haematoxylin, eosin and DAB, as scikit-image's colour deconvolution
+    reads them, are the original's scaled and shifted (its stain units are optical densities over
+    -log(1e-6))."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    from unetseg.data.transforms import stain_jitter
+
+    rng = np.random.default_rng(0)
+    hed = (np.asarray(stains) * rng.uniform(0.5, 1.5, (16, 16, 3))).astype(np.float64)
+    rgb = hed2rgb(hed).astype(np.float32)  # transmitted light in (0, 1]
+    assert rgb.min() > 2 / 255  # above the jitter's floor of 1/255: no clipping on the way
+
+    class Draws:  # the jitter's draws: scale first, then shift
+        values = [np.asarray(scale), np.asarray(shift)]
+
+        def uniform(self, low, high, n):
+            return self.values.pop(0)
+
+    jittered = stain_jitter(rgb, 0.2, Draws())
+    expected = rgb2hed(rgb) * scale + np.asarray(shift) / -np.log(1e-6)
+    np.testing.assert_allclose(rgb2hed(jittered), expected, atol=2e-4)
+
+
+def test_stain_jitter_leaves_gray_images_and_refuses_negative_strength():
+    from unetseg.data.transforms import restain, stain_jitter
+
+    rng = np.random.default_rng(0)
+    gray = np.repeat(rng.random((32, 32, 1), dtype=np.float32), 3, axis=2)
+    assert stain_jitter(gray, 0.2, rng) is gray  # fluorescence keeps its look
+    single = rng.random((32, 32, 1), dtype=np.float32)
+    assert stain_jitter(single, 0.2, rng) is single
+    colour = rng.random((32, 32, 3), dtype=np.float32) * 0.9 + 0.05
+    np.testing.assert_allclose(restain(colour, np.ones(3), np.zeros(3)), colour, rtol=1e-5)  # nothing clipped
+    jittered = stain_jitter(colour, 0.2, rng)
+    assert jittered.dtype == np.float32 and jittered.shape == colour.shape
+    assert 0.005 < np.abs(jittered - colour).mean() < 0.2
+    with pytest.raises(ValueError, match="augmentation stain must be >= 0, got -0.1"):
+        Augment(stain=-0.1)

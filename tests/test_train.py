@@ -265,3 +265,25 @@ def test_augment_options_train_and_are_recorded(npz, tmp_path):
         main(["train", str(npz), "-o", str(tmp_path / "bad"), "--augment-options", "{elastic: 2}"])
     with pytest.raises(SystemExit, match="augmentation blur must be >= 0, got -1"):
         main(["train", str(npz), "-o", str(tmp_path / "bad"), "--augment-options", '{"blur": -1}'])
+
+
+def test_weight_average_is_what_checkpoints_hold_and_resumes(npz, tmp_path):
+    from unetseg.checkpoint import without_training_state
+
+    out = tmp_path / "ema"
+    first = train(config(npz, out, epochs=2, ema=0.9))
+    steps_per_epoch = len(first["split"]["train"]) // 4
+    assert first["averaged_steps"] == 2 * steps_per_epoch  # one update after every step
+    trained, averaged = first["trained_state_dict"], first["state_dict"]
+    moved = [k for k in averaged if averaged[k].is_floating_point() and not torch.equal(averaged[k], trained[k])]
+    assert moved  # the checkpoint's weights are the average, not the last weights
+    resumed = train(config(npz, out, epochs=3, ema=0.9, resume=True))
+    assert resumed["history"][:2] == first["history"]
+    assert resumed["averaged_steps"] == 3 * steps_per_epoch  # the average went on, not restarted
+    kept = without_training_state(resumed)  # the bundled form: the average, without the trained weights
+    assert "trained_state_dict" not in kept and "averaged_steps" not in kept
+    assert kept["state_dict"] is resumed["state_dict"]
+    with pytest.raises(ValueError, match="run with a weight average .* resume it with the same --ema"):
+        train(config(npz, out, epochs=4, resume=True))
+    with pytest.raises(ValueError, match=r"ema must be a decay in \[0, 1\) .* got 1.5"):
+        train(config(npz, tmp_path / "bad", epochs=1, ema=1.5))

@@ -50,9 +50,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def without_training_state(ckpt: dict) -> dict:
-    """The checkpoint without what only resuming needs (optimizer and schedule state): the weights
-    and the training metadata, what ``--init-weights`` fine-tunes from (the bundled one's form)."""
-    return {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler")}
+    """The checkpoint without what only resuming needs (optimizer and schedule state, and with a
+    weight average the trained weights behind it): the weights and the training metadata, what
+    ``--init-weights`` fine-tunes from (the bundled one's form)."""
+    resuming_only = ("optimizer", "scheduler", "trained_state_dict", "averaged_steps")
+    return {k: v for k, v in ckpt.items() if k not in resuming_only}
 
 
 def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:

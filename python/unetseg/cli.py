@@ -133,6 +133,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         skip_invalid=args.skip_invalid,
         overwrite=args.overwrite,
         sampling_weights=parse(args.sampling_weights, "--sampling-weights", {}),
+        ema=args.ema,
     )
     try:
         train(config)
@@ -843,8 +844,18 @@ def _add_train_parser(sub) -> None:
         metavar="JSON",
         help="augmentation beyond the defaults (flips, turns, scale 0.7-1.4, brightness, contrast, gamma, "
         'noise, inversion), as JSON fields of unetseg.data.Augment: e.g. \'{"elastic": 4, "blur": 1.5, '
-        '"channel_jitter": 0.1}\' for an elastic deformation (pixels), Gaussian blur (sigma up to) and '
-        "per-channel gain/offset jitter",
+        '"channel_jitter": 0.1, "stain": 0.1}\' for an elastic deformation (pixels), Gaussian blur (sigma '
+        "up to), per-channel gain/offset jitter and H&E stain jitter (colour images' haematoxylin, eosin "
+        "and DAB amounts scaled and shifted by up to 0.1)",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights, updated after every step with this decay "
+        "(e.g. 0.999: about the last 1000 steps); validation, best.pt and the exported model use the "
+        "average, which is usually better than the last weights (default 0: off)",
     )
     p.add_argument(
         "--dev-fraction",

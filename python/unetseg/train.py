@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from .checkpoint import CHECKPOINT_FORMAT, default_checkpoint_path, load_checkpoint, model_from_checkpoint, save_atomic
@@ -87,6 +88,10 @@ class TrainConfig:
     it (or `resume`) such a folder is an error, so a run is never overwritten by accident"""
     skip_invalid: bool = False
     """leave out (with a warning) image/label pairs of different sizes instead of stopping"""
+    ema: float = 0.0
+    """decay of an exponential moving average of the weights (and batch-norm statistics), updated
+    after every step; validation, best.pt and the model file use the average (e.g. 0.999: about the
+    last 1000 steps); 0: off, the trained weights themselves"""
 
 
 def make_augment(options: dict[str, Any]) -> Augment:
@@ -209,9 +214,11 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     to_training_layout(model, device)
     optimizer = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_patience)
+    average = weight_average(model, config.ema)
+    evaluated = average.module if average is not None else model
     state = {"history": [], "start_epoch": 0, "best": math.inf, "stale": 0}
     if config.resume:
-        state, split = _resume(out / "last.pt", model, optimizer, scheduler, rank)
+        state, split = _resume(out / "last.pt", model, optimizer, scheduler, average, rank)
     warning = _optimistic_validation_warning(init_split, split, config.init_weights)
     if warning and rank == 0:
         print(warning, flush=True)
@@ -238,10 +245,12 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
             sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         desc = f"epoch {epoch + 1}/{config.epochs}"
-        train_loss = _train_epoch(net, train_loader, optimizer, scaler, device, precision, config, desc, rank != 0)
+        train_loss = _train_epoch(
+            net, train_loader, optimizer, scaler, average, device, precision, config, desc, rank != 0
+        )
         train_time = time.perf_counter() - t0
         with autocast(device, precision):
-            val = validate(model, val_loader, device, config.boundary_weight)
+            val = validate(evaluated, val_loader, device, config.boundary_weight)
         scheduler.step(val["val_loss"])
         row = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": optimizer.param_groups[0]["lr"]}
         history.append({**row, "epoch_seconds": train_time})
@@ -250,7 +259,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         if rank == 0:
             ckpt = {
                 **meta,
-                "state_dict": model.state_dict(),
+                "state_dict": evaluated.state_dict(),
+                **_averaging_state(model, average),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "epoch": epoch,
@@ -280,8 +290,26 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     return load_checkpoint(out / "last.pt") if rank == 0 else {}
 
 
+def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """The exponential moving average of `model`'s weights and buffers (batch-norm statistics), so
+    the averaged network is evaluated as it is; None when `decay` is 0."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _averaging_state(model: torch.nn.Module, average: AveragedModel | None) -> dict:
+    """What resuming a run with a weight average needs besides the average (the checkpoint's
+    ``state_dict``): the trained weights themselves and the number of updates averaged."""
+    if average is None:
+        return {}
+    return {"trained_state_dict": model.state_dict(), "averaged_steps": int(average.n_averaged)}
+
+
 def _check_config(config: TrainConfig) -> None:
     """Bad values are refused before any work, each naming itself."""
+    if not 0 <= config.ema < 1:
+        raise ValueError(f"ema must be a decay in [0, 1) (e.g. 0.999; 0: off), got {config.ema}")
     if config.contact_width < 0:
         raise ValueError(f"contact_width must be >= 0 pixels, got {config.contact_width}")
     for name, value, low in (
@@ -370,11 +398,20 @@ def _optimistic_validation_warning(init_split: dict | None, split: dict, init_we
     )
 
 
-def _resume(path: Path, model, optimizer, scheduler, rank: int) -> tuple[dict, dict]:
-    """Loads a run's last checkpoint into the model, optimizer and scheduler; returns the loop's
-    state (history, start epoch, best validation loss, epochs without improvement) and its split."""
+def _resume(path: Path, model, optimizer, scheduler, average, rank: int) -> tuple[dict, dict]:
+    """Loads a run's last checkpoint into the model, optimizer, scheduler and weight average;
+    returns the loop's state (history, start epoch, best validation loss, epochs without
+    improvement) and its split."""
     ckpt = load_checkpoint(path)
-    model.load_state_dict(ckpt["state_dict"])
+    if (average is None) != ("trained_state_dict" not in ckpt):
+        had = "with" if "trained_state_dict" in ckpt else "without"
+        raise ValueError(f"{path} is a run {had} a weight average (--ema): resume it with the same --ema")
+    if average is None:
+        model.load_state_dict(ckpt["state_dict"])
+    else:
+        model.load_state_dict(ckpt["trained_state_dict"])
+        average.module.load_state_dict(ckpt["state_dict"])
+        average.n_averaged.fill_(ckpt["averaged_steps"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if rank == 0:
@@ -451,8 +488,11 @@ def _checkpoint_meta(config: TrainConfig, options: dict, split: dict, normalisat
     }
 
 
-def _train_epoch(net, loader, optimizer, scaler, device, precision: str, config: TrainConfig, desc: str, quiet: bool):
-    """One pass over the training loader; returns the mean training loss."""
+def _train_epoch(
+    net, loader, optimizer, scaler, average, device, precision: str, config: TrainConfig, desc: str, quiet: bool
+):
+    """One pass over the training loader (the weight average, if any, updated after every step);
+    returns the mean training loss."""
     from tqdm.auto import tqdm
 
     net.train()
@@ -467,6 +507,8 @@ def _train_epoch(net, loader, optimizer, scaler, device, precision: str, config:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if average is not None:
+            average.update_parameters(net.module if hasattr(net, "module") else net)
         total, n = total + loss.item() * len(images), n + len(images)
         bar.set_postfix(loss=f"{total / n:.4f}")
     return total / max(n, 1)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 import scipy.ndimage as ndi
+from skimage.color import hed_from_rgb, rgb_from_hed
 from skimage.segmentation import find_boundaries
 
 from ..segment import signal_channel
@@ -148,6 +149,32 @@ class PixelWeights:
         return weights
 
 
+def restain(image: np.ndarray, scale, shift) -> np.ndarray:
+    """A colour image (H, W, 3) read as transmitted light (1: white) with its haematoxylin, eosin
+    and DAB amounts (colour deconvolution with Ruifrok & Johnston's stain vectors, as scikit-image's)
+    each multiplied by `scale` and shifted by `shift` optical density, recomposed; float32. Pixels
+    under 1/255 are read as 1/255 (no optical density is infinite); nothing is clipped otherwise, so
+    a scale of 1 and a shift of 0 give the image back."""
+    # one 3x3 map of optical densities: od -> (od @ hed_from_rgb * scale + shift) @ rgb_from_hed
+    transform = ((hed_from_rgb * np.asarray(scale)) @ rgb_from_hed).astype(np.float32)
+    offset = (np.asarray(shift) @ rgb_from_hed).astype(np.float32)
+    od = -np.log(np.maximum(np.asarray(image, np.float32), np.float32(1 / 255)))
+    return np.exp(-(od @ transform + offset)).astype(np.float32)
+
+
+def stain_jitter(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """HED stain augmentation (Tellez et al. 2018, Med. Image Anal. 2019) of a normalised (H, W, 3)
+    colour image: :func:`restain` with each stain's scale drawn from U(1 - sigma, 1 + sigma) and its
+    shift from U(-sigma, sigma). Images that are not colour (gray in every channel, or not 3
+    channels) are returned as they are, so fluorescence keeps its look."""
+    if image.shape[2] != 3 or (
+        np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])
+    ):
+        return image
+    scale = rng.uniform(1 - sigma, 1 + sigma, 3)
+    return restain(image, scale, rng.uniform(-sigma, sigma, 3))
+
+
 def pad_to(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Reflect-pads the image (zero-pads labels) so that both sides are at least `size`."""
     ph, pw = max(0, size - image.shape[0]), max(0, size - image.shape[1])
@@ -236,9 +263,12 @@ class Augment:
     """half of the items are Gaussian-blurred with a sigma drawn up to this many pixels; 0: off"""
     channel_jitter: float = 0.0
     """each channel's own gain 1 ± c and offset ± c / 2 (stain and colour variation); 0: off"""
+    stain: float = 0.0
+    """colour images' haematoxylin, eosin and DAB amounts each scaled by 1 ± s and shifted by ± s
+    optical density (:func:`stain_jitter`: other labs' staining); gray images are left as they are; 0: off"""
 
     def __post_init__(self):
-        for name in ("elastic", "blur", "channel_jitter", "noise", "brightness", "contrast", "invert"):
+        for name in ("elastic", "blur", "channel_jitter", "stain", "noise", "brightness", "contrast", "invert"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augmentation {name} must be >= 0, got {getattr(self, name)}")
 
@@ -267,9 +297,11 @@ class Augment:
         return image, np.ascontiguousarray(labels)
 
     def photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Gamma, contrast, brightness, channel jitter, inversion, blur and noise of the image: per
+        """Stain jitter, gamma, contrast, brightness, channel jitter, inversion, blur and noise of the image: per
         pixel (the blur nearly so), so a training crop takes them after it is cut from its scaled
         window, on its own pixels only (a 192² crop is 24-98% of the window's)."""
+        if self.stain:
+            image = stain_jitter(image, self.stain, rng)
         image = np.clip(image, 0, None) if self.gamma else image
         if self.gamma:
             image = np.power(image, rng.uniform(*self.gamma), dtype=np.float32)
