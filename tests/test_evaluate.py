@@ -179,3 +179,62 @@ def test_split_of_scores_another_models_images(exported, npz, tmp_path):
         with quiet_jit():
             torch.jit.save(module, str(tmp_path / "m.pt"), _extra_files={METADATA_FILE: json.dumps(metadata)})
         evaluate(None, npz, split_of=tmp_path / "m.pt", progress=False)
+
+
+def _per_image_rows(scores, datasets, tp_fp_fn):
+    return [
+        {
+            "image": f"{d}/i{i}",
+            "dataset": d,
+            "kind": "fluorescence",
+            "dsb_score": s,
+            "aji": s,
+            "pq": s,
+            "tp@0.50": c[0],
+            "fp@0.50": c[1],
+            "fn@0.50": c[2],
+        }
+        for i, (s, d, c) in enumerate(zip(scores, datasets, tp_fp_fn))
+    ]
+
+
+def test_compare_gives_paired_bootstrap_intervals(tmp_path, capsys):
+    from unetseg.cli import main
+    from unetseg.evaluate import compare, read_per_image
+
+    rng = np.random.default_rng(0)
+    n = 40
+    base = rng.uniform(0.2, 0.9, n)  # images differ a lot; the change is the same on each
+    datasets = ["a"] * 30 + ["b"] * 10
+    counts = [(10, 2, 3)] * n
+    before = _per_image_rows(base, datasets, counts)
+    after = _per_image_rows(base + 0.01, datasets, [(11, 1, 2)] * n)
+    result = compare(before, after, resamples=500)
+    assert set(result) == {"all", "fluorescence", "a", "b"} and result["a"][0] == 30
+    b, a, low, high = result["all"][1]["dsb_score"]
+    assert a - b == pytest.approx(0.01) and low == pytest.approx(0.01) and high == pytest.approx(0.01)
+    b, a, low, high = result["all"][1]["ap@0.50"]  # pooled: 400 / 600 against 440 / 560
+    assert b == pytest.approx(400 / 600) and a == pytest.approx(440 / 560) and low == pytest.approx(a - b)
+    noisy = _per_image_rows(base + rng.normal(0, 0.05, n), datasets, counts)
+    b, a, low, high = compare(before, noisy)["all"][1]["pq"]
+    assert low < a - b < high and low < 0 < high  # noise around no change: the interval spans 0
+    same = compare(before, before)["b"][1]["aji"]
+    assert same[2] == same[3] == 0
+    # the command: evaluation folders (their per_image.csv), a table, clear errors
+    for name, rows in (("before", before), ("after", after[:35])):
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "per_image.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    assert read_per_image(tmp_path / "after")[0]["pq"] == pytest.approx(after[0]["pq"])
+    assert main(["compare", str(tmp_path / "before"), str(tmp_path / "after")]) == 0
+    out = capsys.readouterr().out
+    assert "compared on the 35 images both scored (40 and 35 in all)" in out
+    assert "| all | 35 | dsb_score |" in out and "+0.010 *" in out
+    with pytest.raises(SystemExit, match="unetseg compare: no per-image scores at .*nothing"):
+        main(["compare", str(tmp_path / "before"), str(tmp_path / "nothing")])
+    with pytest.raises(SystemExit, match="resamples must be at least 100 .* got 5"):
+        main(["compare", str(tmp_path / "before"), str(tmp_path / "after"), "--resamples", "5"])
+    with pytest.raises(ValueError, match="share no image"):
+        compare(before, [{**r, "image": "x" + r["image"]} for r in after])

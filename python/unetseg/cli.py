@@ -175,6 +175,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluate import compare, format_comparison, read_per_image
+
+    try:
+        before, after = read_per_image(args.before), read_per_image(args.after)
+        result = compare(before, after, resamples=args.resamples, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"unetseg compare: {e}") from None
+    shared = result["all"][0]
+    if shared < max(len(before), len(after)):
+        print(f"compared on the {shared} images both scored ({len(before)} and {len(after)} in all)")
+    print(format_comparison(result, str(args.before), str(args.after)))
+    return 0
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .evaluate import tune
 
@@ -934,6 +949,25 @@ def _add_evaluate_parser(sub) -> None:
     p.set_defaults(run=_cmd_evaluate)
 
 
+def _add_compare_parser(sub) -> None:
+    """The `compare` command's options."""
+    p = sub.add_parser(
+        "compare",
+        allow_abbrev=False,
+        help="compare two evaluations of the same images, with bootstrap intervals",
+        description="Compare two `unetseg evaluate ... -o FOLDER` runs on the same images (two models, or "
+        "a model before and after fine-tuning): DSB score, AP@0.5, AJI and PQ per group (all, each kind, "
+        "each dataset), the change, and its 95%% bootstrap interval over images (images drawn with "
+        "replacement, both runs scored on the same draw). A change whose interval leaves out 0 is marked "
+        "*: it is larger than what another choice of images would give.",
+    )
+    p.add_argument("before", type=Path, help="an evaluation's output folder (or its per_image.csv)")
+    p.add_argument("after", type=Path, help="the other evaluation, of the same images")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap draws (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.set_defaults(run=_cmd_compare)
+
+
 def _add_tune_parser(sub) -> None:
     """The `tune` command's options."""
     from .ops import LABELLING_CHOICES
@@ -1007,6 +1041,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_export_parser,
         _add_train_parser,
         _add_evaluate_parser,
+        _add_compare_parser,
         _add_tune_parser,
     ):
         add(sub)

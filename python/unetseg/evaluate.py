@@ -384,10 +384,10 @@ def _named(samples: list, names, what: str, data, fix: str) -> list:
     return picked
 
 
-def _summaries(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """{"all": summary, "<kind>": summary, ..., "<dataset>": summary, "<dataset>:<kind>": summary, ...}
-    of per-image metric rows (each with its "dataset" and "kind"): datasets when there are several,
-    a dataset's kinds when it has several."""
+def _groups(rows: list[dict]) -> dict[str, list[dict]]:
+    """{"all": rows, "<kind>": ..., "<dataset>": ..., "<dataset>:<kind>": ...} of per-image metric
+    rows (each with its "dataset" and "kind"): datasets when there are several, a dataset's kinds
+    when it has several."""
     groups = {"all": rows}
     for kind in sorted({r["kind"] for r in rows}):
         groups[kind] = [r for r in rows if r["kind"] == kind]
@@ -397,7 +397,107 @@ def _summaries(rows: list[dict]) -> dict[str, dict[str, float]]:
         kinds = sorted({r["kind"] for r in groups[dataset]})
         for kind in kinds if len(kinds) > 1 else []:
             groups[f"{dataset}:{kind}"] = [r for r in groups[dataset] if r["kind"] == kind]
-    return {name: metrics.summarise(group) for name, group in groups.items()}
+    return groups
+
+
+def _summaries(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """:func:`unetseg.metrics.summarise` of each of :func:`_groups`."""
+    return {name: metrics.summarise(group) for name, group in _groups(rows).items()}
+
+
+COMPARED = ("dsb_score", "ap@0.50", "aji", "pq")
+"""The scores `compare` reports: per-image means, and AP@0.5 pooled over images as `summarise` does."""
+SURE_IMAGES = 10
+"""`format_comparison` marks a change as beyond the choice of images only in groups this large."""
+
+
+def read_per_image(path: str | os.PathLike) -> list[dict]:
+    """The rows of an evaluation's per_image.csv (`path` the file or the folder ``evaluate -o``
+    wrote), numbers as floats."""
+    path = Path(path)
+    csv_path = path / "per_image.csv" if path.is_dir() else path
+    if not csv_path.is_file():
+        raise FileNotFoundError(
+            f"no per-image scores at {csv_path}: give a folder written by `unetseg evaluate ... -o FOLDER` "
+            "or its per_image.csv"
+        )
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = [c for c in ("image", "dataset", "kind", "dsb_score", "tp@0.50") if rows and c not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"{csv_path} is not an evaluation's per_image.csv (no rows, or no column {missing})")
+    text = ("image", "dataset", "kind")
+    return [{k: v if k in text else float(v) for k, v in r.items()} for r in rows]
+
+
+def compare(
+    before: list[dict], after: list[dict], resamples: int = 2000, seed: int = 0
+) -> dict[str, tuple[int, dict[str, tuple[float, float, float, float]]]]:
+    """Paired comparison of two evaluations of the same images (per-image rows, as
+    :func:`read_per_image` gives): for each of :func:`_groups` (of the images both scored) its
+    number of images and, for each of :data:`COMPARED`, (before, after, lower, upper): the two
+    scores and a 95% bootstrap interval
+    of after - before. Images are resampled with replacement and both runs are scored on the same
+    draw, so what the images share cancels, and the interval says whether the change is larger than
+    what another draw of images would give. Raises ValueError when the two share no image."""
+    if resamples < 100:
+        raise ValueError(f"resamples must be at least 100 for a 95% interval, got {resamples}")
+    by_name = {r["image"]: r for r in after}
+    pairs = [(r, by_name[r["image"]]) for r in before if r["image"] in by_name]
+    if not pairs:
+        raise ValueError(
+            f"the two evaluations share no image ({len(before)} and {len(after)} images): compare "
+            "evaluations of the same data and split (evaluate --split-of OTHER scores another model's images)"
+        )
+    scores = {m: np.array([[run[m] for run in pair] for pair in pairs]) for m in COMPARED if not m.startswith("ap@")}
+    for m in COMPARED:
+        if m.startswith("ap@"):  # (images, runs, TP FP FN): pooled over the images drawn
+            t = m[3:]
+            scores[m] = np.array([[[run[f"{x}@{t}"] for x in ("tp", "fp", "fn")] for run in pair] for pair in pairs])
+    rng = np.random.default_rng(seed)
+    indexed = [{**a, "index": i} for i, (a, _) in enumerate(pairs)]
+    out = {}
+    for name, rows in _groups(indexed).items():
+        picks = np.array([r["index"] for r in rows])
+        draws = picks[rng.integers(0, len(picks), (resamples, len(picks)))]
+        by_metric = {}
+        for m in COMPARED:
+            (before_score, after_score), resampled = _score(scores[m], picks, m), _score(scores[m], draws, m)
+            low, high = np.percentile(resampled[..., 1] - resampled[..., 0], [2.5, 97.5])
+            by_metric[m] = (float(before_score), float(after_score), float(low), float(high))
+        out[name] = (len(picks), by_metric)
+    return out
+
+
+def _score(values: np.ndarray, picks: np.ndarray, metric: str) -> np.ndarray:
+    """Both runs' `metric` over the images `picks` (its last axis; any leading axes are separate
+    draws): the mean of per-image scores, or for AP the pooled TP / (TP + FP + FN) (1 with no
+    objects at all, as :func:`unetseg.metrics.summarise`)."""
+    if not metric.startswith("ap@"):
+        return values[picks].mean(axis=-2)
+    tp, fp, fn = np.moveaxis(values[picks].sum(axis=-3), -1, 0)
+    total = tp + fp + fn
+    return np.where(total > 0, tp / np.maximum(total, 1), 1.0)
+
+
+def format_comparison(result: dict, before: str, after: str) -> str:
+    """A markdown table of :func:`compare`: one row per group and score; `*` where the interval
+    leaves out 0 in a group of at least :data:`SURE_IMAGES` images (a bootstrap over a handful of
+    images says little)."""
+    lines = [
+        f"before: {before}; after: {after}; change: after - before, with its 95% bootstrap interval over "
+        f"images (* where it leaves out 0, in groups of {SURE_IMAGES} images or more)",
+        "",
+        "| group | images | score | before | after | change | 95% interval |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for group, (images, by_metric) in result.items():
+        for m, (b, a, low, high) in by_metric.items():
+            sure = " *" if images >= SURE_IMAGES and (low > 0 or high < 0) else ""
+            lines.append(
+                f"| {group} | {images} | {m} | {b:.3f} | {a:.3f} | {a - b:+.3f}{sure} | [{low:+.3f}, {high:+.3f}] |"
+            )
+    return "\n".join(lines)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
