@@ -436,10 +436,10 @@ def compare(
     """Paired comparison of two evaluations of the same images (per-image rows, as
     :func:`read_per_image` gives): for each of :func:`_groups` (of the images both scored) its
     number of images and, for each of :data:`COMPARED`, (before, after, lower, upper): the two
-    scores and a 95% bootstrap interval
-    of after - before. Images are resampled with replacement and both runs are scored on the same
-    draw, so what the images share cancels, and the interval says whether the change is larger than
-    what another draw of images would give. Raises ValueError when the two share no image."""
+    scores and a 95% bootstrap interval of after - before. Images are resampled with replacement
+    and both runs are scored on the same draw, so what the images share cancels, and the interval
+    says whether the change is larger than what another draw of images would give. Raises
+    ValueError when the two share no image."""
     if resamples < 100:
         raise ValueError(f"resamples must be at least 100 for a 95% interval, got {resamples}")
     by_name = {r["image"]: r for r in after}
@@ -449,11 +449,7 @@ def compare(
             f"the two evaluations share no image ({len(before)} and {len(after)} images): compare "
             "evaluations of the same data and split (evaluate --split-of OTHER scores another model's images)"
         )
-    scores = {m: np.array([[run[m] for run in pair] for pair in pairs]) for m in COMPARED if not m.startswith("ap@")}
-    for m in COMPARED:
-        if m.startswith("ap@"):  # (images, runs, TP FP FN): pooled over the images drawn
-            t = m[3:]
-            scores[m] = np.array([[[run[f"{x}@{t}"] for x in ("tp", "fp", "fn")] for run in pair] for pair in pairs])
+    scores = {m: np.array([[_per_image(run, m) for run in pair] for pair in pairs]) for m in COMPARED}
     rng = np.random.default_rng(seed)
     indexed = [{**a, "index": i} for i, (a, _) in enumerate(pairs)]
     out = {}
@@ -467,6 +463,14 @@ def compare(
             by_metric[m] = (float(before_score), float(after_score), float(low), float(high))
         out[name] = (len(picks), by_metric)
     return out
+
+
+def _per_image(row: dict, metric: str):
+    """What one image contributes to `metric`: its score, or for AP its TP, FP and FN counts (AP is
+    pooled over the images drawn)."""
+    if metric.startswith("ap@"):
+        return [row[f"{x}@{metric[3:]}"] for x in ("tp", "fp", "fn")]
+    return row[metric]
 
 
 def _score(values: np.ndarray, picks: np.ndarray, metric: str) -> np.ndarray:

@@ -508,7 +508,7 @@ def _train_epoch(
         scaler.step(optimizer)
         scaler.update()
         if average is not None:
-            average.update_parameters(net.module if hasattr(net, "module") else net)
+            average.update_parameters(net)  # DistributedDataParallel's parameters and buffers are its module's
         total, n = total + loss.item() * len(images), n + len(images)
         bar.set_postfix(loss=f"{total / n:.4f}")
     return total / max(n, 1)
