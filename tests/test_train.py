@@ -27,6 +27,14 @@ def config(npz, out, **kw):
     )
 
 
+def tiny_cli_train(npz, out, *options: str) -> int:
+    """`unetseg train` of a tiny network on `npz` for one epoch into `out`, plus `options`."""
+    tiny = ["--epochs", "1", "--crop", "32", "--batch-size", "4", "--in-channels", "1", "--workers", "0"]
+    return main(
+        ["train", str(npz), "-o", str(out), *tiny, "--model-options", '{"base_width": 4, "depth": 2}', *options]
+    )
+
+
 def test_train_resume_and_evaluate(npz, tmp_path):
     out = tmp_path / "run"
     first = train(config(npz, out, epochs=2))
@@ -50,31 +58,7 @@ def test_train_resume_and_evaluate(npz, tmp_path):
 
 def test_cli_train_and_evaluate(npz, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert (
-        main(
-            [
-                "train",
-                str(npz),
-                "-o",
-                str(out),
-                "--epochs",
-                "1",
-                "--crop",
-                "32",
-                "--batch-size",
-                "4",
-                "--in-channels",
-                "1",
-                "--out-channels",
-                "2",
-                "--workers",
-                "0",
-                "--model-options",
-                '{"base_width": 4, "depth": 2}',
-            ]
-        )
-        == 0
-    )
+    assert tiny_cli_train(npz, out, "--out-channels", "2") == 0
     for labelling in ("auto", "plain", "seeded"):
         assert main(["evaluate", str(out / "best.pt"), str(npz), "--split", "all", "--labelling", labelling]) == 0
         assert "| all | 12 |" in capsys.readouterr().out
@@ -120,33 +104,17 @@ def test_loss_takes_pixel_weights_from_an_extra_target_channel():
 def test_pixel_weights_train_and_are_recorded(npz, tmp_path, capsys):
     out = tmp_path / "sep"
     assert (
-        main(
-            [
-                "train",
-                str(npz),
-                "-o",
-                str(out),
-                "--epochs",
-                "1",
-                "--crop",
-                "32",
-                "--batch-size",
-                "4",
-                "--in-channels",
-                "1",
-                "--out-channels",
-                "2",
-                "--workers",
-                "0",
-                "--model-options",
-                '{"base_width": 4, "depth": 2}',
-                "--separation-weight",
-                "10",
-                "--separation-sigma",
-                "3",
-                "--small-object-area",
-                "150",
-            ]
+        tiny_cli_train(
+            npz,
+            out,
+            "--out-channels",
+            "2",
+            "--separation-weight",
+            "10",
+            "--separation-sigma",
+            "3",
+            "--small-object-area",
+            "150",
         )
         == 0
     )
@@ -228,27 +196,8 @@ def test_dev_images_are_held_out_of_training_and_validation(npz, tmp_path):
 def test_augment_options_train_and_are_recorded(npz, tmp_path):
     out = tmp_path / "aug"
     assert (
-        main(
-            [
-                "train",
-                str(npz),
-                "-o",
-                str(out),
-                "--epochs",
-                "1",
-                "--crop",
-                "32",
-                "--batch-size",
-                "4",
-                "--in-channels",
-                "1",
-                "--workers",
-                "0",
-                "--model-options",
-                '{"base_width": 4, "depth": 2}',
-                "--augment-options",
-                '{"elastic": 2, "blur": 1.0, "channel_jitter": 0.1, "scale": [0.8, 1.25]}',
-            ]
+        tiny_cli_train(
+            npz, out, "--augment-options", '{"elastic": 2, "blur": 1.0, "channel_jitter": 0.1, "scale": [0.8, 1.25]}'
         )
         == 0
     )
