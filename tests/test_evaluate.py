@@ -86,6 +86,45 @@ def test_dev_images_of_a_checkpoint_and_its_model_file(npz, tmp_path):
         evaluate(tmp_path / "nodev.pt", npz, split="dev", progress=False)
 
 
+def test_settings_say_how_each_evaluation_segmented(npz, tmp_path, capsys):
+    from unetseg.evaluate import read_settings, setting_differences
+
+    names = [s.name for s in read_dataset(npz)]
+    ckpt = make_checkpoint(out_channels=2, seed=5)
+    ckpt["split"] = {"train": names[3:], "val": names[:3], "dev": [], "seed": 0}
+    ckpt["training_data"], ckpt["diameter"] = str(npz), 20.0
+    torch.save(ckpt, tmp_path / "best.pt")
+    export(ckpt, tmp_path / "model.pt")
+    evaluate(tmp_path / "best.pt", npz, tmp_path / "ckpt", threshold=0.4, min_area=5, progress=False)
+    evaluate(tmp_path / "model.pt", npz, tmp_path / "file", precision="float32", min_area=5, progress=False)
+    evaluate(tmp_path / "model.pt", npz, tmp_path / "same", precision="float32", min_area=5, progress=False)
+    on_ckpt, on_file = read_settings(tmp_path / "ckpt"), read_settings(tmp_path / "file")
+    assert on_ckpt == {
+        "model": str(tmp_path / "best.pt"),
+        "split": "val",
+        "scale": 1.0,
+        "run by": "the training checkpoint in Python",
+        "diameter": "each image's labelled median diameter",
+        "precision": on_ckpt["precision"],
+        "tta": False,
+        "labelling": "seeded",
+        "threshold": 0.4,
+        "boundary_threshold": 0.5,
+        "min_area": 5,
+    }
+    assert on_file["diameter"] == "estimated per image" and on_file["precision"] == "float32"
+    assert on_file["threshold"] == pytest.approx(ckpt["threshold"]) and on_file["min_area"] == 5
+    differences = setting_differences(on_ckpt, on_file)
+    assert "diameter (each image's labelled median diameter / estimated per image)" in differences
+    assert any(d.startswith("threshold (0.4 / ") for d in differences)
+    assert setting_differences(on_file, read_settings(tmp_path / "same")) == []
+    assert read_settings(tmp_path / "file" / "per_image.csv") is None
+    assert main(["compare", str(tmp_path / "ckpt"), str(tmp_path / "file"), "--resamples", "100"]) == 0
+    assert "note: the two evaluations segmented differently" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "file"), str(tmp_path / "same"), "--resamples", "100"]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_model_file_options_reach_the_runner(exported, npz):
     path, _ = exported
     plain = evaluate(path, npz, labelling="plain", threshold=0.3, progress=False)["all"]

@@ -176,7 +176,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluate import compare, format_comparison, read_per_image
+    from .evaluate import compare, format_comparison, read_per_image, read_settings, setting_differences
 
     try:
         before, after = read_per_image(args.before), read_per_image(args.after)
@@ -186,6 +186,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     shared = result["all"][0]
     if shared < max(len(before), len(after)):
         print(f"compared on the {shared} images both scored ({len(before)} and {len(after)} in all)")
+    settings = read_settings(args.before), read_settings(args.after)
+    if None not in settings and (differences := setting_differences(*settings)):
+        print(
+            "note: the two evaluations segmented differently, so a change is not the models' alone: "
+            + "; ".join(differences)
+        )
     print(format_comparison(result, str(args.before), str(args.after)))
     return 0
 
@@ -905,7 +911,9 @@ def _add_evaluate_parser(sub) -> None:
         nargs="+",
         help="labelled datasets: DSB 2018 folder, images/+labels/ or images/+masks/ folders, or .npz",
     )
-    p.add_argument("-o", "--output", type=Path, help="write per_image.csv, summary.json and overlays/ here")
+    p.add_argument(
+        "-o", "--output", type=Path, help="write per_image.csv, summary.json, settings.json and overlays/ here"
+    )
     p.add_argument(
         "--overlays",
         type=int,
@@ -959,7 +967,9 @@ def _add_compare_parser(sub) -> None:
         "a model before and after fine-tuning): DSB score, AP@0.5, AJI and PQ per group (all, each kind, "
         "each dataset), the change, and its 95%% bootstrap interval over images (images drawn with "
         "replacement, both runs scored on the same draw). A change whose interval leaves out 0 is marked "
-        "*: it is larger than what another choice of images would give.",
+        "*: it is larger than what another choice of images would give. When the two were segmented "
+        "differently besides the model (a checkpoint at each image's labelled diameter against a model file at "
+        "its estimate, other thresholds, precision or --tta; from their settings.json), it says how.",
     )
     p.add_argument("before", type=Path, help="an evaluation's output folder (or its per_image.csv)")
     p.add_argument("after", type=Path, help="the other evaluation, of the same images")

@@ -76,9 +76,10 @@ def evaluate(
 
     Returns {"all": summary, "<kind>": summary, ..., "<dataset>": summary, "<dataset>:<kind>": summary,
     ...} (datasets when there are several, their kinds when a dataset has several); with `output`, also
-    writes per_image.csv and summary.json there (atomically), and in ``output/overlays`` pictures of
-    the `overlays` images that scored worst (DSB score), worst first: predicted outlines in magenta,
-    true ones in green.
+    writes per_image.csv, summary.json and settings.json (how the images were segmented: the model,
+    how it ran, the scale and post-processing, all resolved; :func:`setting_differences`) there
+    (atomically), and in ``output/overlays`` pictures of the `overlays` images that scored worst (DSB
+    score), worst first: predicted outlines in magenta, true ones in green.
     """
     from tqdm.auto import tqdm
 
@@ -106,7 +107,9 @@ def evaluate(
         precision=precision,
         diameter=diameter,
     )
-    segment, splits = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(model, **options)
+    segment, splits, settings = (_model_file_segmenter if is_model_file(model) else _checkpoint_segmenter)(
+        model, **options
+    )
     if split_of is not None:  # another model's images: compare two models on the same split
         splits = _splits_of(split_of)
     samples = _read_as_named(data, skip_invalid, [n for names in (splits or {}).values() for n in names])
@@ -144,6 +147,9 @@ def evaluate(
         _write_csv(output / "per_image.csv", rows)
         with atomic_path(output / "summary.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2))
+        settings = {"model": str(model), "split": split, "scale": scale, **settings}
+        with atomic_path(output / "settings.json") as tmp:
+            tmp.write_text(json.dumps(settings, indent=2))
         if worst:
             ranked = [(samples[-neg_i], pred) for _, neg_i, pred in sorted(worst, reverse=True)]
             _write_overlays(output / "overlays", ranked)
@@ -169,7 +175,7 @@ Segmenter = Callable[[Sample], np.ndarray]
 
 def _checkpoint_segmenter(
     path, *, threshold, min_area, labelling, boundary_threshold, device, tta, precision, diameter
-) -> tuple[Segmenter, dict[str, list[str]]]:
+) -> tuple[Segmenter, dict[str, list[str]], dict]:
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .device import autocast as device_autocast
     from .device import resolve_device, resolve_precision
@@ -182,7 +188,8 @@ def _checkpoint_segmenter(
     boundary_threshold = ckpt.get("boundary_threshold", 0.5) if boundary_threshold is None else boundary_threshold
     min_area = 0 if min_area is None else min_area
     labelling = resolve_labelling(labelling, ckpt["out_channels"])
-    autocast = device_autocast(device, resolve_precision(precision, device))
+    precision = resolve_precision(precision, device)
+    autocast = device_autocast(device, precision)
 
     def segment(sample: Sample) -> np.ndarray:
         factor = checkpoint_factor(ckpt, sample.labels, diameter)
@@ -190,7 +197,16 @@ def _checkpoint_segmenter(
             prob = torch.from_numpy(predict(network, sample.image, ckpt, device, tta=tta, factor=factor))
         return _label(prob, labelling, threshold, boundary_threshold, min_area_at(min_area, factor))
 
-    return segment, _checkpoint_splits(ckpt)
+    if not ckpt.get("diameter"):
+        scale = "as it is (no canonical diameter)"
+    elif diameter in (None, "auto"):
+        scale = "each image's labelled median diameter"
+    else:
+        scale = float(diameter)
+    settings = _settings(
+        "the training checkpoint in Python", scale, precision, tta, labelling, threshold, boundary_threshold, min_area
+    )
+    return segment, _checkpoint_splits(ckpt), settings
 
 
 def _label(
@@ -315,7 +331,7 @@ def tune(
 
 def _model_file_segmenter(
     path, *, device, tta, precision, diameter, **options
-) -> tuple[Segmenter, dict[str, list[str]] | None]:
+) -> tuple[Segmenter, dict[str, list[str]] | None, dict]:
     from .segment import Runner
 
     runner = Runner(path, device=device, precision=precision)
@@ -324,7 +340,47 @@ def _model_file_segmenter(
     def segment(sample: Sample) -> np.ndarray:
         return runner.segment([sample.image], tta=tta, diameter=diameter, **options)[0].labels
 
-    return segment, _metadata_splits(runner.metadata)
+    if not runner.diameter:
+        scale = "as it is (no canonical diameter)"
+    elif diameter in (None, "auto"):
+        scale = "estimated per image"
+    else:
+        scale = float(diameter)
+    settings = _settings("the model file in the C++ runner", scale, runner.precision, tta, **options)
+    return segment, _metadata_splits(runner.metadata), settings
+
+
+def _settings(run_by, diameter, precision, tta, labelling, threshold, boundary_threshold, min_area) -> dict:
+    """How an evaluation segments its images, as settings.json records it."""
+    return {
+        "run by": run_by,
+        "diameter": diameter,
+        "precision": precision,
+        "tta": tta,
+        "labelling": labelling,
+        "threshold": threshold,
+        "boundary_threshold": boundary_threshold if labelling == "seeded" else None,
+        "min_area": min_area,
+    }
+
+
+def read_settings(folder: str | os.PathLike) -> dict | None:
+    """The settings.json an evaluation wrote in `folder`; None for a folder without one (a
+    per_image.csv given alone, or an evaluation from before settings were recorded)."""
+    path = Path(folder) / "settings.json"
+    return json.loads(path.read_text()) if Path(folder).is_dir() and path.is_file() else None
+
+
+def setting_differences(before: dict, after: dict) -> list[str]:
+    """The settings two evaluations differ in besides their models, as "name (before / after)": where
+    they differ, a comparison's change is not the models' alone (a checkpoint is scored at each image's
+    labelled diameter, a model file at its estimate; other thresholds, precision or test-time
+    augmentation)."""
+    return [
+        f"{name} ({before.get(name)} / {after.get(name)})"
+        for name in dict.fromkeys([*before, *after])
+        if name != "model" and before.get(name) != after.get(name)
+    ]
 
 
 def _splits_of(path: str | os.PathLike) -> dict[str, list[str]]:
