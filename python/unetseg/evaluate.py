@@ -197,14 +197,15 @@ def _checkpoint_segmenter(
             prob = torch.from_numpy(predict(network, sample.image, ckpt, device, tta=tta, factor=factor))
         return _label(prob, labelling, threshold, boundary_threshold, min_area_at(min_area, factor))
 
-    if not ckpt.get("diameter"):
-        scale = "as it is (no canonical diameter)"
-    elif diameter in (None, "auto"):
-        scale = "each image's labelled median diameter"
-    else:
-        scale = float(diameter)
     settings = _settings(
-        "the training checkpoint in Python", scale, precision, tta, labelling, threshold, boundary_threshold, min_area
+        "the training checkpoint in Python",
+        _diameter_setting(ckpt.get("diameter"), diameter, "each image's labelled median diameter"),
+        precision,
+        tta,
+        labelling,
+        threshold,
+        boundary_threshold,
+        min_area,
     )
     return segment, _checkpoint_splits(ckpt), settings
 
@@ -340,14 +341,17 @@ def _model_file_segmenter(
     def segment(sample: Sample) -> np.ndarray:
         return runner.segment([sample.image], tta=tta, diameter=diameter, **options)[0].labels
 
-    if not runner.diameter:
-        scale = "as it is (no canonical diameter)"
-    elif diameter in (None, "auto"):
-        scale = "estimated per image"
-    else:
-        scale = float(diameter)
-    settings = _settings("the model file in the C++ runner", scale, runner.precision, tta, **options)
+    used = _diameter_setting(runner.diameter, diameter, "estimated per image")
+    settings = _settings("the model file in the C++ runner", used, runner.precision, tta, **options)
     return segment, _metadata_splits(runner.metadata), settings
+
+
+def _diameter_setting(canonical: float | None, diameter, auto: str):
+    """settings.json's diameter: the one given, or `auto` (what "auto" does for this kind of model);
+    images are not resized for models without a canonical diameter."""
+    if not canonical:
+        return "as it is (no canonical diameter)"
+    return auto if diameter in (None, "auto") else float(diameter)
 
 
 def _settings(run_by, diameter, precision, tta, labelling, threshold, boundary_threshold, min_area) -> dict:
