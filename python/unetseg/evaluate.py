@@ -346,7 +346,7 @@ def _model_file_segmenter(
     return segment, _metadata_splits(runner.metadata), settings
 
 
-def _diameter_setting(canonical: float | None, diameter, auto: str):
+def _diameter_setting(canonical: float | None, diameter, auto: str) -> str | float:
     """settings.json's diameter: the one given, or `auto` (what "auto" does for this kind of model);
     images are not resized for models without a canonical diameter."""
     if not canonical:
@@ -372,7 +372,7 @@ def read_settings(folder: str | os.PathLike) -> dict | None:
     """The settings.json an evaluation wrote in `folder`; None for a folder without one (a
     per_image.csv given alone, or an evaluation from before settings were recorded)."""
     path = Path(folder) / "settings.json"
-    return json.loads(path.read_text()) if Path(folder).is_dir() and path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def setting_differences(before: dict, after: dict) -> list[str]:
