@@ -198,6 +198,35 @@ def test_contact_width_widens_the_boundary_target_where_nuclei_touch(width):
         NucleiDataset([], 1, 1)
 
 
+@pytest.mark.parametrize("fraction", [0.2, 0.4, 0.6])
+def test_rim_fraction_leaves_each_nucleus_a_core_in_proportion(fraction):
+    """The rim against a plain reference computed one nucleus at a time: a pixel is rim when its
+    distance to its own nucleus's inner boundary is
+    under `fraction` of that nucleus's largest; touching nuclei keep separate cores, and the cores
+    shrink with the fraction."""
+    import scipy.ndimage as ndi
+    from skimage.draw import disk
+    from skimage.segmentation import find_boundaries
+
+    labels = np.zeros((48, 64), np.int32)
+    for k, (centre, radius) in enumerate((((20, 14), 10), ((20, 33), 10), ((38, 52), 5), ((8, 52), 3)), start=1):
+        labels[disk(centre, radius, shape=labels.shape)] = k
+    rim = targets(labels, 2, 0, fraction)[1].astype(bool)
+    expected = find_boundaries(labels, mode="inner") & (labels > 0)
+    for k in range(1, 5):
+        inside = labels == k
+        edge = inside & find_boundaries(labels, mode="inner")
+        distance = ndi.distance_transform_edt(inside & ~edge)
+        expected |= inside & (distance < fraction * distance[inside].max())
+    np.testing.assert_array_equal(rim, expected)
+    cores = (labels > 0) & ~rim
+    core_labels, n = ndi.label(cores, np.ones((3, 3)))
+    assert n == 4 and all(len(np.unique(labels[core_labels == i])) == 1 for i in range(1, n + 1))
+    assert rim[labels == 1].mean() > 1 - (1 - fraction) ** 2 - 0.15  # about the disk's outer annulus
+    np.testing.assert_array_equal(targets(labels, 2, 0, 0.0), targets(labels, 2))
+    np.testing.assert_array_equal(targets(labels, 2, 0, fraction)[0], targets(labels, 2)[0])
+
+
 def reference_separation_weights(labels, w0, sigma):
     """Ronneberger's map the plain way: an exact distance transform per nucleus over the whole image,
     the two smallest distances per pixel."""

@@ -162,6 +162,8 @@ def test_init_weights_fine_tunes_from_a_checkpoint(npz, tmp_path):
         )
     with pytest.raises(ValueError, match="contact_width must be >= 0 pixels, got -1"):
         train(config(npz, tmp_path / "neg", epochs=1, out_channels=2, contact_width=-1))
+    with pytest.raises(ValueError, match=r"rim_fraction must be in \[0, 1\) \(e.g. 0.4; 0: off\), got 1.0"):
+        train(config(npz, tmp_path / "rim", epochs=1, out_channels=2, rim_fraction=1.0))
 
 
 def test_fine_tuning_with_another_split_warns_of_optimistic_validation(npz, tmp_path, capsys):

@@ -121,6 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         samples_per_epoch=args.samples_per_epoch,
         contact_width=args.contact_width,
+        rim_fraction=args.rim_fraction,
         init_weights=args.init_weights,
         separation_weight=args.separation_weight,
         separation_sigma=args.separation_sigma,
@@ -834,6 +835,14 @@ def _add_train_parser(sub) -> None:
         default=0,
         help="2-channel models: the boundary target also covers nucleus pixels within this many pixels "
         "of another nucleus, so touching nuclei get a wider cut (default 0: inner boundaries only)",
+    )
+    p.add_argument(
+        "--rim-fraction",
+        type=float,
+        default=0.0,
+        help="2-channel models: the boundary target also covers each nucleus's rim, its pixels nearer its "
+        "edge than this fraction of the largest such distance in it, so seeds are cores in proportion to "
+        "the nucleus (e.g. 0.4; default 0: off)",
     )
     p.add_argument(
         "--separation-weight",

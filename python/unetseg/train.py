@@ -49,6 +49,9 @@ class TrainConfig:
     boundary_weight: float = 2.0
     contact_width: int = 0
     """boundary target also on nucleus pixels within this many pixels of another nucleus (0: off)"""
+    rim_fraction: float = 0.0
+    """boundary target also on each nucleus's rim, its pixels nearer its edge than this fraction of the
+    largest such distance in it (unetseg.data.targets; 0: off)"""
     separation_weight: float = 0.0
     separation_sigma: float = 5.0
     """w0 and sigma of Ronneberger's weight map on the BCE (unetseg.data.separation_weights); w0 0: off"""
@@ -312,6 +315,8 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError(f"ema must be a decay in [0, 1) (e.g. 0.999; 0: off), got {config.ema}")
     if config.contact_width < 0:
         raise ValueError(f"contact_width must be >= 0 pixels, got {config.contact_width}")
+    if not 0 <= config.rim_fraction < 1:
+        raise ValueError(f"rim_fraction must be in [0, 1) (e.g. 0.4; 0: off), got {config.rim_fraction}")
     for name, value, low in (
         ("crop", config.crop, 16),
         ("batch_size", config.batch_size, 1),
@@ -442,6 +447,7 @@ def _dataset(config: TrainConfig, samples: list[Sample], normalisation, training
         samples_per_epoch=config.samples_per_epoch if training else None,
         seed=config.seed,
         contact_width=config.contact_width,
+        rim_fraction=config.rim_fraction,
         pixel_weights=pixel_weights,
         diameter=config.diameter,
         balanced=config.balanced and training,

@@ -77,7 +77,7 @@ class NucleiDataset(Dataset):
         samples_per_epoch: items per epoch (crops are drawn anew each time); default len(samples).
         seed: base seed; each item's randomness depends on (seed, epoch, index) only, so any number of
             worker processes gives the same batches.
-        contact_width: see :func:`targets`.
+        contact_width, rim_fraction: see :func:`targets`.
         pixel_weights: a :class:`PixelWeights`: the target gains a last channel, the per-pixel BCE weights
             of the crop's labels, which ``unetseg.train.loss_fn`` uses.
         diameter: the canonical nucleus diameter in pixels: each image is resized so that the median
@@ -100,6 +100,7 @@ class NucleiDataset(Dataset):
         samples_per_epoch: int | None = None,
         seed: int = 0,
         contact_width: int = 0,
+        rim_fraction: float = 0.0,
         pixel_weights: PixelWeights | None = None,
         diameter: float | None = None,
         balanced: bool = False,
@@ -112,7 +113,7 @@ class NucleiDataset(Dataset):
         self.samples, self.channels, self.out_channels = samples, channels, out_channels
         self.size, self.mode, self.augment, self.normalisation = size, mode, augment, normalisation
         self.samples_per_epoch = samples_per_epoch or len(samples)
-        self.seed, self.contact_width = seed, contact_width
+        self.seed, self.contact_width, self.rim_fraction = seed, contact_width, rim_fraction
         # in shared memory: a DataLoader's persistent workers hold copies of this dataset made once, and
         # would otherwise draw the first epoch's crops and augmentations in every epoch
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -174,7 +175,7 @@ class NucleiDataset(Dataset):
             image = self.augment.photometric(image, rng)
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
         labels = np.ascontiguousarray(labels)
-        target = targets(labels, self.out_channels, self.contact_width)
+        target = targets(labels, self.out_channels, self.contact_width, self.rim_fraction)
         if self.pixel_weights is not None:
             target = np.concatenate([target, self.pixel_weights(labels)[None]])
         return image, torch.from_numpy(target)

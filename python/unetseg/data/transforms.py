@@ -58,16 +58,20 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot make {channels} channels from an image with {image.shape[2]}")
 
 
-def targets(labels: np.ndarray, channels: int, contact_width: int = 0) -> np.ndarray:
+def targets(labels: np.ndarray, channels: int, contact_width: int = 0, rim_fraction: float = 0.0) -> np.ndarray:
     """(C, H, W) float32 targets: nucleus mask, and for 2 channels also the nucleus boundaries
     (the inner boundary pixels of each instance, so touching nuclei are separated). With
     `contact_width` w > 0 the boundary also covers every nucleus pixel within w pixels (a (2w+1)²
     window) of another nucleus: a band 2w wide where nuclei touch, so the model learns to cut
-    there (touching nuclei are where seeded labelling fails when the cut has gaps)."""
+    there (touching nuclei are where seeded labelling fails when the cut has gaps). With `rim_fraction`
+    f > 0 it also covers each nucleus's rim: its pixels nearer its own edge than f times the largest
+    such distance in it, so what is left for seeds is a core in proportion to the nucleus."""
     mask = (labels > 0).astype(np.float32)
     if channels == 1:
         return mask[None]
     boundary = find_boundaries(labels, mode="inner") & (labels > 0)
+    if rim_fraction > 0:
+        boundary |= _rim(labels, boundary, rim_fraction)
     if contact_width > 0:
         size = 2 * contact_width + 1
         nearby_max = ndi.maximum_filter(labels, size=size, mode="constant", cval=0)
@@ -79,6 +83,17 @@ def targets(labels: np.ndarray, channels: int, contact_width: int = 0) -> np.nda
         )
         boundary |= (labels > 0) & ((nearby_max > labels) | (nearby_min < labels))
     return np.stack([mask, boundary.astype(np.float32)])
+
+
+def _rim(labels: np.ndarray, edges: np.ndarray, fraction: float) -> np.ndarray:
+    """Nucleus pixels whose distance to their nucleus's edge pixels (`edges`: each nucleus's inner
+    boundary, where it meets background or another nucleus) is under `fraction` of the largest such
+    distance in that nucleus."""
+    distance = ndi.distance_transform_edt((labels > 0) & ~edges)
+    largest = np.zeros(int(labels.max()) + 1)
+    ids = np.unique(labels[labels > 0])
+    largest[ids] = ndi.maximum(distance, labels, ids)
+    return (labels > 0) & (distance < fraction * largest[labels])
 
 
 def separation_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
