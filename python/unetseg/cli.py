@@ -840,6 +840,7 @@ def _add_train_parser(sub) -> None:
         "--rim-fraction",
         type=float,
         default=0.0,
+        metavar="F",
         help="2-channel models: the boundary target also covers each nucleus's rim, its pixels nearer its "
         "edge than this fraction of the largest such distance in it, so seeds are cores in proportion to "
         "the nucleus (e.g. 0.4; default 0: off)",
