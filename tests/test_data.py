@@ -201,9 +201,8 @@ def test_contact_width_widens_the_boundary_target_where_nuclei_touch(width):
 @pytest.mark.parametrize("fraction", [0.2, 0.4, 0.6])
 def test_rim_fraction_leaves_each_nucleus_a_core_in_proportion(fraction):
     """The rim against a plain reference computed one nucleus at a time: a pixel is rim when its
-    distance to its own nucleus's inner boundary is
-    under `fraction` of that nucleus's largest; touching nuclei keep separate cores, and the cores
-    shrink with the fraction."""
+    distance to its own nucleus's inner boundary is under `fraction` of that nucleus's largest;
+    touching nuclei keep separate cores, and the cores shrink with the fraction."""
     import scipy.ndimage as ndi
     from skimage.draw import disk
     from skimage.segmentation import find_boundaries

@@ -89,11 +89,12 @@ def _rim(labels: np.ndarray, edges: np.ndarray, fraction: float) -> np.ndarray:
     """Nucleus pixels whose distance to their nucleus's edge pixels (`edges`: each nucleus's inner
     boundary, where it meets background or another nucleus) is under `fraction` of the largest such
     distance in that nucleus."""
-    distance = ndi.distance_transform_edt((labels > 0) & ~edges)
+    nuclei = labels > 0
+    distance = ndi.distance_transform_edt(nuclei & ~edges)
     largest = np.zeros(int(labels.max()) + 1)
-    ids = np.unique(labels[labels > 0])
+    ids = np.unique(labels[nuclei])
     largest[ids] = ndi.maximum(distance, labels, ids)
-    return (labels > 0) & (distance < fraction * largest[labels])
+    return nuclei & (distance < fraction * largest[labels])
 
 
 def separation_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
