@@ -238,3 +238,38 @@ def test_weight_average_is_what_checkpoints_hold_and_resumes(npz, tmp_path):
         train(config(npz, out, epochs=4, resume=True))
     with pytest.raises(ValueError, match=r"ema must be a decay in \[0, 1\) .* got 1.5"):
         train(config(npz, tmp_path / "bad", epochs=1, ema=1.5))
+
+
+def test_cosine_schedule_anneals_over_the_run_and_resumes_where_it_stopped(npz, tmp_path, monkeypatch):
+    import math
+
+    import unetseg.train as training
+
+    def rates(ckpt):
+        return [h["lr"] for h in ckpt["history"]]
+
+    whole = train(config(npz, tmp_path / "whole", epochs=4, lr_schedule="cosine", patience=10))
+    expected = [1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert rates(whole) == pytest.approx(expected, rel=1e-9)  # whatever the validation loss did
+
+    out = tmp_path / "stopped"
+    write_history, calls = training.write_history, []
+
+    def killed_after_two_epochs(history, folder):
+        write_history(history, folder)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "write_history", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(npz, out, epochs=4, lr_schedule="cosine", patience=10))
+    monkeypatch.setattr(training, "write_history", write_history)
+    with pytest.raises(ValueError, match="cosine-schedule run of 4 epochs, asked to resume with 6: .*--epochs 4"):
+        train(config(npz, out, epochs=6, lr_schedule="cosine", resume=True))
+    with pytest.raises(ValueError, match="run with the cosine learning-rate schedule, .* --lr-schedule cosine"):
+        train(config(npz, out, epochs=4, resume=True))
+    resumed = train(config(npz, out, epochs=4, lr_schedule="cosine", patience=10, resume=True))
+    assert rates(resumed) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="lr_schedule must be one of plateau, cosine, got 'step'"):
+        train(config(npz, tmp_path / "bad", lr_schedule="step"))

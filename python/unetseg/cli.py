@@ -112,6 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         epochs=args.epochs,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         patience=args.patience,
         val_fraction=args.val_fraction,
         seed=args.seed,
@@ -749,7 +750,7 @@ def _add_train_parser(sub) -> None:
         "train",
         allow_abbrev=False,
         help="train a U-Net on a nuclei dataset",
-        description="Train a U-Net (BCE + Dice, Adam, plateau LR schedule, early stopping). Writes best.pt, "
+        description="Train a U-Net (BCE + Dice, Adam, plateau or cosine LR schedule, early stopping). Writes best.pt, "
         "last.pt, metrics.csv, training_curves.png and validation overlays to OUTPUT; --resume continues "
         "an interrupted run from last.pt.",
     )
@@ -809,6 +810,14 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--samples-per-epoch", type=int, help="random crops per epoch (default: one per training image)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument(
+        "--lr-schedule",
+        choices=("plateau", "cosine"),
+        default="plateau",
+        help="plateau (default): halve the learning rate when the validation loss has not improved for 3 "
+        "epochs; cosine: lower it from --lr to 0 along a half cosine over --epochs whatever the validation "
+        "loss does (give a --patience as long as --epochs to run the whole schedule)",
+    )
     p.add_argument("--patience", type=int, default=8, help="early stopping patience in epochs")
     p.add_argument("--val-fraction", type=float, default=0.15, help="validation images, stratified by kind")
     p.add_argument("--seed", type=int, default=0, help="fixes the split, crops and initialisation")

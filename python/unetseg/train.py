@@ -1,6 +1,6 @@
-"""Training: BCE + Dice, Adam, ReduceLROnPlateau, early stopping, checkpoints with resume, metrics
-CSV, training curves and prediction overlays. CPU or CUDA (mixed precision); several GPUs with
-``torchrun`` (DistributedDataParallel)."""
+"""Training: BCE + Dice, Adam, a plateau or cosine learning-rate schedule, early stopping,
+checkpoints with resume, metrics CSV, training curves and prediction overlays. CPU or CUDA (mixed
+precision); several GPUs with ``torchrun`` (DistributedDataParallel)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ class TrainConfig:
     epochs: int = 50
     samples_per_epoch: int | None = None
     lr: float = 1e-3
+    lr_schedule: str = "plateau"
+    """"plateau": the learning rate halves when the validation loss has not improved for lr_patience
+    epochs; "cosine": it falls from lr to 0 along a half cosine over `epochs`, whatever the validation
+    loss does (a long run at a sustained rate, annealed at its end)"""
     lr_patience: int = 3
     patience: int = 8
     boundary_weight: float = 2.0
@@ -216,12 +220,12 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     model, options, init_split = _build_model(config)
     to_training_layout(model, device)
     optimizer = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_patience)
+    scheduler = make_scheduler(optimizer, config)
     average = weight_average(model, config.ema)
     evaluated = average.module if average is not None else model
     state = {"history": [], "start_epoch": 0, "best": math.inf, "stale": 0}
     if config.resume:
-        state, split = _resume(out / "last.pt", model, optimizer, scheduler, average, rank)
+        state, split = _resume(out / "last.pt", model, optimizer, scheduler, average, config, rank)
     warning = _optimistic_validation_warning(init_split, split, config.init_weights)
     if warning and rank == 0:
         print(warning, flush=True)
@@ -246,7 +250,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         train_set.set_epoch(epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
+        t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
         desc = f"epoch {epoch + 1}/{config.epochs}"
         train_loss = _train_epoch(
             net, train_loader, optimizer, scaler, average, device, precision, config, desc, rank != 0
@@ -254,8 +258,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
         train_time = time.perf_counter() - t0
         with autocast(device, precision):
             val = validate(evaluated, val_loader, device, config.boundary_weight)
-        scheduler.step(val["val_loss"])
-        row = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": optimizer.param_groups[0]["lr"]}
+        step_schedule(scheduler, val["val_loss"])
+        row = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": lr}  # the rate this epoch trained at
         history.append({**row, "epoch_seconds": train_time})
         improved = val["val_loss"] < best
         best, stale = (val["val_loss"], 0) if improved else (best, stale + 1)
@@ -293,6 +297,24 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
     return load_checkpoint(out / "last.pt") if rank == 0 else {}
 
 
+LR_SCHEDULES = ("plateau", "cosine")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule `config.lr_schedule` names (TrainConfig), stepped once an epoch."""
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=config.lr_patience)
+
+
+def step_schedule(scheduler, val_loss: float) -> None:
+    """Ends an epoch of the schedule: the plateau schedule looks at the validation loss, cosine does not."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    else:
+        scheduler.step()
+
+
 def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     """The exponential moving average of `model`'s weights and buffers (batch-norm statistics), so
     the averaged network is evaluated as it is; None when `decay` is 0."""
@@ -317,6 +339,8 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError(f"contact_width must be >= 0 pixels, got {config.contact_width}")
     if not 0 <= config.rim_fraction < 1:
         raise ValueError(f"rim_fraction must be in [0, 1) (e.g. 0.4; 0: off), got {config.rim_fraction}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}")
     for name, value, low in (
         ("crop", config.crop, 16),
         ("batch_size", config.batch_size, 1),
@@ -403,11 +427,24 @@ def _optimistic_validation_warning(init_split: dict | None, split: dict, init_we
     )
 
 
-def _resume(path: Path, model, optimizer, scheduler, average, rank: int) -> tuple[dict, dict]:
+def _resume(path: Path, model, optimizer, scheduler, average, config: TrainConfig, rank: int) -> tuple[dict, dict]:
     """Loads a run's last checkpoint into the model, optimizer, scheduler and weight average;
     returns the loop's state (history, start epoch, best validation loss, epochs without
     improvement) and its split."""
     ckpt = load_checkpoint(path)
+    schedule = ckpt["config"].get("lr_schedule", "plateau")
+    if schedule != config.lr_schedule:
+        raise ValueError(
+            f"{path} is a run with the {schedule} learning-rate schedule, asked to resume with "
+            f"{config.lr_schedule}: resume it with --lr-schedule {schedule}"
+        )
+    if schedule == "cosine" and ckpt["config"]["epochs"] != config.epochs:
+        # the cosine reaches 0 at the run's last epoch and would climb again past it
+        raise ValueError(
+            f"{path} is a cosine-schedule run of {ckpt['config']['epochs']} epochs, asked to resume with "
+            f"{config.epochs}: resume it with --epochs {ckpt['config']['epochs']}, or fine-tune from its "
+            "best.pt with --init-weights for a new schedule"
+        )
     if (average is None) != ("trained_state_dict" not in ckpt):
         had = "with" if "trained_state_dict" in ckpt else "without"
         raise ValueError(f"{path} is a run {had} a weight average (--ema): resume it with the same --ema")
