@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from skimage.measure import regionprops
 import torch.nn.functional as F
 from conftest import make_checkpoint
 
@@ -172,6 +173,12 @@ def test_nuclei_seen_as_sure_fragments_are_found_at_half_the_size():
     assert runner.segment([image])[0].diameter == pytest.approx(median_diameter(labels), rel=0.25)
 
 
+def convexity(labels: np.ndarray) -> float:
+    """The fraction of their convex hulls a segmentation's objects fill (the runner's kConvex measure)."""
+    props = regionprops(labels)
+    return sum(p.area for p in props) / sum(p.area_convex for p in props)
+
+
 def dsb_at_half_size(name: str) -> tuple[np.ndarray, np.ndarray]:
     """A DSB 2018 stage 1 image (of the default model's validation split) and its labels shrunk to half their
     size (nuclei of 4-6 px)."""
@@ -184,12 +191,17 @@ def dsb_at_half_size(name: str) -> tuple[np.ndarray, np.ndarray]:
 def test_a_crowd_of_small_nuclei_is_not_taken_for_one_nucleus():
     """289 nuclei of 6 px in a 302 x 636 image: at 1/8 of its size the default model is sure the crowd is one
     nucleus (the estimate once said 160 px and found 1 object); a coarser scale must leave room for a few
-    nuclei across, and the unsure first pass is also seen at twice the size, where the nuclei are found."""
+    nuclei across, and a first pass that is unsure, or whose objects are not nucleus-shaped, is also seen
+    at twice the size, where the nuclei are found."""
     image, labels = dsb_at_half_size("20b20ab049372d184c705acebe7af026d3580f5fd5a72ed796e3622e1685af2f")
     runner = unetseg.Runner()
     canonical = runner.metadata["diameter"]
     one_blob = runner.segment([image], diameter=8 * canonical)[0]
-    assert one_blob.count == 1 and surety(one_blob) > surety(runner.segment([image], diameter=canonical)[0])
+    own_scale = runner.segment([image], diameter=canonical)[0]
+    assert one_blob.count == 1 and surety(one_blob) > surety(own_scale)
+    # at its own scale the crowd comes out as a few blobs, which the network can be as sure of as of
+    # nuclei; they fill half their convex hulls, which nuclei do not (the estimate once kept them: 20 px)
+    assert own_scale.count < 0.1 * labels.max() and convexity(own_scale.labels) < 0.6
     seg = runner.segment([image])[0]
     assert seg.diameter == pytest.approx(median_diameter(labels), rel=0.25)
     assert seg.count > 0.8 * labels.max()
@@ -197,12 +209,12 @@ def test_a_crowd_of_small_nuclei_is_not_taken_for_one_nucleus():
 
 @pytest.mark.skipif(not DSB.exists(), reason="../shared/data/dsb2018_stage1_train is absent (not on users' machines)")
 def test_nuclei_too_small_to_see_at_their_own_scale_are_found_at_twice_it():
-    """53 nuclei of 4.4 px: the default model finds none at the image's own scale (the estimate once kept it
-    and returned no nuclei); at twice the size it finds them and settles near the smallest diameter it
+    """53 nuclei of 4.4 px: the default model finds almost none at the image's own scale (the estimate once
+    kept it and returned no nuclei); at twice the size it finds them and settles near the smallest diameter it
     takes (canonical / MAX_RESCALE)."""
     image, labels = dsb_at_half_size("9e4f8ec60a0d622a02c0e16eedcc0101f88ddefbcec2383946c4572b57a1e43a")
     runner = unetseg.Runner()
-    assert runner.segment([image], diameter=runner.metadata["diameter"])[0].count == 0
+    assert runner.segment([image], diameter=runner.metadata["diameter"])[0].count < 0.1 * labels.max()
     seg = runner.segment([image])[0]
     smallest = runner.diameter / unetseg._C.MAX_RESCALE
     assert smallest <= seg.diameter <= 1.3 * median_diameter(labels)
@@ -223,11 +235,11 @@ def test_a_large_image_of_nuclei_too_small_to_see_is_checked_by_a_crop():
 
 
 def test_specks_of_background_do_not_rescale_an_image():
-    """Background alone (Poisson noise): the default model finds a speck or two it is unsure of at every scale.
+    """Background alone (Poisson noise): the default model finds a few specks it is unsure of at every scale.
     Their size is no estimate: the image stays at its own scale (it once went to 2.7x and came back with 38
     specks)."""
     image = np.random.default_rng(0).poisson(3, (512, 512)).astype(np.uint16)
     runner = unetseg.Runner()
     seg = runner.segment([image])[0]
     assert seg.diameter == runner.diameter
-    assert seg.count == runner.segment([image], diameter=runner.diameter)[0].count <= 2
+    assert seg.count == runner.segment([image], diameter=runner.diameter)[0].count <= 5

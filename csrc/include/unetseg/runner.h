@@ -21,19 +21,21 @@
 // Scale: a model trained at a canonical nucleus diameter (ModelInfo::diameter, in pixels) sees each
 // image resized so that its nuclei have that diameter: SegmentOptions::diameter gives the images'
 // median nucleus diameter, or, unset, it is estimated per image (docs/design.md has the measurements).
-// (1) The scale at which the network is surest of its nuclei (area-weighted mean nucleus probability):
-// the image at its own scale, and at kCoarserScales (cheap: a quarter of the pixels and less) while it
-// stays kNucleiAcross canonical diameters across, all of them when the network is unsure at its own
-// scale (under kConfident), else only as long as each halving makes it surer; an unsure image is also
-// seen at kFinerScale (by its central crop of kFinerCheckSide pixels a side when larger), which counts
-// when its objects are plausible nuclei (kPlausible; specks of background come out less sure). Nuclei
-// far larger than the network knows come out as fragments of their bright parts, far smaller ones are
-// missed or merged into blobs, both unsure; fragments of nuclei two to three times the canonical size
-// can be sure, but less so than the whole nuclei at half the size; a crowd of small nuclei can look
-// like one sure nucleus at a coarser scale, hence the width a coarser scale must leave. (2) The median
-// diameter of the nuclei found there, when plausible, gives the exact factor, and the image is
-// segmented again at it unless that is within kDiameterTolerance of a scale at which the whole image
-// was seen. Images near the canonical scale cost one pass and a quarter (the half-size check).
+// (1) The scale at which the network is surest of its nuclei (area-weighted mean nucleus probability),
+// among the passes whose objects look like nuclei (plausible, kPlausible, and convex, kConvex: a
+// crowd of small nuclei can come out as sure blobs, which are not convex) when any does: the image at
+// its own scale, and at kCoarserScales (cheap: a quarter of the pixels and less) while it stays
+// kNucleiAcross canonical diameters across, all of them when the network is unsure at its own scale
+// (under kConfident, or its objects not convex), else only as long as each halving makes it surer;
+// an unsure image is also seen at kFinerScale (by its central crop of kFinerCheckSide pixels a side
+// when larger), which counts when its objects are plausible nuclei (kPlausible; specks of background
+// come out less sure). Nuclei far larger than the network knows come out as fragments of their
+// bright parts, far smaller ones are missed or merged into blobs, both unsure; fragments of nuclei two
+// to three times the canonical size can be sure, but less so than the whole nuclei at half the size; a
+// crowd of small nuclei can look like one sure nucleus at a coarser scale, hence the width a coarser
+// scale must leave. (2) The median diameter of the nuclei found there, when plausible, gives the
+// exact factor, and the image is segmented again at it unless that is within kDiameterTolerance of a
+// scale at which the whole image was seen. Images near the canonical scale cost one pass and a quarter (the half-size check).
 // The probabilities are resized back to the image's own grid before labelling, so labels and
 // objects are always at the image's resolution.
 //
@@ -143,8 +145,12 @@ constexpr double kNucleiAcross = 4.0;
 constexpr double kFinerScale = 2.0;
 constexpr int64_t kFinerCheckSide = 1024;
 // The least surety at which a pass's objects are taken as nuclei to measure (the exact factor, the
-// finer check): specks of background noise come out at 0.70-0.79, nuclei at 0.85 and more.
+// finer check): specks of background noise come out under it (0.74-0.84), nuclei at 0.85 and more.
 constexpr double kPlausible = 0.85;
+// The least convexity (the fraction of their convex hulls the objects fill) at which a pass's objects
+// are taken as nucleus-shaped: nuclei fill 0.79-0.96 of their hulls an image, the blobs the network
+// makes of a crowd of small nuclei half.
+constexpr double kConvex = 0.7;
 
 // min_area counts pixels at the scale the network sees: the model's canonical diameter for a model
 // that has one. So it removes objects by their size against the nuclei at any scale: on the grid of
