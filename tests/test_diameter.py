@@ -8,9 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from skimage.measure import regionprops
 import torch.nn.functional as F
 from conftest import make_checkpoint
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
 
 import unetseg
 from unetseg.data import synthetic_nuclei
@@ -173,10 +175,69 @@ def test_nuclei_seen_as_sure_fragments_are_found_at_half_the_size():
     assert runner.segment([image])[0].diameter == pytest.approx(median_diameter(labels), rel=0.25)
 
 
+def convexity_reference(labels: np.ndarray) -> float:
+    """unetseg._C.convexity by its definition: the objects' pixels over the pixels inside or on the convex
+    hulls of each object's pixel centres. A pixel is in the hull of a set of points when no line through two
+    distinct points of the set that has them all on one side has it on the other."""
+    pixels = in_hulls = 0
+    for value in np.unique(labels[labels > 0]):
+        ys, xs = np.nonzero(labels == value)
+        points = np.stack([xs, ys], 1).astype(np.int64)
+        gx, gy = np.meshgrid(np.arange(xs.min(), xs.max() + 1), np.arange(ys.min(), ys.max() + 1))
+        grid = np.stack([gx.ravel(), gy.ravel()], 1)  # the bounding box holds the hull
+
+        def cross(targets):  # [i, j, k]: (p_j - p_i) x (target_k - p_i)
+            d = points[None, :, :] - points[:, None, :]
+            t = targets[None, :, :] - points[:, None, :]
+            return d[:, :, None, 0] * t[:, None, :, 1] - d[:, :, None, 1] * t[:, None, :, 0]
+
+        distinct = (points[:, None, :] != points[None, :, :]).any(-1)
+        supporting = distinct & (cross(points) >= 0).all(-1)
+        inside = (cross(grid)[supporting] >= 0).all(0)
+        pixels += len(points)
+        in_hulls += int(inside.sum())
+    return pixels / in_hulls if pixels else 1.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    h=st.integers(1, 12),
+    w=st.integers(1, 12),
+    objects=st.integers(0, 4),
+    blobs=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_convexity_matches_its_definition(h, w, objects, blobs, seed):
+    """The estimate's shape measure (Andrew's hull and Pick's theorem in C++) against the plain reference, bit for
+    bit: scattered pixels (objects of any shape, lines, single pixels) and connected blobs."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, objects + 1, (h, w)).astype(np.int32)
+    if blobs:
+        labels = ndimage.label(ndimage.gaussian_filter(rng.random((h, w)), 1.5) > 0.5)[0].astype(np.int32)
+    assert unetseg._C.convexity(torch.from_numpy(labels)) == convexity_reference(labels)
+
+
+def test_convexity_of_shapes():
+    """Known values: a filled disc, and three pixels of a 2 x 2 square, fill their hulls (the hull of three
+    centres holds no other); an L of five pixels in a 3 x 3 box fills 5 of its hull's 6 (the box's centre lies
+    on the hull's edge); a ring fills less than half; no objects: 1."""
+    yy, xx = np.mgrid[:41, :41]
+    disc = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 400).astype(np.int32)
+    assert unetseg._C.convexity(torch.from_numpy(disc)) == 1.0
+    corner = np.array([[1, 0], [1, 1]], np.int32)
+    assert unetseg._C.convexity(torch.from_numpy(corner)) == 1.0  # the hull of 3 centres holds no other
+    ell = np.zeros((3, 3), np.int32)
+    ell[:, 0] = ell[2, :] = 1
+    assert unetseg._C.convexity(torch.from_numpy(ell)) == 5 / 6  # the hull also holds the centre
+    ring = disc - ((yy - 20) ** 2 + (xx - 20) ** 2 <= 225)
+    assert unetseg._C.convexity(torch.from_numpy(ring.astype(np.int32))) < 0.5
+    assert unetseg._C.convexity(torch.zeros((4, 4), dtype=torch.int32)) == 1.0
+    with pytest.raises(ValueError, match="expected int32 labels"):
+        unetseg._C.convexity(torch.zeros((4, 4), dtype=torch.int64))
+
+
 def convexity(labels: np.ndarray) -> float:
-    """The fraction of their convex hulls a segmentation's objects fill (the runner's kConvex measure)."""
-    props = regionprops(labels)
-    return sum(p.area for p in props) / sum(p.area_convex for p in props)
+    return unetseg._C.convexity(torch.from_numpy(labels.astype(np.int32)))
 
 
 def dsb_at_half_size(name: str) -> tuple[np.ndarray, np.ndarray]:

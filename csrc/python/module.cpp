@@ -33,6 +33,8 @@ PYBIND11_MODULE(_C, m) {
         return unetseg::signal_channel(image);
       },
       py::arg("image"));
+  // The diameter estimate's measure of nucleus shape (runner.h), for tests against a plain reference.
+  m.def("convexity", &unetseg::convexity, py::arg("labels"));
   // The CPU kernels' vector instruction set (ops.h): tests and benchmarks compare the choices.
   m.def("cpu_simd", &unetseg::cpu_simd);
   m.def("use_huge_pages", &unetseg::use_huge_pages);

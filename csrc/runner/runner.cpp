@@ -195,17 +195,18 @@ double median_diameter(const Segmentation& s) {
   return std::sqrt(4.0 * median / M_PI);
 }
 
-// The number of lattice points (pixel centres) inside or on the convex hull of `points` (x, y),
-// by Pick's theorem: the hull's area plus half the lattice points on its boundary, plus one.
-// `points` is reordered; `hull` is scratch space.
-int64_t lattice_points_in_hull(std::vector<std::array<int64_t, 2>>& points, std::vector<std::array<int64_t, 2>>& hull) {
+using Point = std::array<int64_t, 2>;  // (x, y)
+
+// The number of lattice points (pixel centres) inside or on the convex hull of `points`, by Pick's
+// theorem: the hull's area plus half the lattice points on its boundary, plus one. `points` is
+// reordered; `hull` is scratch space.
+int64_t lattice_points_in_hull(std::vector<Point>& points, std::vector<Point>& hull) {
   std::sort(points.begin(), points.end());
   const size_t n = points.size();
   if (n < 2) {
     return int64_t(n);
   }
-  const auto turns_left = [](const std::array<int64_t, 2>& a, const std::array<int64_t, 2>& b,
-                             const std::array<int64_t, 2>& c) {
+  const auto turns_left = [](const Point& a, const Point& b, const Point& c) {
     return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]) > 0;
   };
   // Andrew's monotone chain: the lower hull, then the upper one
@@ -226,51 +227,6 @@ int64_t lattice_points_in_hull(std::vector<std::array<int64_t, 2>>& points, std:
     boundary += std::gcd(std::abs(b[0] - a[0]), std::abs(b[1] - a[1]));
   }
   return (std::abs(twice_area) + boundary) / 2 + 1;
-}
-
-// The fraction of their convex hulls a segmentation's objects fill: their pixels over the pixels
-// inside the convex hulls of each object's pixels (1 without objects). Nuclei are near convex
-// (0.79-0.96 an image on the validation images of all sets); a blob the network makes of a crowd
-// of small nuclei is not (docs/design.md, "Scale").
-double convexity(const Segmentation& s) {
-  if (s.count == 0) {
-    return 1.0;
-  }
-  const at::Tensor labels = s.labels.contiguous(), objects = s.objects.contiguous();
-  const int64_t h = labels.size(0), w = labels.size(1);
-  const int32_t* l = labels.const_data_ptr<int32_t>();
-  const double* table = objects.const_data_ptr<double>();
-  const auto stat = [&](int64_t k, stats::Column c) { return table[k * stats::kNumColumns + c]; };
-  // each object's leftmost and rightmost pixel in each row of its bounding box: its hull's corners
-  std::vector<int64_t> top(size_t(s.count)), offset(size_t(s.count) + 1, 0);
-  for (int64_t k = 0; k < s.count; ++k) {
-    top[k] = int64_t(stat(k, stats::kMinRow));
-    offset[k + 1] = offset[k] + int64_t(stat(k, stats::kMaxRow)) - top[k];
-  }
-  std::vector<int64_t> left(size_t(offset.back()), w), right(size_t(offset.back()), -1);
-  for (int64_t y = 0; y < h; ++y) {
-    for (int64_t x = 0; x < w; ++x) {
-      if (const int32_t v = l[y * w + x]; v > 0) {
-        const int64_t i = offset[v - 1] + y - top[v - 1];
-        left[i] = std::min(left[i], x);
-        right[i] = x;
-      }
-    }
-  }
-  double pixels = 0, in_hulls = 0;
-  std::vector<std::array<int64_t, 2>> points, hull;
-  for (int64_t k = 0; k < s.count; ++k) {
-    points.clear();
-    for (int64_t i = offset[k]; i < offset[k + 1]; ++i) {
-      if (right[i] >= 0) {
-        points.push_back({left[i], top[k] + i - offset[k]});
-        points.push_back({right[i], top[k] + i - offset[k]});
-      }
-    }
-    pixels += stat(k, stats::kArea);
-    in_hulls += double(lattice_points_in_hull(points, hull));
-  }
-  return pixels / in_hulls;
 }
 
 // (1, C, H, W) float resized to (h, w): bilinear, antialiased when shrinking (as cv2's INTER_AREA
@@ -315,6 +271,46 @@ std::vector<std::vector<T>> in_batches(const std::vector<T>& items, int64_t size
 }
 
 } // namespace
+
+double convexity(const at::Tensor& labels) {
+  TORCH_CHECK_VALUE(labels.dim() == 2 && labels.scalar_type() == at::kInt,
+                    "unetseg.convexity: expected int32 labels (H, W), got ", labels.scalar_type(), " ",
+                    labels.sizes());
+  const at::Tensor l = labels.cpu().contiguous();
+  const int64_t h = l.size(0), w = l.size(1);
+  const int32_t* p = l.const_data_ptr<int32_t>();
+  // per object, its rows in raster order: {row, leftmost, rightmost} (the extremes hold its hull)
+  std::vector<std::vector<std::array<int64_t, 3>>> rows;
+  int64_t pixels = 0;
+  for (int64_t y = 0; y < h; ++y) {
+    for (int64_t x = 0; x < w; ++x) {
+      if (const int32_t v = p[y * w + x]; v > 0) {
+        if (size_t(v) > rows.size()) rows.resize(size_t(v));
+        auto& r = rows[size_t(v) - 1];
+        if (r.empty() || r.back()[0] != y) {
+          r.push_back({y, x, x});
+        } else {
+          r.back()[2] = x;
+        }
+        ++pixels;
+      }
+    }
+  }
+  if (pixels == 0) {
+    return 1.0;
+  }
+  int64_t in_hulls = 0;
+  std::vector<Point> points, hull;
+  for (const auto& r : rows) {
+    points.clear();
+    for (const auto& [y, left, right] : r) {
+      points.push_back({left, y});
+      points.push_back({right, y});
+    }
+    in_hulls += lattice_points_in_hull(points, hull);
+  }
+  return double(pixels) / double(in_hulls);
+}
 
 struct Runner::Impl {
   torch::jit::Module module;  // frozen; forward() is safe to call from several threads
@@ -627,7 +623,7 @@ struct Runner::Impl {
     bool nuclei = false;  // its objects look like nuclei: plausible (kPlausible) and convex (kConvex)
 
     SurestScale(double factor, const Segmentation& s)
-        : factor(factor), surety(confidence(s)), nuclei(surety >= kPlausible && convexity(s) >= kConvex) {}
+        : factor(factor), surety(confidence(s)), nuclei(surety >= kPlausible && convexity(s.labels) >= kConvex) {}
     // objects that look like nuclei beat objects that do not, however sure the network is of those
     bool operator>(const SurestScale& o) const { return std::pair(nuclei, surety) > std::pair(o.nuclei, o.surety); }
   };

@@ -152,6 +152,11 @@ constexpr double kPlausible = 0.85;
 // makes of a crowd of small nuclei half.
 constexpr double kConvex = 0.7;
 
+// The fraction of their convex hulls the objects of int32 labels (H, W) fill: their pixels over the
+// pixels (lattice points) inside or on the convex hulls of each object's pixel centres; 1 without
+// objects. The estimate's test of nucleus shape (kConvex).
+double convexity(const at::Tensor& labels);
+
 // min_area counts pixels at the scale the network sees: the model's canonical diameter for a model
 // that has one. So it removes objects by their size against the nuclei at any scale: on the grid of
 // an image resized by `factor` (canonical / image diameter) it is min_area / factor² of the image's
