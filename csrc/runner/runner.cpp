@@ -639,8 +639,7 @@ struct Runner::Impl {
                            Segmentation& seg) const {
     SurestScale surest(1.0, seg);
     const bool sure = surest.nuclei && surest.surety >= kConfident;
-    const auto surer = [&](Segmentation&& s, double factor) {
-      const SurestScale here(factor, s);
+    const auto surer = [&](Segmentation&& s, const SurestScale& here) {
       if (!(here > surest)) {
         return false;
       }
@@ -649,11 +648,23 @@ struct Runner::Impl {
       return true;
     };
     const double shortest = double(std::min(hwc.size(0), hwc.size(1)));
+    // the pass at twice the scale of the next coarser one: its object count and whether they look like nuclei
+    int64_t finer_count = seg.count;
+    bool finer_nuclei = surest.nuclei;
     for (const double coarser : kCoarserScales) {
       if (shortest * coarser < std::max(double(info.size_multiple), kNucleiAcross * info.diameter)) {
         break;
       }
-      if (!surer(segment_scaled(hwc, coarser, opt, r), coarser) && sure) {
+      Segmentation s = segment_scaled(hwc, coarser, opt, r);
+      SurestScale here(coarser, s);
+      // a crowd of small nuclei made into a few round blobs: at twice the scale they come apart into
+      // many objects that look like nuclei (a large nucleus seen in fragments gives a few)
+      if (finer_nuclei && double(finer_count) > kCrowdSplit * double(s.count)) {
+        here.nuclei = false;
+      }
+      finer_count = s.count;
+      finer_nuclei = here.nuclei;
+      if (!surer(std::move(s), here) && sure) {
         break;
       }
     }
@@ -662,8 +673,8 @@ struct Runner::Impl {
     // only when its objects are plausible nuclei (kPlausible): background comes out as specks.
     if (!sure && kFinerScale <= largest) {
       Segmentation finer = finer_sample(hwc, opt, r);
-      if (confidence(finer) >= kPlausible) {
-        surer(std::move(finer), kFinerScale);
+      if (const SurestScale here(kFinerScale, finer); here.surety >= kPlausible) {
+        surer(std::move(finer), here);
       }
     }
     return surest;

@@ -148,9 +148,13 @@ constexpr int64_t kFinerCheckSide = 1024;
 // finer check): specks of background noise come out under it (0.74-0.84), nuclei at 0.85 and more.
 constexpr double kPlausible = 0.85;
 // The least convexity (the fraction of their convex hulls the objects fill) at which a pass's objects
-// are taken as nucleus-shaped: nuclei fill 0.79-0.96 of their hulls an image, the blobs the network
-// makes of a crowd of small nuclei half.
+// are taken as nucleus-shaped: nuclei fill 0.72-1.00 of their hulls an image (median 0.97), the blobs
+// the network makes of a crowd of small nuclei under half.
 constexpr double kConvex = 0.7;
+// A coarser pass whose objects come apart, at twice its scale, into more than kCrowdSplit times as
+// many objects that look like nuclei is a crowd of small nuclei, not nuclei: large nuclei seen in
+// fragments break into about three each at most.
+constexpr double kCrowdSplit = 4.0;
 
 // The fraction of their convex hulls the objects of int32 labels (H, W) fill: their pixels over the
 // pixels (lattice points) inside or on the convex hulls of each object's pixel centres; 1 without
