@@ -35,7 +35,8 @@
 // crowd of small nuclei can look like one sure nucleus at a coarser scale, hence the width a coarser
 // scale must leave. (2) The median diameter of the nuclei found there, when plausible, gives the
 // exact factor, and the image is segmented again at it unless that is within kDiameterTolerance of a
-// scale at which the whole image was seen. Images near the canonical scale cost one pass and a quarter (the half-size check).
+// scale at which the whole image was seen. Images near the canonical scale cost one pass and a
+// quarter (the half-size check).
 // The probabilities are resized back to the image's own grid before labelling, so labels and
 // objects are always at the image's resolution.
 //
