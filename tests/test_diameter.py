@@ -175,6 +175,25 @@ def test_nuclei_seen_as_sure_fragments_are_found_at_half_the_size():
     assert runner.segment([image])[0].diameter == pytest.approx(median_diameter(labels), rel=0.25)
 
 
+@pytest.mark.skipif(not DSB.exists(), reason="../shared/data/dsb2018_stage1_train is absent (not on users' machines)")
+def test_nuclei_seen_as_sure_specks_are_found_however_many_halvings_away():
+    """A training image enlarged 3x (130 px nuclei, 6.5 times the canonical size): at its own scale the
+    default model outlines a few bright specks and is surer of them than of the fragments it makes at half
+    the size; at a quarter it is surest, of the whole nuclei. The surety dips on the way, so every coarser
+    scale must be looked at (the estimate once stopped at the half and said 20 px)."""
+    name = "3441821ebea04face181c9e2f4d0d09727c764827ac51b9e7fbadbebabeab225"
+    image = cv2.imread(str(DSB / "images" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(DSB / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+    image, labels = rescale(np.atleast_3d(image), labels, 3.0)
+    runner = unetseg.Runner()
+    canonical = runner.metadata["diameter"]
+    own, half, quarter = (runner.segment([image], diameter=k * canonical)[0] for k in (1, 2, 4))
+    assert surety(half) < surety(own) < surety(quarter)
+    seg = runner.segment([image])[0]
+    assert seg.diameter == pytest.approx(median_diameter(labels), rel=0.25)
+    assert seg.count > 0.7 * labels.max()
+
+
 def convexity_reference(labels: np.ndarray) -> float:
     """unetseg._C.convexity by its definition: the objects' pixels over the pixels inside or on the convex
     hulls of each object's pixel centres. A pixel is in the hull of a set of points when no line through two

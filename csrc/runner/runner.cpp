@@ -630,22 +630,20 @@ struct Runner::Impl {
 
   // 1. The scale at which the network is surest of its nuclei, and (into `seg`, which holds the image
   // at its own scale on entry) the segmentation there. Where nuclei are far larger than it was
-  // trained on it finds their bright parts, unsure; far smaller, blobs, unsure. A sure first pass is
-  // still checked at half the size: nuclei two to three times the canonical size can come out as
-  // confident fragments, and only there does halving make the network surer. A coarser scale must
-  // leave the image kNucleiAcross canonical nuclei across: on fewer pixels a crowd of small nuclei
-  // looks like one sure nucleus.
+  // trained on it finds their bright parts or fragments, and can be sure of them; far smaller, blobs,
+  // unsure. So even a sure first pass is compared with every coarser scale (they cost a third of it
+  // together): the surety need not rise at each halving on the way to the right one. A coarser scale
+  // must leave the image kNucleiAcross canonical nuclei across: on fewer pixels a crowd of small
+  // nuclei looks like one sure nucleus.
   SurestScale surest_scale(const at::Tensor& hwc, double largest, const SegmentOptions& opt, const ResolvedOptions& r,
                            Segmentation& seg) const {
     SurestScale surest(1.0, seg);
     const bool sure = surest.nuclei && surest.surety >= kConfident;
-    const auto surer = [&](Segmentation&& s, const SurestScale& here) {
-      if (!(here > surest)) {
-        return false;
+    const auto keep_if_surer = [&](Segmentation&& s, const SurestScale& here) {
+      if (here > surest) {
+        surest = here;
+        seg = std::move(s);
       }
-      surest = here;
-      seg = std::move(s);
-      return true;
     };
     const double shortest = double(std::min(hwc.size(0), hwc.size(1)));
     // the pass at twice the scale of the next coarser one: its object count and whether they look like nuclei
@@ -664,9 +662,7 @@ struct Runner::Impl {
       }
       finer_count = s.count;
       finer_nuclei = here.nuclei;
-      if (!surer(std::move(s), here) && sure) {
-        break;
-      }
+      keep_if_surer(std::move(s), here);
     }
     // Nuclei a third of the canonical size or less are missed or merged at the image's own scale,
     // unsure: an unsure image is also seen at kFinerScale, where they are nuclei again. It counts
@@ -674,7 +670,7 @@ struct Runner::Impl {
     if (!sure && kFinerScale <= largest) {
       Segmentation finer = finer_sample(hwc, opt, r);
       if (const SurestScale here(kFinerScale, finer); here.surety >= kPlausible) {
-        surer(std::move(finer), here);
+        keep_if_surer(std::move(finer), here);
       }
     }
     return surest;

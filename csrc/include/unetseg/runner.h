@@ -22,21 +22,20 @@
 // image resized so that its nuclei have that diameter: SegmentOptions::diameter gives the images'
 // median nucleus diameter, or, unset, it is estimated per image (docs/design.md has the measurements).
 // (1) The scale at which the network is surest of its nuclei (area-weighted mean nucleus probability),
-// among the passes whose objects look like nuclei (plausible, kPlausible, and convex, kConvex: a
-// crowd of small nuclei can come out as sure blobs, which are not convex) when any does: the image at
-// its own scale, and at kCoarserScales (cheap: a quarter of the pixels and less) while it stays
-// kNucleiAcross canonical diameters across, all of them when the network is unsure at its own scale
-// (under kConfident, or its objects not convex), else only as long as each halving makes it surer;
-// an unsure image is also seen at kFinerScale (by its central crop of kFinerCheckSide pixels a side
-// when larger), which counts when its objects are plausible nuclei (kPlausible; specks of background
-// come out less sure). Nuclei far larger than the network knows come out as fragments of their
-// bright parts, far smaller ones are missed or merged into blobs, both unsure; fragments of nuclei two
-// to three times the canonical size can be sure, but less so than the whole nuclei at half the size; a
-// crowd of small nuclei can look like one sure nucleus at a coarser scale, hence the width a coarser
-// scale must leave. (2) The median diameter of the nuclei found there, when plausible, gives the
-// exact factor, and the image is segmented again at it unless that is within kDiameterTolerance of a
-// scale at which the whole image was seen. Images near the canonical scale cost one pass and a
-// quarter (the half-size check).
+// among the passes whose objects look like nuclei (plausible, kPlausible, and convex, kConvex: a crowd of
+// small nuclei can come out as sure blobs, which are not convex) when any does: the image at its own
+// scale, and at every one of kCoarserScales (cheap: a third of the pixels together) that leaves it
+// kNucleiAcross canonical diameters across; an image the network is unsure of at its own scale (under
+// kConfident, or its objects not convex) is also seen at kFinerScale (by its central crop of
+// kFinerCheckSide pixels a side when larger), which counts when its objects are plausible nuclei
+// (kPlausible; specks of background come out less sure). Nuclei far larger than the network knows come
+// out as specks or fragments of their bright parts, far smaller ones are missed or merged into blobs,
+// mostly unsure; the network can be sure of such specks and fragments too, but less so than of the whole
+// nuclei at the right scale, and its surety need not rise at each halving on the way there; a crowd of
+// small nuclei can look like one sure nucleus at a coarser scale, hence the width a coarser scale must
+// leave. (2) The median diameter of the nuclei found there, when plausible, gives the exact factor, and
+// the image is segmented again at it unless that is within kDiameterTolerance of a scale at which the
+// whole image was seen. Images near the canonical scale cost one pass and a third (the coarser checks).
 // The probabilities are resized back to the image's own grid before labelling, so labels and
 // objects are always at the image's resolution.
 //
