@@ -153,6 +153,13 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KOYUNCU, DSB = DATA / "koyuncu_hepg2", DATA / "dsb2018_stage1_train"
 
 
+def dsb_resized(name: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """A DSB 2018 stage 1 image and its labels resized by `scale` (as the scale benchmark does)."""
+    image = cv2.imread(str(DSB / "images" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(DSB / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+    return rescale(np.atleast_3d(image), labels, scale)
+
+
 def surety(seg) -> float:
     """The estimate's measure: the area-weighted mean nucleus probability of a segmentation's objects."""
     area = seg.objects.area
@@ -180,11 +187,8 @@ def test_nuclei_seen_as_sure_specks_are_found_however_many_halvings_away():
     """A training image enlarged 3x (130 px nuclei, 6.5 times the canonical size): at its own scale the
     default model outlines a few bright specks and is surer of them than of the fragments it makes at half
     the size; at a quarter it is surest, of the whole nuclei. The surety dips on the way, so every coarser
-    scale must be looked at (the estimate once stopped at the half and said 20 px)."""
-    name = "3441821ebea04face181c9e2f4d0d09727c764827ac51b9e7fbadbebabeab225"
-    image = cv2.imread(str(DSB / "images" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
-    labels = cv2.imread(str(DSB / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
-    image, labels = rescale(np.atleast_3d(image), labels, 3.0)
+    scale must be looked at (the estimate once stopped at the half and kept the specks)."""
+    image, labels = dsb_resized("3441821ebea04face181c9e2f4d0d09727c764827ac51b9e7fbadbebabeab225", 3.0)
     runner = unetseg.Runner()
     canonical = runner.metadata["diameter"]
     own, half, quarter = (runner.segment([image], diameter=k * canonical)[0] for k in (1, 2, 4))
@@ -259,20 +263,13 @@ def convexity(labels: np.ndarray) -> float:
     return unetseg._C.convexity(torch.from_numpy(labels.astype(np.int32)))
 
 
-def dsb_at_half_size(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A DSB 2018 stage 1 image and its labels shrunk to half their size (nuclei of 4-6 px)."""
-    image = cv2.imread(str(DSB / "images" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
-    labels = cv2.imread(str(DSB / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
-    return rescale(np.atleast_3d(image), labels, 0.5)
-
-
 @pytest.mark.skipif(not DSB.exists(), reason="../shared/data/dsb2018_stage1_train is absent (not on users' machines)")
 def test_a_crowd_of_small_nuclei_is_not_taken_for_one_nucleus():
     """289 nuclei of 6 px in a 302 x 636 image: at 1/8 of its size the default model is sure the crowd is one
     nucleus (the estimate once said 160 px and found 1 object); a coarser scale must leave room for a few
     nuclei across, and a first pass that is unsure, or whose objects are not nucleus-shaped, is also seen
     at twice the size, where the nuclei are found."""
-    image, labels = dsb_at_half_size("20b20ab049372d184c705acebe7af026d3580f5fd5a72ed796e3622e1685af2f")
+    image, labels = dsb_resized("20b20ab049372d184c705acebe7af026d3580f5fd5a72ed796e3622e1685af2f", 0.5)
     runner = unetseg.Runner()
     canonical = runner.metadata["diameter"]
     one_blob = runner.segment([image], diameter=8 * canonical)[0]
@@ -292,7 +289,7 @@ def test_a_crowd_made_into_round_blobs_at_half_the_size_is_not_taken_for_large_n
     round blobs it is surer of than of anything at the image's own scale, where the nuclei come apart. A coarser
     pass whose objects come apart like that at twice its scale is a crowd (the estimate once said 65 px and found
     1 object)."""
-    image, labels = dsb_at_half_size("f4c4db3df4ff0de90f44b027fc2e28c16bf7e5c75ea75b0a9762bbb7ac86e7a3")
+    image, labels = dsb_resized("f4c4db3df4ff0de90f44b027fc2e28c16bf7e5c75ea75b0a9762bbb7ac86e7a3", 0.5)
     runner = unetseg.Runner()
     canonical = runner.metadata["diameter"]
     own_scale = runner.segment([image], diameter=canonical)[0]
@@ -309,7 +306,7 @@ def test_nuclei_too_small_to_see_at_their_own_scale_are_found_at_twice_it():
     """53 nuclei of 4.4 px: the default model finds almost none at the image's own scale (the estimate once
     kept it and returned no nuclei); at twice the size it finds them and settles near the smallest diameter it
     takes (canonical / MAX_RESCALE)."""
-    image, labels = dsb_at_half_size("9e4f8ec60a0d622a02c0e16eedcc0101f88ddefbcec2383946c4572b57a1e43a")
+    image, labels = dsb_resized("9e4f8ec60a0d622a02c0e16eedcc0101f88ddefbcec2383946c4572b57a1e43a", 0.5)
     runner = unetseg.Runner()
     assert runner.segment([image], diameter=runner.metadata["diameter"])[0].count < 0.1 * labels.max()
     seg = runner.segment([image])[0]
@@ -322,7 +319,7 @@ def test_nuclei_too_small_to_see_at_their_own_scale_are_found_at_twice_it():
 def test_a_large_image_of_nuclei_too_small_to_see_is_checked_by_a_crop():
     """The same 4.4 px nuclei tiled 9 x 9 (1152 x 1152): the image is checked at twice its size by its central
     crop, and the result is the whole image segmented at the diameter found there (not the crop)."""
-    image, labels = dsb_at_half_size("9e4f8ec60a0d622a02c0e16eedcc0101f88ddefbcec2383946c4572b57a1e43a")
+    image, labels = dsb_resized("9e4f8ec60a0d622a02c0e16eedcc0101f88ddefbcec2383946c4572b57a1e43a", 0.5)
     image = np.tile(image, (9, 9, 1))  # sides over the runner's kFinerCheckSide (1024)
     runner = unetseg.Runner()
     seg = runner.segment([image])[0]
