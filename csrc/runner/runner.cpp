@@ -589,20 +589,32 @@ struct Runner::Impl {
                     Segmentation& seg) const {
     const int64_t h = hwc.size(0), w = hwc.size(1);
     const double largest = std::min(kMaxRescale, std::sqrt(double(kMaxRescaledPixels) / (double(h) * double(w))));
-    const SurestScale surest = surest_scale(hwc, largest, opt, r, seg);
+    double factor = surest_scale(hwc, largest, opt, r, seg).factor;
+    // a crop's segmentation (finer_sample) is no result: the whole image is segmented again
+    bool whole = seg.labels.size(0) == h && seg.labels.size(1) == w;
     // 2. at that scale, the nuclei's own median diameter gives the exact factor, if they are
     // plausibly nuclei: on an image of background the network finds specks it is unsure of, whose
-    // size says nothing (and the image stays at the scale found).
-    const double d = surest.surety >= kPlausible ? median_diameter(seg) : 0.0;
-    if (d > 0) {
+    // size says nothing (and the image stays at the scale found). Nuclei seen at a coarser or finer
+    // scale come out closer to the canonical size than they are: they are measured again at the
+    // factor they give (kRefineTolerance, kRefinements).
+    const int refinements = factor == 1.0 ? 0 : kRefinements;
+    for (int refined = 0;; ++refined) {
+      const double d = confidence(seg) >= kPlausible ? median_diameter(seg) : 0.0;
+      if (d <= 0) {
+        return {factor, whole};
+      }
       const double exact = std::clamp(info.diameter / d, kMinRescale, std::max(kMinRescale, largest));
-      // a crop's segmentation (finer_sample) is no result: the whole image is segmented again
-      const bool whole = seg.labels.size(0) == h && seg.labels.size(1) == w;
-      if (!whole || std::abs(std::log(exact / surest.factor)) > std::log(kDiameterTolerance)) {
+      const double tolerance = factor == 1.0 ? kDiameterTolerance : kRefineTolerance;
+      if (whole && std::abs(std::log(exact / factor)) <= std::log(tolerance)) {
+        return {factor, true};
+      }
+      if (refined == refinements) {
         return {exact, false};
       }
+      seg = segment_scaled(hwc, exact, opt, r);
+      factor = exact;
+      whole = true;
     }
-    return {surest.factor, true};
   }
 
   // Each image segmented at the scale of its estimated diameter; `segs` holds the images at their

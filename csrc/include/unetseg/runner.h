@@ -34,8 +34,11 @@
 // nuclei at the right scale, and its surety need not rise at each halving on the way there; a crowd of
 // small nuclei can look like one sure nucleus at a coarser scale, hence the width a coarser scale must
 // leave. (2) The median diameter of the nuclei found there, when plausible, gives the exact factor, and
-// the image is segmented again at it unless that is within kDiameterTolerance of a scale at which the
-// whole image was seen. Images near the canonical scale cost one pass and a third (the coarser checks).
+// the image is segmented again at it unless that is within kDiameterTolerance of the image's own scale.
+// When the surest scale was a coarser or finer one, the nuclei are measured again at the factor they
+// gave, until within kRefineTolerance of it (at most kRefinements more passes): the network draws
+// nuclei it sees off its canonical size closer to that size than they are. Images near the canonical
+// scale cost one pass and a third (the coarser checks).
 // The probabilities are resized back to the image's own grid before labelling, so labels and
 // objects are always at the image's resolution.
 //
@@ -139,6 +142,12 @@ constexpr double kMinRescale = 1.0 / 16.0;
 constexpr double kMaxRescale = 4.0;
 constexpr int64_t kMaxRescaledPixels = int64_t{1} << 28;
 constexpr double kDiameterTolerance = 1.25;
+// A coarser or finer surest scale is refined: the nuclei are measured again at the factor they give
+// until within kRefineTolerance of it, at most kRefinements times. Nuclei seen off the canonical size
+// come out closer to it than they are (56 px nuclei seen at a quarter, 14 px there, came out 17 px);
+// refining the own scale's exact factor too measured slightly worse on the validation images.
+constexpr double kRefineTolerance = 1.1;
+constexpr int kRefinements = 2;
 constexpr double kConfident = 0.88;
 constexpr double kCoarserScales[] = {0.5, 0.25, 0.125, 0.0625};
 constexpr double kNucleiAcross = 4.0;
