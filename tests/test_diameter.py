@@ -288,9 +288,10 @@ def test_a_crowd_of_small_nuclei_is_not_taken_for_one_nucleus():
     one_blob = runner.segment([image], diameter=8 * canonical)[0]
     own_scale = runner.segment([image], diameter=canonical)[0]
     assert one_blob.count == 1 and surety(one_blob) > surety(own_scale)
-    # at its own scale the crowd comes out as a few blobs, which the network can be as sure of as of
-    # nuclei; they fill half their convex hulls, which nuclei do not (the estimate once kept them: 20 px)
-    assert own_scale.count < 0.1 * labels.max() and convexity(own_scale.labels) < 0.6
+    # at its own scale the crowd comes out as a few dozen blobs, which the network can be as sure of as
+    # of nuclei; they fill less of their convex hulls than nuclei do (kConvex = 0.7; the estimate once
+    # kept them: 20 px)
+    assert own_scale.count < 0.15 * labels.max() and convexity(own_scale.labels) < 0.7
     seg = runner.segment([image])[0]
     assert seg.diameter == pytest.approx(median_diameter(labels), rel=0.25)
     assert seg.count > 0.8 * labels.max()
@@ -298,7 +299,7 @@ def test_a_crowd_of_small_nuclei_is_not_taken_for_one_nucleus():
 
 @pytest.mark.skipif(not DSB.exists(), reason="../shared/data/dsb2018_stage1_train is absent (not on users' machines)")
 def test_a_crowd_made_into_round_blobs_at_half_the_size_is_not_taken_for_large_nuclei():
-    """68 nuclei of 6 px (a training image): at half its size the default model makes the crowd into a couple of
+    """68 nuclei of 6 px (a training image): at half its size the default model makes the crowd into a few
     round blobs it is surer of than of anything at the image's own scale, where the nuclei come apart. A coarser
     pass whose objects come apart like that at twice its scale is a crowd (the estimate once said 65 px and found
     1 object)."""
@@ -307,7 +308,7 @@ def test_a_crowd_made_into_round_blobs_at_half_the_size_is_not_taken_for_large_n
     canonical = runner.metadata["diameter"]
     own_scale = runner.segment([image], diameter=canonical)[0]
     blobs = runner.segment([image], diameter=2 * canonical)[0]
-    assert blobs.count <= 3 and convexity(blobs.labels) >= 0.7 and surety(blobs) > surety(own_scale)
+    assert blobs.count <= 5 and convexity(blobs.labels) >= 0.7 and surety(blobs) > surety(own_scale)
     assert own_scale.count > 4 * blobs.count
     seg = runner.segment([image])[0]
     assert seg.diameter < 1.5 * median_diameter(labels)
@@ -330,15 +331,18 @@ def test_nuclei_too_small_to_see_at_their_own_scale_are_found_at_twice_it():
 
 @pytest.mark.skipif(not DSB.exists(), reason="../shared/data/dsb2018_stage1_train is absent (not on users' machines)")
 def test_a_large_image_of_nuclei_too_small_to_see_is_checked_by_a_crop():
-    """The same 4.4 px nuclei tiled 9 x 9 (1152 x 1152): the image is checked at twice its size by its central
-    crop, and the result is the whole image segmented at the diameter found there (not the crop)."""
-    image, labels = dsb_resized("9e4f8ec60a0d622a02c0e16eedcc0101f88ddefbcec2383946c4572b57a1e43a", 0.5)
-    image = np.tile(image, (9, 9, 1))  # sides over the runner's kFinerCheckSide (1024)
+    """A validation image of 86 nuclei of 5 px (shrunk to half) tiled 9 x 9 (1152 x 1152): the default model is
+    unsure of the image at its own scale, so the image is checked at twice its size by its central crop (its
+    sides are over the runner's kFinerCheckSide, 1024), and the result is the whole image segmented at the
+    diameter found there (not the crop)."""
+    image, labels = dsb_resized("648636ee314d7bdba3ab2fc0fe49a863de35c3e2caf619039f678df67b526868", 0.5)
+    image = np.tile(image, (9, 9, 1))
     runner = unetseg.Runner()
+    assert surety(runner.segment([image], diameter=runner.metadata["diameter"])[0]) < 0.88  # kConfident
     seg = runner.segment([image])[0]
     assert seg.labels.shape == image.shape[:2]
-    assert seg.diameter <= 1.3 * median_diameter(labels)
-    assert seg.count > 0.7 * 81 * labels.max()
+    assert seg.diameter == pytest.approx(median_diameter(labels), rel=0.1)
+    assert seg.count > 0.8 * 81 * labels.max()
 
 
 def test_specks_of_background_do_not_rescale_an_image():
@@ -349,4 +353,4 @@ def test_specks_of_background_do_not_rescale_an_image():
     runner = unetseg.Runner()
     seg = runner.segment([image])[0]
     assert seg.diameter == runner.diameter
-    assert seg.count == runner.segment([image], diameter=runner.diameter)[0].count <= 5
+    assert seg.count == runner.segment([image], diameter=runner.diameter)[0].count <= 8

@@ -594,10 +594,10 @@ struct Runner::Impl {
     bool whole = seg.labels.size(0) == h && seg.labels.size(1) == w;
     // 2. at that scale, the nuclei's own median diameter gives the exact factor, if they are
     // plausibly nuclei: on an image of background the network finds specks it is unsure of, whose
-    // size says nothing (and the image stays at the scale found). Nuclei seen at a coarser or finer
-    // scale come out closer to the canonical size than they are: they are measured again at the
-    // factor they give (kRefineTolerance, kRefinements).
-    const int refinements = factor == 1.0 ? 0 : kRefinements;
+    // size says nothing (and the image stays at the scale found). Nuclei seen far from the canonical
+    // size come out closer to it than they are: they are measured again at the factor they give
+    // (kRefineTolerance, kRefinements, kDrawnTrue).
+    const bool own_scale = factor == 1.0;
     for (int refined = 0;; ++refined) {
       const double d = confidence(seg) >= kPlausible ? median_diameter(seg) : 0.0;
       if (d <= 0) {
@@ -608,7 +608,9 @@ struct Runner::Impl {
       if (whole && std::abs(std::log(exact / factor)) <= std::log(tolerance)) {
         return {factor, true};
       }
-      if (refined == refinements) {
+      // nuclei within kDrawnTrue of the canonical size at the image's own scale come out near their size
+      const bool drawn_true = own_scale && refined == 0 && std::abs(std::log(exact)) <= std::log(kDrawnTrue);
+      if (drawn_true || refined == kRefinements) {
         return {exact, false};
       }
       seg = segment_scaled(hwc, exact, opt, r);
