@@ -35,10 +35,11 @@
 // small nuclei can look like one sure nucleus at a coarser scale, hence the width a coarser scale must
 // leave. (2) The median diameter of the nuclei found there, when plausible, gives the exact factor, and
 // the image is segmented again at it unless that is within kDiameterTolerance of the image's own scale.
-// When the surest scale was a coarser or finer one, the nuclei are measured again at the factor they
-// gave, until within kRefineTolerance of it (at most kRefinements more passes): the network draws
-// nuclei it sees off its canonical size closer to that size than they are. Images near the canonical
-// scale cost one pass and a third (the coarser checks).
+// When the surest scale was a coarser or finer one, or the own scale's factor is beyond kDrawnTrue,
+// the nuclei are measured again at the factor they gave, until within kRefineTolerance of it (at most
+// kRefinements more passes): the network draws nuclei it sees far from its canonical size closer to
+// that size than they are. Images near the canonical scale cost one pass and a third (the coarser
+// checks).
 // The probabilities are resized back to the image's own grid before labelling, so labels and
 // objects are always at the image's resolution.
 //
