@@ -153,10 +153,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KOYUNCU, DSB = DATA / "koyuncu_hepg2", DATA / "dsb2018_stage1_train"
 
 
-def dsb_resized(name: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """A DSB 2018 stage 1 image and its labels resized by `scale` (as the scale benchmark does)."""
-    image = cv2.imread(str(DSB / "images" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
-    labels = cv2.imread(str(DSB / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+def read_resized(data: Path, name: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """An image of a shared dataset and its labels resized by `scale` (as the scale benchmark does)."""
+    image = cv2.imread(str(data / "images" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(data / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
     return rescale(np.atleast_3d(image), labels, scale)
 
 
@@ -171,9 +171,7 @@ def test_nuclei_seen_as_sure_fragments_are_found_at_half_the_size():
     """Koyuncu's image 13 enlarged 2x has 56 px nuclei. At its own scale the default model outlines fragments of
     them and is sure of those; at half the size it is surer of the whole nuclei. The estimate must follow: it
     once kept the own scale (20 px, 26 objects for 18 nuclei)."""
-    image = cv2.imread(str(KOYUNCU / "images" / "13.png"), cv2.IMREAD_UNCHANGED)
-    labels = cv2.imread(str(KOYUNCU / "labels" / "13.png"), cv2.IMREAD_UNCHANGED)
-    image, labels = rescale(np.atleast_3d(image), labels, 2.0)
+    image, labels = read_resized(KOYUNCU, "13", 2.0)
     runner = unetseg.Runner()
     canonical = runner.metadata["diameter"]
     own_scale = runner.segment([image], diameter=canonical)[0]
@@ -189,9 +187,7 @@ def test_nuclei_found_at_a_coarser_scale_are_measured_again_at_the_size_they_giv
     closer to the canonical size than they are: the factor they give fell within 25% of the half, and the
     estimate kept it (40 px). Measured again at that factor, they are within 10% of their size; the same at
     twice the size (a quarter) and for image 13 enlarged 2.5x (70 px, once estimated at 80)."""
-    image = cv2.imread(str(KOYUNCU / "images" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
-    labels = cv2.imread(str(KOYUNCU / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
-    image, labels = rescale(np.atleast_3d(image), labels, scale)
+    image, labels = read_resized(KOYUNCU, name, scale)
     assert unetseg.Runner().segment([image])[0].diameter == pytest.approx(median_diameter(labels), rel=0.1)
 
 
@@ -201,7 +197,7 @@ def test_nuclei_seen_as_sure_specks_are_found_however_many_halvings_away():
     default model outlines a few bright specks and is surer of them than of the fragments it makes at half
     the size; at a quarter it is surest, of the whole nuclei. The surety dips on the way, so every coarser
     scale must be looked at (the estimate once stopped at the half and kept the specks)."""
-    image, labels = dsb_resized("3441821ebea04face181c9e2f4d0d09727c764827ac51b9e7fbadbebabeab225", 3.0)
+    image, labels = read_resized(DSB, "3441821ebea04face181c9e2f4d0d09727c764827ac51b9e7fbadbebabeab225", 3.0)
     runner = unetseg.Runner()
     canonical = runner.metadata["diameter"]
     own, half, quarter = (runner.segment([image], diameter=k * canonical)[0] for k in (1, 2, 4))
@@ -282,7 +278,7 @@ def test_a_crowd_of_small_nuclei_is_not_taken_for_one_nucleus():
     nucleus (the estimate once said 160 px and found 1 object); a coarser scale must leave room for a few
     nuclei across, and a first pass that is unsure, or whose objects are not nucleus-shaped, is also seen
     at twice the size, where the nuclei are found."""
-    image, labels = dsb_resized("20b20ab049372d184c705acebe7af026d3580f5fd5a72ed796e3622e1685af2f", 0.5)
+    image, labels = read_resized(DSB, "20b20ab049372d184c705acebe7af026d3580f5fd5a72ed796e3622e1685af2f", 0.5)
     runner = unetseg.Runner()
     canonical = runner.metadata["diameter"]
     one_blob = runner.segment([image], diameter=8 * canonical)[0]
@@ -303,7 +299,7 @@ def test_a_crowd_made_into_round_blobs_at_half_the_size_is_not_taken_for_large_n
     round blobs it is surer of than of anything at the image's own scale, where the nuclei come apart. A coarser
     pass whose objects come apart like that at twice its scale is a crowd (the estimate once said 65 px and found
     1 object)."""
-    image, labels = dsb_resized("f4c4db3df4ff0de90f44b027fc2e28c16bf7e5c75ea75b0a9762bbb7ac86e7a3", 0.5)
+    image, labels = read_resized(DSB, "f4c4db3df4ff0de90f44b027fc2e28c16bf7e5c75ea75b0a9762bbb7ac86e7a3", 0.5)
     runner = unetseg.Runner()
     canonical = runner.metadata["diameter"]
     own_scale = runner.segment([image], diameter=canonical)[0]
@@ -320,7 +316,7 @@ def test_nuclei_too_small_to_see_at_their_own_scale_are_found_at_twice_it():
     """53 nuclei of 4.4 px: the default model finds almost none at the image's own scale (the estimate once
     kept it and returned no nuclei); at twice the size it finds them and settles near the smallest diameter it
     takes (canonical / MAX_RESCALE)."""
-    image, labels = dsb_resized("9e4f8ec60a0d622a02c0e16eedcc0101f88ddefbcec2383946c4572b57a1e43a", 0.5)
+    image, labels = read_resized(DSB, "9e4f8ec60a0d622a02c0e16eedcc0101f88ddefbcec2383946c4572b57a1e43a", 0.5)
     runner = unetseg.Runner()
     assert runner.segment([image], diameter=runner.metadata["diameter"])[0].count < 0.1 * labels.max()
     seg = runner.segment([image])[0]
@@ -335,7 +331,7 @@ def test_a_large_image_of_nuclei_too_small_to_see_is_checked_by_a_crop():
     unsure of the image at its own scale, so the image is checked at twice its size by its central crop (its
     sides are over the runner's kFinerCheckSide, 1024), and the result is the whole image segmented at the
     diameter found there (not the crop)."""
-    image, labels = dsb_resized("648636ee314d7bdba3ab2fc0fe49a863de35c3e2caf619039f678df67b526868", 0.5)
+    image, labels = read_resized(DSB, "648636ee314d7bdba3ab2fc0fe49a863de35c3e2caf619039f678df67b526868", 0.5)
     image = np.tile(image, (9, 9, 1))
     runner = unetseg.Runner()
     assert surety(runner.segment([image], diameter=runner.metadata["diameter"])[0]) < 0.88  # kConfident
