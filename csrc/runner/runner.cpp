@@ -597,19 +597,19 @@ struct Runner::Impl {
     // size says nothing (and the image stays at the scale found). Nuclei seen far from the canonical
     // size come out closer to it than they are: they are measured again at the factor they give
     // (kRefineTolerance, kRefinements, kDrawnTrue).
-    const bool own_scale = factor == 1.0;
     for (int refined = 0;; ++refined) {
       const double d = confidence(seg) >= kPlausible ? median_diameter(seg) : 0.0;
       if (d <= 0) {
         return {factor, whole};
       }
       const double exact = std::clamp(info.diameter / d, kMinRescale, std::max(kMinRescale, largest));
-      const double tolerance = factor == 1.0 ? kDiameterTolerance : kRefineTolerance;
+      const bool own_scale = refined == 0 && factor == 1.0;
+      const double tolerance = own_scale ? kDiameterTolerance : kRefineTolerance;
       if (whole && std::abs(std::log(exact / factor)) <= std::log(tolerance)) {
         return {factor, true};
       }
       // nuclei within kDrawnTrue of the canonical size at the image's own scale come out near their size
-      const bool drawn_true = own_scale && refined == 0 && std::abs(std::log(exact)) <= std::log(kDrawnTrue);
+      const bool drawn_true = own_scale && std::abs(std::log(exact)) <= std::log(kDrawnTrue);
       if (drawn_true || refined == kRefinements) {
         return {exact, false};
       }
