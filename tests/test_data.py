@@ -378,6 +378,31 @@ def test_blur_and_channel_jitter():
         Augment(elastic=-2)
 
 
+def test_low_res_loses_detail_finer_than_its_factor_and_keeps_what_is_coarser():
+    """Lost resolution (shrunk by the factor, enlarged back) flattens a 1-pixel checkerboard in about
+    half the items, and keeps a smooth ramp, shape and dtype as they were."""
+    from unetseg.data.transforms import Augment, lose_resolution
+
+    checker = np.repeat((np.indices((64, 48)).sum(0) % 2).astype(np.float32)[..., None], 3, axis=2)
+    flat = lose_resolution(checker, 2.0)
+    assert flat.shape == checker.shape and flat.dtype == np.float32
+    np.testing.assert_allclose(flat, 0.5, atol=1e-6)  # each 2x2 block averages to 0.5
+    ramp = np.repeat(np.linspace(0, 1, 64, dtype=np.float32)[:, None, None], 48, axis=1)
+    np.testing.assert_allclose(lose_resolution(ramp, 2.0)[4:-4], ramp[4:-4], atol=1e-3)
+
+    plain = Augment(
+        flips=False, rotations=False, scale=(1.0, 1.0), brightness=0, contrast=0, gamma=None, noise=0, invert=0
+    )
+    lowered = Augment(**{**plain.__dict__, "low_res": 3.0})
+    labels = np.zeros(checker.shape[:2], np.int32)
+    contrast = [
+        np.abs(np.diff(lowered(checker, labels, np.random.default_rng(s))[0], axis=0)).mean() for s in range(12)
+    ]
+    assert sum(c < 0.5 for c in contrast) in range(3, 10) and max(contrast) == 1  # about half lose resolution
+    with pytest.raises(ValueError, match=r"augmentation low_res must be >= 1 \(1: off\), got 0.5"):
+        Augment(low_res=0.5)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     stains=st.lists(st.floats(0.02, 0.06), min_size=3, max_size=3),

@@ -238,6 +238,15 @@ def resize(image, labels, size: int):
     return image, cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
+def lose_resolution(image: np.ndarray, factor: float) -> np.ndarray:
+    """An (H, W, C) float32 image shrunk by `factor` (area) and enlarged back to its size (bilinear):
+    what the runner's enlargement makes of an image taken at `factor` times lower resolution."""
+    h, w, channels = image.shape
+    small = (max(1, round(w / factor)), max(1, round(h / factor)))
+    shrunk = cv2.resize(np.ascontiguousarray(image), small, interpolation=cv2.INTER_AREA)
+    return cv2.resize(shrunk, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, channels)
+
+
 def elastic_deform(image: np.ndarray, labels: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Warps an (H, W, C) float32 image (bilinear) and its labels (nearest) by the displacement field
     that bicubically interpolates `grid` (2, gy, gx): (dy, dx) in pixels at gy x gx control points
@@ -277,6 +286,10 @@ class Augment:
     standard deviation in pixels, bicubically interpolated to every pixel; 0: off"""
     blur: float = 0.0
     """half of the items are Gaussian-blurred with a sigma drawn up to this many pixels; 0: off"""
+    low_res: float = 1.0
+    """half of the items lose resolution by a factor drawn (log-uniformly) from 1 to this: shrunk
+    (area) and enlarged back (bilinear), as an image whose nuclei are smaller than the canonical
+    diameter looks once the runner enlarges it; 1: off"""
     channel_jitter: float = 0.0
     """each channel's own gain 1 ± c and offset ± c / 2 (stain and colour variation); 0: off"""
     stain: float = 0.0
@@ -287,6 +300,8 @@ class Augment:
         for name in ("elastic", "blur", "channel_jitter", "stain", "noise", "brightness", "contrast", "invert"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augmentation {name} must be >= 0, got {getattr(self, name)}")
+        if not self.low_res >= 1:
+            raise ValueError(f"augmentation low_res must be >= 1 (1: off), got {self.low_res}")
 
     def __call__(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
         """:meth:`geometric`, then :meth:`photometric`."""
@@ -313,9 +328,10 @@ class Augment:
         return image, np.ascontiguousarray(labels)
 
     def photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Stain jitter, gamma, contrast, brightness, channel jitter, inversion, blur and noise of the image: per
-        pixel (the blur nearly so), so a training crop takes them after it is cut from its scaled
-        window, on its own pixels only (a 192² crop is 24-98% of the window's)."""
+        """Stain jitter, gamma, contrast, brightness, channel jitter, inversion, lost resolution, blur
+        and noise of the image: per pixel (lost resolution and blur nearly so), so a training crop
+        takes them after it is cut from its scaled window, on its own pixels only (a 192² crop is
+        24-98% of the window's)."""
         if self.stain:
             image = stain_jitter(image, self.stain, rng)
         image = np.clip(image, 0, None) if self.gamma else image
@@ -331,6 +347,8 @@ class Augment:
             ).astype(np.float32)
         if self.invert and rng.random() < self.invert:
             image = 1 - image
+        if self.low_res > 1 and rng.random() < 0.5:
+            image = lose_resolution(image, float(np.exp(rng.uniform(0, np.log(self.low_res)))))
         if self.blur and rng.random() < 0.5:
             sigma = rng.uniform(0, self.blur)
             if sigma > 0.1:
