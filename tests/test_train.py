@@ -180,6 +180,19 @@ def test_fine_tuning_with_another_split_warns_of_optimistic_validation(npz, tmp_
     assert "use that seed" in out and "--seed 0" in out
 
 
+def test_crop_seed_draws_other_crops_and_keeps_the_split(npz, tmp_path):
+    """A run trained on from another keeps its seed (and so its split) and, with another crop seed,
+    trains on other crops; without one the crops follow the seed."""
+    runs = {
+        name: train(config(npz, tmp_path / name, epochs=1, seed=0, **kw))
+        for name, kw in {"plain": {}, "same": {"crop_seed": 0}, "other": {"crop_seed": 5}}.items()
+    }
+    assert runs["plain"]["split"] == runs["same"]["split"] == runs["other"]["split"]
+    loss = {name: ckpt["history"][0]["train_loss"] for name, ckpt in runs.items()}
+    assert loss["same"] == loss["plain"] != loss["other"]
+    assert runs["other"]["config"]["crop_seed"] == 5 and runs["plain"]["config"]["crop_seed"] is None
+
+
 def test_dev_images_are_held_out_of_training_and_validation(npz, tmp_path):
     ckpt = train(config(npz, tmp_path / "dev", epochs=1, dev_fraction=0.25))
     split = ckpt["split"]

@@ -116,6 +116,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         patience=args.patience,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        crop_seed=args.crop_seed,
         workers=args.workers,
         device=args.device,
         imagenet_weights=args.imagenet_weights,
@@ -821,6 +822,12 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--patience", type=int, default=8, help="early stopping patience in epochs")
     p.add_argument("--val-fraction", type=float, default=0.15, help="validation images, stratified by kind")
     p.add_argument("--seed", type=int, default=0, help="fixes the split, crops and initialisation")
+    p.add_argument(
+        "--crop-seed",
+        type=int,
+        help="seed of the crops, augmentations and batch order (default: --seed); trained on from a run "
+        "with its --seed (to keep the split), give another to draw other crops than that run did",
+    )
     p.add_argument("--workers", type=int, default=2, help="data loading worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--imagenet-weights", help="torchvision mobilenet_v2 ImageNet weights file (mobilenetv2_unet)")

@@ -70,6 +70,10 @@ class TrainConfig:
     set: never trained on, not used for early stopping, scored by `unetseg tune` to choose thresholds and
     compare runs while the validation images stay unseen; 0: none"""
     seed: int = 0
+    crop_seed: int | None = None
+    """seed of the crops, augmentations and batch order; None: `seed`. A run trained on from another
+    with the same seed (to keep its split) draws the same crops epoch by epoch as that run did: give
+    another crop seed to draw new ones"""
     workers: int = 2
     device: str = "auto"
     imagenet_weights: str | None = None
@@ -238,7 +242,9 @@ def train(config: TrainConfig, samples: list[Sample] | None = None) -> dict:
             f"an epoch of {len(train_set)} crops is less than one batch of {config.batch_size}: no "
             "training step would run; lower the batch size or raise samples_per_epoch"
         )
-    sampler = torch.utils.data.DistributedSampler(train_set, world, rank, seed=config.seed) if world > 1 else None
+    sampler = None
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(train_set, world, rank, seed=_crop_seed(config))
     train_loader, val_loader = _loaders(config, train_set, val_set, sampler, device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     # float16 needs loss scaling; bfloat16 has float32's range and does not
@@ -482,7 +488,7 @@ def _dataset(config: TrainConfig, samples: list[Sample], normalisation, training
         augment=make_augment(config.augment_options) if training else None,
         normalisation=normalisation,
         samples_per_epoch=config.samples_per_epoch if training else None,
-        seed=config.seed,
+        seed=_crop_seed(config),
         contact_width=config.contact_width,
         rim_fraction=config.rim_fraction,
         pixel_weights=pixel_weights,
@@ -490,6 +496,10 @@ def _dataset(config: TrainConfig, samples: list[Sample], normalisation, training
         balanced=config.balanced and training,
         sampling_weights=config.sampling_weights if training else None,
     )
+
+
+def _crop_seed(config: TrainConfig) -> int:
+    return config.seed if config.crop_seed is None else config.crop_seed
 
 
 def _loaders(config: TrainConfig, train_set, val_set, sampler, device: torch.device) -> tuple[DataLoader, DataLoader]:
@@ -505,7 +515,7 @@ def _loaders(config: TrainConfig, train_set, val_set, sampler, device: torch.dev
         shuffle=sampler is None,
         sampler=sampler,
         drop_last=True,
-        generator=torch.Generator().manual_seed(config.seed),
+        generator=torch.Generator().manual_seed(_crop_seed(config)),
         **loader_args,
     )
     return train_loader, DataLoader(val_set, shuffle=False, **loader_args)
