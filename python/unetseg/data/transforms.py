@@ -209,18 +209,21 @@ def median_diameter(labels: np.ndarray) -> float:
     return float(np.median(np.sqrt(4 * areas / np.pi))) if len(areas) else float("nan")
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, C) image resized to `size` (width, height) as the runner resizes images:
+    area-averaged when shrinking, bilinear when enlarging."""
+    h, w, channels = image.shape
+    method = cv2.INTER_AREA if size[0] < w or size[1] < h else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=method).reshape(size[1], size[0], channels)
+
+
 def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, C) image (area-averaged when shrinking, bilinear when enlarging) and its labels
-    (nearest) resized by `factor`."""
+    """(H, W, C) image (:func:`resize_image`) and its labels (nearest) resized by `factor`."""
     if factor == 1:
         return image, labels
     h, w = labels.shape
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    method = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, size, interpolation=method)
-    if resized.ndim == 2:
-        resized = resized[..., None]
-    return resized, cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+    return resize_image(image, size), cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
 
 
 def random_crop(image, labels, size: int, rng: np.random.Generator):
@@ -241,10 +244,8 @@ def resize(image, labels, size: int):
 def lose_resolution(image: np.ndarray, factor: float) -> np.ndarray:
     """An (H, W, C) float32 image shrunk by `factor` (area) and enlarged back to its size (bilinear):
     what the runner's enlargement makes of an image taken at `factor` times lower resolution."""
-    h, w, channels = image.shape
-    small = (max(1, round(w / factor)), max(1, round(h / factor)))
-    shrunk = cv2.resize(np.ascontiguousarray(image), small, interpolation=cv2.INTER_AREA)
-    return cv2.resize(shrunk, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, channels)
+    h, w = image.shape[:2]
+    return resize_image(resize_image(image, (max(1, round(w / factor)), max(1, round(h / factor)))), (w, h))
 
 
 def elastic_deform(image: np.ndarray, labels: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
