@@ -399,6 +399,13 @@ def test_low_res_loses_detail_finer_than_its_factor_and_keeps_what_is_coarser():
         np.abs(np.diff(lowered(checker, labels, np.random.default_rng(s))[0], axis=0)).mean() for s in range(12)
     ]
     assert sum(c < 0.5 for c in contrast) in range(3, 10) and max(contrast) == 1  # about half lose resolution
+    colour_only = Augment(**{**lowered.__dict__, "low_res_colour_only": True})
+    tinted = checker * np.float32([1.0, 0.8, 0.9])
+
+    def unchanged(image):
+        return sum(np.array_equal(colour_only(image, labels, np.random.default_rng(s))[0], image) for s in range(12))
+
+    assert unchanged(checker) == 12 and unchanged(tinted) in range(3, 10)  # gray kept, colour about half lowered
     with pytest.raises(ValueError, match=r"augmentation low_res must be >= 1 \(1: off\), got 0.5"):
         Augment(low_res=0.5)
 

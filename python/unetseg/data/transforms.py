@@ -178,14 +178,20 @@ def restain(image: np.ndarray, scale, shift) -> np.ndarray:
     return np.exp(-(od @ transform + offset)).astype(np.float32)
 
 
+def is_colour(image: np.ndarray) -> bool:
+    """Whether an (H, W, C) image is in colour: three channels that are not all equal (gray images
+    are read into three equal channels)."""
+    return image.shape[2] == 3 and not (
+        np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])
+    )
+
+
 def stain_jitter(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """HED stain augmentation (Tellez et al. 2018, Med. Image Anal. 2019) of a normalised (H, W, 3)
     colour image: :func:`restain` with each stain's scale drawn from U(1 - sigma, 1 + sigma) and its
     shift from U(-sigma, sigma). Images that are not colour (gray in every channel, or not 3
     channels) are returned as they are, so fluorescence keeps its look."""
-    if image.shape[2] != 3 or (
-        np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])
-    ):
+    if not is_colour(image):
         return image
     scale = rng.uniform(1 - sigma, 1 + sigma, 3)
     return restain(image, scale, rng.uniform(-sigma, sigma, 3))
@@ -291,6 +297,9 @@ class Augment:
     """half of the items lose resolution by a factor drawn (log-uniformly) from 1 to this: shrunk
     (area) and enlarged back (bilinear), as an image whose nuclei are smaller than the canonical
     diameter looks once the runner enlarges it; 1: off"""
+    low_res_colour_only: bool = False
+    """lost resolution for colour images only (bright-field and H&E, which slide scanners take at 20x
+    as often as at 40x); gray images keep theirs"""
     channel_jitter: float = 0.0
     """each channel's own gain 1 ± c and offset ± c / 2 (stain and colour variation); 0: off"""
     stain: float = 0.0
@@ -333,7 +342,8 @@ class Augment:
         and noise of the image: per pixel (lost resolution and blur nearly so), so a training crop
         takes them after it is cut from its scaled window, on its own pixels only (a 192² crop is
         24-98% of the window's)."""
-        if self.stain:
+        colour = is_colour(image)  # before the channel jitter makes gray channels differ
+        if self.stain and colour:
             image = stain_jitter(image, self.stain, rng)
         image = np.clip(image, 0, None) if self.gamma else image
         if self.gamma:
@@ -348,7 +358,7 @@ class Augment:
             ).astype(np.float32)
         if self.invert and rng.random() < self.invert:
             image = 1 - image
-        if self.low_res > 1 and rng.random() < 0.5:
+        if self.low_res > 1 and (colour or not self.low_res_colour_only) and rng.random() < 0.5:
             image = lose_resolution(image, float(np.exp(rng.uniform(0, np.log(self.low_res)))))
         if self.blur and rng.random() < 0.5:
             sigma = rng.uniform(0, self.blur)
