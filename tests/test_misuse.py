@@ -58,12 +58,12 @@ CASES = [
     (
         "two-channels-ambiguous",
         lambda f, n, t: unetseg.segment_batch([np.zeros((40, 40, 2), np.uint8)], f["model"]),
-        r"pick the nuclear channel with channel=N \(0..1\) \(for gray \+ alpha, channel=0\)",
+        r"pick the nuclear channel with channel=N in 0..1 \(--channel N on the command line; for gray \+ alpha, 0\)",
     ),
     (
         "five-channels-no-channel",
         lambda f, n, t: unetseg.segment_batch([np.zeros((40, 40, 5), np.uint8)], f["model"]),
-        r"has shape \[40, 40, 5\].*channel=N \(0..4\)",
+        r"has shape \[40, 40, 5\].*channel=N in 0..4 \(--channel N on the command line\)",
     ),
     (
         "channel-out-of-range",
@@ -278,6 +278,14 @@ def test_fiji_cyx_tiff_is_read_channels_last(files, tmp_path):
     want = unetseg.segment_batch([files["image"]], files["model"])[0]
     got = unetseg.segment_batch([tmp_path / "cyx.tif"], files["model"], channel=1)[0]
     np.testing.assert_array_equal(got.labels, want.labels)
+
+
+def test_cli_names_its_channel_option_for_a_two_channel_tiff(files, tmp_path, capsys):
+    stack = np.stack([files["image"] // 2, files["image"]])
+    tifffile.imwrite(tmp_path / "cyx.tif", stack, imagej=True, metadata={"axes": "CYX"})
+    assert cli("segment", tmp_path / "cyx.tif", "-m", files["model"], "-o", tmp_path / "o") == 1
+    assert "channel=N in 0..1 (--channel N on the command line" in capsys.readouterr().err
+    assert cli("segment", tmp_path / "cyx.tif", "-m", files["model"], "-o", tmp_path / "o", "--channel", 1) == 0
 
 
 def test_bool_masks_are_images_like_one_bit_pngs(files, tmp_path):

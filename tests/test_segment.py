@@ -169,7 +169,7 @@ def test_bad_inputs_get_clear_errors(model_file, tmp_path):
     good = np.zeros((8, 8), np.uint8)
     cases = [
         (np.zeros((8, 8), np.int32), TypeError, "dtype int32"),
-        (np.zeros((8, 8, 5), np.uint8), ValueError, r"pick the nuclear channel with channel=N \(0..4\)"),
+        (np.zeros((8, 8, 5), np.uint8), ValueError, r"pick the nuclear channel with channel=N in 0..4 "),
         (np.zeros((0, 8), np.uint8), ValueError, "empty"),
         (np.full((8, 8), np.nan, np.float32), ValueError, "NaN"),
         (np.zeros((2, 8, 8, 1, 1), np.uint8), ValueError, r"\(H, W\) or \(H, W, C\)"),

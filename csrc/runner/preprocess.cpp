@@ -28,8 +28,8 @@ at::Tensor check_image(const at::Tensor& image, size_t index, std::optional<int6
     hwc = hwc.narrow(2, *channel, 1);
   } else {
     TORCH_CHECK_VALUE(c >= 1 && c <= 4 && c != 2, "unetseg.Runner: image ", index, " has shape ", image.sizes(),
-                      "; expected gray, RGB or RGBA channels last, or pick the nuclear channel with channel=N (0..",
-                      c - 1, ")", c == 2 ? " (for gray + alpha, channel=0)" : "");
+                      "; expected gray, RGB or RGBA channels last, or pick the nuclear channel with channel=N in 0..",
+                      c - 1, " (--channel N on the command line", c == 2 ? "; for gray + alpha, 0)" : ")");
   }
   TORCH_CHECK_VALUE(hwc.size(0) > 0 && hwc.size(1) > 0, "unetseg.Runner: image ", index,
                     " is empty (shape ", image.sizes(), ")");

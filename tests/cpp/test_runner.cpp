@@ -164,7 +164,7 @@ void test_errors(const std::string& model) {
   const unetseg::Runner runner(model, {"cpu"});
   const at::Tensor good = disks(1, 64);
   CHECK_THROWS(runner.segment({good, good.to(at::kInt)}), "image 1 has dtype Int");
-  CHECK_THROWS(runner.segment(at::zeros({8, 8, 5}, at::kByte)), "pick the nuclear channel with channel=N (0..4)");
+  CHECK_THROWS(runner.segment(at::zeros({8, 8, 5}, at::kByte)), "pick the nuclear channel with channel=N in 0..4 (--channel N");
   CHECK_THROWS(runner.segment(at::zeros({2, 3, 8, 8}, at::kByte)), "expected (H, W) or (H, W, C)");
   CHECK_THROWS(runner.segment(at::zeros({0, 8}, at::kByte)), "empty");
   CHECK_THROWS(runner.segment(at::full({8, 8}, NAN, at::kFloat)), "NaN");
