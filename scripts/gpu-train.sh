@@ -8,6 +8,7 @@
 # with `cat best.pt.part-* > best.pt`), and gpu-train.log.
 #
 #   bash scripts/gpu-train.sh     # device_data/ copied with the checkout; DEVICE=cuda, OUT=./gpu-out unless set
+#   DATA=other.npz DEVICE=cpu GPU_TRAIN_SECONDS=30 BATCH=2 SAMPLES=4 bash scripts/gpu-train.sh   # a dry run
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -18,6 +19,7 @@ batch=${BATCH:-32}
 samples=${SAMPLES:-16000}
 workers=${WORKERS:-$(($(nproc) - 2))}
 work=${WORK:-/tmp/gpu-train}
+data=${DATA:-device_data/train.npz}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 log() { echo "$*" | tee -a "$OUT/gpu-train.log"; }
@@ -29,7 +31,7 @@ if ! "$python" -c "import unetseg._C" 2> /dev/null; then # not built yet on this
   }
 fi
 rm -rf "$work"
-"$python" scripts/gpu-data.py unpack device_data/train.npz "$work/data" | tee -a "$OUT/gpu-train.log" || exit 1
+"$python" scripts/gpu-data.py unpack "$data" "$work/data" | tee -a "$OUT/gpu-train.log" || exit 1
 sets=("$work"/data/*)
 
 # The model card's recipe (docs/model_card.md), from the bundled model; batch 32 at twice the
@@ -41,7 +43,7 @@ start=$(date +%s)
 timeout "$seconds" "$python" -m unetseg.cli train "${sets[@]}" -o "$work/run" --out-channels 2 --in-channels 3 \
   --model-options '{"base_width": 24, "depth": 4, "batch_norm": true}' --crop 192 --batch-size "$batch" \
   --epochs 1000 --patience 12 --workers "$workers" --seed 0 --lr 5e-4 --ema 0.999 --contact-width 2 --init-weights default \
-  --augment-options '{"elastic": 3, "blur": 1.0, "channel_jitter": 0.1}' --diameter 20 \
+  --augment-options '{"elastic": 3, "blur": 1.0, "channel_jitter": 0.1, "stain": 0.1}' --diameter 20 \
   --samples-per-epoch "$samples" --skip-invalid --precision auto --device "$device" > "$OUT/train.log" 2>&1
 log "train: exit $? (124: stopped at GPU_TRAIN_SECONDS=$seconds) in $(($(date +%s) - start)) s"
 cp "$work/run/metrics.csv" "$work/run/training_curves.png" "$OUT/" 2> /dev/null

@@ -1,7 +1,8 @@
 """The scripts prepared for a lent GPU machine (issue 31), as far as a CPU runs them: the training data
-packed small enough to travel and unpacked into the layout `unetseg train` reads; the shell scripts'
-syntax."""
+packed small enough to travel and unpacked into the layout `unetseg train` reads; gpu-train.sh
+run through on the CPU; the shell scripts' syntax."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from unetseg.checkpoint import load_checkpoint
 from unetseg.data import read_datasets, synthetic_nuclei
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -71,3 +73,31 @@ def test_training_data_packs_small_and_unpacks_to_the_same_images_and_labels(tmp
 @pytest.mark.parametrize("script", ["gpu-check.sh", "gpu-train.sh", "gpu-wheels.sh"])
 def test_shell_scripts_parse(script):
     subprocess.run(["bash", "-n", str(SCRIPTS / script)], check=True)
+
+
+def test_gpu_train_runs_end_to_end_on_the_cpu(tmp_path):
+    """gpu-train.sh as the GPU machine runs it, on the CPU with a few synthetic images: unpack,
+    train from the bundled model, return the checkpoint in parts, export and score it."""
+    images = {
+        "fluo": ("gray_fluorescence", [synthetic_nuclei((96, 96), seed=i) for i in range(6)]),
+        "he": ("color_brightfield_HE", [synthetic_nuclei((96, 96), kind="brightfield", seed=9 + i) for i in range(6)]),
+    }
+    for name, (kind, samples) in images.items():
+        _dataset(tmp_path / "data", name, kind, {f"{name}{i}": (s.image, s.labels) for i, s in enumerate(samples)})
+    packed = tmp_path / "train.npz"
+    subprocess.run(
+        [sys.executable, str(SCRIPTS / "gpu-data.py"), "pack", "--data", str(tmp_path / "data"), "--out", str(packed)],
+        capture_output=True,
+        check=True,
+    )
+    out = tmp_path / "out"
+    settings = dict(PYTHON=sys.executable, DATA=str(packed), DEVICE="cpu", GPU_TRAIN_SECONDS="60", BATCH="2")
+    settings.update(SAMPLES="4", WORKERS="0", WORK=str(tmp_path / "work"), OUT=str(out))
+    done = subprocess.run(["bash", str(SCRIPTS / "gpu-train.sh")], env={**os.environ, **settings}, capture_output=True)
+    log = (out / "gpu-train.log").read_text()
+    assert done.returncode == 0 and "evaluate: exit 0" in log, log
+    joined = b"".join(part.read_bytes() for part in sorted(out.glob("best.pt.part-*")))
+    (tmp_path / "best.pt").write_bytes(joined)
+    assert load_checkpoint(tmp_path / "best.pt")["config"]["model_options"]["base_width"] == 24
+    table = (out / "evaluate.md").read_text()
+    assert "| all | 2 |" in table and "| he | 1 |" in table, table
