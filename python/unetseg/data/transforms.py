@@ -342,8 +342,9 @@ class Augment:
         and noise of the image: per pixel (lost resolution and blur nearly so), so a training crop
         takes them after it is cut from its scaled window, on its own pixels only (a 192² crop is
         24-98% of the window's)."""
-        colour = is_colour(image)  # before the channel jitter makes gray channels differ
-        if self.stain and colour:
+        # looked at before the channel jitter makes a gray image's channels differ
+        keeps_resolution = self.low_res_colour_only and not is_colour(image)
+        if self.stain:
             image = stain_jitter(image, self.stain, rng)
         image = np.clip(image, 0, None) if self.gamma else image
         if self.gamma:
@@ -358,7 +359,7 @@ class Augment:
             ).astype(np.float32)
         if self.invert and rng.random() < self.invert:
             image = 1 - image
-        if self.low_res > 1 and (colour or not self.low_res_colour_only) and rng.random() < 0.5:
+        if self.low_res > 1 and not keeps_resolution and rng.random() < 0.5:
             image = lose_resolution(image, float(np.exp(rng.uniform(0, np.log(self.low_res)))))
         if self.blur and rng.random() < 0.5:
             sigma = rng.uniform(0, self.blur)
