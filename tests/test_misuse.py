@@ -3,6 +3,7 @@ expected, how to fix it) before any work, or a documented correct result; nothin
 overwritten or discarded."""
 
 import math
+import re
 
 import cv2
 import numpy as np
@@ -14,6 +15,7 @@ from conftest import make_checkpoint
 import unetseg
 from unetseg.cli import main
 from unetseg.data import synthetic_nuclei
+from unetseg.files import previous_outputs
 from unetseg.train import TrainConfig, train
 
 
@@ -285,6 +287,7 @@ def test_cli_names_its_channel_option_for_a_two_channel_tiff(files, tmp_path, ca
     tifffile.imwrite(tmp_path / "cyx.tif", stack, imagej=True, metadata={"axes": "CYX"})
     assert cli("segment", tmp_path / "cyx.tif", "-m", files["model"], "-o", tmp_path / "o") == 1
     assert "channel=N in 0..1 (--channel N on the command line" in capsys.readouterr().err
+    assert not previous_outputs(tmp_path / "o")  # nothing segmented, nothing in the way of the retry
     assert cli("segment", tmp_path / "cyx.tif", "-m", files["model"], "-o", tmp_path / "o", "--channel", 1) == 0
 
 
@@ -300,8 +303,8 @@ def test_segment_into_its_input_folder_twice_skips_its_own_outputs(files, tmp_pa
     folder = tmp_path / "images"
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), files["image"])
-    for _ in range(2):
-        assert cli("segment", folder, "-m", files["model"], "-o", folder) == 0
+    for again in ([], ["--overwrite"]):
+        assert cli("segment", folder, "-m", files["model"], "-o", folder, *again) == 0
     assert sorted(p.name for p in folder.iterdir()) == [
         "a.geojson",
         "a.png",
@@ -311,6 +314,50 @@ def test_segment_into_its_input_folder_twice_skips_its_own_outputs(files, tmp_pa
         "summary.csv",
     ]
     assert (folder / "summary.csv").read_text().count("\n") == 2  # one image, not three
+
+
+# (command, its arguments given files and tmp_path, the files a user has there (relative to tmp_path): an earlier
+# run's results, a segment run's labels perhaps corrected by hand)
+REPLACING = [
+    (
+        "segment",
+        lambda f, t: ["segment", f["root"] / "im.png", "-m", f["model"], "-o", t / "out"],
+        ["out/summary.csv", "out/objects.csv", "out/im_labels.png"],
+    ),
+    ("evaluate", lambda f, t: ["evaluate", f["model"], f["root"], "--split", "all", "-o", t], ["per_image.csv"]),
+    ("export", lambda f, t: ["export", f["ckpt"], "-o", t / "model.pt"], ["model.pt"]),
+    ("export-bioimageio", lambda f, t: ["export", f["model"], "--format", "bioimageio", "-o", t / "m.zip"], ["m.zip"]),
+    ("label", lambda f, t: ["label", "-o", t / "labels.png"], ["labels.png"]),
+    ("tune", lambda f, t: ["tune", f["ckpt"], f["root"], "-o", t / "grid.csv"], ["grid.csv"]),
+]
+
+
+@pytest.mark.parametrize("command,args,kept", REPLACING, ids=[r[0] for r in REPLACING])
+def test_commands_refuse_to_replace_what_a_user_has(files, tmp_path, command, args, kept):
+    for name in kept:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(f"{name}: a user's")
+    before = {name: (tmp_path / name).read_bytes() for name in kept}
+    message = cli(*args(files, tmp_path))
+    assert re.fullmatch(
+        rf"unetseg {command.split('-')[0]}: '.*{kept[0].split('/')[-1]}'.* already exists? "
+        r"\(an earlier run's\?\); give another -o, or --overwrite to replace (it|them)",
+        message,
+    ), message
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == before
+
+
+def test_overwrite_replaces_what_it_writes(files, tmp_path):
+    for name in ("model.pt", "labels.png", "out/im_labels.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("a user's")
+    assert cli("export", files["ckpt"], "-o", tmp_path / "model.pt", "--overwrite") == 0
+    assert unetseg.export.is_model_file(tmp_path / "model.pt")
+    assert cli("label", "-o", tmp_path / "labels.png", "--overwrite") == 0
+    assert cv2.imread(str(tmp_path / "labels.png"), cv2.IMREAD_UNCHANGED).max() > 0
+    args = ("segment", files["root"] / "im.png", "-m", files["model"], "-o", tmp_path / "out", "--overwrite")
+    assert cli(*args) == 0
+    assert cv2.imread(str(tmp_path / "out/im_labels.png"), cv2.IMREAD_UNCHANGED).shape == files["image"].shape
 
 
 def test_ctrl_c_ends_cleanly(monkeypatch, capsys, files, tmp_path):

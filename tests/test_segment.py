@@ -265,7 +265,7 @@ def test_cli_segment(tmp_path, model_file, capsys):
     with pytest.raises(SystemExit, match="give INPUTS"):
         main(["segment", "-o", str(out)])
     with pytest.raises(SystemExit, match="is not a file"):
-        main(["segment", str(tmp_path / "nothing"), "-o", str(out)])
+        main(["segment", str(tmp_path / "nothing"), "-o", str(tmp_path / "out2")])
 
 
 def test_postprocessing_defaults_travel_in_the_model_file(rgb_model, tmp_path):

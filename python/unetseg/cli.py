@@ -38,12 +38,30 @@ def _read_probability_map(path: Path | None):
     return image.astype(np.float32)
 
 
+def _refuse_to_replace(paths: list[Path], overwrite: bool) -> None:
+    """Checked before any work: a ValueError naming the existing `paths` (what the command would
+    write over), unless --overwrite asks for them to be replaced."""
+    found = [p for p in paths if p.exists()]
+    if not found or overwrite:
+        return
+    shown = ", ".join(repr(str(p)) for p in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    one = len(found) == 1
+    raise ValueError(
+        f"{shown} already exist{'s' if one else ''} (an earlier run's?); give another -o, or --overwrite to "
+        f"replace {'it' if one else 'them'}"
+    )
+
+
 def _cmd_label(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
     import unetseg
 
+    try:
+        _refuse_to_replace([args.output] if args.output else [], args.overwrite)
+    except ValueError as e:
+        raise SystemExit(f"unetseg label: {e}") from None
     scores = torch.from_numpy(_read_probability_map(args.map))
     source = (
         args.map
@@ -147,9 +165,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, format_summary
+    from .evaluate import OUTPUT_FILES, evaluate, format_summary
 
     try:
+        _refuse_to_replace([args.output / name for name in OUTPUT_FILES] if args.output else [], args.overwrite)
         result = evaluate(
             args.model,
             args.data,
@@ -203,6 +222,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from .evaluate import tune
 
     try:
+        _refuse_to_replace([args.output] if args.output else [], args.overwrite)
         result = tune(
             args.checkpoint,
             args.data,
@@ -279,6 +299,10 @@ def _export_bioimageio(args: argparse.Namespace, is_model_file) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export, is_model_file
 
+    try:
+        _refuse_to_replace([args.output], args.overwrite)
+    except ValueError as e:
+        raise SystemExit(f"unetseg export: {e}") from None
     if args.format == "bioimageio":
         return _export_bioimageio(args, is_model_file)
     try:
@@ -305,7 +329,7 @@ def _sample_images() -> list[Path]:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .files import input_images, segment_files
+    from .files import input_images, previous_outputs, segment_files
     from .geometry import checked_pixel_size
     from .io import check_output_folder
     from .segment import Runner, default_model_path
@@ -319,6 +343,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             raise ValueError(f"--tile-size must be >= 0 pixels (0: never tile), got {args.tile_size}")
         checked_pixel_size(args.pixel_size, "--pixel-size")
         check_output_folder(args.output)
+        _refuse_to_replace(previous_outputs(args.output), args.overwrite)
         paths = _sample_images() if args.samples else input_images(args.inputs)
         runner = Runner(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
         runner.resolve(
@@ -526,6 +551,10 @@ def _add_diameter_option(p: argparse.ArgumentParser, help: str | None = None) ->
     )
 
 
+def _add_overwrite_option(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"{help}; without it, existing outputs are an error")
+
+
 def _add_label_parser(sub) -> None:
     """The `label` command's options."""
     p = sub.add_parser(
@@ -540,6 +569,7 @@ def _add_label_parser(sub) -> None:
     p.add_argument("-c", "--connectivity", type=int, choices=(4, 8), default=8, help="pixel connectivity (default 8)")
     p.add_argument("--min-area", type=int, default=0, help="remove objects with fewer pixels (default 0)")
     p.add_argument("-o", "--output", type=Path, help="write the labels here (16-bit PNG, or TIFF for >65535 objects)")
+    _add_overwrite_option(p, "replace an existing OUTPUT file")
     p.set_defaults(run=_cmd_label)
 
 
@@ -558,6 +588,11 @@ def _add_segment_parser(sub) -> None:
     p.add_argument("inputs", nargs="*", help="image files, folders (their images) or glob patterns")
     p.add_argument("--samples", action="store_true", help="segment the bundled sample images instead")
     p.add_argument("-o", "--output", type=Path, default=Path("unetseg-out"), help="output folder (default unetseg-out)")
+    _add_overwrite_option(
+        p,
+        "write into an OUTPUT that holds an earlier run's results (its tables and the files of images of the "
+        "same names are replaced)",
+    )
     p.add_argument("-m", "--model", type=Path, help="model file from `unetseg export` (default: the bundled model)")
     p.add_argument("-t", "--threshold", type=float, help="nucleus probability threshold (default: the model's)")
     p.add_argument(
@@ -715,6 +750,7 @@ def _add_export_parser(sub) -> None:
     p.add_argument(
         "-o", "--output", type=Path, required=True, help="file to write (model.pt; model.zip for bioimageio)"
     )
+    _add_overwrite_option(p, "replace an existing OUTPUT file")
     p.add_argument(
         "--format",
         choices=("torchscript", "bioimageio"),
@@ -940,6 +976,7 @@ def _add_evaluate_parser(sub) -> None:
     p.add_argument(
         "-o", "--output", type=Path, help="write per_image.csv, summary.json, settings.json and overlays/ here"
     )
+    _add_overwrite_option(p, "replace an earlier evaluation in OUTPUT")
     p.add_argument(
         "--overlays",
         type=int,
@@ -1022,6 +1059,7 @@ def _add_tune_parser(sub) -> None:
     p.add_argument("data", type=Path, nargs="+", help="the labelled dataset(s) it was trained on")
     p.add_argument("--skip-invalid", action="store_true", help="leave out image/label pairs of different sizes")
     p.add_argument("-o", "--output", type=Path, help="also write the grid to this CSV file")
+    _add_overwrite_option(p, "replace an existing OUTPUT file")
     p.add_argument(
         "--images",
         type=int,

@@ -27,6 +27,9 @@ from .io import atomic_path, check_output_folder
 from .ops import label_by, resolve_labelling
 from .predict import checkpoint_factor
 
+#: What an evaluation writes in its output folder.
+OUTPUT_FILES = ("per_image.csv", "summary.json", "settings.json", "overlays")
+
 
 def evaluate(
     model: str | os.PathLike | None,
@@ -150,7 +153,7 @@ def evaluate(
         settings = {"model": str(model), "split": split, "scale": scale, **settings}
         with atomic_path(output / "settings.json") as tmp:
             tmp.write_text(json.dumps(settings, indent=2))
-        if worst:
+        if worst or (output / "overlays").exists():  # no stale pictures of an earlier evaluation left
             ranked = [(samples[-neg_i], pred) for _, neg_i, pred in sorted(worst, reverse=True)]
             _write_overlays(output / "overlays", ranked)
     return result

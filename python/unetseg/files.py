@@ -25,6 +25,8 @@ from .segment import Runner, Segmentation
 
 #: Name endings of the files segment_files writes per image: never read back as inputs.
 OUTPUT_SUFFIXES = ("_labels.png", "_labels.tif", "_overlay.png", ".geojson", "_rois.zip")
+#: The tables segment_files writes for a whole run.
+OUTPUT_TABLES = ("objects.csv", "summary.csv")
 
 
 @dataclass
@@ -50,6 +52,15 @@ class FilesResult:
     @property
     def count(self) -> int:
         return sum(s.count for s in self.images)
+
+
+def previous_outputs(folder: str | os.PathLike) -> list[Path]:
+    """The files in `folder` that segment_files writes (an earlier run's results), tables first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    tables = [folder / name for name in OUTPUT_TABLES if (folder / name).exists()]
+    return tables + sorted(p for p in folder.iterdir() if p.name.endswith(OUTPUT_SUFFIXES))
 
 
 def input_images(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -124,6 +135,8 @@ def segment_files(
                     )
                 )
             bar.update(len(chunk))
+    if not result.images:  # every image failed: no empty tables in the way of the run that fixes it
+        return result
     write_csv(output / "objects.csv", list(header), [[row.get(k, "") for k in header] for row in rows])
     write_csv(
         output / "summary.csv",
