@@ -410,6 +410,24 @@ def test_low_res_loses_detail_finer_than_its_factor_and_keeps_what_is_coarser():
         Augment(low_res=0.5)
 
 
+def test_scale_augmentation_resizes_as_the_runner_does():
+    """A shrinking scale draw area-averages, as the runner shrinks images (a 1-pixel checkerboard
+    goes flat gray, not into aliased stripes), and the labels follow nearest-neighbour."""
+    from unetseg.data.transforms import Augment, rescale
+
+    checker = np.repeat((np.indices((60, 50)).sum(0) % 2).astype(np.float32)[..., None], 3, axis=2)
+    labels = np.arange(60 * 50, dtype=np.int32).reshape(60, 50)
+    scaled = Augment(flips=False, rotations=False, scale=(0.5, 0.5))
+    image, moved = scaled.geometric(checker, labels, np.random.default_rng(0))
+    assert image.shape == (30, 25, 3) and moved.shape == (30, 25)
+    np.testing.assert_allclose(image, 0.5, atol=1e-6)
+    np.testing.assert_array_equal(moved, rescale(checker, labels, 0.5)[1])
+    shrink = Augment(flips=False, rotations=False, scale=(0.7, 0.9)).geometric(
+        checker, labels, np.random.default_rng(1)
+    )
+    assert np.abs(shrink[0] - 0.5).max() < 0.25  # 0.18; bilinear sampling: 0.28
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     stains=st.lists(st.floats(0.02, 0.06), min_size=3, max_size=3),

@@ -321,11 +321,8 @@ class Augment:
     def geometric(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
         """Scale, elastic deformation, flips and quarter turns, of the image and its labels alike."""
         if self.scale != (1.0, 1.0):
-            s = float(np.exp(rng.uniform(np.log(self.scale[0]), np.log(self.scale[1]))))
-            h, w = max(1, round(image.shape[0] * s)), max(1, round(image.shape[1] * s))
-            channels = image.shape[2]
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, channels)
-            labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+            # resized as the runner resizes (area-averaged when shrinking): no aliasing it never shows
+            image, labels = rescale(image, labels, float(np.exp(rng.uniform(*np.log(self.scale)))))
         if self.elastic:
             image, labels = elastic_deform(image, labels, rng.normal(0, self.elastic, (2, 3, 3)))
         if self.flips and rng.random() < 0.5:
