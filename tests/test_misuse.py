@@ -286,8 +286,10 @@ def test_cli_names_its_channel_option_for_a_two_channel_tiff(files, tmp_path, ca
     stack = np.stack([files["image"] // 2, files["image"]])
     tifffile.imwrite(tmp_path / "cyx.tif", stack, imagej=True, metadata={"axes": "CYX"})
     assert cli("segment", tmp_path / "cyx.tif", "-m", files["model"], "-o", tmp_path / "o") == 1
-    assert "channel=N in 0..1 (--channel N on the command line" in capsys.readouterr().err
-    assert not previous_outputs(tmp_path / "o")  # nothing segmented, nothing in the way of the retry
+    err = capsys.readouterr().err
+    assert "channel=N in 0..1 (--channel N on the command line" in err
+    assert "no image could be segmented; nothing written to" in err
+    assert not previous_outputs(tmp_path / "o")  # nothing in the way of the retry
     assert cli("segment", tmp_path / "cyx.tif", "-m", files["model"], "-o", tmp_path / "o", "--channel", 1) == 0
 
 

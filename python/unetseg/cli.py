@@ -386,6 +386,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         pixel_size=args.pixel_size,
         **options,
     )
+    if not result.images:
+        for path, why in result.failed:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        print(f"no image could be segmented; nothing written to {args.output}/", file=sys.stderr)
+        return 1
     print(f"\n{'image':<32} {'size':>11} {'nuclei':>7} {'median area':>12} {'diameter':>9}")
     for s in result.images[:20]:
         print(
