@@ -277,6 +277,15 @@ def test_cli_segment_slide(model_file, slide, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "nuclei in 333x301 pixels" in out and (tmp_path / "labels.ome.tif").is_file()
     assert not (tmp_path / "objects.geojson").exists()
+    again = ["segment-slide", str(slide[0]), "-o", str(tmp_path), "-m", str(model_file[0]), "--band-height", "100"]
+    labels = (tmp_path / "labels.ome.tif").read_bytes()
+    finished = (
+        r"holds a finished run's results \(labels.ome.tif, objects.csv, summary.json\); give another output folder"
+    )
+    with pytest.raises(SystemExit, match=finished + r", or replace them with restart=True \(--restart\)"):
+        main(again)
+    assert (tmp_path / "labels.ome.tif").read_bytes() == labels and not (tmp_path / "objects.geojson").exists()
+    assert main([*again, "--restart"]) == 0 and (tmp_path / "objects.geojson").is_file()
     with pytest.raises(SystemExit, match="has 4 channels"):
         fluo = np.zeros((4, 40, 40), np.uint16)
         tifffile.imwrite(tmp_path / "fluo.ome.tif", fluo, ome=True, metadata={"axes": "CYX"})

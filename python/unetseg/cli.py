@@ -731,7 +731,11 @@ def _add_segment_slide_parser(sub) -> None:
         "pixels), measured window by window",
     )
     p.add_argument("--resume", action="store_true", help="go on with an interrupted run in OUTPUT")
-    p.add_argument("--restart", action="store_true", help="discard an interrupted run in OUTPUT and start over")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard an interrupted run in OUTPUT, or replace a finished one's results, and start over",
+    )
     _add_device_options(p)
     p.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
     p.set_defaults(run=_cmd_segment_slide)

@@ -183,8 +183,9 @@ def segment_slide(
         and shape (:func:`unetseg.geometry.measure`, lengths in level-0 pixels), measured window by
         window (memory stays flat).
     resume: go on with an interrupted run in the same output folder (same slide and settings);
-        restart: discard it and start over. An interrupted run with neither is an error: nothing a
-        run has done is thrown away unasked.
+        restart: discard it, or a finished run's results there, and start over. An interrupted run
+        with neither, or a finished one without restart, is an error: nothing a run has done is
+        thrown away unasked.
     pixel_size: µm per level-0 pixel, overriding the file's (OME, ImageJ or TIFF resolution tags,
         OME-Zarr scale, OpenSlide mpp); with one the table gains µm columns and the labels their
         physical size.
@@ -236,6 +237,12 @@ def segment_slide(
             raise ValueError(
                 f"{str(output)!r} holds an interrupted run; continue it with resume=True (--resume), or discard it "
                 "and start over with restart=True (--restart)"
+            )
+        finished = finished_outputs(output)
+        if finished and not restart and not (output / PARTIAL / "state.npz").exists():
+            raise ValueError(
+                f"{str(output)!r} holds a finished run's results ({', '.join(p.name for p in finished)}); give "
+                "another output folder, or replace them with restart=True (--restart)"
             )
         factor = slide_factor(reader, runner, diameter)
         job = _Job(
@@ -593,6 +600,13 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
         ordered = sorted((int(lut[pid]), polygon) for pid, polygon in outlines)  # ROI Manager order: by label
         write_imagej_rois(rois_path, [p for _, p in ordered], [k for k, _ in ordered])
     return SlideResult(labels_path, table_path, geojson_path, output / "summary.json", count, (h, w), rois=rois_path)
+
+
+def finished_outputs(folder: Path) -> list[Path]:
+    """The outputs of a finished run that `folder` holds (any label or table format)."""
+    names = [name for name, _ in LABEL_FORMATS.values()] + [f"objects.{f}" for f in TABLE_FORMATS]
+    names += ["objects.geojson", "objects_rois.zip", "summary.json"]
+    return [folder / name for name in names if (folder / name).exists()]
 
 
 def pyramid_steps(h: int, w: int, side: int) -> list[int]:
