@@ -88,8 +88,10 @@ def segment_files(
     :mod:`unetseg.geometry`) and with `rois` ``NAME_rois.zip`` (an ImageJ ROI set for Fiji), and
     ``objects.csv`` (one row per nucleus, columns
     :data:`unetseg.ops.OBJECT_COLUMNS` after ``image``) and ``summary.csv`` (one row per image), all
-    written atomically. Images that cannot be read or segmented are skipped and listed in
-    ``failed``; the others are batched by ``runner.batch_size``. A TIFF stack (Z, T... axes) is
+    written atomically (files already there under those names are replaced: `unetseg segment` refuses
+    a folder holding :func:`previous_outputs` without ``--overwrite``). Images that cannot be read or
+    segmented are skipped and listed in ``failed`` (when none is left, no tables are written); the
+    others are batched by ``runner.batch_size``. A TIFF stack (Z, T... axes) is
     segmented plane by plane, each plane named ``NAME_z003`` (its axis letters and indices), or only
     plane `plane` (0-based, file order). With `measurements` the objects table gains each object's
     intensities per channel of the image and its shape (:func:`unetseg.geometry.measure`).
