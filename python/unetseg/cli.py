@@ -386,11 +386,18 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         pixel_size=args.pixel_size,
         **options,
     )
-    if not result.images:
-        for path, why in result.failed:
-            print(f"skipped {path}: {why}", file=sys.stderr)
+    if result.images:
+        _print_segmented(result, args)
+    else:
         print(f"no image could be segmented; nothing written to {args.output}/", file=sys.stderr)
-        return 1
+    for path, why in result.failed:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    return 1 if result.failed or not result.images else 0
+
+
+def _print_segmented(result, args: argparse.Namespace) -> None:
+    """`unetseg segment`'s table of what it found and where it wrote it; images without nuclei, with
+    what to try."""
     print(f"\n{'image':<32} {'size':>11} {'nuclei':>7} {'median area':>12} {'diameter':>9}")
     for s in result.images[:20]:
         print(
@@ -414,9 +421,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             "fainter ones.",
             file=sys.stderr,
         )
-    for path, why in result.failed:
-        print(f"skipped {path}: {why}", file=sys.stderr)
-    return 1 if result.failed else 0
 
 
 def _cmd_segment_slide(args: argparse.Namespace) -> int:

@@ -55,6 +55,8 @@ from .readers import ScaledReader, SlideReader, apply_taps, open_slide, taps
 from .stream import StreamLabeller, raster_numbering
 
 PARTIAL = ".unetseg-partial"
+#: The outputs besides the label image and the object table (LABEL_FORMATS, TABLE_FORMATS).
+GEOJSON, ROIS, SUMMARY = "objects.geojson", "objects_rois.zip", "summary.json"
 OBJECT_FIELDS = 10  # provisional id, first pixel, then the 8 statistics
 
 
@@ -233,13 +235,14 @@ def segment_slide(
     try:  # a slide opened here is closed here, whatever stops the run (a ScaledReader closes its source)
         if pixel_size is not None:
             reader.pixel_size = checked_pixel_size(pixel_size)
-        if (output / PARTIAL / "state.npz").exists() and not (resume or restart):
+        interrupted = (output / PARTIAL / "state.npz").exists()
+        if interrupted and not (resume or restart):
             raise ValueError(
                 f"{str(output)!r} holds an interrupted run; continue it with resume=True (--resume), or discard it "
                 "and start over with restart=True (--restart)"
             )
         finished = finished_outputs(output)
-        if finished and not restart and not (output / PARTIAL / "state.npz").exists():
+        if finished and not (restart or interrupted):
             raise ValueError(
                 f"{str(output)!r} holds a finished run's results ({', '.join(p.name for p in finished)}); give "
                 "another output folder, or replace them with restart=True (--restart)"
@@ -574,8 +577,8 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
     with atomic_path(table_path) as tmp:
         TABLE_FORMATS[table_format](frame, tmp)
 
-    geojson_path = output / "objects.geojson" if geojson else None
-    rois_path = output / "objects_rois.zip" if job.rois else None
+    geojson_path = output / GEOJSON if geojson else None
+    rois_path = output / ROIS if job.rois else None
 
     def polygons(chunk: int = 4096):
         """(final label, outline polygon in level-0 pixels) of every object, in the order finished
@@ -599,13 +602,13 @@ def _write_outputs(job: _Job, work: _Work, ranges, id_bound: int) -> SlideResult
     if rois_path:
         ordered = sorted((int(lut[pid]), polygon) for pid, polygon in outlines)  # ROI Manager order: by label
         write_imagej_rois(rois_path, [p for _, p in ordered], [k for k, _ in ordered])
-    return SlideResult(labels_path, table_path, geojson_path, output / "summary.json", count, (h, w), rois=rois_path)
+    return SlideResult(labels_path, table_path, geojson_path, output / SUMMARY, count, (h, w), rois=rois_path)
 
 
 def finished_outputs(folder: Path) -> list[Path]:
     """The outputs of a finished run that `folder` holds (any label or table format)."""
     names = [name for name, _ in LABEL_FORMATS.values()] + [f"objects.{f}" for f in TABLE_FORMATS]
-    names += ["objects.geojson", "objects_rois.zip", "summary.json"]
+    names += [GEOJSON, ROIS, SUMMARY]
     return [folder / name for name in names if (folder / name).exists()]
 
 
