@@ -1,6 +1,7 @@
 """The training batch norm for channels-last CPU tensors (models/batch_norm.py) against nn.BatchNorm2d:
 outputs, gradients of the input, weight and bias, running statistics and the batch count."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -102,3 +103,67 @@ def test_the_model_keeps_its_modules_parameters_and_state_dict():
     assert list(after) == list(before)
     assert all(torch.equal(after[k], before[k]) for k in before)
     assert any(type(m) is ChannelsLastBatchNorm2d for m in model.modules())
+
+
+# unetseg::_batch_norm_input_grad, the backward's last pass: (grad * a + d) + x * b per column, each
+# product and sum rounded in the dtype's opmath type (float; double for double), then to the dtype.
+_OPMATH = {torch.bfloat16: np.float32, torch.float16: np.float32, torch.float32: np.float32, torch.float64: np.float64}
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _plain_input_grad(grad, x, a, b, d):
+    t = _OPMATH[x.dtype]
+    g, v = (y.to(torch.float64).numpy().astype(t) for y in (grad, x))
+    a, b, d = (c.to(torch.float64).numpy().astype(t) for c in (a, b, d))
+    return torch.from_numpy((g * a + d) + v * b).to(x.dtype)
+
+
+def _input_grad_case(dtype, rows, columns, seed, scale):
+    generator = torch.Generator().manual_seed(seed)
+    grad, x = (torch.randn(rows, columns, generator=generator, dtype=torch.float64).mul(scale).to(dtype) for _ in "gx")
+    opmath = torch.promote_types(dtype, torch.float32)
+    a, b, d = (torch.randn(columns, generator=generator, dtype=torch.float64).to(opmath) for _ in "abd")
+    return grad, x, a, b, d
+
+
+@given(
+    dtype=st.sampled_from(list(_OPMATH)),
+    rows=st.integers(0, 70),
+    columns=st.integers(1, 50),
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([1e-3, 1.0, 300.0]),
+)
+def test_input_grad_equals_the_plain_expression_bit_for_bit(dtype, rows, columns, seed, scale):
+    grad, x, a, b, d = _input_grad_case(dtype, rows, columns, seed, scale)
+    got = torch.ops.unetseg._batch_norm_input_grad(grad, x, a, b, d)
+    want = _plain_input_grad(grad, x, a, b, d)
+    assert got.dtype == dtype and got.shape == (rows, columns)
+    bits = _BITS[dtype.itemsize]
+    assert torch.equal(got.view(bits), want.view(bits))
+
+
+def test_input_grad_of_strided_views_and_non_finite_values():
+    grad, x, a, b, d = _input_grad_case(torch.bfloat16, 64, 96, 3, 1.0)
+    grad, x = grad[::2, ::2], x[1::2, 1::2]  # (32, 48) views with strides of both dimensions
+    x[0, :3] = torch.tensor([float("inf"), float("-inf"), float("nan")])
+    got = torch.ops.unetseg._batch_norm_input_grad(grad, x, a[:48], b[:48], d[:48])
+    want = _plain_input_grad(grad, x, a[:48], b[:48], d[:48])
+    assert torch.equal(got.isnan(), want.isnan()) and got[0, 2].isnan()
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (lambda g, x, a, b, d: (g, x[:-1], a, b, d), "one shape"),
+        (lambda g, x, a, b, d: (g, x.float(), a, b, d), "one shape"),
+        (lambda g, x, a, b, d: (g.view(-1), x.view(-1), a, b, d), "one shape"),
+        (lambda g, x, a, b, d: (g.int(), x.int(), a, b, d), "floating"),
+        (lambda g, x, a, b, d: (g, x, a[:-1], b, d), "coefficients of 8 columns in Float"),
+        (lambda g, x, a, b, d: (g, x, a, b.double(), d), "coefficients of 8 columns in Float"),
+    ],
+)
+def test_input_grad_names_what_it_received(case, message):
+    args = case(*_input_grad_case(torch.bfloat16, 4, 8, 0, 1.0))
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.unetseg._batch_norm_input_grad(*args)

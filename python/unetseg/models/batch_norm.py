@@ -7,7 +7,7 @@ threads; benchmarks/README.md). :class:`ChannelsLastBatchNorm2d` computes the sa
 from passes that are fast at any channel count: a channels-last (N, C, H, W) tensor is, in memory,
 an (N*H*W, C) matrix, which read as (N*H*W/k, k*C) has k*C channels in whole blocks; each channel's
 statistics are combined from its k columns, and the backward pass is two per-channel sums and one
-affine combination of the gradient and the input.
+affine combination of the gradient and the input (``unetseg::_batch_norm_input_grad``, one pass).
 """
 
 from __future__ import annotations
@@ -65,10 +65,11 @@ class _BatchNormTraining(torch.autograd.Function):
         a = weight * invstd
         b = -a * invstd * grad_weight / count
         d = -a * grad_bias / count - b * mean
-        dx = torch.addcmul(d.repeat(k), grad_columns, a.repeat(k))
-        dx.addcmul_(x_columns, b.repeat(k))
+        opmath = torch.promote_types(x.dtype, torch.float32)  # the kernel's arithmetic, as torch's own
+        a, b, d = (coefficient.to(opmath).repeat(k) for coefficient in (a, b, d))
+        dx = torch.ops.unetseg._batch_norm_input_grad(grad_columns, x_columns, a, b, d)
         n, _, h, w = x.shape
-        grad_x = dx.to(x.dtype).view(n, h, w, c).permute(0, 3, 1, 2)
+        grad_x = dx.view(n, h, w, c).permute(0, 3, 1, 2)
         return grad_x, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None, None, None, None, None
 
 
