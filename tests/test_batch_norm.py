@@ -167,3 +167,12 @@ def test_input_grad_names_what_it_received(case, message):
     args = case(*_input_grad_case(torch.bfloat16, 4, 8, 0, 1.0))
     with pytest.raises(RuntimeError, match=message):
         torch.ops.unetseg._batch_norm_input_grad(*args)
+
+
+def test_input_grad_opcheck():
+    torch.library.opcheck(
+        torch.ops.unetseg._batch_norm_input_grad.default, _input_grad_case(torch.bfloat16, 6, 48, 1, 1.0)
+    )
+    torch.library.opcheck(
+        torch.ops.unetseg._batch_norm_input_grad.default, _input_grad_case(torch.float64, 5, 3, 2, 1.0)
+    )

@@ -272,3 +272,10 @@ def _seeded_label_fake(scores, threshold=0.5, boundary_threshold=0.5, connectivi
 def _seeded_label_stats_fake(scores, threshold=0.5, boundary_threshold=0.5, connectivity=8, min_area=0):
     _check_fake_seeded(scores, threshold, boundary_threshold, connectivity, min_area)
     return _label_stats_fake(scores.select(-3, 0), threshold, connectivity, min_area)
+
+
+@torch.library.register_fake("unetseg::_batch_norm_input_grad")
+def _batch_norm_input_grad_fake(grad, x, a, b, d):
+    # the training batch norm's backward pass (models/batch_norm.py), so that torch.compile can trace it
+    torch._check(grad.shape == x.shape and grad.dim() == 2, lambda: "grad and x must be one (rows, columns) shape")
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
