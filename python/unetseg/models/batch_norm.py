@@ -65,8 +65,8 @@ class _BatchNormTraining(torch.autograd.Function):
         a = weight * invstd
         b = -a * invstd * grad_weight / count
         d = -a * grad_bias / count - b * mean
-        opmath = torch.promote_types(x.dtype, torch.float32)  # the kernel's arithmetic, as torch's own
-        a, b, d = (coefficient.to(opmath).repeat(k) for coefficient in (a, b, d))
+        # in the statistics' dtype (float32 for bfloat16 input), the kernel's arithmetic
+        a, b, d = (coefficient.to(mean.dtype).repeat(k) for coefficient in (a, b, d))
         dx = torch.ops.unetseg._batch_norm_input_grad(grad_columns, x_columns, a, b, d)
         n, _, h, w = x.shape
         grad_x = dx.view(n, h, w, c).permute(0, 3, 1, 2)
